@@ -1,0 +1,81 @@
+"""Build script of the leaf_disease_ros ament_python package (colcon and pip alike)."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'leaf_disease_ros'
+SHARE = os.path.join('share', PACKAGE)
+
+
+def files(pattern: str) -> list:
+    """Return the files matching ``pattern`` (sorted; folders left out)."""
+    return sorted(path for path in glob(pattern) if os.path.isfile(path))
+
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    description='Grapevine leaf disease detection for ROS 2 vineyard robots',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    package_dir={'': 'src'},
+    packages=find_packages('src'),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        (SHARE, ['package.xml']),
+        (os.path.join(SHARE, 'launch'), files('launch/*.launch.py')),
+        (os.path.join(SHARE, 'config'), files('config/*.yaml')),
+        (os.path.join(SHARE, 'engines'),
+         files('engines/*.onnx') + files('engines/*.json') + files('engines/*.md')),
+        (os.path.join(SHARE, 'demo'), files('demo/*.md')),
+        (os.path.join(SHARE, 'demo', 'vineyard_demo'), files('demo/vineyard_demo/*')),
+    ],
+    install_requires=[
+        'setuptools',
+        'numpy>=1.21',
+        'opencv-python-headless>=4.5',
+        'onnxruntime>=1.15',
+        'pyyaml>=5.4',
+    ],
+    extras_require={
+        'replay': ['rosbags>=0.10', 'rosbags-image>=0.9'],
+        'test': [
+            'pytest>=7',
+            'onnx>=1.14',
+            'rosbags>=0.10',
+            'rosbags-image>=0.9',
+            'flake8>=5',
+            'flake8-blind-except',
+            'flake8-builtins',
+            'flake8-class-newline',
+            'flake8-comprehensions',
+            'flake8-deprecated',
+            'flake8-docstrings',
+            'flake8-import-order',
+            'flake8-quotes',
+            'pydocstyle>=6',
+        ],
+        'train': [
+            'torch>=2.1',
+            'torchvision>=0.16',
+            'onnx>=1.14',
+            'matplotlib>=3.5',
+            'tqdm>=4.60',
+        ],
+    },
+    zip_safe=True,
+    maintainer='leaf_disease_ros maintainers',
+    maintainer_email='maintainers@leaf-disease-ros.invalid',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'detector_node = leaf_disease_ros.ros.node:main',
+            'leaf-disease-classify = leaf_disease_ros.cli.classify:main',
+            'leaf-disease-replay = leaf_disease_ros.cli.replay:main',
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""leaf_disease_ros: grapevine leaf disease detection for ROS 2 vineyard robots."""

@@ -1,0 +1,56 @@
+"""
+Atomic file output: a file is either its old complete self or its new complete self.
+
+Every report, card, sidecar or map the package writes goes through here: the data is
+written to a temporary file in the destination folder, flushed and fsync'ed, then
+renamed over the destination (``os.replace`` is atomic on POSIX within a file
+system). An interrupted run never leaves a half-written file behind.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """
+    Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    For libraries that want a file name rather than bytes (matplotlib, OpenCV). On
+    an exception the temporary file is removed and ``path`` is left untouched.
+    The temporary name keeps the destination's extension so format sniffing works.
+    """
+    folder = os.path.dirname(os.path.abspath(path)) or '.'
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    stem, ext = os.path.splitext(base)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{stem}.', suffix=f'.tmp{ext}', dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as stream:
+            stream.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def atomic_write_json(path: str, document: Any) -> None:
+    """Write ``document`` as indented JSON (trailing newline) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False) + '\n')

@@ -1,0 +1,188 @@
+"""
+Class-folder datasets: listing, grouping by physical leaf, and the grouped split.
+
+A dataset is a folder with one subfolder per class (``root/<label>/*.jpg``). The
+class list is the sorted subfolder names unless given. Training, export, the
+classify CLI and the tests read datasets through here.
+
+Splitting is always by group, never per image: PlantVillage photographs each leaf
+about four times with consecutive photo numbers, so a random split puts photos of
+one leaf on both sides and inflates validation accuracy. :func:`photo_block_groups`
+cuts each class's photo numbers into contiguous blocks (40 numbers by default, as
+the dataset README advises); :func:`regex_groups` groups other data by a user regex;
+:func:`file_groups` makes every file its own group.
+"""
+
+from dataclasses import dataclass
+import os
+import random
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from leaf_disease_ros.core.errors import DatasetError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+# '<series> <photo number>.JPG' (after the '<uuid>___' prefix) -> series, number
+_PHOTO_RE = re.compile(r'^(?P<series>.*?)[ _-]?(?P<number>\d+)(?: \(\d+\))?\.\w+$')
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: its path, class index and split group key."""
+
+    path: str
+    label_index: int
+    group: str = ''
+
+
+def is_image_file(path: str) -> bool:
+    """Return whether ``path`` has an image extension (case-insensitive)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
+                       ) -> Tuple[Tuple[str, ...], List[Sample], List[str]]:
+    """
+    List a class-folder dataset.
+
+    :param root: folder with one subfolder per class.
+    :param labels: class list in index order; default the sorted subfolder names. A
+        given label without a subfolder is an error; subfolders not listed are
+        ignored.
+
+    :returns: ``(labels, samples, skipped)``: samples sorted by class then file name
+        (group keys empty), and the files skipped for not being images.
+
+    :raises DatasetError: the root is missing, has no class folders, or a class is empty.
+    """
+    if not os.path.isdir(root):
+        raise DatasetError(f'{root} is not a folder; expected one subfolder per class')
+    folders = sorted(entry.name for entry in os.scandir(root)
+                     if entry.is_dir() and not entry.name.startswith('.'))
+    if labels is None:
+        labels = folders
+    labels = tuple(labels)
+    if not labels:
+        raise DatasetError(f'{root} has no class subfolders')
+    missing = [label for label in labels if label not in folders]
+    if missing:
+        raise DatasetError(f'{root} has no folder for class(es) {", ".join(missing)} '
+                           f'(found: {", ".join(folders) or "none"})')
+    samples: List[Sample] = []
+    skipped: List[str] = []
+    for index, label in enumerate(labels):
+        folder = os.path.join(root, label)
+        count = 0
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path) or name.startswith('.'):
+                continue
+            if not is_image_file(name):
+                skipped.append(path)
+                continue
+            samples.append(Sample(path, index))
+            count += 1
+        if count == 0:
+            raise DatasetError(f'class folder {folder} holds no images '
+                               f'({", ".join(IMAGE_EXTENSIONS)})')
+    return labels, samples, skipped
+
+
+def photo_number(path: str) -> Optional[Tuple[str, int]]:
+    """Return ``(series, photo number)`` of a PlantVillage file name, or None."""
+    # PlantVillage prefixes every name with a per-image uuid: '<uuid>___<rest>'.
+    name = os.path.basename(path).split('___')[-1]
+    match = _PHOTO_RE.match(name)
+    if match is None:
+        return None
+    return match.group('series').strip(), int(match.group('number'))
+
+
+def photo_block_groups(samples: Sequence[Sample], block_size: int = 40) -> List[Sample]:
+    """
+    Group by contiguous blocks of photo number within class and photo series.
+
+    Files whose name carries no photo number fall back to one group per file.
+    """
+    if block_size < 1:
+        raise DatasetError(f'block size must be >= 1, got {block_size}')
+    grouped = []
+    for sample in samples:
+        parsed = photo_number(sample.path)
+        if parsed is None:
+            key = f'{sample.label_index}:file:{os.path.basename(sample.path)}'
+        else:
+            series, number = parsed
+            key = f'{sample.label_index}:{series}:{number // block_size}'
+        grouped.append(Sample(sample.path, sample.label_index, key))
+    return grouped
+
+
+def regex_groups(samples: Sequence[Sample], pattern: str) -> List[Sample]:
+    """
+    Group by a regex on the file name: group 1 if the pattern has one, else the match.
+
+    :raises DatasetError: the pattern is invalid or does not match a file name.
+    """
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise DatasetError(f'group regex {pattern!r} is invalid: {exc}') from exc
+    grouped = []
+    for sample in samples:
+        name = os.path.basename(sample.path)
+        match = compiled.search(name)
+        if match is None:
+            raise DatasetError(f'group regex {pattern!r} does not match {name!r}')
+        key = match.group(1) if compiled.groups else match.group(0)
+        grouped.append(Sample(sample.path, sample.label_index, f'{sample.label_index}:{key}'))
+    return grouped
+
+
+def file_groups(samples: Sequence[Sample]) -> List[Sample]:
+    """Make every file its own group (for data with one photo per object)."""
+    return [Sample(s.path, s.label_index, f'{s.label_index}:file:{s.path}') for s in samples]
+
+
+def grouped_split(samples: Sequence[Sample], val_fraction: float, seed: int
+                  ) -> Tuple[List[Sample], List[Sample]]:
+    """
+    Split into (train, validation) by whole groups, stratified by class.
+
+    Within each class the groups are shuffled with ``seed`` and taken into the
+    validation side until it holds at least ``val_fraction`` of the class's images
+    (at least one group, and at least one group left for training). No group is
+    ever on both sides.
+
+    :raises DatasetError: a sample has no group key, ``val_fraction`` is not in (0, 1),
+        or a class has fewer than two groups.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f'validation fraction must be in (0, 1), got {val_fraction}')
+    by_class: Dict[int, Dict[str, List[Sample]]] = {}
+    for sample in samples:
+        if not sample.group:
+            raise DatasetError(f'{sample.path} has no group key; group before splitting')
+        by_class.setdefault(sample.label_index, {}).setdefault(sample.group, []).append(sample)
+    rng = random.Random(seed)
+    train: List[Sample] = []
+    val: List[Sample] = []
+    for label_index in sorted(by_class):
+        groups = by_class[label_index]
+        keys = sorted(groups)
+        if len(keys) < 2:
+            raise DatasetError(f'class {label_index} has {len(keys)} group(s); a grouped '
+                               'split needs at least 2 (more images or smaller groups)')
+        rng.shuffle(keys)
+        total = sum(len(groups[k]) for k in keys)
+        taken = 0
+        val_keys = []
+        for key in keys[:-1]:
+            if taken >= val_fraction * total:
+                break
+            val_keys.append(key)
+            taken += len(groups[key])
+        val_set = set(val_keys)
+        for key in sorted(groups):
+            (val if key in val_set else train).extend(groups[key])
+    return train, val

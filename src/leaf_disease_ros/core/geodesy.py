@@ -1,0 +1,136 @@
+"""
+WGS84 helpers: local metric offsets, distances and the UTM projection.
+
+Hand-written rather than pyproj because the runtime must stay numpy + OpenCV +
+onnxruntime (pyproj brings PROJ and its data). The formulas are textbook:
+
+- local east/north offsets use the meridian and prime-vertical radii of curvature
+  at the reference latitude: exact to millimetres over the few hundred metres of a
+  vineyard block;
+- UTM uses the Krueger series to 4th order in ``n`` (Karney 2011, "Transverse
+  Mercator with an accuracy of a few nanometres"), sub-millimetre within a zone, with
+  the Norway and Svalbard zone exceptions.
+"""
+
+from dataclasses import dataclass
+import math
+from typing import Tuple
+
+WGS84_A_M = 6378137.0
+WGS84_F = 1.0 / 298.257223563
+_E2 = WGS84_F * (2.0 - WGS84_F)
+_K0 = 0.9996
+_FALSE_EASTING_M = 500000.0
+_FALSE_NORTHING_SOUTH_M = 10000000.0
+_N = WGS84_F / (2.0 - WGS84_F)
+_A_RECT = WGS84_A_M / (1.0 + _N) * (1.0 + _N ** 2 / 4.0 + _N ** 4 / 64.0)
+_ALPHA = (
+    _N / 2.0 - 2.0 * _N ** 2 / 3.0 + 5.0 * _N ** 3 / 16.0 + 41.0 * _N ** 4 / 180.0,
+    13.0 * _N ** 2 / 48.0 - 3.0 * _N ** 3 / 5.0 + 557.0 * _N ** 4 / 1440.0,
+    61.0 * _N ** 3 / 240.0 - 103.0 * _N ** 4 / 140.0,
+    49561.0 * _N ** 4 / 161280.0,
+)
+_BAND_LETTERS = 'CDEFGHJKLMNPQRSTUVWX'
+
+
+def radii_of_curvature_m(latitude_deg: float) -> Tuple[float, float]:
+    """Return (meridian M, prime vertical N) radii in metres at a latitude."""
+    s = math.sin(math.radians(latitude_deg))
+    w = math.sqrt(1.0 - _E2 * s * s)
+    return WGS84_A_M * (1.0 - _E2) / w ** 3, WGS84_A_M / w
+
+
+def offset_latlon(latitude_deg: float, longitude_deg: float, east_m: float,
+                  north_m: float) -> Tuple[float, float]:
+    """Return the (latitude, longitude) in degrees ``east_m``/``north_m`` away."""
+    meridian, prime = radii_of_curvature_m(latitude_deg)
+    lat = latitude_deg + math.degrees(north_m / meridian)
+    lon = longitude_deg + math.degrees(
+        east_m / (prime * math.cos(math.radians(latitude_deg))))
+    return lat, lon
+
+
+def local_east_north_m(latitude_deg: float, longitude_deg: float, ref_latitude_deg: float,
+                       ref_longitude_deg: float) -> Tuple[float, float]:
+    """Return (east, north) metres of a point from a reference point (local tangent plane)."""
+    meridian, prime = radii_of_curvature_m(ref_latitude_deg)
+    dlat = math.radians(latitude_deg - ref_latitude_deg)
+    dlon = math.radians((longitude_deg - ref_longitude_deg + 540.0) % 360.0 - 180.0)
+    return (dlon * prime * math.cos(math.radians(ref_latitude_deg)), dlat * meridian)
+
+
+def distance_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float) -> float:
+    """Return the ground distance in metres between two nearby points (local plane)."""
+    east, north = local_east_north_m(lat2_deg, lon2_deg, lat1_deg, lon1_deg)
+    return math.hypot(east, north)
+
+
+@dataclass(frozen=True)
+class UtmPoint:
+    """A UTM position: zone 1-60, band letter, hemisphere, easting/northing in metres."""
+
+    zone: int
+    band: str
+    northern: bool
+    easting_m: float
+    northing_m: float
+
+    @property
+    def zone_name(self) -> str:
+        """Return e.g. ``'32U'``."""
+        return f'{self.zone}{self.band}'
+
+
+def utm_zone(latitude_deg: float, longitude_deg: float) -> int:
+    """Return the UTM zone number, with the Norway (32V) and Svalbard exceptions."""
+    lon = (longitude_deg + 180.0) % 360.0 - 180.0
+    zone = int((lon + 180.0) // 6.0) + 1
+    if 56.0 <= latitude_deg < 64.0 and 3.0 <= lon < 12.0:
+        return 32
+    if 72.0 <= latitude_deg <= 84.0 and lon >= 0.0:
+        if lon < 9.0:
+            return 31
+        if lon < 21.0:
+            return 33
+        if lon < 33.0:
+            return 35
+        if lon < 42.0:
+            return 37
+    return min(zone, 60)
+
+
+def latlon_to_utm(latitude_deg: float, longitude_deg: float, zone: int = 0) -> UtmPoint:
+    """
+    Project WGS84 latitude/longitude (degrees) to UTM.
+
+    :param latitude_deg: -80 to 84 degrees (UTM's domain).
+    :param longitude_deg: degrees east.
+    :param zone: force a zone (1-60), e.g. to keep a whole block in one zone; 0 = natural.
+
+    :raises ValueError: latitude outside UTM's domain, or a bad zone.
+    """
+    if not -80.0 <= latitude_deg <= 84.0 or not math.isfinite(longitude_deg):
+        raise ValueError(f'latitude {latitude_deg} is outside UTM (-80..84 degrees)')
+    if zone == 0:
+        zone = utm_zone(latitude_deg, longitude_deg)
+    if not 1 <= zone <= 60:
+        raise ValueError(f'UTM zone {zone} is not in 1..60')
+    central_deg = zone * 6.0 - 183.0
+    phi = math.radians(latitude_deg)
+    lam = math.radians((longitude_deg - central_deg + 540.0) % 360.0 - 180.0)
+    two_sqrt_n = 2.0 * math.sqrt(_N) / (1.0 + _N)
+    t = math.sinh(math.atanh(math.sin(phi)) - two_sqrt_n * math.atanh(two_sqrt_n * math.sin(phi)))
+    xi = math.atan2(t, math.cos(lam))
+    eta = math.atanh(math.sin(lam) / math.sqrt(1.0 + t * t))
+    east = eta
+    north = xi
+    for j, alpha in enumerate(_ALPHA, start=1):
+        east += alpha * math.cos(2 * j * xi) * math.sinh(2 * j * eta)
+        north += alpha * math.sin(2 * j * xi) * math.cosh(2 * j * eta)
+    easting = _FALSE_EASTING_M + _K0 * _A_RECT * east
+    northing = _K0 * _A_RECT * north
+    northern = latitude_deg >= 0.0
+    if not northern:
+        northing += _FALSE_NORTHING_SOUTH_M
+    band_index = min(int((latitude_deg + 80.0) // 8.0), len(_BAND_LETTERS) - 1)
+    return UtmPoint(zone, _BAND_LETTERS[band_index], northern, easting, northing)

@@ -1,0 +1,118 @@
+"""
+Classification metrics: confusion matrix, accuracy, macro-F1, per-class P/R/F1, ECE.
+
+One implementation for training, export, the classify CLI and the replay report, so
+a figure means the same thing everywhere. Conventions: rows of the confusion matrix
+are the true class, columns the predicted class; a class that is never predicted
+has precision 0, a class that never occurs has recall 0 and is left out of the
+macro average (``support == 0``), as scikit-learn does with ``zero_division=0``
+restricted to present labels.
+"""
+
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(true_idx: Sequence[int], pred_idx: Sequence[int],
+                     num_classes: int) -> np.ndarray:
+    """
+    Return the ``(C, C)`` int64 confusion matrix (rows true, columns predicted).
+
+    Predictions outside ``[0, C)`` (for example -1 for ``unknown``) are dropped from
+    the matrix; count them separately.
+    """
+    true_arr = np.asarray(true_idx, dtype=np.int64)
+    pred_arr = np.asarray(pred_idx, dtype=np.int64)
+    keep = (pred_arr >= 0) & (pred_arr < num_classes) & (true_arr >= 0)
+    flat = true_arr[keep] * num_classes + pred_arr[keep]
+    counts = np.bincount(flat, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def classification_report(true_idx: Sequence[int], pred_idx: Sequence[int],
+                          labels: Sequence[str]) -> Dict[str, Any]:
+    """
+    Return accuracy, macro-F1, per-class figures and the confusion matrix.
+
+    ``pred_idx`` may contain -1 (rejected as unknown): such a sample counts as wrong
+    for accuracy and recall, and is reported as ``unknown_count``.
+
+    Returns a JSON-ready dict: ``count``, ``accuracy``, ``macro_f1``,
+    ``unknown_count``, ``per_class`` (label -> precision, recall, f1, support),
+    ``labels`` and ``confusion_matrix`` (list of lists).
+    """
+    true_arr = np.asarray(true_idx, dtype=np.int64)
+    pred_arr = np.asarray(pred_idx, dtype=np.int64)
+    num_classes = len(labels)
+    matrix = confusion_matrix(true_arr, pred_arr, num_classes)
+    count = int(true_arr.size)
+    correct = int(np.sum(true_arr == pred_arr))
+    support = np.bincount(true_arr[true_arr >= 0], minlength=num_classes)[:num_classes]
+    predicted = matrix.sum(axis=0)
+    per_class: Dict[str, Dict[str, float]] = {}
+    f1s: List[float] = []
+    for index, label in enumerate(labels):
+        tp = float(matrix[index, index])
+        precision = tp / predicted[index] if predicted[index] else 0.0
+        recall = tp / support[index] if support[index] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {'precision': precision, 'recall': recall, 'f1': f1,
+                            'support': int(support[index])}
+        if support[index]:
+            f1s.append(f1)
+    return {
+        'count': count,
+        'accuracy': correct / count if count else 0.0,
+        'macro_f1': float(np.mean(f1s)) if f1s else 0.0,
+        'unknown_count': int(np.sum(pred_arr < 0)),
+        'per_class': per_class,
+        'labels': list(labels),
+        'confusion_matrix': matrix.tolist(),
+    }
+
+
+def expected_calibration_error(probs: np.ndarray, true_idx: Sequence[int],
+                               bins: int = 15) -> float:
+    """
+    Return the ECE of top-1 confidence over ``bins`` equal-width bins.
+
+    :param probs: ``(N, C)`` probabilities.
+    :param true_idx: ``(N,)`` true class indices.
+    :param bins: number of confidence bins over (0, 1].
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    true_arr = np.asarray(true_idx, dtype=np.int64)
+    if probs.shape[0] == 0:
+        return 0.0
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == true_arr).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bin i holds (edges[i], edges[i+1]]; a confidence of exactly 0 goes in bin 0.
+    which = np.clip(np.searchsorted(edges, confidence, side='left') - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if np.any(mask):
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """Return a plain-text table of a :func:`classification_report` result."""
+    labels = report['labels']
+    width = max(12, *(len(label) for label in labels))
+    lines = [f"images: {report['count']}   accuracy: {report['accuracy']:.4f}   "
+             f"macro-F1: {report['macro_f1']:.4f}   unknown: {report['unknown_count']}",
+             '',
+             f"{'class':<{width}}  precision  recall     f1  support"]
+    for label in labels:
+        row = report['per_class'][label]
+        lines.append(f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+                     f"{row['f1']:5.4f}  {row['support']:7d}")
+    lines += ['', 'confusion matrix (rows: true, columns: predicted)']
+    header = ' ' * width + '  ' + ' '.join(f'{label[:10]:>10}' for label in labels)
+    lines.append(header)
+    for label, row in zip(labels, report['confusion_matrix']):
+        lines.append(f'{label:<{width}}  ' + ' '.join(f'{v:>10d}' for v in row))
+    return '\n'.join(lines)
