@@ -1,0 +1,559 @@
+"""
+The rclpy node ``detector_node``: the only module of the package that imports rclpy.
+
+A thin adapter around the core: it declares the parameter table, loads and warms up
+the backend, subscribes, converts messages, calls the pipeline and publishes. Every
+rule that can be tested without ROS lives in core (parameter review, mailbox, rate
+limits, time jumps, statistics and status levels, debug drawing, operator messages).
+
+Start, in this order (a failure is logged with its fix and the process exits 1):
+
+1. declare every parameter of ``core/config.py`` with its descriptor; validate;
+2. check cv_bridge (one conversion: catches the NumPy 2 / Humble mismatch);
+3. load the backend (``inference/factory.py``) and run one warm-up frame;
+4. publishers, the ``~/enable`` service, the worker thread, timers;
+5. subscribe to ``fix`` and ``image`` (or ``image/compressed``); log ``detector ready:``.
+
+Threads: a MultiThreadedExecutor runs the image callback, the fix callback and the
+control callbacks (service, timers) in separate callback groups. The image callback
+only puts the message into a one-slot mailbox; the worker thread takes the newest
+message, converts it with cv_bridge (bgr8), runs the pipeline and publishes, so GPS
+keeps flowing while a batch runs, and frames replaced in the mailbox are counted as
+dropped. A bad frame is counted, logged (throttled) and dropped; a bug in the worker
+stops the node with the traceback and exit code 1 rather than leaving it silent.
+
+Time: every output copies the input image header; latency is the node clock minus
+the image stamp, so ``use_sim_time`` with ``ros2 bag play --clock`` works; stamps
+jumping back by more than a few seconds (a bag that loops) clear the fix buffer.
+"""
+
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Tuple
+
+from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType, SetParametersResult)
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+from std_msgs.msg import Header
+from std_srvs.srv import SetBool
+from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
+
+from leaf_disease_ros.core.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
+                                          PARAMETERS, STRING, validate_parameters)
+from leaf_disease_ros.core.debug_image import draw_detections
+from leaf_disease_ros.core.diagnostics import DetectorStats, DetectorThresholds, GpsStats
+from leaf_disease_ros.core.errors import (ConfigError, FrameError, InferenceError,
+                                          LeafDiseaseError)
+from leaf_disease_ros.core.frame_mailbox import LatestMailbox
+from leaf_disease_ros.core.geotag import FixBuffer
+from leaf_disease_ros.core.image_input import check_compressed, check_decoded, check_raw_layout
+from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
+                                                 cv_bridge_failure_message, EndpointQos,
+                                                 IMAGE_TYPE, no_image_message,
+                                                 ready_message, start_failure_message,
+                                                 time_jump_message,
+                                                 unsupported_encoding_message)
+from leaf_disease_ros.core.node_params import (descriptor_fields, EFFECT_DEBUG_RATE,
+                                               EFFECT_DETECTOR, EFFECT_LABEL_INFO,
+                                               EFFECT_REPLAY_ONLY, from_ros_value,
+                                               live_effects, review_changes, ros_default,
+                                               type_hint, unknown_parameters_message)
+from leaf_disease_ros.core.pipeline import Detector, FrameResult
+from leaf_disease_ros.core.timekeeping import BackwardJumpDetector, RateLimiter
+from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, stamp_to_ns,
+                                              to_detection2d_array, to_detection3d_array,
+                                              to_diagnostic_array, to_geotag_fix,
+                                              to_label_info)
+
+NODE_NAME = 'detector_node'
+WORKER_POLL_S = 0.2
+WORKER_JOIN_S = 10.0
+LOG_THROTTLE_S = 5.0
+FIX_QOS_DEPTH = 10
+OUTPUT_QOS_DEPTH = 10
+EXECUTOR_THREADS = 4
+
+_ROS_TYPES = {
+    BOOL: ParameterType.PARAMETER_BOOL,
+    INT: ParameterType.PARAMETER_INTEGER,
+    DOUBLE: ParameterType.PARAMETER_DOUBLE,
+    STRING: ParameterType.PARAMETER_STRING,
+    DOUBLE_ARRAY: ParameterType.PARAMETER_DOUBLE_ARRAY,
+}
+_RELIABILITY = {
+    'best_effort': ReliabilityPolicy.BEST_EFFORT,
+    'reliable': ReliabilityPolicy.RELIABLE,
+}
+
+
+class RosEnvironmentError(LeafDiseaseError):
+    """The ROS installation cannot serve the node (cv_bridge unusable)."""
+
+
+class _Pending:
+    """An image message waiting in the mailbox, with its stamp in nanoseconds."""
+
+    __slots__ = ('msg', 'stamp_ns')
+
+    def __init__(self, msg: Any, stamp_ns: int) -> None:
+        self.msg = msg
+        self.stamp_ns = stamp_ns
+
+
+def _policy_name(policy: Any) -> str:
+    """Return a QoS policy enum as the lower-case name the parameters use."""
+    return str(getattr(policy, 'name', policy)).lower()
+
+
+def _make_bridge() -> Tuple[Any, type]:
+    """
+    Return ``(CvBridge(), CvBridgeError)`` after one real conversion.
+
+    cv_bridge's compiled module is loaded when cv_bridge is imported (Humble) or at
+    the first conversion; doing both here makes a broken installation (Humble's
+    cv_bridge with NumPy 2) fail at start, not in the first frame.
+
+    :raises RosEnvironmentError: cv_bridge cannot be imported or cannot convert.
+    """
+    # A compiled module built against NumPy 1.x fails to import under NumPy 2 with
+    # "AttributeError: _ARRAY_API not found" or an ImportError (SystemError from some
+    # module initialisers); Humble's cv_bridge imports its module on import.
+    broken_import = (ImportError, AttributeError, SystemError)
+    try:
+        import cv_bridge
+    except broken_import as exc:
+        raise RosEnvironmentError(cv_bridge_failure_message(str(exc), np.__version__)) from exc
+    try:
+        bridge = cv_bridge.CvBridge()
+        probe = Image(height=1, width=1, encoding='rgb8', is_bigendian=0, step=3,
+                      data=bytes((10, 20, 30)))
+        converted = bridge.imgmsg_to_cv2(probe, desired_encoding='bgr8')
+    except broken_import + (cv_bridge.CvBridgeError,) as exc:
+        raise RosEnvironmentError(cv_bridge_failure_message(str(exc), np.__version__)) from exc
+    if getattr(converted, 'shape', None) != (1, 1, 3) or converted.tolist() != [[[30, 20, 10]]]:
+        raise RosEnvironmentError(cv_bridge_failure_message(
+            f'converting rgb8 to bgr8 gave {converted!r}', np.__version__))
+    return bridge, cv_bridge.CvBridgeError
+
+
+class DetectorNode(Node):
+    """Grapevine leaf disease detector: camera + GPS in, vision_msgs out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        """
+        Start the node (parameters, cv_bridge, model, publishers, subscriptions).
+
+        :raises LeafDiseaseError: a subclass naming what is wrong (ConfigError,
+            ModelLoadError, ModelCardError, RosEnvironmentError, InferenceError); the
+            node has released what it acquired.
+        """
+        super().__init__(NODE_NAME, **kwargs)
+        self._closed = False
+        self._closing = threading.Event()
+        self._enabled = threading.Event()
+        self._publish_lock = threading.Lock()
+        self._mailbox: LatestMailbox[_Pending] = LatestMailbox()
+        self._backend: Any = None
+        self._worker: Optional[threading.Thread] = None
+        self.fatal_error = ''
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            self.destroy_node()
+            raise
+
+    # --- start -------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._values = self._declare_parameters()
+        values = self._values
+        self._types = MessageTypes.from_ros()
+        self._bridge, self._bridge_error = _make_bridge()
+
+        self._backend = load_backend(
+            values['model_path'], values['backend'], onnx_provider=values['onnx_provider'],
+            intra_op_threads=values['onnx_intra_op_threads'], max_batch=values['max_batch'],
+            warn=self.get_logger().warning)
+        self._detector = Detector(self._backend, self._backend.card,
+                                  DetectorConfig.from_parameters(values))
+        warmup_ms = self._warm_up()
+
+        self._fixes = FixBuffer(values['fix_buffer_size'])
+        self._fix_jump = BackwardJumpDetector()
+        self._image_jump = BackwardJumpDetector()
+        self._debug_limiter = RateLimiter(values['debug_image_rate_hz'])
+        self._geo_frame_id = values['geo_frame_id']
+        if values['start_enabled']:
+            self._enabled.set()
+
+        self._image_group = MutuallyExclusiveCallbackGroup()
+        self._fix_group = MutuallyExclusiveCallbackGroup()
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._create_publishers()
+        self._publish_label_info()
+        self.create_service(SetBool, '~/enable', self._on_enable,
+                            callback_group=self._control_group)
+
+        start_s = time.monotonic()
+        self._stats = DetectorStats(start_s)
+        self._gps = GpsStats(start_s)
+        self._worker = threading.Thread(target=self._worker_main, name='leaf_detector_worker',
+                                        daemon=True)
+        self._worker.start()
+        self._subscribe(values)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._diagnostics_timer = self.create_timer(
+            values['diagnostics_period_s'], self._on_diagnostics,
+            callback_group=self._control_group, clock=steady)
+        self._no_image_timer = self.create_timer(
+            values['no_image_warn_s'], self._on_no_image_check,
+            callback_group=self._control_group, clock=steady)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        facts = self._backend.describe()
+        self.get_logger().info(ready_message(
+            model_id=self._backend.model_id, backend=str(facts.get('backend', '')),
+            providers=list(facts.get('providers', [])), warmup_ms=warmup_ms,
+            image_topic=self._image_topic, image_type=self._image_type,
+            reliability=values['image_qos_reliability'], depth=values['image_qos_depth'],
+            fix_topic=self._fix_topic,
+            detections_topic=self.resolve_topic_name('~/detections')))
+        if not self._enabled.is_set():
+            self.get_logger().info(
+                'detection is paused (start_enabled false): resume with ros2 service call '
+                f"{self.resolve_service_name('~/enable')} std_srvs/srv/SetBool '{{data: true}}'")
+
+    def _declare_parameters(self) -> Dict[str, Any]:
+        """Declare the parameter table with descriptors; return the validated values."""
+        values: Dict[str, Any] = {}
+        for spec in PARAMETERS:
+            fields = descriptor_fields(spec)
+            descriptor = ParameterDescriptor(
+                name=spec.name, type=_ROS_TYPES[spec.type], description=fields.description,
+                additional_constraints=fields.additional_constraints,
+                read_only=fields.read_only)
+            if fields.integer_range is not None:
+                descriptor.integer_range = [IntegerRange(
+                    from_value=fields.integer_range[0], to_value=fields.integer_range[1],
+                    step=0)]
+            if fields.floating_point_range is not None:
+                descriptor.floating_point_range = [FloatingPointRange(
+                    from_value=fields.floating_point_range[0],
+                    to_value=fields.floating_point_range[1], step=0.0)]
+            try:
+                parameter = self.declare_parameter(spec.name, ros_default(spec), descriptor)
+            except InvalidParameterTypeException as exc:
+                raise ConfigError(spec.name, f'{exc}; {type_hint(spec)}') from exc
+            except InvalidParameterValueException as exc:
+                raise ConfigError(spec.name, str(exc)) from exc
+            values[spec.name] = from_ros_value(parameter.value)
+        # rclpy keeps the overrides it was given (params file, -p) in this attribute;
+        # ROS ignores those that name no declared parameter, so report typos.
+        overrides = getattr(self, '_parameter_overrides', None) or {}
+        warning = unknown_parameters_message(list(overrides))
+        if warning:
+            self.get_logger().warning(warning)
+        return validate_parameters(values)
+
+    def _warm_up(self) -> float:
+        """Run one frame through the whole pipeline; return its duration in ms."""
+        height, width = self._backend.card.input_hw_px
+        frame = np.empty((height, width, 3), dtype=np.uint8)
+        frame[:] = (40, 160, 40)  # BGR leaf green: passes the vegetation gate
+        start = time.perf_counter()
+        self._detector.process(frame, 0, None)
+        return (time.perf_counter() - start) * 1e3
+
+    def _create_publishers(self) -> None:
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_QOS_DEPTH,
+                              reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.VOLATILE)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        debug = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                           reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.VOLATILE)
+        self._pub_detections = self.create_publisher(Detection2DArray, '~/detections', reliable)
+        self._pub_fix = self.create_publisher(NavSatFix, '~/detections/fix', reliable)
+        self._pub_geo = self.create_publisher(Detection3DArray, '~/geo_detections', reliable)
+        self._pub_labels = self.create_publisher(LabelInfo, '~/label_info', latched)
+        self._pub_debug = self.create_publisher(Image, '~/debug_image', debug)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+
+    def _subscribe(self, values: Dict[str, Any]) -> None:
+        fix_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=FIX_QOS_DEPTH,
+                             reliability=ReliabilityPolicy.BEST_EFFORT,
+                             durability=DurabilityPolicy.VOLATILE)
+        self.create_subscription(NavSatFix, 'fix', self._on_fix, fix_qos,
+                                 callback_group=self._fix_group)
+        self._fix_topic = self.resolve_topic_name('fix')
+        image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST,
+                               depth=values['image_qos_depth'],
+                               reliability=_RELIABILITY[values['image_qos_reliability']],
+                               durability=DurabilityPolicy.VOLATILE)
+        if values['image_transport'] == 'compressed':
+            name, msg_type, self._image_type = 'image/compressed', CompressedImage, \
+                COMPRESSED_IMAGE_TYPE
+        else:
+            name, msg_type, self._image_type = 'image', Image, IMAGE_TYPE
+        self.create_subscription(msg_type, name, self._on_image, image_qos,
+                                 callback_group=self._image_group)
+        self._image_topic = self.resolve_topic_name(name)
+
+    # --- callbacks (executor threads) ---------------------------------------------
+
+    def _on_image(self, msg: Any) -> None:
+        """Queue the newest image for the worker (no conversion here)."""
+        self._stats.image_received(time.monotonic())
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        jump_s = self._image_jump.update(stamp_ns)
+        if jump_s is not None:
+            self._forget_fixes('image', jump_s)
+        if not self._enabled.is_set():
+            self._stats.frame_ignored()
+            return
+        self._mailbox.put(_Pending(msg, stamp_ns))
+
+    def _on_fix(self, msg: NavSatFix) -> None:
+        """Add a fix to the buffer (NO_FIX and NaN fixes are counted, not stored)."""
+        fix = navsatfix_to_fix(msg)
+        jump_s = self._fix_jump.update(fix.stamp_ns)
+        if jump_s is not None:
+            self._forget_fixes('fix', jump_s)
+        outcome = self._fixes.add(fix)
+        self._gps.fix_received(time.monotonic(), outcome)
+
+    def _forget_fixes(self, stream: str, jump_s: float) -> None:
+        text = time_jump_message(stream, jump_s)
+        self._fixes.clear()
+        self._gps.buffer_cleared(text)
+        self._debug_limiter.reset()
+        self.get_logger().warning(text)
+
+    def _on_enable(self, request: SetBool.Request,
+                   response: SetBool.Response) -> SetBool.Response:
+        """Pause or resume detection; subscriptions stay, paused frames are ignored."""
+        with self._publish_lock:  # no publication after the reply to a pause
+            if request.data:
+                self._enabled.set()
+            else:
+                self._enabled.clear()
+                self._mailbox.clear()
+        response.success = True
+        response.message = ('detection resumed' if request.data else
+                            'detection paused: subscriptions stay, frames are ignored')
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_set_parameters(self, parameters: List[Parameter]) -> SetParametersResult:
+        """Accept or reject a live change; apply the accepted one."""
+        review = review_changes([(p.name, p.value) for p in parameters], self._values)
+        if not review.successful:
+            self.get_logger().warning(f'parameter change rejected: {review.reason}')
+            return SetParametersResult(successful=False, reason=review.reason)
+        if review.updates:
+            self._apply(review.updates)
+        return SetParametersResult(successful=True, reason='')
+
+    def _apply(self, updates: Dict[str, Any]) -> None:
+        values = dict(self._values)
+        values.update(updates)
+        effects = live_effects(updates)
+        if EFFECT_DETECTOR in effects:
+            self._detector.update_config(DetectorConfig.from_parameters(values))
+        if EFFECT_DEBUG_RATE in effects:
+            self._debug_limiter.set_rate(values['debug_image_rate_hz'])
+        self._values = values  # diagnostics thresholds are read from here
+        if EFFECT_LABEL_INFO in effects:
+            self._publish_label_info()
+        changed = ', '.join(f'{name}={value!r}' for name, value in sorted(updates.items()))
+        note = ' (used by the replay only)' if effects == {EFFECT_REPLAY_ONLY} else ''
+        self.get_logger().info(f'parameters changed: {changed}{note}')
+
+    def _on_no_image_check(self) -> None:
+        """Warn once, with the likely cause, when no image arrived in no_image_warn_s."""
+        self._no_image_timer.cancel()
+        if self._stats.received:
+            return
+        publishers = [
+            EndpointQos(node=f"{info.node_namespace.rstrip('/')}/{info.node_name}",
+                        topic_type=info.topic_type,
+                        reliability=_policy_name(info.qos_profile.reliability),
+                        durability=_policy_name(info.qos_profile.durability))
+            for info in self.get_publishers_info_by_topic(self._image_topic)]
+        self.get_logger().warning(no_image_message(
+            topic=self._image_topic, image_type=self._image_type,
+            reliability=self._values['image_qos_reliability'],
+            depth=self._values['image_qos_depth'],
+            waited_s=self._values['no_image_warn_s'], publishers=publishers))
+
+    def _on_diagnostics(self) -> None:
+        now_s = time.monotonic()
+        now = self.get_clock().now()
+        values = self._values
+        prefix = f"{self.get_namespace().rstrip('/')}/{self.get_name()}"
+        facts = self._backend.describe()
+        reports = [
+            self._stats.report(
+                now_s, name=f'{prefix}: detector', hardware_id=self._backend.model_id,
+                enabled=self._enabled.is_set(), image_topic=self._image_topic,
+                backend=str(facts.get('backend', '')), model_id=self._backend.model_id,
+                dropped=self._mailbox.dropped,
+                thresholds=DetectorThresholds(values['no_image_warn_s'],
+                                              values['latency_budget_ms'])),
+            self._gps.report(
+                now_s, now.nanoseconds, self._fixes.newest(), name=f'{prefix}: gps',
+                hardware_id=self._fix_topic, fix_topic=self._fix_topic,
+                no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes)),
+        ]
+        header = Header(stamp=now.to_msg(), frame_id='')
+        self._pub_diagnostics.publish(to_diagnostic_array(reports, header, self._types))
+
+    def _publish_label_info(self) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id='')
+        self._pub_labels.publish(to_label_info(self._backend.card, header, self._types,
+                                               self._detector.unknown_threshold()))
+
+    # --- worker thread -----------------------------------------------------------
+
+    def _worker_main(self) -> None:
+        """Process the newest frame until the mailbox closes; a bug stops the node."""
+        try:
+            while True:
+                pending = self._mailbox.take(WORKER_POLL_S)
+                if pending is None:
+                    if self._mailbox.closed:
+                        return
+                    continue
+                self._handle_frame(pending)
+        except Exception:  # last resort: a bug must stop the node loudly, not silently
+            if self._closing.is_set() or not self.context.ok():
+                return  # shutting down: publishers may already be gone
+            self.fatal_error = traceback.format_exc()
+            self.get_logger().fatal('the detector worker thread failed (a bug: please report '
+                                    'it with this traceback); stopping the node\n'
+                                    + self.fatal_error)
+            rclpy.try_shutdown(context=self.context)
+
+    def _decode(self, msg: Any) -> np.ndarray:
+        """
+        Convert an image message to ``(H, W, 3)`` uint8 BGR with cv_bridge.
+
+        :raises ImageDecodeError: malformed message or undecodable data.
+        :raises CvBridgeError: cv_bridge cannot convert the encoding to bgr8.
+        """
+        if isinstance(msg, CompressedImage):
+            check_compressed(msg.format, len(msg.data))
+            image = self._bridge.compressed_imgmsg_to_cv2(msg, desired_encoding='bgr8')
+            return check_decoded(image, f'compressed image (format {msg.format!r})')
+        check_raw_layout(msg.height, msg.width, msg.step, len(msg.data), msg.encoding)
+        image = self._bridge.imgmsg_to_cv2(msg, desired_encoding='bgr8')
+        return check_decoded(image, f'image (encoding {msg.encoding!r})')
+
+    def _handle_frame(self, pending: _Pending) -> None:
+        """Convert, classify and publish one frame; a bad frame is counted and dropped."""
+        msg = pending.msg
+        try:
+            frame = self._decode(msg)
+            result = self._detector.process(frame, pending.stamp_ns, self._fixes)
+        except self._bridge_error as exc:
+            encoding = msg.format if isinstance(msg, CompressedImage) else msg.encoding
+            text = unsupported_encoding_message(encoding, str(exc))
+            self._stats.unsupported_encoding(time.monotonic(), encoding, text)
+            self.get_logger().warning(text, throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        except (FrameError, InferenceError) as exc:
+            self._stats.frame_failed(time.monotonic(), str(exc))
+            self.get_logger().warning(f'frame dropped: {exc}',
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        with self._publish_lock:
+            if not self._enabled.is_set():
+                self._stats.frame_ignored()
+                return
+            self._publish(msg.header, frame, result)
+            latency_ms = (self.get_clock().now().nanoseconds - pending.stamp_ns) / 1e6
+        self._stats.frame_processed(time.monotonic(), latency_ms, result.timings_ms['total'])
+
+    def _publish(self, header: Header, frame: np.ndarray, result: FrameResult) -> None:
+        types = self._types
+        self._pub_detections.publish(to_detection2d_array(result, header, types))
+        self._pub_fix.publish(to_geotag_fix(result, header, types))
+        self._pub_geo.publish(to_detection3d_array(result, header, self._geo_frame_id, types))
+        if (self._pub_debug.get_subscription_count() > 0
+                and self._debug_limiter.allow(result.stamp_ns)):
+            status = (f'{len(result.findings)} finding(s); GPS: {result.geotag.reason}; '
+                      f'{result.timings_ms["total"]:.0f} ms')
+            debug = self._bridge.cv2_to_imgmsg(draw_detections(frame, result.detections,
+                                                               status), encoding='bgr8')
+            debug.header = header
+            self._pub_debug.publish(debug)
+
+    # --- shutdown ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker thread and release the backend; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        self._mailbox.close()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(WORKER_JOIN_S)
+            if self._worker.is_alive():
+                self.get_logger().warning(f'the worker thread did not stop within '
+                                          f'{WORKER_JOIN_S:.0f} s (inference still running)')
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """
+    Run the detector node until Ctrl-C; return the process exit code.
+
+    :returns: 0 after a clean shutdown, 1 when the node cannot start (the reason and
+        its fix are logged) or stopped on an internal error.
+    """
+    rclpy.init(args=args)
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    try:
+        node = DetectorNode()
+    except LeafDiseaseError as exc:
+        logger.fatal(start_failure_message(exc))
+        rclpy.try_shutdown()
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        rclpy.try_shutdown()
+        return 0
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=WORKER_JOIN_S)  # waits for running callbacks
+        node.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if node.fatal_error else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

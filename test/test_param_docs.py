@@ -1,0 +1,106 @@
+"""docs/robot.md stays in sync with the parameter table and quotes the node's exact texts."""
+
+import importlib.util
+import os
+
+import pytest
+
+from conftest import REPO_DIR
+from leaf_disease_ros.core.config import PARAMETERS, PARAMETERS_BY_NAME
+from leaf_disease_ros.core.errors import ConfigError, ModelCardError
+from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
+                                                 cv_bridge_failure_message, EndpointQos,
+                                                 IMAGE_TYPE, no_image_message, ready_message,
+                                                 start_failure_message, time_jump_message,
+                                                 unsupported_encoding_message)
+from leaf_disease_ros.core.node_params import type_hint, unknown_parameters_message
+
+DOC = os.path.join(REPO_DIR, 'docs', 'robot.md')
+TOOL = os.path.join(REPO_DIR, 'tools', 'gen_param_docs.py')
+
+
+@pytest.fixture(scope='module')
+def tool():
+    """Return tools/gen_param_docs.py as a module."""
+    spec = importlib.util.spec_from_file_location('gen_param_docs', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def doc():
+    """Return the text of docs/robot.md."""
+    with open(DOC, encoding='utf-8') as stream:
+        return stream.read()
+
+
+def generated_section(text: str, tool) -> str:
+    """Return what stands between the generated-table markers of ``text``."""
+    start = text.index(tool.BEGIN_MARKER) + len(tool.BEGIN_MARKER) + 1
+    return text[start:text.index(tool.END_MARKER)]
+
+
+def test_the_parameter_table_of_the_doc_is_the_generated_one(doc, tool):
+    assert generated_section(doc, tool) == tool.markdown_table()
+
+
+def test_the_table_has_one_row_per_parameter(tool):
+    rows = [line for line in tool.markdown_table().splitlines() if line.startswith('| `')]
+    assert [row.split('`')[1] for row in rows] == [spec.name for spec in PARAMETERS]
+
+
+def test_a_changed_table_is_detected(doc, tool, monkeypatch):
+    spec = PARAMETERS_BY_NAME['top_k']
+    changed = tuple(s if s is not spec else type(spec)(**{**spec.__dict__, 'default': 5})
+                    for s in PARAMETERS)
+    monkeypatch.setattr(tool, 'PARAMETERS', changed)
+    assert generated_section(doc, tool) != tool.markdown_table()
+
+
+def test_the_tool_prints_the_table_and_the_params_file(tool, capsys):
+    assert tool.main([]) == 0
+    assert capsys.readouterr().out == tool.markdown_table()
+    assert tool.main(['--yaml']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('# Parameters of the leaf_disease_ros detector node')
+    assert '    max_fix_gap_s: 1.0\n' in out
+
+
+EXAMPLES = [
+    ready_message(model_id='leaf_resnet18@0123456789ab', backend='onnxruntime',
+                  providers=['CPUExecutionProvider'], warmup_ms=41.0,
+                  image_topic='/camera/image_raw', image_type=IMAGE_TYPE,
+                  reliability='best_effort', depth=1, fix_topic='/gps/fix',
+                  detections_topic='/detector_node/detections'),
+    time_jump_message('fix', 120.4),
+    no_image_message(topic='/camera/image_raw', image_type=IMAGE_TYPE,
+                     reliability='best_effort', depth=1, waited_s=5.0, publishers=[]),
+    no_image_message(topic='/camera/image_raw', image_type=IMAGE_TYPE, reliability='reliable',
+                     depth=1, waited_s=5.0, publishers=[
+                         EndpointQos('/camera_driver', IMAGE_TYPE, 'best_effort', 'volatile')]),
+    no_image_message(topic='/camera/image_raw', image_type=IMAGE_TYPE,
+                     reliability='best_effort', depth=1, waited_s=5.0, publishers=[
+                         EndpointQos('/camera_driver', COMPRESSED_IMAGE_TYPE, 'reliable',
+                                     'volatile')]),
+    no_image_message(topic='/camera/image_raw', image_type=IMAGE_TYPE,
+                     reliability='best_effort', depth=1, waited_s=5.0, publishers=[
+                         EndpointQos('/camera_driver', IMAGE_TYPE, 'reliable', 'volatile')]),
+    'detector cannot start: ' + cv_bridge_failure_message(
+        '_ARRAY_API not found', '2.2.6'),
+    start_failure_message(ConfigError('tile_stride_px', '300 is larger than tile_size_px 256: '
+                                                        'the frame would have unclassified '
+                                                        'gaps')),
+    type_hint(PARAMETERS_BY_NAME['max_fix_age_s']),
+    unknown_parameters_message(['tile_sise_px']),
+    start_failure_message(ModelCardError(
+        '/data/models/mine.json', '<file>', 'does not exist; every model needs its card '
+        '(<model>.json, written by tools/export_onnx.py)')),
+    unsupported_encoding_message('16UC1', '[16UC1] is not a color format. but [bgr8] is. '
+                                          'The conversion does not make sense'),
+]
+
+
+@pytest.mark.parametrize('text', EXAMPLES, ids=lambda text: text[:40])
+def test_the_doc_quotes_the_node_texts_exactly(doc, text):
+    assert text in ' '.join(doc.split()) or text in doc

@@ -1,0 +1,341 @@
+"""
+Static checks of the ROS side that run without ROS.
+
+The node and the launch file cannot be imported here (no rclpy), so they are
+compiled and read as syntax trees: the import rules of the design, the ROS
+dependencies in package.xml, the launch arguments, the node's ROS interface (topic
+and service names of docs/DESIGN) and its exception handling. Each checker is also
+run on a counter-example, so every test can fail.
+"""
+
+import ast
+import os
+import py_compile
+import sys
+from typing import Dict, List, Set
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+from conftest import REPO_DIR
+
+SRC = os.path.join(REPO_DIR, 'src', 'leaf_disease_ros')
+NODE = os.path.join(SRC, 'ros', 'node.py')
+CONVERSIONS = os.path.join(SRC, 'ros', 'conversions.py')
+LAUNCH = os.path.join(REPO_DIR, 'launch', 'detector.launch.py')
+LAUNCH_TEST = os.path.join(REPO_DIR, 'test', 'test_detector_launch.py')
+PACKAGE_XML = os.path.join(REPO_DIR, 'package.xml')
+SETUP_PY = os.path.join(REPO_DIR, 'setup.py')
+
+ROS_PACKAGES = {'rclpy', 'rclcpp', 'launch', 'launch_ros', 'launch_testing',
+                'launch_testing_ros', 'cv_bridge', 'ament_index_python', 'message_filters',
+                'image_transport', 'rosbag2_py', 'rosidl_runtime_py', 'tf2_ros', 'rcl_interfaces',
+                'builtin_interfaces'}
+RUNTIMES = {'onnxruntime', 'tensorrt', 'pycuda', 'rosbags'}
+# rosdep keys of the Python libraries the package imports
+PYTHON_DEPS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml',
+               'onnxruntime': 'python3-onnxruntime-pip', 'pytest': 'python3-pytest'}
+LOCAL = {'leaf_disease_ros', 'conftest', 'tiny_model'}
+
+
+def is_ros_package(module: str) -> bool:
+    """Return whether a top-level module name is a ROS 2 package."""
+    top = module.split('.')[0]
+    return top in ROS_PACKAGES or top.endswith(('_msgs', '_srvs', '_interfaces'))
+
+
+def read(path: str) -> str:
+    """Return the text of ``path``."""
+    with open(path, encoding='utf-8') as stream:
+        return stream.read()
+
+
+def imported_modules(source: str, package: str = '') -> Set[str]:
+    """
+    Return every module ``source`` imports, at module level or inside functions.
+
+    ``from a.b import c`` gives ``a.b`` and ``a.b.c`` (``c`` may be a module);
+    relative imports are resolved against ``package``.
+    """
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.')
+                parts = parts[:len(parts) - node.level + 1]
+                base = '.'.join(parts + ([base] if base else []))
+            found.add(base)
+            found.update(f'{base}.{alias.name}' for alias in node.names)
+    return found
+
+
+def import_violations(relative_path: str, modules: Set[str]) -> List[str]:
+    """Return the design's import rules that a module under src/leaf_disease_ros breaks."""
+    problems = []
+    tops = {m.split('.')[0] for m in modules}
+    if 'rclpy' in tops and relative_path != 'ros/node.py':
+        problems.append(f'{relative_path} imports rclpy (only ros/node.py may)')
+    if relative_path.startswith('core/'):
+        for module in sorted(modules):
+            top = module.split('.')[0]
+            if is_ros_package(top) or top in RUNTIMES:
+                problems.append(f'{relative_path} imports {module} (core stays pure)')
+            if module.startswith(('leaf_disease_ros.inference', 'leaf_disease_ros.ros',
+                                  'leaf_disease_ros.replay', 'leaf_disease_ros.cli')):
+                problems.append(f'{relative_path} imports {module} (core <- inference <- ros)')
+    return problems
+
+
+def source_files() -> Dict[str, str]:
+    """Return relative path -> path of every module under src/leaf_disease_ros."""
+    files = {}
+    for folder, _, names in os.walk(SRC):
+        for name in names:
+            if name.endswith('.py'):
+                path = os.path.join(folder, name)
+                files[os.path.relpath(path, SRC).replace(os.sep, '/')] = path
+    return files
+
+
+def package_of(relative_path: str) -> str:
+    """Return the dotted package a module under src/leaf_disease_ros belongs to."""
+    parts = ['leaf_disease_ros'] + relative_path.split('/')[:-1]
+    return '.'.join(parts)
+
+
+# --- compilation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('path', [NODE, LAUNCH, LAUNCH_TEST], ids=os.path.basename)
+def test_compiles(path, tmp_path):
+    py_compile.compile(path, cfile=str(tmp_path / 'out.pyc'), doraise=True)
+
+
+def test_the_node_module_is_the_registered_entry_point():
+    assert "'detector_node = leaf_disease_ros.ros.node:main'" in read(SETUP_PY)
+    tree = ast.parse(read(NODE))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in tree.body)
+
+
+# --- import rules --------------------------------------------------------------------
+
+
+def test_import_rules_hold_over_src():
+    problems = []
+    for relative, path in sorted(source_files().items()):
+        problems += import_violations(relative, imported_modules(read(path),
+                                                                 package_of(relative)))
+    assert problems == []
+    assert 'rclpy' in imported_modules(read(NODE))
+
+
+def test_import_rules_can_fail():
+    assert import_violations('core/x.py', imported_modules('import rclpy\n')) == [
+        'core/x.py imports rclpy (only ros/node.py may)', 'core/x.py imports rclpy (core stays '
+        'pure)']
+    assert import_violations('replay/x.py', imported_modules('from rclpy.node import Node\n'))
+    nested = 'def f():\n    import onnxruntime\n    from sensor_msgs.msg import Image\n'
+    assert len(import_violations('core/x.py', imported_modules(nested))) == 3
+    relative = imported_modules('from ..inference import factory\n', 'leaf_disease_ros.core')
+    assert import_violations('core/x.py', relative) == [
+        'core/x.py imports leaf_disease_ros.inference (core <- inference <- ros)',
+        'core/x.py imports leaf_disease_ros.inference.factory (core <- inference <- ros)']
+    assert import_violations('core/x.py', imported_modules('import numpy, cv2\n')) == []
+
+
+# --- package.xml -----------------------------------------------------------------------
+
+
+def declared(xml_text: str, tags: Set[str]) -> Set[str]:
+    """Return the dependency names of the given tags in a package.xml."""
+    root = ElementTree.fromstring(xml_text)
+    return {element.text.strip() for element in root if element.tag in tags}
+
+
+def missing_dependencies(paths: List[str], keys: Set[str]) -> List[str]:
+    """Return the rosdep keys that ``paths`` import but ``keys`` lack."""
+    stdlib = set(sys.stdlib_module_names)
+    missing = set()
+    for path in paths:
+        for module in imported_modules(read(path), 'leaf_disease_ros.ros'):
+            top = module.split('.')[0]
+            if not top or top in stdlib or top in LOCAL:
+                continue
+            key = PYTHON_DEPS.get(top, top if is_ros_package(top) else f'<unmapped {top}>')
+            if key not in keys:
+                missing.add(key)
+    return sorted(missing)
+
+
+def test_package_xml_declares_what_the_node_and_launch_file_import():
+    xml_text = read(PACKAGE_XML)
+    run = declared(xml_text, {'exec_depend', 'depend'})
+    assert missing_dependencies([NODE, CONVERSIONS, LAUNCH], run) == []
+    test = run | declared(xml_text, {'test_depend'})
+    assert missing_dependencies([LAUNCH_TEST], test) == []
+
+
+def test_package_xml_check_can_fail():
+    without = read(PACKAGE_XML).replace('<exec_depend>vision_msgs</exec_depend>', '')
+    run = declared(without, {'exec_depend', 'depend'})
+    assert missing_dependencies([NODE], run) == ['vision_msgs']
+
+
+# --- launch file -------------------------------------------------------------------------
+
+LAUNCH_ARGUMENTS = {'model', 'backend', 'image_topic', 'fix_topic', 'image_transport',
+                    'params_file', 'namespace', 'use_sim_time', 'log_level'}
+FORBIDDEN_CALLS = {'eval', 'exec', 'OpaqueFunction', 'ExecuteProcess', 'system', 'Popen',
+                   'run', 'check_output', 'check_call', 'PythonExpression'}
+
+
+def call_name(node: ast.Call) -> str:
+    """Return the called name of a call node ('' when not a simple name)."""
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else getattr(func, 'attr', '')
+
+
+def launch_problems(source: str) -> List[str]:
+    """Return what is wrong with a launch file's source."""
+    tree = ast.parse(source)
+    problems = []
+    declared_args = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.IfExp, ast.For, ast.While, ast.Try, ast.Lambda)):
+            problems.append(f'logic: {type(node).__name__} at line {node.lineno}')
+        if isinstance(node, ast.Call):
+            name = call_name(node)
+            if name in FORBIDDEN_CALLS:
+                problems.append(f'forbidden call {name} at line {node.lineno}')
+            if name == 'DeclareLaunchArgument' and node.args:
+                declared_args.add(ast.literal_eval(node.args[0]))
+    if 'subprocess' in imported_modules(source):
+        problems.append('imports subprocess')
+    if declared_args != LAUNCH_ARGUMENTS:
+        problems.append(f'arguments {sorted(declared_args)} != {sorted(LAUNCH_ARGUMENTS)}')
+    for needed in ("'image'", "'image/compressed'", "'fix'", "executable='detector_node'",
+                   "'model_path'", "'backend'", "'image_transport'", "'use_sim_time'"):
+        if needed not in source:
+            problems.append(f'does not mention {needed}')
+    return problems
+
+
+def test_launch_file_declares_the_arguments_and_has_no_logic():
+    assert launch_problems(read(LAUNCH)) == []
+
+
+def test_launch_file_parameters_are_in_the_table():
+    from leaf_disease_ros.core.config import PARAMETERS_BY_NAME
+
+    tree = ast.parse(read(LAUNCH))
+    keys = {key.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
+            for key in node.keys if isinstance(key, ast.Constant)}
+    assert keys and keys <= set(PARAMETERS_BY_NAME) | {'use_sim_time'}
+
+
+def test_launch_check_can_fail():
+    source = read(LAUNCH)
+    assert launch_problems(source.replace("'log_level'", "'verbosity'", 1))
+    assert launch_problems(source + '\nif True:\n    pass\n')
+    assert launch_problems(source + '\nimport subprocess\nsubprocess.run(["ls"])\n')
+    assert launch_problems(source + '\nx = eval("1")\n')
+
+
+# --- the node's ROS interface and error handling ----------------------------------------
+
+TOPICS_OUT = {'~/detections', '~/detections/fix', '~/geo_detections', '~/label_info',
+              '~/debug_image', '/diagnostics'}
+TOPICS_IN = {'image', 'image/compressed', 'fix'}
+SERVICES = {'~/enable'}
+# exception names the node may catch, and where the broad ones are allowed
+NARROW = {'FrameError', 'InferenceError', 'self._bridge_error',
+          'InvalidParameterTypeException', 'InvalidParameterValueException',
+          'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException'}
+# broader catches, each allowed in one function only
+BROAD = {'Exception': '_worker_main', 'BaseException': '__init__',
+         'broken_import': '_make_bridge', 'broken_import + (cv_bridge.CvBridgeError,)':
+         '_make_bridge'}
+
+
+def names_in(call_args, name: str, tree: ast.AST) -> Set[str]:
+    """Return the string literals passed as the topic/service argument of ``name`` calls."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and call_name(node) == name:
+            args = list(node.args[:call_args + 1])
+            if len(args) > call_args and isinstance(args[call_args], ast.Constant):
+                found.add(args[call_args].value)
+            elif len(args) > call_args and isinstance(args[call_args], ast.Name):
+                found.add(f'<variable {args[call_args].id}>')
+    return found
+
+
+def test_the_node_uses_the_topic_and_service_names_of_the_design():
+    tree = ast.parse(read(NODE))
+    assert names_in(1, 'create_publisher', tree) == TOPICS_OUT
+    subscribed = names_in(1, 'create_subscription', tree)
+    assert subscribed == {'fix', '<variable name>'}
+    for topic in TOPICS_IN:
+        assert f"'{topic}'" in read(NODE)
+    assert names_in(1, 'create_service', tree) == SERVICES
+
+
+def handler_problems(source: str) -> List[str]:
+    """Return exception handlers that catch more than the node's narrow errors."""
+    problems = []
+    tree = ast.parse(source)
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, ast.ExceptHandler):
+                continue
+            if node.type is None:
+                problems.append(f'bare except in {function.name}')
+                continue
+            types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            for caught in (ast.unparse(t) for t in types):
+                if caught in NARROW:
+                    continue
+                if BROAD.get(caught) == function.name:
+                    if caught == 'BaseException' and not any(
+                            isinstance(n, ast.Raise) and n.exc is None for n in node.body):
+                        problems.append(f'{caught} in {function.name} is not re-raised')
+                    continue
+                problems.append(f'{function.name} catches {caught}')
+    return problems
+
+
+def test_the_node_catches_only_narrow_errors():
+    assert handler_problems(read(NODE)) == []
+
+
+def test_handler_check_can_fail():
+    assert handler_problems('def _on_image(self):\n    try:\n        pass\n'
+                            '    except Exception:\n        pass\n') == [
+        '_on_image catches Exception']
+    assert handler_problems('def __init__(self):\n    try:\n        pass\n'
+                            '    except BaseException:\n        pass\n') == [
+        'BaseException in __init__ is not re-raised']
+    assert handler_problems('def f():\n    try:\n        pass\n    except:\n        pass\n')
+
+
+def test_src_has_no_print_assert_or_exit_outside_main_guards():
+    problems = []
+    for relative, path in sorted(source_files().items()):
+        tree = ast.parse(read(path))
+        guarded = set()
+        for node in tree.body:
+            if isinstance(node, ast.If) and '__main__' in ast.unparse(node.test):
+                guarded.update(id(n) for n in ast.walk(node))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assert):
+                problems.append(f'{relative}:{node.lineno} assert')
+            if isinstance(node, ast.Call) and id(node) not in guarded:
+                text = ast.unparse(node.func)
+                if text in ('print', 'sys.exit', 'exit', 'quit', 'os._exit'):
+                    problems.append(f'{relative}:{node.lineno} {text}()')
+    assert problems == []
