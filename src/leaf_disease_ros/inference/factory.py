@@ -15,6 +15,7 @@ Every backend comes back loaded, checked against its card and warmed up.
 """
 
 import logging
+import os
 from typing import Callable, Optional
 
 from leaf_disease_ros.core.config import BACKENDS
@@ -62,6 +63,10 @@ def load_backend(model_path: str = '', backend: str = 'auto', *,
         return _load_tensorrt_engine(path, max_batch)
     if not path.endswith('.onnx'):
         raise ModelLoadError(f'model_path {path} is neither an .onnx model nor a .engine')
+    if not os.path.isfile(path):
+        raise ModelLoadError(f'model file {path} does not exist; set model_path to an ONNX '
+                             'model with its card beside it (or leave it empty for the '
+                             'shipped model)')
     card = load_card_for_model(path)
     if backend in ('auto', 'tensorrt'):
         engine = _find_tensorrt_engine(path, card, required=backend == 'tensorrt')
