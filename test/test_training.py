@@ -15,9 +15,9 @@ import sys
 import cv2
 import pytest
 
+from leaf_disease_ros.core.config import DetectorConfig
 from leaf_disease_ros.core.model_card import load_card, sha256_file
 from leaf_disease_ros.core.pipeline import Detector
-from leaf_disease_ros.core.config import DetectorConfig
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools')

@@ -97,8 +97,8 @@ def load_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any],
 
 def build_model(checkpoint: Dict[str, Any], num_classes: int) -> torch.nn.Module:
     """Return the checkpoint's network in eval mode, float32, on the CPU."""
-    model = getattr(torchvision.models, checkpoint['arch'])(weights=None,
-                                                           num_classes=num_classes)
+    factory = getattr(torchvision.models, checkpoint['arch'])
+    model = factory(weights=None, num_classes=num_classes)
     model.load_state_dict(checkpoint['model'])
     return model.eval().float()
 
