@@ -712,11 +712,11 @@ def precision_plan(tensorrt_version: str, precision: str, typing: str = 'auto') 
             raise ConfigError('typing', 'INT8 calibration needs a weakly typed network; use '
                               '--typing auto or weak, or build --precision fp16 strongly typed')
         if version >= CALIBRATOR_DEPRECATED_IN:
-            notes.append(f'TensorRT {tensorrt_version} deprecates the INT8 calibrator '
-                         '(since 10.1)' + (' and the weakly typed precision flags (since '
-                                           '10.12)' if deprecated else '') +
-                         '; TensorRT 11 removes them. This INT8 build still works here; '
-                         'plan on --precision fp16 or a Q/DQ-quantized ONNX.')
+            what = ('the INT8 calibrator (since 10.1) and the weakly typed precision flags '
+                    '(since 10.12); TensorRT 11 removes them' if deprecated else
+                    'the INT8 calibrator (since 10.1); TensorRT 11 removes it')
+            notes.append(f'TensorRT {tensorrt_version} deprecates {what}. This INT8 build '
+                         'still works here; plan on --precision fp16 or a Q/DQ-quantized ONNX.')
         return PrecisionPlan('int8', False, ('INT8', 'FP16'), False, True, tuple(notes))
     strong = typing == 'strong' or (typing == 'auto' and deprecated)
     if typing == 'weak' and removed:
