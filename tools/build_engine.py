@@ -62,7 +62,8 @@ from leaf_disease_ros.inference.engine_sidecar import (BatchProfile, build_comma
                                                        PRECISIONS, read_sidecar,
                                                        sidecar_mismatches,
                                                        sidecar_path_for_engine, sm_tag,
-                                                       timing_cache_path, TYPING_MODES,
+                                                       TensorInfo, timing_cache_path,
+                                                       TYPING_MODES,
                                                        validate_batch_profile, write_sidecar)
 
 TOOL = 'tools/build_engine.py'
@@ -131,6 +132,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', type=int, default=0, help='CUDA GPU index')
     parser.add_argument('--verbose', action='store_true', help='TensorRT info messages')
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.check and not args.onnx:
         parser.error('give the ONNX model to build, or --check ENGINE')
     return args
@@ -152,6 +154,7 @@ class BuildResult:
 
     engine: bytes
     build_seconds: float
+    tensors: List[TensorInfo] = field(default_factory=list)
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -340,7 +343,16 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
             f'(now {profile.max_batch}), stop other GPU programs (the node) and retry')
     if timing_cache and cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return BuildResult(bytes(serialized), seconds, options)
+    engine_bytes = bytes(serialized)
+    runtime = trt.Runtime(logger)  # read back what was built before writing anything
+    if args.dla_core is not None:
+        runtime.DLA_core = int(args.dla_core)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise BuildFailed('TensorRT built an engine it cannot deserialise (messages above)')
+    tensors = tensorrt_backend.tensor_infos(trt, engine)
+    del engine, runtime
+    return BuildResult(engine_bytes, seconds, tensors, options)
 
 
 def prepare_network_onnx(args: argparse.Namespace, onnx_path: str, plan: PrecisionPlan,
@@ -438,7 +450,7 @@ def build(args: argparse.Namespace) -> int:
     options['timing_cache'] = timing_cache
     if calib_record:
         options['calibration'] = calib_record
-    options['command'] = [TOOL] + list(sys.argv[1:])
+    options['command'] = [TOOL] + list(args.argv)
     sidecar = EngineSidecar(
         engine_file=engine_name,
         engine_sha256=hashlib.sha256(result.engine).hexdigest(),
@@ -461,6 +473,9 @@ def build(args: argparse.Namespace) -> int:
         dla_core=args.dla_core,
         builder_options=options,
     )
+    problems = engine_io_mismatches(result.tensors, card, sidecar)
+    if problems:
+        raise BuildFailed('the built engine does not match the card: ' + '; '.join(problems))
     sidecar_path = sidecar_path_for_engine(engine_path)
     if os.path.exists(sidecar_path):
         os.remove(sidecar_path)  # never leave an old sidecar describing a new engine
@@ -496,13 +511,15 @@ def check(args: argparse.Namespace) -> int:
         f'on {sidecar.machine.describe()}')
     problems = sidecar_mismatches(sidecar, card, machine, expected_onnx_sha256(card, onnx_path))
     problems += engine_file_mismatches(engine_path, sidecar)
+    rebuild = build_command(onnx_path, sidecar.precision, tool=TOOL, extra=['--force'])
     foreign = (sidecar.tensorrt_version != machine.tensorrt_version
                or tuple(sidecar.compute_capability) != tuple(machine.compute_capability))
     if foreign:
         say('not deserialised: it was built for another TensorRT version or GPU')
     else:
         try:
-            infos = tensorrt_backend.inspect_engine(engine_path, sidecar.dla_core, args.device)
+            infos = tensorrt_backend.inspect_engine(engine_path, sidecar.dla_core, args.device,
+                                                    rebuild)
         except EngineMismatchError as exc:
             problems.append(str(exc))
         else:
@@ -514,8 +531,7 @@ def check(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             say(f'MISMATCH: {problem}')
-        say(f'{len(problems)} mismatch(es); rebuild on this machine with: '
-            + build_command(onnx_path, sidecar.precision, tool=TOOL, extra=['--force']))
+        say(f'{len(problems)} mismatch(es); rebuild on this machine with: {rebuild}')
         return EXIT_FAILED
     say(f'OK: the engine matches the card and this machine ({sm_tag(machine.compute_capability)}'
         f', TensorRT {machine.tensorrt_version})')

@@ -244,10 +244,13 @@ def deserialize(trt: Any, engine_path: str, dla_core: Optional[int],
     return runtime, engine
 
 
-def inspect_engine(engine_path: str, dla_core: Optional[int] = None,
-                   device_index: int = 0) -> List[TensorInfo]:
+def inspect_engine(engine_path: str, dla_core: Optional[int] = None, device_index: int = 0,
+                   rebuild: str = f'python3 {BUILD_TOOL} <model>.onnx --force'
+                   ) -> List[TensorInfo]:
     """
     Deserialise ``engine_path`` and return its I/O tensors (for ``build_engine.py --check``).
+
+    ``rebuild`` is the command quoted when TensorRT cannot deserialise it.
 
     :raises BackendUnavailableError: tensorrt, pycuda or a GPU is missing.
     :raises EngineMismatchError: TensorRT cannot deserialise it.
@@ -263,8 +266,8 @@ def inspect_engine(engine_path: str, dla_core: Optional[int] = None,
 
     try:
         with context.active():
-            holder['runtime'], holder['engine'] = deserialize(
-                trt, engine_path, dla_core, f'python3 {BUILD_TOOL} <model>.onnx --force')
+            holder['runtime'], holder['engine'] = deserialize(trt, engine_path, dla_core,
+                                                              rebuild)
             return tensor_infos(trt, holder['engine'])
     finally:
         context.release(_drop)
