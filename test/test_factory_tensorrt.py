@@ -7,6 +7,8 @@ test here fakes an inference result. ONNX Runtime fallbacks are real sessions.
 """
 
 import os
+import subprocess
+import sys
 from typing import Any, List
 
 import pytest
@@ -19,6 +21,8 @@ from leaf_disease_ros.inference import tensorrt_backend
 from leaf_disease_ros.inference.engine_sidecar import MachineInfo
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class EngineLoadRecord:
@@ -248,3 +252,19 @@ def test_engine_path_with_onnxruntime_is_a_config_error(tiny_model_copy,
     engine = make_engine_files(tiny_model_copy, tiny_card)
     with pytest.raises(ConfigError, match='onnxruntime cannot run'):
         load_backend(engine, 'onnxruntime')
+
+
+def test_inference_modules_import_no_gpu_or_onnx_package() -> None:
+    """tensorrt, pycuda and onnx are imported lazily: a laptop imports the package freely."""
+    code = ('import sys\n'
+            'import leaf_disease_ros.inference.factory\n'
+            'import leaf_disease_ros.inference.tensorrt_backend\n'
+            'import leaf_disease_ros.inference.calibration_batches\n'
+            'import leaf_disease_ros.inference.onnx_fp16\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+            '("tensorrt", "pycuda", "onnx")))\n')
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'src'))
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'
