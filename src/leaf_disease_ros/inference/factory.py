@@ -102,9 +102,8 @@ def _build_tool() -> str:
     return candidate if os.path.isfile(candidate) else BUILD_TOOL
 
 
-def _no_engine_message(onnx_path: str, card: ModelCard, machine: MachineInfo,
-                       search: EngineSearch) -> str:
-    """Return why no engine serves ``card`` here, with the command that builds one."""
+def _no_engine_message(onnx_path: str, machine: MachineInfo, search: EngineSearch) -> str:
+    """Return why no engine serves ``onnx_path`` here, with the command that builds one."""
     default_name = engine_file_name(model_stem(onnx_path), DEFAULT_PRECISION,
                                     machine.compute_capability, machine.tensorrt_version)
     overwrite = any(os.path.basename(path) == default_name for path, _ in search.rejected)
@@ -148,7 +147,7 @@ def _find_tensorrt_engine(onnx_path: str, card: ModelCard, required: bool) -> Op
         return search.chosen
     if required:
         error = EngineMismatchError if search.rejected else ModelLoadError
-        raise error('backend tensorrt: ' + _no_engine_message(onnx_path, card, machine, search))
+        raise error('backend tensorrt: ' + _no_engine_message(onnx_path, machine, search))
     return None
 
 
@@ -173,7 +172,7 @@ def _engine_fallback_note(onnx_path: str, card: ModelCard) -> str:
                 f'ONNX Runtime for {onnx_path}')
     search = search_engines(os.path.dirname(onnx_path), onnx_path, card, machine)
     return ('backend auto: using ONNX Runtime (much slower on a Jetson) because '
-            + _no_engine_message(onnx_path, card, machine, search))
+            + _no_engine_message(onnx_path, machine, search))
 
 
 def _load_tensorrt_engine(engine_path: str, max_batch: int) -> Backend:
