@@ -30,7 +30,9 @@ setup(
         (os.path.join(SHARE, 'launch'), files('launch/*.launch.py')),
         (os.path.join(SHARE, 'config'), files('config/*.yaml')),
         (os.path.join(SHARE, 'engines'),
-         files('engines/*.onnx') + files('engines/*.json') + files('engines/*.md')),
+         files('engines/*.onnx') + [path for path in files('engines/*.json')
+                                    if not path.endswith('.engine.json')]
+         + files('engines/*.md')),
         (os.path.join(SHARE, 'demo'), files('demo/*.md')),
         (os.path.join(SHARE, 'demo', 'vineyard_demo'), files('demo/vineyard_demo/*')),
     ],

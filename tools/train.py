@@ -50,8 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from leaf_disease_ros.core.atomic_io import atomic_path, atomic_write_json
 from leaf_disease_ros.core.augment import augment, AugmentConfig, sample_rng
-from leaf_disease_ros.core.dataset import (file_groups, grouped_split, list_class_folders,
-                                           photo_block_groups, regex_groups, Sample)
+from leaf_disease_ros.core.dataset import build_split, Sample
 from leaf_disease_ros.core.errors import DatasetError, LeafDiseaseError
 from leaf_disease_ros.core.metrics import classification_report, format_report
 from leaf_disease_ros.core.model_card import card_from_dict, card_to_dict, ModelCard
@@ -120,28 +119,12 @@ def setup_logging(run_dir: str) -> None:
 
 
 def make_split(args: argparse.Namespace) -> Tuple[Tuple[str, ...], List[Sample], List[Sample]]:
-    """List the dataset, group it and split it (the same rules as split_dataset.py)."""
-    labels = tuple(args.labels.split(',')) if args.labels else None
-    labels, samples, skipped = list_class_folders(args.data, labels)
+    """List the dataset, group it and split it (the rule of ``core.dataset.build_split``)."""
+    labels, train, val, skipped = build_split(
+        args.data, tuple(args.labels.split(',')) if args.labels else None, args.group,
+        args.block_size, args.group_regex, args.val_fraction, args.seed, args.max_per_class)
     if skipped:
         LOG.warning('skipped %d non-image files, e.g. %s', len(skipped), skipped[0])
-    if args.max_per_class:
-        kept: Dict[int, int] = {}
-        limited = []
-        for sample in samples:
-            if kept.get(sample.label_index, 0) < args.max_per_class:
-                kept[sample.label_index] = kept.get(sample.label_index, 0) + 1
-                limited.append(sample)
-        samples = limited
-    if args.group == 'photo-blocks':
-        samples = photo_block_groups(samples, args.block_size)
-    elif args.group == 'regex':
-        if not args.group_regex:
-            raise DatasetError('--group regex needs --group-regex')
-        samples = regex_groups(samples, args.group_regex)
-    else:
-        samples = file_groups(samples)
-    train, val = grouped_split(samples, args.val_fraction, args.seed)
     return labels, train, val
 
 

@@ -33,10 +33,20 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, 'rb+') as stream:
             os.fsync(stream.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would,
+        # so an installed card or a report is readable by the robot's other users.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; restore it at once.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

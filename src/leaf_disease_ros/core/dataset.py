@@ -186,3 +186,44 @@ def grouped_split(samples: Sequence[Sample], val_fraction: float, seed: int
         for key in sorted(groups):
             (val if key in val_set else train).extend(groups[key])
     return train, val
+
+
+def build_split(root: str, labels: Optional[Sequence[str]] = None, group: str = 'photo-blocks',
+                block_size: int = 40, group_regex: Optional[str] = None,
+                val_fraction: float = 0.2, seed: int = 0, max_per_class: int = 0
+                ) -> Tuple[Tuple[str, ...], List[Sample], List[Sample], List[str]]:
+    """
+    List, group and split a class-folder dataset: the rule training and tools share.
+
+    :param root: dataset root (one subfolder per class).
+    :param labels: class list; default the sorted folder names.
+    :param group: ``photo-blocks``, ``regex`` or ``file``.
+    :param block_size: photo numbers per block for ``photo-blocks``.
+    :param group_regex: the regex for ``regex``.
+    :param val_fraction: share of each class's images for validation.
+    :param seed: shuffles the groups.
+    :param max_per_class: keep at most this many images per class (0 = all).
+    :returns: ``(labels, train, val, skipped_files)``.
+    :raises DatasetError: bad folder, grouping or split parameters.
+    """
+    labels, samples, skipped = list_class_folders(root, labels)
+    if max_per_class:
+        kept: Dict[int, int] = {}
+        limited = []
+        for sample in samples:
+            if kept.get(sample.label_index, 0) < max_per_class:
+                kept[sample.label_index] = kept.get(sample.label_index, 0) + 1
+                limited.append(sample)
+        samples = limited
+    if group == 'photo-blocks':
+        samples = photo_block_groups(samples, block_size)
+    elif group == 'regex':
+        if not group_regex:
+            raise DatasetError('grouping by regex needs a group regex')
+        samples = regex_groups(samples, group_regex)
+    elif group == 'file':
+        samples = file_groups(samples)
+    else:
+        raise DatasetError(f'unknown grouping {group!r} (photo-blocks, regex, file)')
+    train, val = grouped_split(samples, val_fraction, seed)
+    return labels, train, val, skipped

@@ -14,8 +14,10 @@ The vegetation gate skips tiles of soil, sky and posts: a pixel is vegetation wh
 its excess green ``2g - r - b`` in chromatic coordinates (``r = R / (R + G + B)``,
 Woebbecke et al. 1995) exceeds ``exg_threshold``. The fraction per tile comes from
 one summed-area table of the mask, so the gate costs one pass over the frame
-whatever the number of tiles. The mask is computed at a quarter of the frame's
-resolution (INTER_AREA), plenty for a fraction and 16x less work.
+whatever the number of tiles. The mask is computed on every 4th pixel of every 4th
+row (a strided view, no copy): an unbiased sample of the fraction, 16x less work,
+and no resize (an INTER_AREA downscale alone cost 8x the mask on the benchmark
+machine).
 """
 
 from typing import List, Tuple
@@ -98,17 +100,12 @@ def vegetation_fractions(frame_bgr: np.ndarray, boxes: np.ndarray,
     """
     Return the vegetation fraction of each box as ``(K,)`` float32 in [0, 1].
 
-    Uses one summed-area table over a quarter-resolution mask; box corners are
-    rounded to the reduced grid.
+    Uses one summed-area table over the mask of every 4th pixel; box corners are
+    rounded to that grid.
     """
     height, width = frame_bgr.shape[:2]
-    scale = GATE_DOWNSCALE if min(height, width) >= 8 * GATE_DOWNSCALE else 1
-    if scale > 1:
-        small = cv2.resize(frame_bgr, (max(1, width // scale), max(1, height // scale)),
-                           interpolation=cv2.INTER_AREA)
-    else:
-        small = frame_bgr
-    mask = vegetation_mask(small, exg_threshold)
+    step = GATE_DOWNSCALE if min(height, width) >= 8 * GATE_DOWNSCALE else 1
+    mask = vegetation_mask(frame_bgr[::step, ::step], exg_threshold)
     integral = cv2.integral(mask, sdepth=cv2.CV_32S)  # (h+1, w+1)
     sh, sw = mask.shape
     sx = sw / width

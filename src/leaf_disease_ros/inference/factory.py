@@ -11,17 +11,35 @@ The only place that chooses and loads a backend.
 - ``backend='auto'`` uses such an engine when one exists, else ONNX Runtime with
   one warning that says how to build the engine.
 
+Engines live beside the ONNX model (``engines/<model>.<precision>.<smXY>.
+trt<version>.engine``, each with its ``.engine.json`` sidecar); the match rules are
+in :mod:`leaf_disease_ros.inference.engine_sidecar`. A ``.engine`` model path finds
+its card through the sidecar's ``card_file`` beside it.
+
+Where the tensorrt module is not installed at all (a laptop, CI), ``auto`` falls
+back to ONNX Runtime without a warning (debug log only): such a machine can never
+use an engine, so warning on every start would be noise. Where it is installed but
+unusable (no GPU, pycuda missing) or no engine matches, ``auto`` warns once with the
+reason and the build command.
+
 Every backend comes back loaded, checked against its card and warmed up.
 """
 
 import logging
+import os
 from typing import Callable, Optional
 
 from leaf_disease_ros.core.config import BACKENDS
-from leaf_disease_ros.core.errors import ConfigError, ModelLoadError
+from leaf_disease_ros.core.errors import (BackendUnavailableError, ConfigError,
+                                          EngineMismatchError, ModelLoadError)
 from leaf_disease_ros.core.model_card import card_path_for_model, load_card, ModelCard
 from leaf_disease_ros.core.resources import resolve_model_path
+from leaf_disease_ros.inference import tensorrt_backend
 from leaf_disease_ros.inference.base import Backend
+from leaf_disease_ros.inference.engine_sidecar import (build_command, BUILD_TOOL,
+                                                       DEFAULT_PRECISION, engine_file_name,
+                                                       EngineSearch, MachineInfo, model_stem,
+                                                       search_engines)
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 
 _LOG = logging.getLogger(__name__)
@@ -48,8 +66,10 @@ def load_backend(model_path: str = '', backend: str = 'auto', *,
     :param warn: where the one fallback warning goes (default: this module's logger).
 
     :raises ConfigError: unknown backend name.
-        ModelLoadError (and subclasses), ModelCardError: nothing loadable was found;
-        the message names the file, the reason and the fixing command.
+    :raises ModelLoadError: (and its subclasses BackendUnavailableError,
+        EngineMismatchError) nothing loadable was found; the message names the file,
+        the reason and the fixing command.
+    :raises ModelCardError: the card is missing or does not match its model.
     """
     warn = warn or _LOG.warning
     if backend not in BACKENDS:
@@ -62,6 +82,10 @@ def load_backend(model_path: str = '', backend: str = 'auto', *,
         return _load_tensorrt_engine(path, max_batch)
     if not path.endswith('.onnx'):
         raise ModelLoadError(f'model_path {path} is neither an .onnx model nor a .engine')
+    if not os.path.isfile(path):
+        raise ModelLoadError(f'model file {path} does not exist; set model_path to an ONNX '
+                             'model with its card beside it (or leave it empty for the '
+                             'shipped model)')
     card = load_card_for_model(path)
     if backend in ('auto', 'tensorrt'):
         engine = _find_tensorrt_engine(path, card, required=backend == 'tensorrt')
@@ -75,24 +99,93 @@ def load_backend(model_path: str = '', backend: str = 'auto', *,
                               provider=onnx_provider, max_batch=max_batch)
 
 
+def _build_tool() -> str:
+    """Return the build tool: the source checkout's tools/build_engine.py, else its name."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidate = os.path.normpath(os.path.join(here, '..', '..', '..', BUILD_TOOL))
+    return candidate if os.path.isfile(candidate) else BUILD_TOOL
+
+
+def _no_engine_message(onnx_path: str, machine: MachineInfo, search: EngineSearch) -> str:
+    """Return why no engine serves ``onnx_path`` here, with the command that builds one."""
+    default_name = engine_file_name(model_stem(onnx_path), DEFAULT_PRECISION,
+                                    machine.compute_capability, machine.tensorrt_version)
+    overwrite = any(os.path.basename(path) == default_name for path, _ in search.rejected)
+    command = build_command(onnx_path, tool=_build_tool(), extra=['--force'] if overwrite else [])
+    if search.rejected:
+        found = ('none of the engines there matches: '
+                 + ' | '.join(search.rejection_lines()))
+    else:
+        found = f'there is no {model_stem(onnx_path)}.*.engine there'
+    return (f'no TensorRT engine in {search.folder} serves {onnx_path} on this machine '
+            f'({machine.describe()}): {found}. Build one on this machine (once, a few '
+            f'minutes) with: {command}')
+
+
 def _find_tensorrt_engine(onnx_path: str, card: ModelCard, required: bool) -> Optional[str]:
     """
     Return a TensorRT engine matching ``card`` and this machine, or None.
 
+    Looks for ``<model>.*.engine`` beside the ONNX model (the engines/ folder) whose
+    sidecar matches (:func:`~leaf_disease_ros.inference.engine_sidecar.search_engines`).
     With ``required``, raise the error that names the build command instead of None.
+
+    :raises BackendUnavailableError: ``required`` and tensorrt, pycuda or a GPU is missing.
+    :raises EngineMismatchError: ``required`` and engines exist but none matches.
+    :raises ModelLoadError: ``required`` and there is no engine at all.
     """
+    if not tensorrt_backend.tensorrt_installed():
+        if required:
+            raise BackendUnavailableError(
+                'backend tensorrt: the tensorrt Python module is not installed on this '
+                'machine (JetPack ships it); use backend auto or onnxruntime here')
+        return None
+    try:
+        machine = tensorrt_backend.probe_machine()
+    except BackendUnavailableError as exc:
+        if required:
+            raise BackendUnavailableError(f'backend tensorrt: {exc}') from exc
+        return None
+    search = search_engines(os.path.dirname(onnx_path), onnx_path, card, machine)
+    if search.chosen is not None:
+        return search.chosen
     if required:
-        raise ModelLoadError(
-            f'backend tensorrt: no TensorRT engine for {onnx_path} on this machine; build '
-            f'one with: python3 tools/build_engine.py {onnx_path}')
+        error = EngineMismatchError if search.rejected else ModelLoadError
+        raise error('backend tensorrt: ' + _no_engine_message(onnx_path, machine, search))
     return None
 
 
 def _engine_fallback_note(onnx_path: str, card: ModelCard) -> str:
-    """Return the warning for falling back to ONNX Runtime ('' when not worth one)."""
-    return ''
+    """
+    Return the one warning for falling back to ONNX Runtime ('' when not worth one).
+
+    No warning where the tensorrt module is not installed at all (a laptop, CI): such
+    a machine can never use an engine, so the fallback is the expected path and is
+    only logged at debug level. Where tensorrt is installed (a Jetson) the fallback
+    costs a lot of speed, so the warning says why (no GPU, pycuda missing, no engine,
+    or each engine's mismatch) and gives the build command.
+    """
+    if not tensorrt_backend.tensorrt_installed():
+        _LOG.debug('backend auto: tensorrt is not installed; using ONNX Runtime for %s',
+                   onnx_path)
+        return ''
+    try:
+        machine = tensorrt_backend.probe_machine()
+    except BackendUnavailableError as exc:
+        return (f'backend auto: TensorRT is installed but cannot run here ({exc}); using '
+                f'ONNX Runtime for {onnx_path}')
+    search = search_engines(os.path.dirname(onnx_path), onnx_path, card, machine)
+    return ('backend auto: using ONNX Runtime (much slower on a Jetson) because '
+            + _no_engine_message(onnx_path, machine, search))
 
 
 def _load_tensorrt_engine(engine_path: str, max_batch: int) -> Backend:
-    raise ModelLoadError(f'{engine_path}: the TensorRT backend is not available in this '
-                         'build; use the .onnx model with backend onnxruntime')
+    """
+    Load a TensorRT engine after checking it against its sidecar, card and this machine.
+
+    The card is the sidecar's ``card_file`` beside the engine. An engine that was
+    found to match but then fails to deserialise is an error, not a fallback: it is a
+    damaged file that needs rebuilding, not a missing one.
+    """
+    return tensorrt_backend.load_engine_backend(engine_path, max_batch=max_batch,
+                                                tool=_build_tool())

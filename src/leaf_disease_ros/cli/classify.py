@@ -1,0 +1,223 @@
+"""
+``leaf-disease-classify``: classify leaf photos, or evaluate a model on class folders.
+
+Usage::
+
+    leaf-disease-classify PATH... [--model MODEL.onnx] [--backend auto] [--top-k K]
+                          [--json [OUT.json]]
+
+- a file prints its top-k labels with calibrated scores;
+- a folder of images (no subfolders) classifies each image;
+- a folder of class subfolders (named by the model's labels) prints accuracy,
+  macro-F1, per-class precision/recall/F1 and the confusion matrix, plus what the
+  ``unknown`` rejection does at the card's threshold; ``--json`` prints the same as
+  JSON, ``--json OUT.json`` writes it to a file (atomically).
+
+Each photo is classified whole: it is one crop through the card's preprocessing,
+exactly as in training and export. Unreadable or non-image files are reported on
+stderr and skipped. Exit status: 0 when something was classified, 1 when nothing
+could be, 2 for a usage, model or dataset error.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from leaf_disease_ros.core.atomic_io import atomic_write_json
+from leaf_disease_ros.core.dataset import is_image_file, list_class_folders
+from leaf_disease_ros.core.errors import DatasetError, LeafDiseaseError
+from leaf_disease_ros.core.metrics import classification_report, format_report
+from leaf_disease_ros.core.postprocess import Classification, classify, softmax
+from leaf_disease_ros.core.preprocess import preprocess
+from leaf_disease_ros.inference.base import Backend
+from leaf_disease_ros.inference.factory import load_backend
+
+BATCH = 16
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + '\n')
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + '\n')
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        prog='leaf-disease-classify',
+        description='Classify grape leaf photos, or evaluate a model on a folder of class '
+                    'subfolders.')
+    parser.add_argument('paths', nargs='+', metavar='PATH',
+                        help='image files, folders of images, or folders of class subfolders')
+    parser.add_argument('--model', default='',
+                        help='ONNX model (its card is the .json beside it) or TensorRT engine; '
+                             'default: the shipped model')
+    parser.add_argument('--backend', default='auto', choices=('auto', 'onnxruntime', 'tensorrt'))
+    parser.add_argument('--top-k', type=int, default=3, help='labels printed per image')
+    parser.add_argument('--json', nargs='?', const='-', default=None, metavar='OUT.json',
+                        help='print the results as JSON, or write them to OUT.json')
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error('--top-k must be >= 1')
+    return args
+
+
+def read_image(path: str) -> Optional[np.ndarray]:
+    """Return the BGR uint8 image at ``path``, or None when it cannot be decoded."""
+    data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else None
+    if data is None or data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+class Classifier:
+    """Whole-image classification with one backend, in batches."""
+
+    def __init__(self, backend: Backend, top_k: int) -> None:
+        self.backend = backend
+        self.card = backend.card
+        self.top_k = top_k
+
+    def run(self, paths: Sequence[str]) -> Tuple[List[Tuple[str, Classification]], List[str]]:
+        """Classify ``paths``; return (path, result) pairs and the paths skipped."""
+        done: List[Tuple[str, Classification]] = []
+        skipped: List[str] = []
+        batch_paths: List[str] = []
+        batch_images: List[np.ndarray] = []
+        for path in paths:
+            image = read_image(path)
+            if image is None:
+                _err(f'skipped {path}: not a readable image')
+                skipped.append(path)
+                continue
+            batch_paths.append(path)
+            batch_images.append(image)
+            if len(batch_images) == min(BATCH, self.backend.max_batch):
+                done += self._classify(batch_paths, batch_images)
+                batch_paths, batch_images = [], []
+        if batch_images:
+            done += self._classify(batch_paths, batch_images)
+        return done, skipped
+
+    def _classify(self, paths: List[str], images: List[np.ndarray]
+                  ) -> List[Tuple[str, Classification]]:
+        logits = self.backend.infer(preprocess(images, self.card))
+        probs = softmax(logits, self.card.temperature)
+        results = classify(probs, self.card.labels, self.card.healthy_labels, self.top_k,
+                           self.card.unknown_threshold)
+        return list(zip(paths, results))
+
+
+def _is_class_folder_set(folder: str) -> bool:
+    return any(entry.is_dir() and not entry.name.startswith('.')
+               for entry in os.scandir(folder))
+
+
+def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
+    """Evaluate on a folder of class subfolders; return the report (JSON-ready)."""
+    card = classifier.card
+    folders = sorted(entry.name for entry in os.scandir(folder)
+                     if entry.is_dir() and not entry.name.startswith('.'))
+    strangers = [name for name in folders if name not in card.labels]
+    if strangers:
+        raise DatasetError(f'{folder}: class folder(s) {", ".join(strangers)} are not labels of '
+                           f'the model ({", ".join(card.labels)})')
+    labels, samples, not_images = list_class_folders(folder, folders)
+    for path in not_images:
+        _err(f'skipped {path}: not an image file')
+    index_of = {label: card.labels.index(label) for label in labels}
+    truth = {s.path: index_of[labels[s.label_index]] for s in samples}
+    done, skipped = classifier.run([s.path for s in samples])
+    true_idx = [truth[path] for path, _ in done]
+    # Figures of the classifier itself: the top-1 label, whatever its score.
+    top1 = [card.labels.index(result.top_k[0][0]) for _, result in done]
+    report = classification_report(true_idx, top1, card.labels)
+    rejected = [result.is_unknown for _, result in done]
+    accepted = [t == p for t, p, r in zip(true_idx, top1, rejected) if not r]
+    report['unknown_rejection'] = {
+        'threshold': card.unknown_threshold,
+        'unknown_rate': float(np.mean(rejected)) if rejected else 0.0,
+        'accepted_accuracy': float(np.mean(accepted)) if accepted else 0.0,
+    }
+    report['folder'] = os.path.abspath(folder)
+    report['model'] = classifier.backend.describe()
+    report['skipped'] = skipped + not_images
+    return report
+
+
+def _format_file(path: str, result: Classification) -> str:
+    ranked = ', '.join(f'{label} {score:.3f}' for label, score in result.top_k)
+    return f'{path}: {result.label} ({result.score:.3f})   top-{len(result.top_k)}: {ranked}'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``leaf-disease-classify``; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        backend = load_backend(args.model, args.backend, warn=_err)
+    except LeafDiseaseError as exc:
+        _err(f'error: {exc}')
+        return 2
+    classifier = Classifier(backend, args.top_k)
+    evaluations: List[Dict[str, Any]] = []
+    files: List[Dict[str, Any]] = []
+    classified = 0
+    try:
+        loose: List[str] = []
+        for path in args.paths:
+            if os.path.isdir(path) and _is_class_folder_set(path):
+                report = evaluate_folder(classifier, path)
+                evaluations.append(report)
+                classified += report['count']
+                if args.json is None:
+                    _out(f'== {path}')
+                    _out(format_report(report))
+                    rej = report['unknown_rejection']
+                    _out(f"unknown rejection at {rej['threshold']:.3f}: "
+                         f"{rej['unknown_rate']:.2%} of images rejected, accuracy of the rest "
+                         f"{rej['accepted_accuracy']:.4f}")
+            elif os.path.isdir(path):
+                entries = sorted(os.path.join(path, n) for n in os.listdir(path))
+                loose += [p for p in entries if os.path.isfile(p)]
+            elif os.path.exists(path):
+                loose.append(path)
+            else:
+                _err(f'skipped {path}: no such file or folder')
+        candidates = [p for p in loose if is_image_file(p) or not os.path.splitext(p)[1]]
+        for path in sorted(set(loose) - set(candidates)):
+            _err(f'skipped {path}: not an image file')
+        done, _ = classifier.run(candidates)
+        classified += len(done)
+        for path, result in done:
+            files.append({'path': path, 'label': result.label, 'score': result.score,
+                          'is_disease': result.is_disease,
+                          'top_k': [{'label': lab, 'score': s} for lab, s in result.top_k]})
+            if args.json is None:
+                _out(_format_file(path, result))
+    except LeafDiseaseError as exc:
+        _err(f'error: {exc}')
+        return 2
+    finally:
+        backend.close()
+    if args.json is not None:
+        document = {'files': files, 'evaluations': evaluations}
+        if args.json == '-':
+            _out(json.dumps(document, indent=2))
+        else:
+            atomic_write_json(args.json, document)
+            _err(f'wrote {args.json}')
+    if classified == 0:
+        _err('error: nothing was classified')
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

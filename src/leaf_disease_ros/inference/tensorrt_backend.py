@@ -1,0 +1,455 @@
+"""
+TensorRT backend: runs a prebuilt engine with pycuda; one CUDA context, pinned buffers.
+
+It never builds an engine: ``tools/build_engine.py`` does, on the target machine.
+Loading (:func:`load_engine_backend`) first checks the engine against its sidecar,
+its model card and this machine (:func:`~leaf_disease_ros.inference.
+engine_sidecar.verify_engine`), then deserialises it with ``trt.Runtime``; a null
+engine, or tensors that do not match the card, is an
+:class:`~leaf_disease_ros.core.errors.EngineMismatchError` naming the file, the
+mismatch and the build command that fixes it.
+
+Buffers: one page-locked host array and one device allocation per I/O tensor,
+sized once for the profile's maximum batch. A call copies the batch into the
+pinned input, sets the input shape and every tensor address, queues the
+host-to-device copy, ``execute_async_v3`` and the device-to-host copies on one
+stream, and synchronises once. Outputs are float32 logits ``(N, C)`` exactly like
+the ONNX Runtime backend; batches below the profile minimum are zero-padded.
+
+CUDA context and threads. The node loads the backend on its main thread but calls
+``infer`` from its worker thread, and may close it from a third. A CUDA context
+is current per thread, and pycuda frees memory of a non-current context only from
+the thread that created it, so the backend never leaves its context current
+anywhere:
+
+- the context is created explicitly (``Device.make_context``, blocking sync so a
+  waiting thread sleeps instead of spinning a Jetson CPU core) on the loading
+  thread, everything is allocated and the engine deserialised while it is current,
+  then it is popped (no ``pycuda.autoinit``, no context left behind);
+- every use (warm-up, each ``infer``, ``close``) pushes it onto the calling thread,
+  works, and pops it, under one lock: the context is current on at most one thread
+  at a time, and the thread that runs inference (the node's worker) owns it for
+  the duration of each call;
+- ``close`` pushes it, drops the TensorRT objects and frees every buffer and the
+  stream while it is current, then detaches it while still current, which
+  destroys it (pycuda can only do that from a foreign thread while the context is
+  current). ``close`` is idempotent; ``infer`` after ``close`` is an
+  :class:`~leaf_disease_ros.core.errors.InferenceError`.
+
+``tensorrt`` and ``pycuda`` are imported lazily, so importing this module costs
+nothing on a machine without them.
+"""
+
+import contextlib
+import os
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from leaf_disease_ros.core.errors import (BackendUnavailableError, EngineMismatchError,
+                                          InferenceError, ModelLoadError)
+from leaf_disease_ros.core.model_card import ModelCard
+from leaf_disease_ros.inference.base import Backend
+from leaf_disease_ros.inference.engine_sidecar import (build_command, BUILD_TOOL,
+                                                       engine_io_mismatches, EngineSidecar,
+                                                       MachineInfo, mismatch_message,
+                                                       onnx_path_for_engine, sm_tag,
+                                                       TensorInfo, verify_engine)
+
+_LOGGER: Any = None
+
+
+def import_tensorrt() -> Any:
+    """
+    Return the ``tensorrt`` module.
+
+    :raises BackendUnavailableError: it is not installed.
+    """
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            'the tensorrt Python module is not installed (JetPack ships it as '
+            'python3-libnvinfer; a virtualenv must be created with --system-site-packages '
+            'to see it)') from exc
+    return tensorrt
+
+
+def import_pycuda_driver() -> Any:
+    """
+    Return ``pycuda.driver``.
+
+    :raises BackendUnavailableError: pycuda is not installed.
+    """
+    try:
+        import pycuda.driver as driver
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            'pycuda is not installed: pip3 install pycuda (needs the CUDA toolkit, '
+            'e.g. export PATH=/usr/local/cuda/bin:$PATH first on a Jetson)') from exc
+    return driver
+
+
+def tensorrt_installed() -> bool:
+    """Return whether ``import tensorrt`` works here (no GPU is touched)."""
+    try:
+        import_tensorrt()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def probe_machine(device_index: int = 0) -> MachineInfo:
+    """
+    Return this machine's TensorRT version, GPU name and compute capability.
+
+    Initialises the CUDA driver but creates no context.
+
+    :raises BackendUnavailableError: tensorrt or pycuda is missing, or there is no
+        usable CUDA GPU number ``device_index``.
+    """
+    trt = import_tensorrt()
+    cuda = import_pycuda_driver()
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+        if count <= device_index:
+            raise BackendUnavailableError(
+                f'no CUDA GPU number {device_index} (the driver sees {count}); TensorRT needs '
+                'a GPU: check nvidia-smi / tegrastats and that this user may access the GPU')
+        device = cuda.Device(device_index)
+        major, minor = device.compute_capability()
+        name = str(device.name())
+    except cuda.Error as exc:
+        raise BackendUnavailableError(f'no usable CUDA GPU: {exc}') from exc
+    return MachineInfo(str(trt.__version__), name, (int(major), int(minor)))
+
+
+def trt_logger(trt: Any) -> Any:
+    """Return the process-wide TensorRT logger (warnings and errors only)."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
+def _dtype_name(trt: Any, dtype: Any) -> str:
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:  # BF16, FP8, INT4...: no numpy type
+        return str(dtype).split('.')[-1].lower()
+
+
+def tensor_infos(trt: Any, engine: Any) -> List[TensorInfo]:
+    """Return every I/O tensor of a deserialised engine as :class:`TensorInfo` values."""
+    infos: List[TensorInfo] = []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        profile = None
+        if is_input:
+            low, opt, high = engine.get_tensor_profile_shape(name, 0)
+            profile = (tuple(low), tuple(opt), tuple(high))
+        infos.append(TensorInfo(name=name, is_input=is_input,
+                                shape=tuple(engine.get_tensor_shape(name)),
+                                dtype=_dtype_name(trt, engine.get_tensor_dtype(name)),
+                                profile=profile))
+    return infos
+
+
+class CudaContext:
+    """
+    One explicitly created CUDA context that is current only while in use.
+
+    Created (and popped) on the constructing thread; :meth:`active` pushes it on the
+    calling thread for the duration of a block; :meth:`release` destroys it from any
+    thread after running a clean-up while it is current.
+    """
+
+    def __init__(self, cuda: Any, device_index: int = 0) -> None:
+        """
+        Create the context on GPU ``device_index`` and leave it not current.
+
+        :raises BackendUnavailableError: the driver cannot create it.
+        """
+        self._cuda = cuda
+        flags = getattr(getattr(cuda, 'ctx_flags', None), 'SCHED_BLOCKING_SYNC', 0)
+        try:
+            cuda.init()
+            self._context = cuda.Device(device_index).make_context(flags)
+        except cuda.Error as exc:
+            raise BackendUnavailableError(f'cannot create a CUDA context on GPU '
+                                          f'{device_index}: {exc}') from exc
+        cuda.Context.pop()
+
+    @property
+    def alive(self) -> bool:
+        """Return whether the context still exists."""
+        return self._context is not None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Make the context current on this thread for the block, then pop it."""
+        if self._context is None:
+            raise InferenceError('the CUDA context was released')
+        self._context.push()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
+
+    def release(self, cleanup: Optional[Callable[[], None]] = None) -> None:
+        """Run ``cleanup`` with the context current, then destroy it; safe twice."""
+        context, self._context = self._context, None
+        if context is None:
+            return
+        context.push()
+        try:
+            if cleanup is not None:
+                cleanup()
+        finally:
+            context.detach()  # while current: destroys it and pops it, from any thread
+
+
+def read_engine_bytes(engine_path: str) -> bytes:
+    """Return the serialised engine, or raise ModelLoadError naming the file."""
+    try:
+        with open(engine_path, 'rb') as stream:
+            return stream.read()
+    except OSError as exc:
+        raise ModelLoadError(f'TensorRT engine {engine_path} cannot be read: '
+                             f'{exc.strerror}') from exc
+
+
+def deserialize(trt: Any, engine_path: str, dla_core: Optional[int],
+                rebuild: str) -> Tuple[Any, Any]:
+    """
+    Return ``(runtime, engine)``; the runtime must outlive the engine.
+
+    Call with a CUDA context current.
+
+    :raises EngineMismatchError: TensorRT returned no engine (another TensorRT version
+        or GPU built it, or the file is damaged); the message carries ``rebuild``.
+    """
+    runtime = trt.Runtime(trt_logger(trt))
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
+    engine = runtime.deserialize_cuda_engine(read_engine_bytes(engine_path))
+    if engine is None:
+        raise EngineMismatchError(mismatch_message(
+            engine_path, [f'TensorRT {trt.__version__} could not deserialise it (see the '
+                          'TensorRT messages above: another TensorRT version or GPU built it, '
+                          'or the file is damaged)'], rebuild))
+    return runtime, engine
+
+
+def inspect_engine(engine_path: str, dla_core: Optional[int] = None, device_index: int = 0,
+                   rebuild: str = f'python3 {BUILD_TOOL} <model>.onnx --force'
+                   ) -> List[TensorInfo]:
+    """
+    Deserialise ``engine_path`` and return its I/O tensors (for ``build_engine.py --check``).
+
+    ``rebuild`` is the command quoted when TensorRT cannot deserialise it.
+
+    :raises BackendUnavailableError: tensorrt, pycuda or a GPU is missing.
+    :raises EngineMismatchError: TensorRT cannot deserialise it.
+    """
+    trt = import_tensorrt()
+    cuda = import_pycuda_driver()
+    context = CudaContext(cuda, device_index)
+    holder: Dict[str, Any] = {}
+
+    def _drop() -> None:
+        holder.pop('engine', None)  # the engine goes before the runtime that made it
+        holder.pop('runtime', None)
+
+    try:
+        with context.active():
+            holder['runtime'], holder['engine'] = deserialize(trt, engine_path, dla_core,
+                                                              rebuild)
+            return tensor_infos(trt, holder['engine'])
+    finally:
+        context.release(_drop)
+
+
+class TensorRTBackend(Backend):
+    """Runs a TensorRT engine (built by tools/build_engine.py) on one CUDA GPU."""
+
+    name = 'tensorrt'
+
+    def __init__(self, engine_path: str, card: ModelCard, sidecar: EngineSidecar,
+                 max_batch: int = 16, device_index: int = 0, tool: str = BUILD_TOOL) -> None:
+        """
+        Deserialise ``engine_path``, allocate buffers for its max batch and warm up.
+
+        ``sidecar`` and ``card`` must already be verified (:func:`verify_engine`);
+        use :func:`load_engine_backend`, which does both.
+
+        :raises BackendUnavailableError: tensorrt, pycuda or the GPU is missing.
+        :raises EngineMismatchError: TensorRT cannot deserialise the engine or its tensors
+            do not match the card.
+        :raises ModelLoadError: the engine file cannot be read, or allocation or warm-up
+            fails (out of GPU memory...).
+        """
+        self._trt = import_tensorrt()
+        self._cuda = import_pycuda_driver()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.engine_path = engine_path
+        self.sidecar = sidecar
+        self._rebuild = build_command(onnx_path_for_engine(engine_path, sidecar),
+                                      sidecar.precision, tool=tool, extra=['--force'])
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._exec: Any = None
+        self._stream: Any = None
+        self._host: Dict[str, np.ndarray] = {}
+        self._device: Dict[str, Any] = {}
+        self._context = CudaContext(self._cuda, device_index)
+        try:
+            with self._context.active():
+                self._setup(card)
+        except BaseException:
+            self._context.release(self._free)
+            raise
+        profile = sidecar.batch_profile
+        self._profile_min = profile.min_batch
+        super().__init__(card, min(int(max_batch), self._profile_max),
+                         f'{card.name}@{sidecar.onnx_sha256[:12]}:{sidecar.precision}.'
+                         f'{sm_tag(sidecar.compute_capability)}.trt{sidecar.tensorrt_version}')
+        try:
+            self.warmup(1)
+            self.warmup(self.max_batch)
+        except InferenceError as exc:
+            self.close()
+            raise ModelLoadError(f'TensorRT engine {engine_path} failed its warm-up run: '
+                                 f'{exc}') from exc
+
+    def _setup(self, card: ModelCard) -> None:
+        trt, cuda = self._trt, self._cuda
+        self._runtime, self._engine = deserialize(trt, self.engine_path, self.sidecar.dla_core,
+                                                  self._rebuild)
+        infos = tensor_infos(trt, self._engine)
+        mismatches = engine_io_mismatches(infos, card, self.sidecar)
+        if mismatches:
+            raise EngineMismatchError(mismatch_message(self.engine_path, mismatches,
+                                                       self._rebuild))
+        self._exec = self._engine.create_execution_context()
+        if self._exec is None:
+            raise ModelLoadError(f'TensorRT engine {self.engine_path}: no execution context '
+                                 '(out of GPU memory?); close other GPU programs or rebuild '
+                                 'with a smaller --max-batch')
+        inp = next(info for info in infos if info.is_input)
+        self._input_name = inp.name
+        self._profile_max = int(inp.profile[2][0])
+        max_shape = (self._profile_max,) + tuple(inp.shape[1:])
+        if not self._exec.set_input_shape(inp.name, max_shape):
+            raise EngineMismatchError(mismatch_message(
+                self.engine_path, [f'input shape {max_shape} rejected by the engine'],
+                self._rebuild))
+        try:
+            for info in infos:
+                shape = max_shape if info.is_input else tuple(
+                    self._exec.get_tensor_shape(info.name))
+                dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(info.name)))
+                host = cuda.pagelocked_empty(shape, dtype)
+                self._host[info.name] = host
+                self._device[info.name] = cuda.mem_alloc(max(1, host.nbytes))
+            self._stream = cuda.Stream()
+        except cuda.Error as exc:
+            raise ModelLoadError(f'TensorRT engine {self.engine_path}: cannot allocate buffers '
+                                 f'for batch {self._profile_max}: {exc}') from exc
+
+    def _free(self) -> None:
+        """Drop TensorRT objects and free buffers; call with the context current."""
+        if self._stream is not None:
+            try:
+                self._stream.synchronize()
+            except self._cuda.Error:
+                pass  # a failed stream still has to be released below
+        self._exec = None
+        self._engine = None
+        self._runtime = None
+        for allocation in self._device.values():
+            allocation.free()
+        self._device = {}
+        for array in self._host.values():
+            base = getattr(array, 'base', None)
+            if base is not None and hasattr(base, 'free'):
+                base.free()
+        self._host = {}
+        self._stream = None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        count = batch.shape[0]
+        run = max(count, self._profile_min)
+        with self._lock:
+            if self._closed or not self._context.alive:
+                raise InferenceError('tensorrt backend is closed')
+            cuda = self._cuda
+            try:
+                with self._context.active():
+                    host_in = self._host[self._input_name][:run]
+                    host_in[:count] = batch
+                    if run > count:
+                        host_in[count:] = 0.0
+                    if not self._exec.set_input_shape(self._input_name, host_in.shape):
+                        raise InferenceError(f'tensorrt: input shape {host_in.shape} is '
+                                             f'outside the engine profile of {self.engine_path}')
+                    for name, allocation in self._device.items():
+                        if not self._exec.set_tensor_address(name, int(allocation)):
+                            raise InferenceError(f'tensorrt: cannot bind tensor {name!r}')
+                    cuda.memcpy_htod_async(self._device[self._input_name], host_in,
+                                           self._stream)
+                    if not self._exec.execute_async_v3(self._stream.handle):
+                        raise InferenceError(f'tensorrt: execute_async_v3 failed on a batch '
+                                             f'of {count} (see the TensorRT messages)')
+                    output = self.card.output_name
+                    cuda.memcpy_dtoh_async(self._host[output][:run], self._device[output],
+                                           self._stream)
+                    self._stream.synchronize()
+                    logits = self._host[output][:count]
+                    return logits.reshape(count, -1).copy()
+            except (cuda.Error, RuntimeError, TypeError, ValueError) as exc:
+                raise InferenceError(f'tensorrt failed on a batch of {count}: {exc}') from exc
+
+    def describe(self) -> Dict[str, Any]:
+        """Return backend facts: engine file, precision, TensorRT version, GPU, profile."""
+        facts = super().describe()
+        facts.update({
+            'engine_path': self.engine_path,
+            'precision': self.sidecar.precision,
+            'tensorrt_version': self.sidecar.tensorrt_version,
+            'gpu': f'{self.sidecar.gpu_name} ({sm_tag(self.sidecar.compute_capability)})',
+            'batch_profile': list(self.sidecar.batch_profile.as_tuple()),
+            'dla_core': self.sidecar.dla_core,
+        })
+        return facts
+
+    def close(self) -> None:
+        """Free the engine, buffers, stream and CUDA context; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._context.release(self._free)
+
+
+def load_engine_backend(engine_path: str, max_batch: int = 16, device_index: int = 0,
+                        tool: str = BUILD_TOOL,
+                        machine: Optional[MachineInfo] = None) -> TensorRTBackend:
+    """
+    Verify ``engine_path`` against its sidecar, card and this machine, then load it.
+
+    :raises BackendUnavailableError: tensorrt, pycuda or a GPU is missing.
+    :raises ModelLoadError, ModelCardError: the engine, sidecar or card is missing or
+        malformed.
+    :raises EngineMismatchError: the engine does not match (message lists every
+        mismatch and the build command).
+    """
+    engine_path = os.path.abspath(engine_path)
+    machine = machine or probe_machine(device_index)
+    sidecar, card = verify_engine(engine_path, machine, tool=tool)
+    return TensorRTBackend(engine_path, card, sidecar, max_batch=max_batch,
+                           device_index=device_index, tool=tool)

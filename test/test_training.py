@@ -1,0 +1,115 @@
+"""
+Training for real on a tiny run: train -> export -> parity -> card -> runtime backend.
+
+Needs the ``train`` extra (PyTorch). It is skipped without it, except where
+``LEAF_DISEASE_REQUIRE_TRAIN=1`` (CI sets it) turns the skip into a failure, so CI
+cannot pass without running it.
+"""
+
+import importlib
+import json
+import os
+import shutil
+import sys
+
+import cv2
+import pytest
+
+from leaf_disease_ros.core.config import DetectorConfig
+from leaf_disease_ros.core.model_card import load_card, sha256_file
+from leaf_disease_ros.core.pipeline import Detector
+from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools')
+
+try:
+    import torch  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+
+pytestmark = pytest.mark.skipif(
+    not HAVE_TORCH and os.environ.get('LEAF_DISEASE_REQUIRE_TRAIN') != '1',
+    reason="PyTorch is not installed (pip install '.[train]')")
+
+
+def _tool(name):
+    if TOOLS not in sys.path:
+        sys.path.insert(0, TOOLS)
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, leaves_dir):
+    """Train one epoch at 64 px on the 24 test leaves; return (run folder, data folder)."""
+    base = tmp_path_factory.mktemp('train')
+    data = base / 'data'
+    shutil.copytree(leaves_dir, data)
+    run = base / 'run'
+    train = _tool('train')
+    status = train.main([str(data), '--out', str(run), '--input-size', '64', '--epochs', '1',
+                         '--batch-size', '4', '--workers', '0', '--no-progress', '--seed', '3',
+                         '--val-fraction', '0.3', '--name', 'tiny_leaf'])
+    assert status == 0
+    return run, data
+
+
+def test_run_folder_has_everything(tiny_run):
+    run, _ = tiny_run
+    for name in ('metrics.json', 'confusion_matrix.png', 'curves.png', 'split.json',
+                 'train.log', 'checkpoint_best.pt', 'checkpoint_last.pt'):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert len(metrics['history']) == 1
+    for key in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'val_macro_f1'):
+        assert key in metrics['history'][0]
+    assert set(metrics['final']['per_class']) == {'black_rot', 'esca', 'healthy',
+                                                  'leaf_blight'}
+    assert 'weighted sampling' in (run / 'train.log').read_text()
+    assert cv2.imread(str(run / 'curves.png')) is not None
+
+
+def test_split_keeps_leaves_apart(tiny_run):
+    run, _ = tiny_run
+    split = json.loads((run / 'split.json').read_text())
+    train_groups = {group for _, _, group in split['train']}
+    val_groups = {group for _, _, group in split['val']}
+    assert train_groups and val_groups and not train_groups & val_groups
+    assert len(split['train']) + len(split['val']) == 24
+
+
+def test_export_parity_card_and_runtime(tiny_run, tmp_path, leaf_images):
+    run, _ = tiny_run
+    export = _tool('export_onnx')
+    out = tmp_path / 'engines' / 'tiny_leaf.onnx'
+    assert export.main([str(run), '--out', str(out)]) == 0
+    card = load_card(str(tmp_path / 'engines' / 'tiny_leaf.json'))
+    assert card.onnx_sha256 == sha256_file(str(out))
+    assert card.input_hw_px == (64, 64)
+    assert card.labels == ('black_rot', 'esca', 'healthy', 'leaf_blight')
+    assert card.healthy_labels == ('healthy',)
+    assert card.metrics['parity_max_abs_logit_diff'] <= 1e-3
+    assert 'ece_before' in card.calibration_extra and card.temperature > 0
+    assert card.training['arch'] == 'resnet18'
+    backend = OnnxRuntimeBackend(str(out), card)
+    image = cv2.imread(leaf_images['esca'][0])
+    result = Detector(backend, card, DetectorConfig(tiling='none')).process(image, 0)
+    assert len(result.detections) == 1 and result.detections[0].label in card.labels + (
+        'unknown',)
+    backend.close()
+    # a second export does not overwrite without --force
+    assert export.main([str(run), '--out', str(out)]) == 1
+
+
+def test_export_refuses_a_broken_run(tmp_path, capsys):
+    export = _tool('export_onnx')
+    assert export.main([str(tmp_path), '--out', str(tmp_path / 'm.onnx')]) == 1
+    assert 'checkpoint_best.pt does not exist' in capsys.readouterr().err
+
+
+def test_training_refuses_bad_healthy_label(tmp_path, leaves_dir):
+    train = _tool('train')
+    status = train.main([leaves_dir, '--out', str(tmp_path / 'r'), '--epochs', '1',
+                         '--healthy-labels', 'vigorous', '--no-progress', '--workers', '0'])
+    assert status == 2
+    assert 'vigorous' in (tmp_path / 'r' / 'train.log').read_text()
