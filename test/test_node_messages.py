@@ -1,5 +1,7 @@
 """The operator-facing texts of the node: ready line, start failures, no-image hints."""
 
+import os
+
 import pytest
 
 from leaf_disease_ros.core.errors import (BackendUnavailableError, ConfigError,
@@ -53,16 +55,18 @@ def test_model_errors_get_a_fix_unless_they_carry_one():
         f'{START_FAILURE_PREFIX} {runtime}')
 
 
-def test_real_factory_errors_name_the_file_and_the_fix(tmp_path, tiny_model_path):
+def test_real_factory_errors_name_the_file_and_the_fix(tmp_path, tiny_model_copy):
     missing = str(tmp_path / 'nowhere.onnx')
-    with pytest.raises(ModelCardError) as info:
+    with pytest.raises(ModelLoadError) as info:
         load_backend(missing, 'onnxruntime')
     text = start_failure_message(info.value)
-    assert str(tmp_path / 'nowhere.json') in text and 'tools/export_onnx.py' in text
-    with pytest.raises(ModelLoadError) as info:
-        load_backend(tiny_model_path, 'tensorrt')
+    assert missing in text and 'model:=' in text
+    os.remove(os.path.splitext(tiny_model_copy)[0] + '.json')
+    with pytest.raises(ModelCardError) as info:
+        load_backend(tiny_model_copy, 'onnxruntime')
     text = start_failure_message(info.value)
-    assert tiny_model_path in text and 'tools/build_engine.py' in text
+    assert os.path.splitext(tiny_model_copy)[0] + '.json' in text
+    assert 'tools/export_onnx.py' in text
 
 
 def test_no_publisher_points_at_the_remapping():

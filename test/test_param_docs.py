@@ -7,15 +7,18 @@ import pytest
 
 from conftest import REPO_DIR
 from leaf_disease_ros.core.config import PARAMETERS, PARAMETERS_BY_NAME
-from leaf_disease_ros.core.errors import ConfigError, ModelCardError
+from leaf_disease_ros.core.errors import (ConfigError, EngineMismatchError, ModelCardError,
+                                          ModelLoadError)
 from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
                                                  cv_bridge_failure_message, EndpointQos,
                                                  IMAGE_TYPE, no_image_message, ready_message,
                                                  start_failure_message, time_jump_message,
                                                  unsupported_encoding_message)
 from leaf_disease_ros.core.node_params import type_hint, unknown_parameters_message
+from leaf_disease_ros.inference.engine_sidecar import build_command, mismatch_message
 
 DOC = os.path.join(REPO_DIR, 'docs', 'robot.md')
+ENGINES = '/home/robot/ws/install/leaf_disease_ros/share/leaf_disease_ros/engines'
 TOOL = os.path.join(REPO_DIR, 'tools', 'gen_param_docs.py')
 
 
@@ -96,6 +99,13 @@ EXAMPLES = [
     start_failure_message(ModelCardError(
         '/data/models/mine.json', '<file>', 'does not exist; every model needs its card '
         '(<model>.json, written by tools/export_onnx.py)')),
+    start_failure_message(EngineMismatchError(mismatch_message(
+        f'{ENGINES}/leaf_resnet18.fp16.sm87.trt8.6.2.engine',
+        ['built with TensorRT 8.6.2, this machine has TensorRT 10.3.0'],
+        build_command(f'{ENGINES}/leaf_resnet18.onnx')))),
+    start_failure_message(ModelLoadError(
+        'model file /data/models/mine.onnx does not exist; set model_path to an ONNX model '
+        'with its card beside it (or leave it empty for the shipped model)')),
     unsupported_encoding_message('16UC1', '[16UC1] is not a color format. but [bgr8] is. '
                                           'The conversion does not make sense'),
 ]
