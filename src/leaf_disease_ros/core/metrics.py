@@ -116,3 +116,47 @@ def format_report(report: Dict[str, Any]) -> str:
     for label, row in zip(labels, report['confusion_matrix']):
         lines.append(f'{label:<{width}}  ' + ' '.join(f'{v:>10d}' for v in row))
     return '\n'.join(lines)
+
+
+def classification_report_from_counts(pair_counts: np.ndarray,
+                                      labels: Sequence[str]) -> Dict[str, Any]:
+    """
+    Return :func:`classification_report` of samples given as counts of (true, predicted).
+
+    For streams too long to keep every sample (a replay of a long bag): the result is
+    the same dict, figure for figure, as ``classification_report`` on the samples.
+
+    :param pair_counts: ``(C, C + 1)`` counts; ``pair_counts[t, p]`` samples of true
+        class ``t`` predicted as ``p``; the last column counts ``unknown`` (-1).
+    :param labels: the ``C`` class labels in index order.
+    """
+    counts = np.asarray(pair_counts, dtype=np.int64)
+    num_classes = len(labels)
+    if counts.shape != (num_classes, num_classes + 1):
+        raise ValueError(f'pair_counts has shape {counts.shape}, expected '
+                         f'({num_classes}, {num_classes + 1})')
+    matrix = counts[:, :num_classes]
+    count = int(counts.sum())
+    correct = int(np.trace(matrix))
+    support = counts.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    per_class: Dict[str, Dict[str, float]] = {}
+    f1s: List[float] = []
+    for index, label in enumerate(labels):
+        tp = float(matrix[index, index])
+        precision = tp / predicted[index] if predicted[index] else 0.0
+        recall = tp / support[index] if support[index] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {'precision': precision, 'recall': recall, 'f1': f1,
+                            'support': int(support[index])}
+        if support[index]:
+            f1s.append(f1)
+    return {
+        'count': count,
+        'accuracy': correct / count if count else 0.0,
+        'macro_f1': float(np.mean(f1s)) if f1s else 0.0,
+        'unknown_count': int(counts[:, num_classes].sum()),
+        'per_class': per_class,
+        'labels': list(labels),
+        'confusion_matrix': matrix.tolist(),
+    }

@@ -1,0 +1,266 @@
+"""
+``leaf-disease-replay``: replay a rosbag2 recording through the detector; write a report.
+
+Usage::
+
+    leaf-disease-replay [BAG] [--out DIR] [--params-file config/detector.yaml]
+                        [--model M.onnx] [--image-topic T] [--fix-topic T] ...
+
+Without BAG it replays the demo recording shipped with the package with the shipped
+model into ``./replay_report``. Parameters come from the defaults of the parameter
+table, then ``--params-file`` (the node's ROS params YAML), then the flags. The
+logic lives in :mod:`leaf_disease_ros.replay`; this module parses, shows progress on
+stderr and prints a summary.
+
+Exit status: 0 report written; 1 report written but no frame could be processed;
+2 usage, bag, model or parameter error (nothing written); 3 report written from a
+bag that ended early (truncated: the figures cover what was read).
+"""
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+from leaf_disease_ros.core.config import load_params_file, PARAMETERS_BY_NAME
+from leaf_disease_ros.core.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.replay.demo import demo_bag_path
+from leaf_disease_ros.replay.report import REPORT_FILE, write_report
+from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
+                                            DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
+                                            DEFAULT_OUT_DIR, Progress, ReplayOptions,
+                                            run_replay)
+
+EXIT_OK = 0
+EXIT_NOTHING_PROCESSED = 1
+EXIT_ERROR = 2
+EXIT_TRUNCATED = 3
+
+# flag -> parameter of the table (core/config.py)
+FLAG_PARAMETERS = {
+    'model': 'model_path', 'backend': 'backend', 'onnx_provider': 'onnx_provider',
+    'threads': 'onnx_intra_op_threads', 'max_batch': 'max_batch', 'tiling': 'tiling',
+    'tile_size': 'tile_size_px', 'tile_stride': 'tile_stride_px',
+    'min_vegetation_fraction': 'min_vegetation_fraction', 'top_k': 'top_k',
+    'unknown_threshold': 'unknown_threshold',
+    'disease_threshold': 'disease_score_threshold', 'max_fix_gap': 'max_fix_gap_s',
+    'max_fix_age': 'max_fix_age_s', 'merge_radius': 'merge_radius_m',
+    'lever_arm': 'lever_arm_m',
+}
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        prog='leaf-disease-replay',
+        description='Replay a rosbag2 recording (sqlite3 or MCAP) through the leaf disease '
+                    'detector and write a report: accuracy against ground truth, geotag '
+                    'coverage, latency, a disease map (PNG, GeoJSON, KML) and an MCAP bag '
+                    'of the detections.',
+        epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model or '
+               'parameter error; 3 the bag ended early (report covers what was read).')
+    parser.add_argument('bag', nargs='?', default='',
+                        help='rosbag2 folder or .mcap/.db3 file (default: the shipped demo)')
+    parser.add_argument('--out', default=DEFAULT_OUT_DIR,
+                        help='report folder (default: ./%(default)s)')
+    parser.add_argument('--params-file', default='',
+                        help="the node's parameter YAML (e.g. config/detector.yaml); flags "
+                             'override it')
+    parser.add_argument('--params-node', default='detector_node',
+                        help='node name whose section of --params-file to read '
+                             '(default: %(default)s; /** sections always apply)')
+    topics = parser.add_argument_group('topics')
+    topics.add_argument('--image-topic', default='',
+                        help=f'sensor_msgs/Image or CompressedImage (default: '
+                             f"{DEFAULT_IMAGE_TOPIC}, else the bag's only image topic)")
+    topics.add_argument('--fix-topic', default='',
+                        help=f'sensor_msgs/NavSatFix (default: {DEFAULT_FIX_TOPIC}, else the '
+                             "bag's only NavSatFix topic)")
+    topics.add_argument('--ground-truth-topic', default='',
+                        help=f'vision_msgs/Detection2DArray (default: '
+                             f'{DEFAULT_GROUND_TRUTH_TOPIC})')
+    topics.add_argument('--node-name', default=DEFAULT_NODE_NAME,
+                        help='node name of the output topics in detections.mcap '
+                             '(default: %(default)s)')
+    model = parser.add_argument_group('model (parameters model_path, backend, ...)')
+    model.add_argument('--model', help='ONNX model with its card beside it (default: shipped)')
+    model.add_argument('--backend', choices=('auto', 'onnxruntime', 'tensorrt'))
+    model.add_argument('--onnx-provider', choices=('auto', 'cpu', 'cuda'))
+    model.add_argument('--threads', type=int, help='ONNX Runtime intra-op threads (0: auto)')
+    model.add_argument('--max-batch', type=int, help='largest batch of tiles per call')
+    tiling = parser.add_argument_group('tiling and thresholds')
+    tiling.add_argument('--tiling', choices=('grid', 'none'))
+    tiling.add_argument('--tile-size', type=int, help='tile side, px')
+    tiling.add_argument('--tile-stride', type=int, help='tile step, px')
+    tiling.add_argument('--min-vegetation-fraction', type=float)
+    tiling.add_argument('--top-k', type=int)
+    tiling.add_argument('--unknown-threshold', type=float,
+                        help="negative: the model card's threshold")
+    tiling.add_argument('--disease-threshold', type=float,
+                        help='minimum score of a diseased tile to be a finding')
+    gps = parser.add_argument_group('GPS and map')
+    gps.add_argument('--max-fix-gap', type=float, help='s, interpolate between fixes this close')
+    gps.add_argument('--max-fix-age', type=float, help='s, else nearest fix this close')
+    gps.add_argument('--lever-arm', type=float, nargs=3, metavar=('X', 'Y', 'Z'),
+                     help='camera offset from the antenna, m (x forward, y left, z up)')
+    gps.add_argument('--merge-radius', type=float,
+                     help='m, sightings of one label closer than this are one map feature')
+    parser.add_argument('--param', action='append', default=[], metavar='NAME=VALUE',
+                        help='any parameter of config/detector.yaml (value in YAML syntax); '
+                             'repeatable')
+    run = parser.add_argument_group('run')
+    run.add_argument('--max-frames', type=int, default=0, help='stop after N frames (0: all)')
+    run.add_argument('--no-output-bag', action='store_true',
+                     help='do not write detections.mcap')
+    run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser.parse_args(argv)
+
+
+def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+    """
+    Return the parameter values: params file, then ``--param``, then the flags.
+
+    :raises ConfigError: unreadable params file or a malformed ``--param``.
+    """
+    import yaml
+
+    values: Dict[str, Any] = {}
+    if args.params_file:
+        loaded = load_params_file(args.params_file, args.params_node)
+        values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
+    for item in args.param:
+        name, sep, text = item.partition('=')
+        if not sep or not name:
+            raise ConfigError(item, 'expected --param NAME=VALUE')
+        try:
+            values[name.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(name, f'value {text!r} is not valid YAML: {exc}') from exc
+    for flag, name in FLAG_PARAMETERS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[name] = list(value) if isinstance(value, (list, tuple)) else value
+    return values
+
+
+class ProgressBar:
+    """Frames done, frames/s and ETA on one stderr line (plain lines when not a TTY)."""
+
+    def __init__(self, stream: TextIO, period_s: float = 0.25) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.period_s = period_s if self.tty else 5.0
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last < self.period_s:
+            return
+        self._last = now
+        self.stream.write(self._line(progress) + ('\r' if self.tty else '\n'))
+        self.stream.flush()
+        self._shown = True
+
+    @staticmethod
+    def _line(progress: Progress) -> str:
+        rate = progress.frames_done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
+        total = progress.frames_expected
+        if total:
+            width = 30
+            done = min(width, int(width * progress.frames_done / total))
+            eta = (total - progress.frames_done) / rate if rate > 0 else 0.0
+            return (f'replay [{"#" * done}{"." * (width - done)}] {progress.frames_done}/'
+                    f'{total} frames  {rate:5.1f} frames/s  ETA {eta:4.0f} s ')
+        return f'replay {progress.frames_done} frames  {rate:5.1f} frames/s '
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self._shown and self.tty:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
+    """Return the short summary printed after a replay."""
+    frames = metrics['frames']
+    tiles = metrics['tiles']
+    geo = metrics['geotag']
+    findings = metrics['findings']
+    latency = metrics['latency_ms']['pipeline']
+    lines = [f"replayed {metrics['bag']['path']}: {frames['processed']} frames processed, "
+             f"{frames['skipped_total']} skipped; {tiles['classified']} tiles classified, "
+             f"{tiles['gated_out']} gated out; {metrics['throughput']['frames_per_s']:.1f} "
+             'frames/s']
+    accuracy = metrics['accuracy']
+    if accuracy is None:
+        lines.append('accuracy: no ground truth in the bag')
+    else:
+        lines.append(f"tile accuracy {accuracy['accuracy']:.3f}, macro-F1 "
+                     f"{accuracy['macro_f1']:.3f} ({accuracy['count']} tiles vs ground "
+                     f"truth); unknown {100 * tiles['unknown_rate']:.1f} %")
+    missing = {k: v for k, v in geo['by_reason'].items()
+               if v and k not in ('interpolated', 'nearest')}
+    lines.append(f"geotag coverage {100 * geo['coverage']:.1f} %"
+                 + (f" (no position: {', '.join(f'{k} {v}' for k, v in missing.items())})"
+                    if missing else '')
+                 + ('' if geo['gps_topic'] else ' - the bag has no GPS'))
+    lines.append(f"findings: {findings['sightings']} diseased tiles -> {findings['features']} "
+                 'map features'
+                 + (f" ({', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())})"
+                    if findings['features_by_label'] else '')
+                 + (f"; {findings['without_position']} without position"
+                    if findings['without_position'] else ''))
+    if latency.get('count'):
+        lines.append(f"pipeline latency per frame p50 {latency['p50']:.1f} ms, p95 "
+                     f"{latency['p95']:.1f} ms, p99 {latency['p99']:.1f} ms")
+    if not metrics['bag']['complete']:
+        lines.append(f"WARNING: the bag ended early ({metrics['bag']['truncated_reason']}); "
+                     'the report covers what was read')
+    lines.append(f'report: {os.path.join(out_dir, REPORT_FILE)}')
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``leaf-disease-replay``; returns the exit status."""
+    args = parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    progress = None if args.no_progress else ProgressBar(err)
+    try:
+        bag = args.bag or demo_bag_path()
+        if not args.bag:
+            err.write(f'no bag given: replaying the demo recording {bag}\n')
+        options = ReplayOptions(
+            bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
+            fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
+            parameters=collect_parameters(args), max_frames=max(0, args.max_frames),
+            node_name=args.node_name, write_bag=not args.no_output_bag)
+        try:
+            state = run_replay(options, progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        metrics = write_report(state, args.out)
+    except LeafDiseaseError as exc:
+        err.write(f'leaf-disease-replay: error: {exc}\n')
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err.write('leaf-disease-replay: interrupted; no report written\n')
+        return EXIT_ERROR
+    for note in metrics['notes']:
+        err.write(f'note: {note}\n')
+    for example in metrics['frames']['examples']:
+        err.write(f'skipped: {example}\n')
+    out.write('\n'.join(summary_lines(metrics, args.out)) + '\n')
+    if metrics['frames']['processed'] == 0:
+        err.write('leaf-disease-replay: no frame could be processed '
+                  f"({metrics['frames']['skipped'] or 'the bag has no image messages'})\n")
+        return EXIT_NOTHING_PROCESSED
+    if not metrics['bag']['complete']:
+        return EXIT_TRUNCATED
+    return EXIT_OK
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""
+The replay's report folder: metrics.json, report.md, figures, maps.
+
+:func:`build_metrics` turns a :class:`~leaf_disease_ros.replay.runner.ReplayState` into
+the JSON document of ``metrics.json`` (the figures of record), :func:`format_markdown`
+renders the same figures for people, and :func:`write_report` writes every file
+atomically (temp file + rename):
+
+=========================  ======================================================
+``metrics.json``           every figure below, machine-readable
+``report.md``              the same for people
+``confusion_matrix.png``   tiles against ground truth (only with ground truth)
+``map.png``                findings on a local metric grid, with the GPS track
+``findings.geojson``       merged disease findings, RFC 7946 (QGIS, geojson.io)
+``findings.kml``           the same in KML 2.2 (Google Earth), plus the track
+``detections.mcap/``       written by the runner (:mod:`.output_bag`)
+=========================  ======================================================
+"""
+
+import os
+from typing import Any, Dict, List
+
+from leaf_disease_ros.core.atomic_io import atomic_write_json, atomic_write_text
+from leaf_disease_ros.core.geomap import write_geojson, write_kml, write_map_png
+from leaf_disease_ros.core.geotag import NO_POSITION_REASONS, REASON_INTERPOLATED, REASON_NEAREST
+from leaf_disease_ros.core.plots import write_confusion_matrix_png
+from leaf_disease_ros.replay.runner import ReplayState
+
+METRICS_FILE = 'metrics.json'
+REPORT_FILE = 'report.md'
+CONFUSION_FILE = 'confusion_matrix.png'
+MAP_FILE = 'map.png'
+GEOJSON_FILE = 'findings.geojson'
+KML_FILE = 'findings.kml'
+REPORTED_PARAMETERS = (
+    'model_path', 'backend', 'tiling', 'tile_size_px', 'tile_stride_px',
+    'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
+    'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'lever_arm_m',
+    'merge_radius_m', 'max_batch')
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def build_metrics(state: ReplayState) -> Dict[str, Any]:
+    """Return the JSON document of ``metrics.json``."""
+    processed = state.frames_processed
+    with_position = sum(state.geotag_reasons.get(r, 0)
+                        for r in (REASON_INTERPOLATED, REASON_NEAREST))
+    duration_s = 0.0
+    if state.first_log_time_ns is not None and state.last_log_time_ns is not None:
+        duration_s = (state.last_log_time_ns - state.first_log_time_ns) / 1e9
+    features = state.merger.features()
+    features_by_label: Dict[str, int] = {}
+    for feature in features:
+        features_by_label[feature.label] = features_by_label.get(feature.label, 0) + 1
+    stage_means = {stage: (total / processed if processed else 0.0)
+                   for stage, total in state.stage_totals_ms.items()}
+    accuracy = state.evaluator.report() if state.evaluator is not None else None
+    if accuracy is not None:
+        accuracy['frames_without_ground_truth'] = state.frames_without_ground_truth
+        accuracy['ground_truth_messages'] = state.ground_truth_messages
+    return {
+        'bag': {
+            'path': state.bag_path,
+            'storage': state.bag_storage,
+            'complete': not state.truncated_reason,
+            'truncated_reason': state.truncated_reason,
+            'duration_read_s': duration_s,
+            'image_topic': state.topics.image,
+            'image_type': state.topics.image_type,
+            'gps_topic': state.topics.fix,
+            'ground_truth_topic': state.topics.ground_truth,
+        },
+        'notes': list(state.notes),
+        'model': state.model,
+        'labels': list(state.labels),
+        'parameters': {name: state.parameters[name] for name in REPORTED_PARAMETERS},
+        'frames': {
+            'in_bag': state.frames_in_bag,
+            'read': state.frames_read,
+            'processed': processed,
+            'skipped': dict(sorted(state.skipped.items())),
+            'skipped_total': sum(state.skipped.values()),
+            'examples': list(state.skipped_examples),
+            'processed_before_fix_window': state.frames_queued_early,
+        },
+        'tiles': {
+            'total': state.tiles_total,
+            'classified': state.tiles_classified,
+            'gated_out': state.tiles_gated,
+            'unknown': state.tiles_unknown,
+            'unknown_rate': _share(state.tiles_unknown, state.tiles_classified),
+            'by_label': dict(sorted(state.tiles_by_label.items())),
+        },
+        'accuracy': accuracy,
+        'geotag': {
+            'gps_topic': state.topics.fix,
+            'fixes_read': state.fixes_read,
+            'fixes_by_status': dict(sorted(state.fixes_by_status.items())),
+            'fixes_undecodable': state.fixes_undecodable,
+            'fix_buffer': state.fix_buffer_stats,
+            'frames_with_position': with_position,
+            'coverage': _share(with_position, processed),
+            'by_reason': {reason: state.geotag_reasons.get(reason, 0)
+                          for reason in (REASON_INTERPOLATED, REASON_NEAREST)
+                          + NO_POSITION_REASONS},
+            'positions_by_fix_status': dict(sorted(state.positions_by_status.items())),
+        },
+        'findings': {
+            'sightings': state.findings,
+            'with_position': state.findings - state.findings_without_position,
+            'without_position': state.findings_without_position,
+            'by_label': dict(sorted(state.findings_by_label.items())),
+            'merge_radius_m': state.merger.merge_radius_m,
+            'features': len(features),
+            'features_by_label': dict(sorted(features_by_label.items())),
+        },
+        'latency_ms': {
+            'pipeline': state.latency_pipeline.summary(),
+            'decode': state.latency_decode.summary(),
+            'frame': state.latency_frame.summary(),
+            'stage_means': stage_means,
+            'note': 'pipeline: Detector.process (tiling, preprocess, inference, '
+                    'postprocess, geotag); frame: image decode + pipeline. Percentiles '
+                    'from a log histogram (within 0.6 %).',
+        },
+        'throughput': {
+            'wall_s': state.wall_s,
+            'frames_per_s': _share(processed, state.wall_s),
+            'tiles_per_s': _share(state.tiles_classified, state.wall_s),
+        },
+        'outputs': {
+            'detections_bag': os.path.basename(state.output_bag) if state.output_bag else None,
+            'detections_bag_messages': state.output_bag_messages,
+        },
+    }
+
+
+def _pct(value: float) -> str:
+    return f'{100.0 * value:.1f} %'
+
+
+def _latency_row(name: str, summary: Dict[str, float]) -> str:
+    if not summary.get('count'):
+        return f'| {name} | - | - | - | - | - |'
+    return (f"| {name} | {summary['p50']:.1f} | {summary['p95']:.1f} | {summary['p99']:.1f} "
+            f"| {summary['mean']:.1f} | {summary['max']:.1f} |")
+
+
+def format_markdown(metrics: Dict[str, Any]) -> str:
+    """Return ``report.md``: the figures of ``metrics.json`` for people."""
+    bag = metrics['bag']
+    frames = metrics['frames']
+    tiles = metrics['tiles']
+    geo = metrics['geotag']
+    findings = metrics['findings']
+    latency = metrics['latency_ms']
+    lines: List[str] = [
+        '# Replay report', '',
+        f"Bag: `{bag['path']}` ({bag['storage']}, {bag['duration_read_s']:.1f} s read)  ",
+        f"Model: {metrics['model'].get('model', '?')} "
+        f"({metrics['model'].get('backend', '?')}, {metrics['model'].get('model_id', '')})  ",
+        f"Topics: image `{bag['image_topic']}` ({bag['image_type']}), GPS "
+        f"`{bag['gps_topic'] or 'none'}`, ground truth `{bag['ground_truth_topic'] or 'none'}`",
+        '']
+    if not bag['complete']:
+        lines += [f"**The bag ended early: {bag['truncated_reason']}. The figures cover what "
+                  'was read.**', '']
+    if metrics['notes']:
+        lines += ['Notes:', ''] + [f'- {note}' for note in metrics['notes']] + ['']
+    lines += [
+        '## Frames and tiles', '',
+        '| | count |', '|---|---|',
+        f"| frames in the bag | {frames['in_bag']} |",
+        f"| frames processed | {frames['processed']} |",
+        f"| frames skipped | {frames['skipped_total']} "
+        + (f"({', '.join(f'{k}: {v}' for k, v in frames['skipped'].items())})"
+           if frames['skipped'] else '') + ' |',
+        f"| tiles | {tiles['total']} |",
+        f"| tiles classified | {tiles['classified']} |",
+        f"| tiles gated out (vegetation) | {tiles['gated_out']} |",
+        f"| tiles unknown | {tiles['unknown']} ({_pct(tiles['unknown_rate'])}) |",
+        '']
+    if frames['examples']:
+        lines += ['Examples of skipped input:', ''] + [f'- {e}' for e in frames['examples']]
+        lines.append('')
+    accuracy = metrics['accuracy']
+    lines += ['## Accuracy against ground truth', '']
+    if accuracy is None:
+        lines += ['The bag has no ground truth: no accuracy figures.', '']
+    else:
+        lines += [
+            'Per tile: a tile is scored against the ground-truth box it overlaps most, when '
+            f"IoU >= {accuracy['iou_threshold']}. {accuracy['count']} tiles scored, "
+            f"{accuracy['tiles_without_ground_truth']} without a box, "
+            f"{accuracy['ground_truth_boxes_unmatched']} boxes without a tile.", '',
+            f"**Tile accuracy {accuracy['accuracy']:.4f}, macro-F1 {accuracy['macro_f1']:.4f}** "
+            f"(unknown: {accuracy['unknown_count']}, counted wrong)", '',
+            '| class | precision | recall | F1 | support |', '|---|---|---|---|---|']
+        for label in accuracy['labels']:
+            row = accuracy['per_class'][label]
+            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                         f"{row['f1']:.3f} | {row['support']} |")
+        labels = accuracy['labels']
+        lines += ['', 'Confusion matrix (rows: true, columns: predicted; `unknown` not shown):',
+                  '', '| true \\ predicted | ' + ' | '.join(labels) + ' |',
+                  '|---' * (len(labels) + 1) + '|']
+        for label, row in zip(labels, accuracy['confusion_matrix']):
+            lines.append(f'| {label} | ' + ' | '.join(str(v) for v in row) + ' |')
+        if accuracy['ground_truth_labels_not_in_model']:
+            lines += ['', 'Ground-truth labels the model does not know (not scored): '
+                      + ', '.join(f'{k} ({v})' for k, v in
+                                  accuracy['ground_truth_labels_not_in_model'].items())]
+        lines += ['', f'![confusion matrix]({CONFUSION_FILE})', '']
+    lines += ['## Geotags', '']
+    if geo['gps_topic'] is None:
+        lines += ['The bag has no GPS topic: no frame has a position, findings are not on '
+                  'the map.', '']
+    lines += [
+        f"Frames with a position: {geo['frames_with_position']} of {frames['processed']} "
+        f"({_pct(geo['coverage'])}).", '',
+        '| reason | frames |', '|---|---|']
+    for reason, count in geo['by_reason'].items():
+        lines.append(f'| {reason} | {count} |')
+    if geo['fixes_read']:
+        lines += ['', 'Fixes read by status: '
+                  + ', '.join(f'{k}: {v}' for k, v in geo['fixes_by_status'].items())
+                  + '; positions by status: '
+                  + (', '.join(f'{k}: {v}' for k, v in geo['positions_by_fix_status'].items())
+                     or 'none')]
+    lines += ['', '## Findings', '',
+              f"{findings['sightings']} diseased tiles with score >= "
+              f"{metrics['parameters']['disease_score_threshold']} "
+              f"({findings['without_position']} without position), merged within "
+              f"{findings['merge_radius_m']} m into {findings['features']} map features: "
+              + (', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())
+                 or 'none') + '.', '',
+              f'Files: `{GEOJSON_FILE}` (QGIS), `{KML_FILE}` (Google Earth), '
+              f'`{MAP_FILE}`:', '', f'![map]({MAP_FILE})', '',
+              '## Latency and throughput', '',
+              '| ms per frame | p50 | p95 | p99 | mean | max |', '|---|---|---|---|---|---|',
+              _latency_row('pipeline', latency['pipeline']),
+              _latency_row('image decode', latency['decode']),
+              _latency_row('decode + pipeline', latency['frame']), '',
+              'Mean per stage (ms): ' + ', '.join(f'{k} {v:.2f}'
+                                                  for k, v in latency['stage_means'].items()),
+              '',
+              f"Throughput: {metrics['throughput']['frames_per_s']:.1f} frames/s, "
+              f"{metrics['throughput']['tiles_per_s']:.1f} tiles/s over "
+              f"{metrics['throughput']['wall_s']:.1f} s (reading, decoding, inference and "
+              'writing the output bag).', '']
+    if metrics['outputs']['detections_bag']:
+        lines += [f"Output bag: `{metrics['outputs']['detections_bag']}` "
+                  f"({metrics['outputs']['detections_bag_messages']} messages): "
+                  '`ros2 bag play` it or open it in Foxglove.', '']
+    lines += ['## Parameters', '', '| name | value |', '|---|---|']
+    lines += [f'| {k} | {v} |' for k, v in metrics['parameters'].items()]
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
+    """Write every report file into ``out_dir`` (atomically); return the metrics."""
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = build_metrics(state)
+    features = state.merger.features()
+    track = state.track.segments()
+    model_name = metrics['model'].get('model', '')
+    accuracy = metrics['accuracy']
+    if accuracy is not None:
+        write_confusion_matrix_png(
+            accuracy['confusion_matrix'], accuracy['labels'],
+            os.path.join(out_dir, CONFUSION_FILE),
+            title=f"tiles vs ground truth: accuracy {accuracy['accuracy']:.3f}, "
+                  f"macro-F1 {accuracy['macro_f1']:.3f}")
+    elif os.path.exists(os.path.join(out_dir, CONFUSION_FILE)):
+        os.unlink(os.path.join(out_dir, CONFUSION_FILE))  # from an earlier run: misleading
+    write_map_png(os.path.join(out_dir, MAP_FILE), features, track, state.labels,
+                  title=f'disease findings ({model_name}), merge radius '
+                        f'{state.merger.merge_radius_m:g} m')
+    write_geojson(os.path.join(out_dir, GEOJSON_FILE), features,
+                  {'model': model_name, 'merge_radius_m': state.merger.merge_radius_m,
+                   'bag': os.path.basename(state.bag_path.rstrip('/'))})
+    write_kml(os.path.join(out_dir, KML_FILE), features, track,
+              name=f'leaf disease findings: {os.path.basename(state.bag_path.rstrip("/"))}')
+    atomic_write_text(os.path.join(out_dir, REPORT_FILE), format_markdown(metrics))
+    atomic_write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+    return metrics

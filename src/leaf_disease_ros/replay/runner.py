@@ -1,0 +1,469 @@
+"""
+Replaying a recording through the node's pipeline: the streaming loop and its counts.
+
+:func:`run_replay` opens a bag (:mod:`.bag`), picks its image, GPS and ground-truth
+topics, and streams them in log-time order through the same
+:class:`~leaf_disease_ros.core.pipeline.Detector` and
+:class:`~leaf_disease_ros.core.geotag.FixBuffer` rules as the node:
+
+- every fix goes into the buffer as it is read;
+- an image waits in a small queue until the bag's log time has passed its own log
+  time by ``max(max_fix_gap_s, max_fix_age_s)`` + :data:`FIX_HOLD_SLACK_S`, so the
+  fixes around its stamp have been read when it is geotagged (the node sees those
+  fixes in real time; a replay that tagged frames at once would only ever
+  extrapolate). The queue holds at most ``max_pending_frames`` frames: memory is
+  bounded whatever the bag's length, and nothing keeps a list of all frames;
+- ground truth (``vision_msgs/Detection2DArray`` with the image's stamp) is joined
+  to its frame by header stamp and scored tile by tile (:mod:`.evaluation`).
+
+Everything the report needs is accumulated in bounded memory: counters, a count
+matrix, a latency histogram (:mod:`.stats`), the merged findings and a thinned
+track (:mod:`leaf_disease_ros.core.geomap`). :mod:`.report` writes the files.
+"""
+
+import collections
+from dataclasses import dataclass, field
+import os
+import struct
+import time
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+
+from leaf_disease_ros.core.config import DetectorConfig, validate_parameters
+from leaf_disease_ros.core.errors import (BagError, FrameError, ImageDecodeError,
+                                          InferenceError, UnsupportedEncodingError)
+from leaf_disease_ros.core.geomap import FindingMerger, Sighting, TrackRecorder
+from leaf_disease_ros.core.geotag import (ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer,
+                                          STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
+                                          STATUS_SBAS_FIX)
+from leaf_disease_ros.core.pipeline import Detector, FrameResult, STAGES
+from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
+from leaf_disease_ros.replay.evaluation import TileEvaluator
+from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
+from leaf_disease_ros.replay.output_bag import OutputBag
+from leaf_disease_ros.replay.stats import LatencyHistogram
+from leaf_disease_ros.replay.typestore import make_typestore
+from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array,
+                                              GroundTruthBox, navsatfix_to_fix, stamp_to_ns)
+
+DEFAULT_IMAGE_TOPIC = '/camera/image_raw/compressed'
+DEFAULT_FIX_TOPIC = '/gps/fix'
+DEFAULT_GROUND_TRUTH_TOPIC = '/ground_truth'
+DEFAULT_NODE_NAME = 'leaf_disease_detector'
+DEFAULT_OUT_DIR = 'replay_report'
+NAVSATFIX_TYPE = 'sensor_msgs/msg/NavSatFix'
+GROUND_TRUTH_TYPE = 'vision_msgs/msg/Detection2DArray'
+FIX_HOLD_SLACK_S = 0.25
+MAX_PENDING_FRAMES = 32
+MAX_EXAMPLES = 5
+STATUS_NAMES = {STATUS_NO_FIX: 'NO_FIX', STATUS_FIX: 'FIX', STATUS_SBAS_FIX: 'SBAS_FIX',
+                STATUS_GBAS_FIX: 'GBAS_FIX'}
+_NS_PER_S = 1_000_000_000
+# What rosbags' CDR deserialiser raises on bytes that are not the declared type.
+_DESERIALIZE_ERRORS = (ValueError, KeyError, IndexError, struct.error, AssertionError,
+                       TypeError)
+
+
+@dataclass
+class ReplayOptions:
+    """
+    What to replay and how.
+
+    Empty topic names take the defaults; an image or GPS topic left at its default
+    that the bag lacks is looked up by type (the bag's only image / NavSatFix topic).
+    ``parameters`` are the node's parameters (``core/config.py`` table, validated
+    here); ``max_frames`` 0 = all frames.
+    """
+
+    bag_path: str
+    out_dir: str = DEFAULT_OUT_DIR
+    image_topic: str = ''
+    fix_topic: str = ''
+    ground_truth_topic: str = ''
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    max_frames: int = 0
+    node_name: str = DEFAULT_NODE_NAME
+    write_bag: bool = True
+    max_pending_frames: int = MAX_PENDING_FRAMES
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a replay: frames done so far, expected in total, seconds elapsed."""
+
+    frames_done: int
+    frames_expected: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics a replay reads (None: the bag has no such topic)."""
+
+    image: str
+    image_type: str
+    fix: Optional[str]
+    ground_truth: Optional[str]
+    notes: Tuple[str, ...]
+
+
+@dataclass
+class _PendingFrame:
+    log_time_ns: int
+    stamp_ns: int
+    header: Any
+    msg: Any
+    data: bytes
+
+
+@dataclass
+class ReplayState:
+    """Everything a replay accumulates (bounded); :mod:`.report` turns it into files."""
+
+    parameters: Dict[str, Any]
+    topics: Topics
+    labels: Tuple[str, ...]
+    model: Dict[str, Any]
+    bag_path: str
+    bag_storage: str
+    frames_in_bag: int
+    evaluator: Optional[TileEvaluator]
+    merger: FindingMerger
+    track: TrackRecorder
+    frames_read: int = 0
+    frames_processed: int = 0
+    skipped: Dict[str, int] = field(default_factory=dict)
+    skipped_examples: List[str] = field(default_factory=list)
+    tiles_total: int = 0
+    tiles_gated: int = 0
+    tiles_classified: int = 0
+    tiles_unknown: int = 0
+    tiles_by_label: Dict[str, int] = field(default_factory=dict)
+    findings: int = 0
+    findings_without_position: int = 0
+    findings_by_label: Dict[str, int] = field(default_factory=dict)
+    geotag_reasons: Dict[str, int] = field(default_factory=dict)
+    positions_by_status: Dict[str, int] = field(default_factory=dict)
+    fixes_read: int = 0
+    fixes_by_status: Dict[str, int] = field(default_factory=dict)
+    fixes_undecodable: int = 0
+    fix_buffer_stats: Dict[str, int] = field(default_factory=dict)
+    ground_truth_messages: int = 0
+    ground_truth_undecodable: int = 0
+    frames_without_ground_truth: int = 0
+    frames_queued_early: int = 0
+    latency_pipeline: LatencyHistogram = field(default_factory=LatencyHistogram)
+    latency_decode: LatencyHistogram = field(default_factory=LatencyHistogram)
+    latency_frame: LatencyHistogram = field(default_factory=LatencyHistogram)
+    stage_totals_ms: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.))
+    first_log_time_ns: Optional[int] = None
+    last_log_time_ns: Optional[int] = None
+    wall_s: float = 0.0
+    truncated_reason: str = ''
+    notes: List[str] = field(default_factory=list)
+    output_bag: str = ''
+    output_bag_messages: int = 0
+
+
+def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
+                what: str, required: bool, notes: List[str]) -> Optional[str]:
+    """Return the topic to read for one input (see ReplayOptions)."""
+    wanted = name or default
+    info = bag.topics.get(wanted)
+    if info is not None:
+        if info.msgtype not in types:
+            raise BagError(f'{what} topic {wanted} has type {info.msgtype}, expected '
+                           f'{" or ".join(types)}; choose another with the topic option '
+                           f'(topics: {describe_topics(bag.topics)})')
+        return wanted
+    if not name:
+        candidates = [t.name for t in bag.topics.values() if t.msgtype in types]
+        if len(candidates) == 1:
+            notes.append(f'{what} topic {default} is not in the bag; using {candidates[0]} '
+                         f'(its only {" / ".join(types)} topic)')
+            return candidates[0]
+    if required:
+        raise BagError(f'the bag has no {what} topic {wanted}; its topics: '
+                       f'{describe_topics(bag.topics)}. Choose one with --image-topic')
+    return None
+
+
+def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
+    """
+    Return the image, GPS and ground-truth topics to read from ``bag``.
+
+    :raises BagError: no image topic (the message lists the bag's topics), or a topic
+        of the wrong type.
+    """
+    notes: List[str] = []
+    image = _find_topic(bag, options.image_topic, DEFAULT_IMAGE_TOPIC, IMAGE_TYPES, 'image',
+                        True, notes) or ''
+    fix = _find_topic(bag, options.fix_topic, DEFAULT_FIX_TOPIC, (NAVSATFIX_TYPE,), 'GPS',
+                      False, notes)
+    if fix is None:
+        notes.append(f'no GPS: the bag has no NavSatFix topic '
+                     f'{options.fix_topic or DEFAULT_FIX_TOPIC}; findings have no position')
+    truth = options.ground_truth_topic or DEFAULT_GROUND_TRUTH_TOPIC
+    truth_info = bag.topics.get(truth)
+    if truth_info is None:
+        notes.append(f'no ground truth: the bag has no topic {truth}; no accuracy figures')
+        truth = None
+    elif truth_info.msgtype != GROUND_TRUTH_TYPE:
+        raise BagError(f'ground-truth topic {truth} has type {truth_info.msgtype}, expected '
+                       f'{GROUND_TRUTH_TYPE}')
+    return Topics(image=image, image_type=bag.topics[image].msgtype, fix=fix,
+                  ground_truth=truth, notes=tuple(notes))
+
+
+class _Replay:
+    """One run: the loop over the bag's messages and the per-frame work."""
+
+    def __init__(self, bag: BagReader, topics: Topics, detector: Detector,
+                 state: ReplayState, options: ReplayOptions,
+                 output: Optional[OutputBag], typestore: Any,
+                 progress: Optional[Callable[[Progress], None]]) -> None:
+        self.bag = bag
+        self.topics = topics
+        self.detector = detector
+        self.state = state
+        self.options = options
+        self.output = output
+        self.store = typestore
+        self.progress = progress
+        params = state.parameters
+        self.fixes = FixBuffer(params['fix_buffer_size']) if topics.fix else None
+        hold_s = max(params['max_fix_gap_s'], params['max_fix_age_s']) + FIX_HOLD_SLACK_S
+        self.hold_ns = int(hold_s * _NS_PER_S)
+        self.pending: Deque[_PendingFrame] = collections.deque()
+        self.truth: 'collections.OrderedDict[int, List[GroundTruthBox]]' = \
+            collections.OrderedDict()
+        self.max_truth = 4 * options.max_pending_frames + 64
+        self.expected = state.frames_in_bag
+        if options.max_frames:
+            self.expected = min(self.expected, options.max_frames) if self.expected \
+                else options.max_frames
+        self.start = time.perf_counter()
+
+    def _deserialize(self, message: BagMessage) -> Any:
+        return self.store.deserialize_cdr(message.data, message.msgtype)
+
+    def run(self) -> None:
+        state = self.state
+        wanted = [t for t in (self.topics.image, self.topics.fix, self.topics.ground_truth)
+                  if t]
+        last_frame_log_ns: Optional[int] = None
+        for message in self.bag.messages(wanted):
+            now = message.log_time_ns
+            if state.first_log_time_ns is None:
+                state.first_log_time_ns = now
+            state.last_log_time_ns = now
+            if message.topic == self.topics.fix:
+                self._on_fix(message)
+            elif message.topic == self.topics.ground_truth:
+                self._on_truth(message)
+            elif message.topic == self.topics.image:
+                if self.options.max_frames and state.frames_read >= self.options.max_frames:
+                    pass  # enough frames: keep reading fixes until the queue is done
+                else:
+                    self._on_image(message)
+                    last_frame_log_ns = now
+            self._release(now)
+            if (self.options.max_frames and state.frames_read >= self.options.max_frames
+                    and not self.pending and last_frame_log_ns is not None
+                    and now >= last_frame_log_ns + self.hold_ns):
+                break
+        while self.pending:
+            self._process(self.pending.popleft())
+        state.truncated_reason = self.bag.truncated_reason
+        if self.fixes is not None:
+            state.fix_buffer_stats = {
+                'accepted': self.fixes.accepted, 'duplicates': self.fixes.duplicates,
+                'rejected_no_fix': self.fixes.rejected_no_fix,
+                'rejected_nan': self.fixes.rejected_nan, 'evicted': self.fixes.evicted}
+        state.wall_s = time.perf_counter() - self.start
+
+    def _on_fix(self, message: BagMessage) -> None:
+        state = self.state
+        try:
+            fix = navsatfix_to_fix(self._deserialize(message))
+        except _DESERIALIZE_ERRORS as exc:
+            state.fixes_undecodable += 1
+            self._example(f'GPS message at log time {message.log_time_ns} does not '
+                          f'deserialize: {exc}')
+            return
+        state.fixes_read += 1
+        name = STATUS_NAMES.get(fix.status, str(fix.status))
+        state.fixes_by_status[name] = state.fixes_by_status.get(name, 0) + 1
+        outcome = self.fixes.add(fix) if self.fixes is not None else ADD_REJECTED_NO_FIX
+        if outcome in (ADD_REJECTED_NO_FIX, ADD_REJECTED_NAN):
+            self.state.track.break_segment()
+        else:
+            self.state.track.add(fix.latitude_deg, fix.longitude_deg)
+        if self.output is not None:
+            self.output.write_fix(message.log_time_ns, message.data)
+
+    def _on_truth(self, message: BagMessage) -> None:
+        state = self.state
+        try:
+            msg = self._deserialize(message)
+            boxes = ground_truth_from_detection2d_array(msg)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+        except _DESERIALIZE_ERRORS as exc:
+            state.ground_truth_undecodable += 1
+            self._example(f'ground-truth message at log time {message.log_time_ns} does not '
+                          f'deserialize: {exc}')
+            return
+        state.ground_truth_messages += 1
+        self.truth[stamp_ns] = boxes
+        while len(self.truth) > self.max_truth:
+            self.truth.popitem(last=False)
+
+    def _on_image(self, message: BagMessage) -> None:
+        state = self.state
+        try:
+            msg = self._deserialize(message)
+        except _DESERIALIZE_ERRORS as exc:
+            state.frames_read += 1
+            self._skip('undecodable_message', f'image message at log time '
+                       f'{message.log_time_ns} does not deserialize: {exc}')
+            return
+        state.frames_read += 1
+        self.pending.append(_PendingFrame(message.log_time_ns, stamp_to_ns(msg.header.stamp),
+                                          msg.header, msg, message.data))
+        if len(self.pending) > self.options.max_pending_frames:
+            state.frames_queued_early += 1
+            self._process(self.pending.popleft())
+
+    def _release(self, now_ns: int) -> None:
+        while self.pending and now_ns >= self.pending[0].log_time_ns + self.hold_ns:
+            self._process(self.pending.popleft())
+
+    def _example(self, text: str) -> None:
+        if len(self.state.skipped_examples) < MAX_EXAMPLES:
+            self.state.skipped_examples.append(text)
+
+    def _skip(self, reason: str, text: str) -> None:
+        self.state.skipped[reason] = self.state.skipped.get(reason, 0) + 1
+        self._example(text)
+
+    def _process(self, frame: _PendingFrame) -> None:
+        state = self.state
+        result: Optional[FrameResult] = None
+        truth = self.truth.pop(frame.stamp_ns, None)
+        start = time.perf_counter()
+        where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
+        try:
+            image = decode_image(frame.msg, self.topics.image_type)
+            decoded = time.perf_counter()
+            result = self.detector.process(image, frame.stamp_ns, self.fixes)
+        except UnsupportedEncodingError as exc:
+            self._skip('unsupported_encoding', f'{where}: {exc}')
+        except ImageDecodeError as exc:
+            self._skip('corrupt_image', f'{where}: {exc}')
+        except FrameError as exc:
+            self._skip('bad_frame', f'{where}: {exc}')
+        except InferenceError as exc:
+            self._skip('inference_error', f'{where}: {exc}')
+        if result is not None:
+            decode_ms = (decoded - start) * 1e3
+            self._account(result, truth, decode_ms)
+        if self.output is not None:
+            self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
+                                    self.detector.card, self.detector.unknown_threshold())
+        if self.progress is not None:
+            self.progress(Progress(state.frames_processed + sum(state.skipped.values()),
+                                   self.expected, time.perf_counter() - self.start))
+
+    def _account(self, result: FrameResult, truth: Optional[List[GroundTruthBox]],
+                 decode_ms: float) -> None:
+        state = self.state
+        state.frames_processed += 1
+        state.latency_decode.add(decode_ms)
+        state.latency_pipeline.add(result.timings_ms['total'])
+        state.latency_frame.add(decode_ms + result.timings_ms['total'])
+        for stage, value in result.timings_ms.items():
+            state.stage_totals_ms[stage] = state.stage_totals_ms.get(stage, 0.0) + value
+        state.tiles_total += result.tiles_total
+        state.tiles_gated += result.tiles_gated
+        state.tiles_classified += len(result.detections)
+        reason = result.geotag.reason
+        state.geotag_reasons[reason] = state.geotag_reasons.get(reason, 0) + 1
+        tag = result.geotag.geotag
+        if tag is not None:
+            status = STATUS_NAMES.get(tag.status, str(tag.status))
+            state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
+        for detection in result.detections:
+            state.tiles_by_label[detection.label] = \
+                state.tiles_by_label.get(detection.label, 0) + 1
+            if detection.is_unknown:
+                state.tiles_unknown += 1
+            if not detection.is_finding:
+                continue
+            state.findings += 1
+            state.findings_by_label[detection.label] = \
+                state.findings_by_label.get(detection.label, 0) + 1
+            if tag is None:
+                state.findings_without_position += 1
+            else:
+                state.merger.add(Sighting(detection.label, detection.score, tag.latitude_deg,
+                                          tag.longitude_deg, result.stamp_ns))
+        if state.evaluator is not None:
+            if truth is None:
+                state.frames_without_ground_truth += 1
+            else:
+                state.evaluator.add_frame(result.detections, truth)
+
+
+def run_replay(options: ReplayOptions, backend: Any = None,
+               progress: Optional[Callable[[Progress], None]] = None) -> ReplayState:
+    """
+    Replay a bag and return what was accumulated (write it with :mod:`.report`).
+
+    :param options: the bag, topics, parameters and limits.
+    :param backend: an already loaded backend (tests, benchmarks); None loads the one
+        the parameters name (``model_path``, ``backend``...) and closes it at the end.
+    :param progress: called after every frame with the frames done so far.
+
+    :raises BagError: the bag cannot be read or lacks an image topic.
+    :raises ConfigError: a parameter is invalid.
+    :raises ModelLoadError: the model cannot be loaded.
+    """
+    params = validate_parameters(options.parameters)
+    if options.max_pending_frames < 1:
+        raise ValueError('max_pending_frames must be >= 1')
+    with BagReader(options.bag_path) as bag:
+        topics = resolve_topics(bag, options)
+        own_backend = backend is None
+        if own_backend:
+            backend = load_backend(params['model_path'], params['backend'],
+                                   onnx_provider=params['onnx_provider'],
+                                   intra_op_threads=params['onnx_intra_op_threads'],
+                                   max_batch=params['max_batch'])
+        output: Optional[OutputBag] = None
+        try:
+            card = backend.card
+            detector = Detector(backend, card, DetectorConfig.from_parameters(params))
+            store = make_typestore()
+            state = ReplayState(
+                parameters=params, topics=topics, labels=tuple(card.labels),
+                model=dict(backend.describe()), bag_path=os.path.abspath(options.bag_path),
+                bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
+                evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
+                merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
+                notes=list(bag.notes) + list(topics.notes))
+            if options.write_bag:
+                output = OutputBag(os.path.join(options.out_dir, 'detections.mcap'), store,
+                                   options.node_name, topics.image, topics.image_type,
+                                   topics.fix, params['geo_frame_id'])
+            _Replay(bag, topics, detector, state, options, output, store, progress).run()
+            if output is not None:
+                output.commit()
+                state.output_bag = output.path
+                state.output_bag_messages = output.messages
+                output = None
+            return state
+        finally:
+            if output is not None:
+                output.abort()
+            if own_backend:
+                backend.close()

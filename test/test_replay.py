@@ -1,0 +1,234 @@
+"""
+Replay metrics on hand-made bags with known answers (both storages, raw and compressed).
+
+The tiny model's label for every leaf photo is learned first by classifying the photo
+alone (one tile); the bag's frames are mosaics of those photos, stored losslessly
+(PNG or raw), so the replay must see the same tiles and predict the same labels. The
+ground truth is then written to be right or wrong on purpose, and the expected
+confusion matrix, accuracy, macro-F1, geotag reasons and findings follow.
+"""
+
+import json
+import math
+import os
+
+import cv2
+import pytest
+
+from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
+from leaf_disease_ros.cli import replay as cli
+from leaf_disease_ros.core.config import DetectorConfig
+from leaf_disease_ros.core.geodesy import offset_latlon
+from leaf_disease_ros.core.geotag import STATUS_GBAS_FIX, STATUS_NO_FIX
+from leaf_disease_ros.core.metrics import classification_report
+from leaf_disease_ros.core.pipeline import Detector
+from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.replay.report import write_report
+from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
+from leaf_disease_ros.replay.typestore import make_typestore
+from tiny_model import make_tiny_model
+
+PARAMS = {'unknown_threshold': 0.0, 'disease_score_threshold': 0.0,
+          'min_vegetation_fraction': 0.0}
+LAT0, LON0 = 46.0, 7.0
+FRAME_TIMES_S = (1.1, 2.0, 2.6, 4.5)
+
+
+@pytest.fixture(scope='module')
+def leaves(leaf_images):
+    """Return 12 leaf photos (3 per class) as BGR arrays."""
+    paths = [p for label in sorted(leaf_images) for p in leaf_images[label][:3]]
+    return [cv2.imread(p) for p in paths]
+
+
+@pytest.fixture(scope='module')
+def model_path(tmp_path_factory):
+    """Return a tiny model (seed 1: it predicts several labels on these leaves)."""
+    folder = str(tmp_path_factory.mktemp('tiny_seed1'))
+    make_tiny_model(folder, seed=1)
+    return os.path.join(folder, 'tiny.onnx')
+
+
+@pytest.fixture(scope='module')
+def predicted(model_path, leaves):
+    """Return the tiny model's label for each leaf photo, classified alone."""
+    backend = load_backend(model_path, 'onnxruntime')
+    detector = Detector(backend, backend.card, DetectorConfig(**PARAMS))
+    labels = [detector.process(leaf, 0).detections[0].label for leaf in leaves]
+    backend.close()
+    # The scenario needs right and wrong answers, diseased tiles with and without
+    # position: a model that said one label everywhere would make it vacuous.
+    assert len(set(labels)) >= 3
+    assert any(label != 'healthy' for label in labels[:6])
+    assert any(label != 'healthy' for label in labels[6:])
+    return labels
+
+
+def _wrong(label, labels):
+    return next(x for x in labels if x != label)
+
+
+def _box(column):
+    return (256.0 * column, 0.0, 256.0 * (column + 1), 256.0)
+
+
+def scenario(leaves, predicted, labels):
+    """Return (frames, fixes, truth, expected) of the known-answer recording."""
+    frames = [Frame(stamp_ns=int(t * NS), image_bgr=mosaic(leaves[3 * i:3 * i + 3], 3),
+                    log_time_ns=int(t * NS) + 20_000_000)
+              for i, t in enumerate(FRAME_TIMES_S)]
+    p = predicted
+    truth = [
+        # frame A: two right, one wrong
+        Truth(frames[0].stamp_ns, [(_box(0), p[0]), (_box(1), p[1]),
+                                   (_box(2), _wrong(p[2], labels))]),
+        # frame B: right, a label the model lacks, wrong, and a box across two tiles
+        Truth(frames[1].stamp_ns, [(_box(0), p[3]), (_box(1), 'powdery_mildew'),
+                                   (_box(2), _wrong(p[5], labels)),
+                                   ((128.0, 0.0, 384.0, 256.0), 'healthy')]),
+        # frame C: no ground truth message; frame D: two right, third tile has no box
+        Truth(frames[3].stamp_ns, [(_box(0), p[9]), (_box(1), p[10])]),
+    ]
+    true = [p[0], p[1], _wrong(p[2], labels), p[3], _wrong(p[5], labels), p[9], p[10]]
+    pred = [p[0], p[1], p[2], p[3], p[5], p[9], p[10]]
+    index = {label: i for i, label in enumerate(labels)}
+    expected = classification_report([index[x] for x in true], [index[x] for x in pred],
+                                     labels)
+    fixes = []
+    for k in range(11):  # 0.0 .. 2.0 s, 1 m/s east, RTK
+        t = 0.2 * k
+        lat, lon = offset_latlon(LAT0, LON0, t * 1.0, 0.0)
+        fixes.append(GpsFix(int(round(t * NS)), lat, lon, STATUS_GBAS_FIX,
+                            int(round(t * NS)) + 50_000_000))
+    for k in range(11, 17):  # 2.2 .. 3.2 s: outage
+        t = 0.2 * k
+        fixes.append(GpsFix(int(round(t * NS)), math.nan, math.nan, STATUS_NO_FIX,
+                            int(round(t * NS)) + 50_000_000))
+    return frames, fixes, truth, expected
+
+
+def _replay(tmp_path, bag, model_path, **kwargs):
+    params = dict(PARAMS, model_path=model_path, backend='onnxruntime')
+    params.update(kwargs.pop('params', {}))
+    out = str(tmp_path / 'report')
+    state = run_replay(ReplayOptions(bag_path=bag, out_dir=out, parameters=params, **kwargs))
+    return write_report(state, out), out
+
+
+@pytest.mark.parametrize('storage,raw,encoding', [
+    ('mcap', False, ''), ('sqlite3', False, ''), ('mcap', True, 'rgb8'),
+    ('sqlite3', True, 'bgr8')])
+def test_known_answers(tmp_path, leaves, predicted, tiny_card, model_path, storage, raw,
+                       encoding):
+    labels = list(tiny_card.labels)
+    frames, fixes, truth, expected = scenario(leaves, predicted, labels)
+    if raw:
+        for frame in frames:
+            frame.kind, frame.encoding = 'raw', encoding
+    bag = write_bag(str(tmp_path / 'bag'), storage, frames, fixes, truth, raw=raw)
+    metrics, out = _replay(tmp_path, bag, model_path)
+
+    assert metrics['bag']['storage'] == storage
+    assert metrics['frames']['processed'] == 4
+    assert metrics['tiles']['classified'] == 12
+    assert metrics['tiles']['gated_out'] == 0
+    accuracy = metrics['accuracy']
+    assert accuracy['accuracy'] == pytest.approx(expected['accuracy'])
+    assert accuracy['macro_f1'] == pytest.approx(expected['macro_f1'])
+    assert accuracy['confusion_matrix'] == expected['confusion_matrix']
+    assert accuracy['per_class'] == expected['per_class']
+    assert accuracy['count'] == 7
+    assert accuracy['ground_truth_labels_not_in_model'] == {'powdery_mildew': 1}
+    assert accuracy['ground_truth_boxes_unmatched'] == 1  # the box across two tiles
+    assert accuracy['tiles_without_ground_truth'] == 1  # frame D, third tile
+    assert accuracy['frames_without_ground_truth'] == 1  # frame C
+
+    # The image at 1.1 s is read before the fix at 1.2 s (log times): it must wait for
+    # it and be interpolated, not tagged from the fix at 1.0 s alone.
+    assert metrics['geotag']['by_reason'] == {
+        'interpolated': 1, 'nearest': 1, 'gps_no_fix': 1, 'stale_fix': 1,
+        'no_fix_received': 0}
+    assert metrics['geotag']['coverage'] == pytest.approx(0.5)
+
+    diseased = [label != 'healthy' for label in predicted]
+    assert metrics['findings']['sightings'] == sum(diseased)
+    assert metrics['findings']['without_position'] == sum(diseased[6:])
+    # Frames A and B are 0.9 m apart (< 1.5 m): one feature per diseased label.
+    assert metrics['findings']['features'] == len({label for label, d in
+                                                   zip(predicted[:6], diseased[:6]) if d})
+    assert metrics['latency_ms']['pipeline']['count'] == 4
+    for name in ('metrics.json', 'report.md', 'confusion_matrix.png', 'map.png',
+                 'findings.geojson', 'findings.kml', 'detections.mcap'):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert not [n for n in os.listdir(out) if n.startswith('.')]  # no temp files left
+    with open(os.path.join(out, 'metrics.json'), encoding='utf-8') as stream:
+        assert json.load(stream)['accuracy']['accuracy'] == pytest.approx(expected['accuracy'])
+
+
+def test_output_bag_holds_the_node_topics(tmp_path, leaves, predicted, tiny_card,
+                                          model_path):
+    from rosbags.rosbag2 import Reader
+
+    frames, fixes, truth, _ = scenario(leaves, predicted, list(tiny_card.labels))
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, fixes, truth)
+    _, out = _replay(tmp_path, bag, model_path)
+    store = make_typestore()
+    counts = {}
+    stamps = []
+    with Reader(os.path.join(out, 'detections.mcap')) as reader:
+        for connection, _, data in reader.messages():
+            counts[connection.topic] = counts.get(connection.topic, 0) + 1
+            if connection.topic == '/leaf_disease_detector/detections':
+                msg = store.deserialize_cdr(data, connection.msgtype)
+                stamps.append(msg.header.stamp.sec * NS + msg.header.stamp.nanosec)
+                assert len(msg.detections) == 3
+                assert msg.header.frame_id == 'camera'
+    assert counts == {'/camera/image_raw/compressed': 4, '/gps/fix': 17,
+                      '/leaf_disease_detector/detections': 4,
+                      '/leaf_disease_detector/detections/fix': 4,
+                      '/leaf_disease_detector/geo_detections': 4,
+                      '/leaf_disease_detector/label_info': 1}
+    assert stamps == [f.stamp_ns for f in frames]  # output headers = image headers
+
+
+def test_max_frames_and_cli_flags_override_params_file(tmp_path, leaves, predicted,
+                                                       tiny_card, model_path, capsys):
+    frames, fixes, truth, _ = scenario(leaves, predicted, list(tiny_card.labels))
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, fixes, truth)
+    params_file = tmp_path / 'detector.yaml'
+    params_file.write_text('detector_node:\n  ros__parameters:\n    tile_size_px: 128\n'
+                           '    tile_stride_px: 128\n    min_vegetation_fraction: 0.0\n'
+                           '    merge_radius_m: 0.0\n')
+    out = tmp_path / 'out'
+    code = cli.main([bag, '--out', str(out), '--model', model_path, '--params-file',
+                     str(params_file), '--max-frames', '2', '--no-progress'])
+    assert code == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['frames']['processed'] == 2
+    assert metrics['tiles']['total'] == 2 * 12  # 128 px tiles from the params file
+    assert metrics['parameters']['merge_radius_m'] == 0.0
+    out2 = tmp_path / 'out2'
+    code = cli.main([bag, '--out', str(out2), '--model', model_path, '--params-file',
+                     str(params_file), '--tile-size', '256', '--tile-stride', '256',
+                     '--param', 'merge_radius_m=2.5', '--no-progress', '--no-output-bag'])
+    assert code == 0
+    metrics = json.loads((out2 / 'metrics.json').read_text())
+    assert metrics['frames']['processed'] == 4
+    assert metrics['tiles']['total'] == 4 * 3  # the flags win over the file
+    assert metrics['parameters']['merge_radius_m'] == 2.5
+    assert not (out2 / 'detections.mcap').exists()
+    summary = capsys.readouterr().out
+    assert 'tile accuracy' in summary and 'geotag coverage' in summary
+
+
+def test_frame_queue_is_bounded(tmp_path, leaves, predicted, tiny_card, model_path):
+    # Every image at the same log time and no fix to move time on: the queue must
+    # process frames early instead of growing.
+    frames = [Frame(stamp_ns=(i + 1) * NS, image_bgr=mosaic(leaves[:3], 3), log_time_ns=NS)
+              for i in range(6)]
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames)
+    params = dict(PARAMS, model_path=model_path)
+    state = run_replay(ReplayOptions(bag_path=bag, out_dir=str(tmp_path / 'o'),
+                                     parameters=params, max_pending_frames=2))
+    assert state.frames_processed == 6
+    assert state.frames_queued_early == 4
