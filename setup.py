@@ -44,12 +44,14 @@ setup(
         'pyyaml>=5.4',
     ],
     extras_require={
-        'replay': ['rosbags>=0.10', 'rosbags-image>=0.9'],
+        # mcap: only to read what a truncated MCAP recording (no footer) holds
+        'replay': ['rosbags>=0.10', 'rosbags-image>=0.9', 'mcap>=1.1'],
         'test': [
             'pytest>=7',
             'onnx>=1.14',
             'rosbags>=0.10',
             'rosbags-image>=0.9',
+            'mcap>=1.1',
             'flake8>=5',
             'flake8-blind-except',
             'flake8-builtins',

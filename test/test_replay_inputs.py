@@ -330,3 +330,27 @@ def test_raw_encodings_decode_to_the_same_pixels(frame_image):
             assert np.array_equal(decoded, expected)
         else:
             assert np.array_equal(decoded, frame_image), encoding
+
+
+def test_progress_bar_shows_frames_per_second():
+    import io
+
+    stream = io.StringIO()
+    bar = cli.ProgressBar(stream)
+    bar(cli.Progress(frames_done=50, frames_expected=200, elapsed_s=10.0))
+    bar(cli.Progress(frames_done=51, frames_expected=200, elapsed_s=10.1))  # throttled
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert '50/200 frames' in lines[0] and '5.0 frames/s' in lines[0] and 'ETA' in lines[0]
+
+
+def test_params_file_section_of_the_node_name(tmp_path):
+    params_file = tmp_path / 'p.yaml'
+    params_file.write_text('/**:\n  ros__parameters:\n    top_k: 2\n'
+                           'leaf_disease_detector:\n  ros__parameters:\n    top_k: 4\n'
+                           'other_node:\n  ros__parameters:\n    top_k: 9\n')
+    args = cli.parse_args(['bag', '--params-file', str(params_file)])
+    assert cli.collect_parameters(args)['top_k'] == 4
+    args = cli.parse_args(['bag', '--params-file', str(params_file), '--params-node', 'x'])
+    assert cli.collect_parameters(args)['top_k'] == 2

@@ -67,9 +67,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--params-file', default='',
                         help="the node's parameter YAML (e.g. config/detector.yaml); flags "
                              'override it')
-    parser.add_argument('--params-node', default='detector_node',
-                        help='node name whose section of --params-file to read '
-                             '(default: %(default)s; /** sections always apply)')
+    parser.add_argument('--params-node', default='',
+                        help='node name whose section of --params-file to read (default: '
+                             'detector_node, then --node-name; /** sections always apply)')
     topics = parser.add_argument_group('topics')
     topics.add_argument('--image-topic', default='',
                         help=f'sensor_msgs/Image or CompressedImage (default: '
@@ -127,8 +127,10 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
 
     values: Dict[str, Any] = {}
     if args.params_file:
-        loaded = load_params_file(args.params_file, args.params_node)
-        values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
+        names = [args.params_node] if args.params_node else ['detector_node', args.node_name]
+        for node_name in names:  # a later name's section overrides an earlier one's
+            loaded = load_params_file(args.params_file, node_name)
+            values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
     for item in args.param:
         name, sep, text = item.partition('=')
         if not sep or not name:

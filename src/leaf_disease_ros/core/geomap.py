@@ -199,7 +199,7 @@ class TrackRecorder:
     map does not draw a line across a GPS outage.
     """
 
-    def __init__(self, min_step_m: float = 0.25, max_points: int = 20000) -> None:
+    def __init__(self, min_step_m: float = 0.25, max_points: int = 5000) -> None:
         if max_points < 4:
             raise ValueError(f'max_points must be >= 4, got {max_points}')
         self._min_step_m = float(min_step_m)
