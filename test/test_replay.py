@@ -178,16 +178,16 @@ def test_output_bag_holds_the_node_topics(tmp_path, leaves, predicted, tiny_card
     with Reader(os.path.join(out, 'detections.mcap')) as reader:
         for connection, _, data in reader.messages():
             counts[connection.topic] = counts.get(connection.topic, 0) + 1
-            if connection.topic == '/leaf_disease_detector/detections':
+            if connection.topic == '/detector_node/detections':
                 msg = store.deserialize_cdr(data, connection.msgtype)
                 stamps.append(msg.header.stamp.sec * NS + msg.header.stamp.nanosec)
                 assert len(msg.detections) == 3
                 assert msg.header.frame_id == 'camera'
     assert counts == {'/camera/image_raw/compressed': 4, '/gps/fix': 17,
-                      '/leaf_disease_detector/detections': 4,
-                      '/leaf_disease_detector/detections/fix': 4,
-                      '/leaf_disease_detector/geo_detections': 4,
-                      '/leaf_disease_detector/label_info': 1}
+                      '/detector_node/detections': 4,
+                      '/detector_node/detections/fix': 4,
+                      '/detector_node/geo_detections': 4,
+                      '/detector_node/label_info': 1}
     assert stamps == [f.stamp_ns for f in frames]  # output headers = image headers
 
 

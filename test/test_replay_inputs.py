@@ -348,9 +348,19 @@ def test_progress_bar_shows_frames_per_second():
 def test_params_file_section_of_the_node_name(tmp_path):
     params_file = tmp_path / 'p.yaml'
     params_file.write_text('/**:\n  ros__parameters:\n    top_k: 2\n'
-                           'leaf_disease_detector:\n  ros__parameters:\n    top_k: 4\n'
+                           'detector_node:\n  ros__parameters:\n    top_k: 4\n'
                            'other_node:\n  ros__parameters:\n    top_k: 9\n')
     args = cli.parse_args(['bag', '--params-file', str(params_file)])
     assert cli.collect_parameters(args)['top_k'] == 4
     args = cli.parse_args(['bag', '--params-file', str(params_file), '--params-node', 'x'])
     assert cli.collect_parameters(args)['top_k'] == 2
+
+
+def test_the_node_config_file_is_accepted(tmp_path, capsys, tiny_model_path, frame_image):
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'config', 'detector.yaml')
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', _frames(frame_image, 2), _fixes())
+    out = str(tmp_path / 'out')
+    code, _, _ = _run([bag, '--params-file', config, '--out', out], capsys, tiny_model_path)
+    assert code == cli.EXIT_OK
+    assert _metrics(out)['frames']['processed'] == 2

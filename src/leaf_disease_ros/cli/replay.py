@@ -69,7 +69,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              'override it')
     parser.add_argument('--params-node', default='',
                         help='node name whose section of --params-file to read (default: '
-                             'detector_node, then --node-name; /** sections always apply)')
+                             '--node-name; /** sections always apply)')
     topics = parser.add_argument_group('topics')
     topics.add_argument('--image-topic', default='',
                         help=f'sensor_msgs/Image or CompressedImage (default: '
@@ -81,8 +81,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f'vision_msgs/Detection2DArray (default: '
                              f'{DEFAULT_GROUND_TRUTH_TOPIC})')
     topics.add_argument('--node-name', default=DEFAULT_NODE_NAME,
-                        help='node name of the output topics in detections.mcap '
-                             '(default: %(default)s)')
+                        help='name of the node whose output topics detections.mcap holds '
+                             '(/NAME/detections...; default: %(default)s, as the node)')
     model = parser.add_argument_group('model (parameters model_path, backend, ...)')
     model.add_argument('--model', help='ONNX model with its card beside it (default: shipped)')
     model.add_argument('--backend', choices=('auto', 'onnxruntime', 'tensorrt'))
@@ -127,10 +127,8 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
 
     values: Dict[str, Any] = {}
     if args.params_file:
-        names = [args.params_node] if args.params_node else ['detector_node', args.node_name]
-        for node_name in names:  # a later name's section overrides an earlier one's
-            loaded = load_params_file(args.params_file, node_name)
-            values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
+        loaded = load_params_file(args.params_file, args.params_node or args.node_name)
+        values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
     for item in args.param:
         name, sep, text = item.partition('=')
         if not sep or not name:

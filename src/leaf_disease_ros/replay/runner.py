@@ -49,7 +49,7 @@ from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_arra
 DEFAULT_IMAGE_TOPIC = '/camera/image_raw/compressed'
 DEFAULT_FIX_TOPIC = '/gps/fix'
 DEFAULT_GROUND_TRUTH_TOPIC = '/ground_truth'
-DEFAULT_NODE_NAME = 'leaf_disease_detector'
+DEFAULT_NODE_NAME = 'detector_node'  # ros/node.py NODE_NAME (rclpy-free here)
 DEFAULT_OUT_DIR = 'replay_report'
 NAVSATFIX_TYPE = 'sensor_msgs/msg/NavSatFix'
 GROUND_TRUTH_TYPE = 'vision_msgs/msg/Detection2DArray'
