@@ -264,6 +264,16 @@ def test_bad_parameter_is_an_error(tmp_path, capsys, tiny_model_path, frame_imag
     assert 'unknown parameter' in err
 
 
+def test_output_folder_that_is_a_file(tmp_path, capsys, tiny_model_path, frame_image):
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', _frames(frame_image, 1))
+    (tmp_path / 'out').write_text('a file')
+    for extra in ([], ['--no-output-bag']):
+        code, _, err = _run([bag, '--out', str(tmp_path / 'out')] + extra, capsys,
+                            tiny_model_path)
+        assert code == cli.EXIT_ERROR
+        assert 'is not a folder' in err
+
+
 def test_missing_model_is_an_error(tmp_path, capsys, frame_image):
     bag = write_bag(str(tmp_path / 'bag'), 'mcap', _frames(frame_image, 1))
     code = cli.main([bag, '--model', str(tmp_path / 'none.onnx'), '--no-progress',

@@ -227,6 +227,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     out, err = sys.stdout, sys.stderr
     progress = None if args.no_progress else ProgressBar(err)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        err.write(f'leaf-disease-replay: error: --out {args.out} exists and is not a folder\n')
+        return EXIT_ERROR
     try:
         bag = args.bag or demo_bag_path()
         if not args.bag:
@@ -244,6 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metrics = write_report(state, args.out)
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-replay: error: {exc}\n')
+        return EXIT_ERROR
+    except OSError as exc:
+        err.write(f'leaf-disease-replay: error: cannot write the report in {args.out}: '
+                  f'{exc}\n')
         return EXIT_ERROR
     except KeyboardInterrupt:
         err.write('leaf-disease-replay: interrupted; no report written\n')

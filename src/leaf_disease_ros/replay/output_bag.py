@@ -45,8 +45,9 @@ class OutputBag:
 
     def __init__(self, path: str, typestore: Any, node_name: str, image_topic: str,
                  image_msgtype: str, fix_topic: Optional[str], geo_frame_id: str) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
+        self._errors = (WriterError, OSError)
         self.path = os.path.abspath(path)
         self._store = typestore
         self._types = MessageTypes.from_typestore(typestore)
@@ -59,8 +60,12 @@ class OutputBag:
         except OSError as exc:
             raise BagError(f'cannot write the output bag in {parent}: {exc.strerror}') from exc
         self._bag_dir = os.path.join(self._tmp_dir, os.path.basename(self.path))
-        self._writer = Writer(self._bag_dir, version=8, storage_plugin=StoragePlugin.MCAP)
-        self._writer.open()
+        try:
+            self._writer = Writer(self._bag_dir, version=8, storage_plugin=StoragePlugin.MCAP)
+            self._writer.open()
+        except self._errors as exc:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            raise BagError(f'cannot write the output bag {self.path}: {exc}') from exc
         add = self._writer.add_connection
         self._image = add(image_topic, image_msgtype, typestore=typestore)
         self._fix_in = add(fix_topic, NAVSATFIX_TYPE, typestore=typestore) if fix_topic else None
@@ -76,7 +81,10 @@ class OutputBag:
         self._label_info_written = False
 
     def _write(self, connection: Any, log_time_ns: int, data: bytes) -> None:
-        self._writer.write(connection, int(log_time_ns), data)
+        try:
+            self._writer.write(connection, int(log_time_ns), data)
+        except self._errors as exc:  # e.g. the disk is full
+            raise BagError(f'cannot write the output bag {self.path}: {exc}') from exc
         self.messages += 1
 
     def _serialize(self, msg: Any, msgtype: str) -> bytes:
@@ -111,7 +119,10 @@ class OutputBag:
 
     def commit(self) -> None:
         """Close the bag and move it to its final path (replacing an older one)."""
-        self._writer.close()
+        try:
+            self._writer.close()
+        except self._errors as exc:
+            raise BagError(f'cannot write the output bag {self.path}: {exc}') from exc
         old = None
         if os.path.exists(self.path):
             old = self.path + '.old'
