@@ -1,4 +1,4 @@
-"""docs/robot.md stays in sync with the parameter table and quotes the node's exact texts."""
+"""README.md stays in sync with the parameter table and quotes the node's exact texts."""
 
 import importlib.util
 import os
@@ -17,7 +17,7 @@ from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
 from leaf_disease_ros.core.node_params import type_hint, unknown_parameters_message
 from leaf_disease_ros.inference.engine_sidecar import build_command, mismatch_message
 
-DOC = os.path.join(REPO_DIR, 'docs', 'robot.md')
+DOC = os.path.join(REPO_DIR, 'README.md')
 ENGINES = '/home/robot/ws/install/leaf_disease_ros/share/leaf_disease_ros/engines'
 TOOL = os.path.join(REPO_DIR, 'tools', 'gen_param_docs.py')
 
@@ -33,7 +33,7 @@ def tool():
 
 @pytest.fixture(scope='module')
 def doc():
-    """Return the text of docs/robot.md."""
+    """Return the text of README.md."""
     with open(DOC, encoding='utf-8') as stream:
         return stream.read()
 

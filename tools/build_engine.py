@@ -2,7 +2,8 @@
 r"""
 Build (or check) the TensorRT engine of a leaf_disease_ros ONNX model on this machine.
 
-Run it on the Jetson that will run the node (docs/tensorrt.md has the whole story)::
+Run it on the Jetson that will run the node (the README section "Build the engine on
+the Jetson" has the whole story)::
 
     python3 tools/build_engine.py engines/leaf_resnet18.onnx                 # FP16
     python3 tools/build_engine.py engines/leaf_resnet18.onnx --precision int8 \

@@ -2,11 +2,11 @@
 """
 Print the parameter documentation generated from the parameter table.
 
-    python3 tools/gen_param_docs.py            # the markdown table of docs/robot.md
+    python3 tools/gen_param_docs.py            # the markdown table of README.md
     python3 tools/gen_param_docs.py --yaml     # a config/detector.yaml with every default
 
 The one source is ``leaf_disease_ros.core.config.PARAMETERS``; ``test/test_param_docs.py``
-fails when ``docs/robot.md`` or ``config/detector.yaml`` drifts from it. Run it from the
+fails when ``README.md`` or ``config/detector.yaml`` drifts from it. Run it from the
 repository root (it adds ``src`` to the import path).
 """
 
@@ -66,7 +66,7 @@ def params_yaml() -> str:
     """Return a ROS 2 params file with every parameter at its default, one comment each."""
     lines = ['# Parameters of the leaf_disease_ros detector node (ROS 2 params file).',
              '# Generated from core/config.py by tools/gen_param_docs.py --yaml; the table',
-             '# of docs/robot.md explains each one. Doubles need a decimal point (1.0).',
+             '# of README.md explains each one. Doubles need a decimal point (1.0).',
              '/**:',
              '  ros__parameters:']
     group = None

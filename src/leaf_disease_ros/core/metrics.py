@@ -45,31 +45,13 @@ def classification_report(true_idx: Sequence[int], pred_idx: Sequence[int],
     true_arr = np.asarray(true_idx, dtype=np.int64)
     pred_arr = np.asarray(pred_idx, dtype=np.int64)
     num_classes = len(labels)
-    matrix = confusion_matrix(true_arr, pred_arr, num_classes)
-    count = int(true_arr.size)
-    correct = int(np.sum(true_arr == pred_arr))
-    support = np.bincount(true_arr[true_arr >= 0], minlength=num_classes)[:num_classes]
-    predicted = matrix.sum(axis=0)
-    per_class: Dict[str, Dict[str, float]] = {}
-    f1s: List[float] = []
-    for index, label in enumerate(labels):
-        tp = float(matrix[index, index])
-        precision = tp / predicted[index] if predicted[index] else 0.0
-        recall = tp / support[index] if support[index] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {'precision': precision, 'recall': recall, 'f1': f1,
-                            'support': int(support[index])}
-        if support[index]:
-            f1s.append(f1)
-    return {
-        'count': count,
-        'accuracy': correct / count if count else 0.0,
-        'macro_f1': float(np.mean(f1s)) if f1s else 0.0,
-        'unknown_count': int(np.sum(pred_arr < 0)),
-        'per_class': per_class,
-        'labels': list(labels),
-        'confusion_matrix': matrix.tolist(),
-    }
+    # One (true, predicted) count table, the unknown predictions (-1) in the last column.
+    columns = np.where((pred_arr >= 0) & (pred_arr < num_classes), pred_arr, num_classes)
+    keep = (true_arr >= 0) & (true_arr < num_classes)
+    flat = true_arr[keep] * (num_classes + 1) + columns[keep]
+    counts = np.bincount(flat, minlength=num_classes * (num_classes + 1))
+    return classification_report_from_counts(counts.reshape(num_classes, num_classes + 1),
+                                             labels)
 
 
 def expected_calibration_error(probs: np.ndarray, true_idx: Sequence[int],

@@ -2,7 +2,7 @@
 The operator-facing texts of the detector node, built without ROS.
 
 An operator sees the node through a handful of log lines; they are composed here so
-they are tested and ``docs/robot.md`` can quote them:
+they are tested and ``README.md`` can quote them:
 
 - :func:`ready_message`: the one INFO line that says the node is up (``detector ready:``);
 - :func:`start_failure_message`: why the node cannot start and the command or
@@ -58,7 +58,7 @@ def start_failure_message(exc: Exception) -> str:
     if isinstance(exc, ConfigError):
         hint = (f'set a valid {exc.parameter} in the params file (launch argument '
                 f'params_file:=...) or with --ros-args -p {exc.parameter}:=VALUE; the '
-                'parameter table is in docs/robot.md')
+                'parameter table is in README.md')
     elif isinstance(exc, ModelCardError):
         hint = ('a model needs its card (the .json beside the .onnx) from the same export: '
                 f'check model_path, or export both again with {EXPORT_COMMAND}')

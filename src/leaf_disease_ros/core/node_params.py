@@ -227,4 +227,4 @@ def unknown_parameters_message(names: Iterable[str]) -> str:
         close = difflib.get_close_matches(name, list(PARAMETERS_BY_NAME), n=1, cutoff=0.7)
         parts.append(f'{name} (did you mean {close[0]}?)' if close else name)
     return ('ignoring parameter(s) this node does not have: ' + ', '.join(parts)
-            + '; the parameter table is in docs/robot.md')
+            + '; the parameter table is in README.md')
