@@ -74,7 +74,6 @@ setup(
     zip_safe=True,
     maintainer='leaf_disease_ros maintainers',
     maintainer_email='maintainers@leaf-disease-ros.invalid',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'detector_node = leaf_disease_ros.ros.node:main',
