@@ -79,6 +79,10 @@ setup(
             'detector_node = leaf_disease_ros.ros.node:main',
             'leaf-disease-classify = leaf_disease_ros.cli.classify:main',
             'leaf-disease-replay = leaf_disease_ros.cli.replay:main',
+            'leaf-disease-train = leaf_disease_ros.cli.train:main',
+            'leaf-disease-export = leaf_disease_ros.cli.export:main',
+            'leaf-disease-build-engine = leaf_disease_ros.cli.build_engine:main',
+            'leaf-disease-split = leaf_disease_ros.cli.split:main',
         ],
     },
 )

@@ -6,7 +6,7 @@ from typing import Dict, List
 
 import pytest
 
-from leaf_disease_ros.core.model_card import card_path_for_model, load_card, ModelCard
+from leaf_disease_ros.perception.model_card import card_path_for_model, load_card, ModelCard
 from tiny_model import make_tiny_model
 
 TEST_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -16,10 +16,10 @@ import sys
 import types
 from typing import Any, Dict, Optional, Tuple
 
-from leaf_disease_ros.core.model_card import ModelCard, sha256_file
-from leaf_disease_ros.inference.engine_sidecar import (BatchProfile, engine_file_name,
+from leaf_disease_ros.inference.engine.sidecar import (BatchProfile, engine_file_name,
                                                        EngineSidecar, MachineInfo, model_stem,
                                                        sidecar_path_for_engine, write_sidecar)
+from leaf_disease_ros.perception.model_card import ModelCard, sha256_file
 
 ORIN = MachineInfo('10.3.0', 'Orin', (8, 7))
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from leaf_disease_ros.core.atomic_io import atomic_path, atomic_write_json, atomic_write_text
+from leaf_disease_ros.perception.atomic_io import atomic_path, atomic_write_json, atomic_write_text
 
 
 def test_write_and_replace(tmp_path):

@@ -1,5 +1,5 @@
 """
-tools/build_engine.py exits cleanly where it cannot build: run as a subprocess.
+leaf-disease-build-engine exits cleanly where it cannot build: run as a subprocess.
 
 Where tensorrt, pycuda or a GPU must look absent (or present, to reach a later
 check), a folder put first on PYTHONPATH shadows them with tiny modules that only
@@ -15,10 +15,12 @@ from typing import Dict, List, Optional
 import pytest
 
 from engine_helpers import make_engine_files, ORIN
-from leaf_disease_ros.core.model_card import ModelCard
+from leaf_disease_ros.perception.model_card import ModelCard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, 'tools', 'build_engine.py')
+# the installed command leaf-disease-build-engine, run from this source tree
+TOOL = ['-c', 'import sys; from leaf_disease_ros.cli.build_engine import main; '
+        'sys.exit(main(sys.argv[1:]))']
 
 HIDDEN = {'tensorrt.py': "raise ImportError(\"No module named 'tensorrt'\")\n"}
 TRT_10_3 = {'tensorrt.py': "__version__ = '10.3.0'\n"}
@@ -63,7 +65,7 @@ def run_tool(args: List[str], shim_root: str, shims: Optional[Dict[str, str]] = 
             stream.write(source)
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join([shim, os.path.join(REPO, 'src')])
-    return subprocess.run([sys.executable, TOOL] + args, capture_output=True, text=True,
+    return subprocess.run([sys.executable] + TOOL + args, capture_output=True, text=True,
                           env=env, timeout=120, cwd=REPO)
 
 
@@ -141,7 +143,7 @@ def test_missing_onnx_and_foreign_card(tmp_path, tiny_model_copy: str) -> None:
     with open(tiny_model_copy, 'ab') as stream:
         stream.write(b'\0')  # the card's sha256 no longer matches the model
     result = run_tool([tiny_model_copy], str(tmp_path), HIDDEN)
-    assert_clean_exit(result, 2, "field 'onnx_sha256'", 'tools/export_onnx.py')
+    assert_clean_exit(result, 2, "field 'onnx_sha256'", 'leaf-disease-export')
 
 
 def test_check_of_a_missing_engine(tmp_path) -> None:

@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.errors import DatasetError
-from leaf_disease_ros.core.model_card import ModelCard
-from leaf_disease_ros.core.preprocess import preprocess
-from leaf_disease_ros.inference.calibration_batches import (CalibrationBatches,
-                                                            list_calibration_images, read_bgr)
+from leaf_disease_ros.inference.engine.calibration_batches import (CalibrationBatches,
+                                                                   list_calibration_images,
+                                                                   read_bgr)
+from leaf_disease_ros.perception.errors import DatasetError
+from leaf_disease_ros.perception.model_card import ModelCard
+from leaf_disease_ros.perception.preprocess import preprocess
 
 
 def test_lists_every_image_recursively_and_sorted(leaves_dir: str, leaf_images) -> None:

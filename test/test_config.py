@@ -2,10 +2,10 @@
 
 import pytest
 
-from leaf_disease_ros.core.config import (check_runtime_change, defaults, DetectorConfig,
-                                          load_params_file, PARAMETERS, PARAMETERS_BY_NAME,
-                                          validate_parameters, validate_value)
-from leaf_disease_ros.core.errors import ConfigError
+from leaf_disease_ros.perception.config import (check_runtime_change, defaults, DetectorConfig,
+                                                load_params_file, PARAMETERS, PARAMETERS_BY_NAME,
+                                                validate_parameters, validate_value)
+from leaf_disease_ros.perception.errors import ConfigError
 
 
 def test_table_is_consistent():

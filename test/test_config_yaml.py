@@ -4,9 +4,10 @@ import os
 from typing import List
 
 from conftest import REPO_DIR
-from leaf_disease_ros.core.config import load_params_file, PARAMETERS_BY_NAME, validate_parameters
-from leaf_disease_ros.core.errors import ConfigError
-from leaf_disease_ros.core.node_params import ros_type_of
+from leaf_disease_ros.perception.config import (load_params_file, PARAMETERS_BY_NAME,
+                                                validate_parameters)
+from leaf_disease_ros.perception.errors import ConfigError
+from leaf_disease_ros.ros.params import ros_type_of
 
 CONFIG = os.path.join(REPO_DIR, 'config', 'detector.yaml')
 

@@ -7,15 +7,15 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.augment import augment, AugmentConfig, sample_rng
-from leaf_disease_ros.core.calibration import (calibrate, choose_unknown_threshold,
-                                               fit_temperature, negative_log_likelihood)
-from leaf_disease_ros.core.dataset import (file_groups, grouped_split, list_class_folders,
-                                           photo_block_groups, photo_number, regex_groups)
-from leaf_disease_ros.core.errors import DatasetError
-from leaf_disease_ros.core.metrics import (classification_report, confusion_matrix,
-                                           expected_calibration_error, format_report)
-from leaf_disease_ros.core.plots import render_confusion_matrix
+from leaf_disease_ros.perception.errors import DatasetError
+from leaf_disease_ros.perception.metrics import (classification_report, confusion_matrix,
+                                                 expected_calibration_error, format_report)
+from leaf_disease_ros.perception.plots import render_confusion_matrix
+from leaf_disease_ros.training.augment import augment, AugmentConfig, sample_rng
+from leaf_disease_ros.training.calibration import (calibrate, choose_unknown_threshold,
+                                                   fit_temperature, negative_log_likelihood)
+from leaf_disease_ros.training.dataset import (file_groups, grouped_split, list_class_folders,
+                                               photo_block_groups, photo_number, regex_groups)
 
 
 def test_photo_number_parsing():

@@ -4,12 +4,12 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.config import DetectorConfig
-from leaf_disease_ros.core.debug_image import (category, COLORS_BGR, DISEASE, draw_detections,
-                                               FINDING, HEALTHY, UNKNOWN)
-from leaf_disease_ros.core.errors import FrameError
-from leaf_disease_ros.core.pipeline import Detection, Detector
 from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.errors import FrameError
+from leaf_disease_ros.perception.pipeline import Detection, Detector
+from leaf_disease_ros.ros.debug_image import (category, COLORS_BGR, DISEASE, draw_detections,
+                                              FINDING, HEALTHY, UNKNOWN)
 
 
 def detection(box, label='esca', score=0.9, unknown=False, disease=True, finding=True):

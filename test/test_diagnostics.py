@@ -4,12 +4,11 @@ import math
 
 import pytest
 
-from leaf_disease_ros.core.diagnostics import (CLOCK_MISMATCH_S, DetectorStats,
-                                               DetectorThresholds, ERROR, GpsStats, OK,
-                                               percentile, SlidingWindow, STALE, WARN,
-                                               worst_level)
-from leaf_disease_ros.core.geotag import (ADD_ACCEPTED, ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX,
-                                          Fix, STATUS_FIX)
+from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, Fix,
+                                         STATUS_FIX)
+from leaf_disease_ros.ros.diagnostics import (CLOCK_MISMATCH_S, DetectorStats, DetectorThresholds,
+                                              ERROR, GpsStats, OK, percentile, SlidingWindow,
+                                              STALE, WARN, worst_level)
 
 S = 1_000_000_000
 THRESHOLDS = DetectorThresholds(no_image_warn_s=5.0, latency_budget_ms=500.0)

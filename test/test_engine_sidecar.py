@@ -7,14 +7,12 @@ import os
 import pytest
 
 from engine_helpers import make_engine_files, make_sidecar, ORIN
-from leaf_disease_ros.core.errors import ConfigError, EngineMismatchError, ModelLoadError
-from leaf_disease_ros.core.model_card import ModelCard
-from leaf_disease_ros.inference.engine_sidecar import (BatchProfile, build_command,
-                                                       calibration_cache_path,
-                                                       engine_candidates, engine_file_mismatches,
-                                                       engine_file_name, engine_io_mismatches,
-                                                       format_parser_error, MachineInfo,
-                                                       mismatch_message, parse_engine_file_name,
+from leaf_disease_ros.inference.engine.sidecar import (BatchProfile, build_command,
+                                                       calibration_cache_path, engine_candidates,
+                                                       engine_file_mismatches, engine_file_name,
+                                                       engine_io_mismatches, format_parser_error,
+                                                       MachineInfo, mismatch_message,
+                                                       parse_engine_file_name,
                                                        parse_tensorrt_version, precision_plan,
                                                        read_sidecar, search_engines,
                                                        sidecar_from_dict, sidecar_mismatches,
@@ -22,6 +20,8 @@ from leaf_disease_ros.inference.engine_sidecar import (BatchProfile, build_comma
                                                        sm_tag, TensorInfo, timing_cache_path,
                                                        validate_batch_profile, verify_engine,
                                                        write_sidecar)
+from leaf_disease_ros.perception.errors import ConfigError, EngineMismatchError, ModelLoadError
+from leaf_disease_ros.perception.model_card import ModelCard
 
 
 # --- naming -----------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_sidecar_round_trips_through_json(tmp_path, tiny_model_path: str,
 
 def test_missing_sidecar_names_the_file_and_the_tool(tmp_path) -> None:
     path = str(tmp_path / 'x.engine.json')
-    with pytest.raises(ModelLoadError, match='does not exist.*build_engine.py'):
+    with pytest.raises(ModelLoadError, match='does not exist.*leaf-disease-build-engine'):
         read_sidecar(path)
     (tmp_path / 'x.engine.json').write_text('{not json')
     with pytest.raises(ModelLoadError, match='not valid JSON'):
@@ -305,24 +305,24 @@ def test_verify_engine_lists_every_mismatch_and_the_command(tiny_model_copy: str
     message = str(info.value)
     assert engine in message
     assert 'built from another model' in message and 'TensorRT 10.7.0' in message
-    assert message.endswith(f'python3 tools/build_engine.py {tiny_model_copy}')
+    assert message.endswith(f'leaf-disease-build-engine {tiny_model_copy}')
     with pytest.raises(EngineMismatchError) as info:  # same name when rebuilt: --force
         verify_engine(engine, ORIN)
-    assert str(info.value).endswith(f'python3 tools/build_engine.py {tiny_model_copy} --force')
+    assert str(info.value).endswith(f'leaf-disease-build-engine {tiny_model_copy} --force')
 
 
 def test_verify_missing_engine_gives_the_build_command(tmp_path) -> None:
     engine = str(tmp_path / 'leaf.fp16.sm87.trt10.3.0.engine')
-    with pytest.raises(ModelLoadError, match='build_engine.py .*leaf.onnx'):
+    with pytest.raises(ModelLoadError, match='leaf-disease-build-engine .*leaf.onnx'):
         verify_engine(engine, ORIN)
 
 
 # --- messages and commands ------------------------------------------------------------
 
 def test_build_command_quotes_paths_and_adds_flags() -> None:
-    assert build_command('/e/m.onnx') == 'python3 tools/build_engine.py /e/m.onnx'
+    assert build_command('/e/m.onnx') == 'leaf-disease-build-engine /e/m.onnx'
     assert build_command('/my engines/m.onnx', 'int8', extra=['--force']) == (
-        "python3 tools/build_engine.py '/my engines/m.onnx' --precision int8 --force")
+        "leaf-disease-build-engine '/my engines/m.onnx' --precision int8 --force")
     message = mismatch_message('/e/x.engine', ['a', 'b'], 'CMD')
     assert message.startswith('TensorRT engine /e/x.engine does not match: a; b.')
     assert message.endswith('with: CMD')

@@ -14,13 +14,13 @@ from typing import Any, List
 import pytest
 
 from engine_helpers import hide_tensorrt, install_fake_runtime, make_engine_files
-from leaf_disease_ros.core.errors import (BackendUnavailableError, ConfigError,
-                                          EngineMismatchError, ModelLoadError)
-from leaf_disease_ros.core.model_card import ModelCard
 from leaf_disease_ros.inference import tensorrt_backend
-from leaf_disease_ros.inference.engine_sidecar import MachineInfo
+from leaf_disease_ros.inference.engine.sidecar import MachineInfo
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,
+                                                EngineMismatchError, ModelLoadError)
+from leaf_disease_ros.perception.model_card import ModelCard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +74,7 @@ def test_auto_uses_the_matching_engine(monkeypatch, record, tiny_model_copy,
     assert backend is record[0] and len(record) == 1
     assert backend.engine_path == engine and backend.max_batch == 8
     assert backend.card.path == os.path.join(os.path.dirname(tiny_model_copy), 'tiny.json')
-    assert backend.tool.endswith('tools/build_engine.py')
+    assert backend.tool == 'leaf-disease-build-engine'
     assert warnings == []
 
 
@@ -84,7 +84,7 @@ def test_auto_without_engine_warns_once_with_the_build_command(monkeypatch, reco
     backend, warnings = _auto(tiny_model_copy)
     assert isinstance(backend, OnnxRuntimeBackend) and record == []
     assert len(warnings) == 1
-    assert 'build_engine.py' in warnings[0] and tiny_model_copy in warnings[0]
+    assert 'leaf-disease-build-engine' in warnings[0] and tiny_model_copy in warnings[0]
     assert 'Orin (sm87), TensorRT 10.3.0' in warnings[0] and '--force' not in warnings[0]
     backend.close()
 
@@ -98,7 +98,7 @@ def test_auto_with_mismatched_engine_warns_with_the_reason(monkeypatch, record,
     assert isinstance(backend, OnnxRuntimeBackend) and record == []
     assert len(warnings) == 1
     assert 'tiny.fp16.sm87.trt8.6.2.engine: built with TensorRT 8.6.2' in warnings[0]
-    assert 'build_engine.py' in warnings[0]
+    assert 'leaf-disease-build-engine' in warnings[0]
     backend.close()
 
 
@@ -153,7 +153,7 @@ def test_tensorrt_without_engine_fails_with_the_command(monkeypatch, record,
     with pytest.raises(ModelLoadError) as info:
         load_backend(tiny_model_copy, 'tensorrt')
     assert not isinstance(info.value, EngineMismatchError)
-    assert f'build_engine.py {tiny_model_copy}' in str(info.value)
+    assert f'leaf-disease-build-engine {tiny_model_copy}' in str(info.value)
     assert 'no tiny.*.engine there' in str(info.value)
     assert record == []
 
@@ -168,7 +168,7 @@ def test_tensorrt_with_mismatched_engine_lists_the_mismatch(monkeypatch, record,
     message = str(info.value)
     assert 'compute capability sm87, this GPU is sm72' in message
     assert "built on GPU 'Orin', this GPU is 'Xavier'" in message
-    assert f'build_engine.py {tiny_model_copy}' in message
+    assert f'leaf-disease-build-engine {tiny_model_copy}' in message
     assert record == []
 
 
@@ -235,7 +235,7 @@ def test_missing_engine_path_names_the_build_command(monkeypatch, record,
                                                      tiny_model_copy) -> None:
     install_fake_runtime(monkeypatch)
     engine = os.path.join(os.path.dirname(tiny_model_copy), 'tiny.fp16.sm87.trt10.3.0.engine')
-    with pytest.raises(ModelLoadError, match=f'build_engine.py {tiny_model_copy}'):
+    with pytest.raises(ModelLoadError, match=f'leaf-disease-build-engine {tiny_model_copy}'):
         load_backend(engine, 'auto')
 
 
@@ -259,8 +259,8 @@ def test_inference_modules_import_no_gpu_or_onnx_package() -> None:
     code = ('import sys\n'
             'import leaf_disease_ros.inference.factory\n'
             'import leaf_disease_ros.inference.tensorrt_backend\n'
-            'import leaf_disease_ros.inference.calibration_batches\n'
-            'import leaf_disease_ros.inference.onnx_fp16\n'
+            'import leaf_disease_ros.inference.engine.calibration_batches\n'
+            'import leaf_disease_ros.inference.engine.onnx_fp16\n'
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("tensorrt", "pycuda", "onnx")))\n')
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'src'))

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from leaf_disease_ros.core.frame_mailbox import LatestMailbox
+from leaf_disease_ros.ros.frame_mailbox import LatestMailbox
 
 
 def test_take_returns_what_was_put():

@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core import geomap
-from leaf_disease_ros.core.geodesy import distance_m, offset_latlon
-from leaf_disease_ros.core.geomap import (FindingMerger, merge_sightings, Sighting,
-                                          TrackRecorder)
+from leaf_disease_ros.geo import mapping as geomap
+from leaf_disease_ros.geo.geodesy import distance_m, offset_latlon
+from leaf_disease_ros.geo.mapping import FindingMerger, merge_sightings, Sighting, TrackRecorder
 
 LAT0, LON0 = 44.8931, -0.1542
 NS = 1_000_000_000

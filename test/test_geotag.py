@@ -5,13 +5,12 @@ import threading
 
 import pytest
 
-from leaf_disease_ros.core.geodesy import distance_m, latlon_to_utm, local_east_north_m
-from leaf_disease_ros.core.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_NAN,
-                                          ADD_REJECTED_NO_FIX, Fix, FixBuffer,
-                                          REASON_GPS_NO_FIX, REASON_INTERPOLATED,
-                                          REASON_NEAREST, REASON_NO_FIX_RECEIVED,
-                                          REASON_STALE_FIX, STATUS_FIX, STATUS_GBAS_FIX,
-                                          STATUS_NO_FIX, STATUS_SBAS_FIX)
+from leaf_disease_ros.geo.geodesy import distance_m, latlon_to_utm, local_east_north_m
+from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_NAN,
+                                         ADD_REJECTED_NO_FIX, Fix, FixBuffer, REASON_GPS_NO_FIX,
+                                         REASON_INTERPOLATED, REASON_NEAREST,
+                                         REASON_NO_FIX_RECEIVED, REASON_STALE_FIX, STATUS_FIX,
+                                         STATUS_GBAS_FIX, STATUS_NO_FIX, STATUS_SBAS_FIX)
 
 S = 1_000_000_000
 LAT0, LON0 = 46.2, 7.3
@@ -19,7 +18,7 @@ LAT0, LON0 = 46.2, 7.3
 
 def fix(t_s, north_m=0.0, east_m=0.0, status=STATUS_GBAS_FIX, var=0.01, alt=400.0):
     """Return a fix ``north_m``/``east_m`` from the reference point at ``t_s`` seconds."""
-    from leaf_disease_ros.core.geodesy import offset_latlon
+    from leaf_disease_ros.geo.geodesy import offset_latlon
     lat, lon = offset_latlon(LAT0, LON0, east_m, north_m)
     cov = (var, 0.0, 0.0, 0.0, var, 0.0, 0.0, 0.0, 4 * var)
     return Fix(int(t_s * S), lat, lon, alt, status, 1, cov, 2)

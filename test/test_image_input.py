@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.errors import FrameError, ImageDecodeError
-from leaf_disease_ros.core.image_input import check_compressed, check_decoded, check_raw_layout
+from leaf_disease_ros.perception.errors import FrameError, ImageDecodeError
+from leaf_disease_ros.ros.image_input import check_compressed, check_decoded, check_raw_layout
 
 
 def test_a_consistent_raw_image_passes():

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.dataset import grouped_split, list_class_folders, photo_block_groups
 from leaf_disease_ros.replay.bag import BagReader
 from leaf_disease_ros.replay.typestore import make_typestore
+from leaf_disease_ros.training.dataset import grouped_split, list_class_folders, photo_block_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, 'tools', 'make_demo_bag.py')

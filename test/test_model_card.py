@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from leaf_disease_ros.core.errors import ModelCardError, ModelLoadError
-from leaf_disease_ros.core.model_card import (card_from_dict, card_path_for_model, card_to_dict,
-                                              check_model_file, load_card, write_card)
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+from leaf_disease_ros.perception.errors import ModelCardError, ModelLoadError
+from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
+                                                    card_to_dict, check_model_file, load_card,
+                                                    write_card)
 from tiny_model import build_tiny_onnx, tiny_card_dict
 
 
@@ -82,7 +83,7 @@ def test_sha_mismatch_names_both_hashes(tiny_model_copy):
     with pytest.raises(ModelCardError, match='onnx_sha256') as info:
         check_model_file(card, tiny_model_copy)
     assert card.onnx_sha256[:12] in str(info.value)
-    assert 'export_onnx.py' in str(info.value)
+    assert 'leaf-disease-export' in str(info.value)
 
 
 def test_backend_refuses_card_of_other_shape(tiny_model_copy):

@@ -4,16 +4,15 @@ import os
 
 import pytest
 
-from leaf_disease_ros.core.errors import (BackendUnavailableError, ConfigError,
-                                          EngineMismatchError, ModelCardError,
-                                          ModelLoadError)
-from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
-                                                 cv_bridge_failure_message, EndpointQos,
-                                                 IMAGE_TYPE, no_image_message, ready_message,
-                                                 READY_PREFIX, start_failure_message,
-                                                 START_FAILURE_PREFIX, time_jump_message,
-                                                 unsupported_encoding_message)
 from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,
+                                                EngineMismatchError, ModelCardError,
+                                                ModelLoadError)
+from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
+                                           EndpointQos, IMAGE_TYPE, no_image_message,
+                                           ready_message, READY_PREFIX, start_failure_message,
+                                           START_FAILURE_PREFIX, time_jump_message,
+                                           unsupported_encoding_message)
 
 TOPIC = '/camera/image_raw'
 
@@ -41,13 +40,13 @@ def test_config_error_at_start_names_the_parameter_and_how_to_set_it():
 
 def test_model_errors_get_a_fix_unless_they_carry_one():
     card = start_failure_message(ModelCardError('/m/x.json', 'onnx_sha256', 'mismatch'))
-    assert '/m/x.json' in card and 'tools/export_onnx.py' in card
+    assert '/m/x.json' in card and 'leaf-disease-export' in card
     missing = start_failure_message(ModelLoadError('model file /m/x.onnx does not exist'))
     assert '/m/x.onnx' in missing and 'model:=' in missing
     engine = start_failure_message(EngineMismatchError('engine built for TensorRT 8.6'))
-    assert 'tools/build_engine.py' in engine
-    with_command = ('no TensorRT engine for /m/x.onnx; build one with: python3 '
-                    'tools/build_engine.py /m/x.onnx')
+    assert 'leaf-disease-build-engine' in engine
+    with_command = ('no TensorRT engine for /m/x.onnx; build one with: '
+                    'leaf-disease-build-engine /m/x.onnx')
     assert start_failure_message(ModelLoadError(with_command)) == (
         f'{START_FAILURE_PREFIX} {with_command}')
     runtime = 'onnxruntime is not installed: pip install onnxruntime'
@@ -66,7 +65,7 @@ def test_real_factory_errors_name_the_file_and_the_fix(tmp_path, tiny_model_copy
         load_backend(tiny_model_copy, 'onnxruntime')
     text = start_failure_message(info.value)
     assert os.path.splitext(tiny_model_copy)[0] + '.json' in text
-    assert 'tools/export_onnx.py' in text
+    assert 'leaf-disease-export' in text
 
 
 def test_no_publisher_points_at_the_remapping():

@@ -5,14 +5,12 @@ import array
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.config import (DOUBLE, DOUBLE_ARRAY, INT, PARAMETERS,
-                                          PARAMETERS_BY_NAME, STRING, validate_parameters)
-from leaf_disease_ros.core.node_params import (descriptor_fields, EFFECT_DEBUG_RATE,
-                                               EFFECT_DETECTOR, EFFECT_DIAGNOSTICS,
-                                               EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY,
-                                               from_ros_value, live_effects, review_changes,
-                                               ros_default, ros_type_of, type_hint,
-                                               unknown_parameters_message)
+from leaf_disease_ros.perception.config import (DOUBLE, DOUBLE_ARRAY, INT, PARAMETERS,
+                                                PARAMETERS_BY_NAME, STRING, validate_parameters)
+from leaf_disease_ros.ros.params import (descriptor_fields, EFFECT_DEBUG_RATE, EFFECT_DETECTOR,
+                                         EFFECT_DIAGNOSTICS, EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY,
+                                         from_ros_value, live_effects, review_changes, ros_default,
+                                         ros_type_of, type_hint, unknown_parameters_message)
 
 CURRENT = validate_parameters({})
 

@@ -9,10 +9,10 @@ from onnx import helper, numpy_helper, TensorProto
 import onnxruntime as ort
 import pytest
 
-from leaf_disease_ros.core.errors import ModelLoadError
-from leaf_disease_ros.core.model_card import ModelCard
-from leaf_disease_ros.core.preprocess import preprocess
-from leaf_disease_ros.inference.onnx_fp16 import convert_to_fp16, unsupported_ops
+from leaf_disease_ros.inference.engine.onnx_fp16 import convert_to_fp16, unsupported_ops
+from leaf_disease_ros.perception.errors import ModelLoadError
+from leaf_disease_ros.perception.model_card import ModelCard
+from leaf_disease_ros.perception.preprocess import preprocess
 
 
 def _run(path: str, batch: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""README.md stays in sync with the parameter table and quotes the node's exact texts."""
+"""docs/ stays in sync with the parameter table and quotes the node's exact texts."""
 
 import importlib.util
 import os
@@ -6,18 +6,18 @@ import os
 import pytest
 
 from conftest import REPO_DIR
-from leaf_disease_ros.core.config import PARAMETERS, PARAMETERS_BY_NAME
-from leaf_disease_ros.core.errors import (ConfigError, EngineMismatchError, ModelCardError,
-                                          ModelLoadError)
-from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
-                                                 cv_bridge_failure_message, EndpointQos,
-                                                 IMAGE_TYPE, no_image_message, ready_message,
-                                                 start_failure_message, time_jump_message,
-                                                 unsupported_encoding_message)
-from leaf_disease_ros.core.node_params import type_hint, unknown_parameters_message
-from leaf_disease_ros.inference.engine_sidecar import build_command, mismatch_message
+from leaf_disease_ros.inference.engine.sidecar import build_command, mismatch_message
+from leaf_disease_ros.perception.config import PARAMETERS, PARAMETERS_BY_NAME
+from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError, ModelCardError,
+                                                ModelLoadError)
+from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
+                                           EndpointQos, IMAGE_TYPE, no_image_message,
+                                           ready_message, start_failure_message, time_jump_message,
+                                           unsupported_encoding_message)
+from leaf_disease_ros.ros.params import type_hint, unknown_parameters_message
 
-DOC = os.path.join(REPO_DIR, 'README.md')
+DOCS = os.path.join(REPO_DIR, 'docs')
+PARAMETER_DOC = os.path.join(DOCS, 'parameters.md')
 ENGINES = '/home/robot/ws/install/leaf_disease_ros/share/leaf_disease_ros/engines'
 TOOL = os.path.join(REPO_DIR, 'tools', 'gen_param_docs.py')
 
@@ -33,8 +33,20 @@ def tool():
 
 @pytest.fixture(scope='module')
 def doc():
-    """Return the text of README.md."""
-    with open(DOC, encoding='utf-8') as stream:
+    """Return the text of README.md and every page of docs/, joined."""
+    paths = [os.path.join(REPO_DIR, 'README.md')] + sorted(
+        os.path.join(DOCS, name) for name in os.listdir(DOCS) if name.endswith('.md'))
+    texts = []
+    for path in paths:
+        with open(path, encoding='utf-8') as stream:
+            texts.append(stream.read())
+    return '\n'.join(texts)
+
+
+@pytest.fixture(scope='module')
+def parameter_doc():
+    """Return the text of docs/parameters.md."""
+    with open(PARAMETER_DOC, encoding='utf-8') as stream:
         return stream.read()
 
 
@@ -44,8 +56,8 @@ def generated_section(text: str, tool) -> str:
     return text[start:text.index(tool.END_MARKER)]
 
 
-def test_the_parameter_table_of_the_doc_is_the_generated_one(doc, tool):
-    assert generated_section(doc, tool) == tool.markdown_table()
+def test_the_parameter_table_of_the_doc_is_the_generated_one(parameter_doc, tool):
+    assert generated_section(parameter_doc, tool) == tool.markdown_table()
 
 
 def test_the_table_has_one_row_per_parameter(tool):
@@ -53,12 +65,12 @@ def test_the_table_has_one_row_per_parameter(tool):
     assert [row.split('`')[1] for row in rows] == [spec.name for spec in PARAMETERS]
 
 
-def test_a_changed_table_is_detected(doc, tool, monkeypatch):
+def test_a_changed_table_is_detected(parameter_doc, tool, monkeypatch):
     spec = PARAMETERS_BY_NAME['top_k']
     changed = tuple(s if s is not spec else type(spec)(**{**spec.__dict__, 'default': 5})
                     for s in PARAMETERS)
     monkeypatch.setattr(tool, 'PARAMETERS', changed)
-    assert generated_section(doc, tool) != tool.markdown_table()
+    assert generated_section(parameter_doc, tool) != tool.markdown_table()
 
 
 def test_the_tool_prints_the_table_and_the_params_file(tool, capsys):
@@ -98,7 +110,7 @@ EXAMPLES = [
     unknown_parameters_message(['tile_sise_px']),
     start_failure_message(ModelCardError(
         '/data/models/mine.json', '<file>', 'does not exist; every model needs its card '
-        '(<model>.json, written by tools/export_onnx.py)')),
+        '(<model>.json, written by leaf-disease-export)')),
     start_failure_message(EngineMismatchError(mismatch_message(
         f'{ENGINES}/leaf_resnet18.fp16.sm87.trt8.6.2.engine',
         ['built with TensorRT 8.6.2, this machine has TensorRT 10.3.0'],

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.errors import FrameError
-from leaf_disease_ros.core.preprocess import preprocess, resize_to_input
+from leaf_disease_ros.perception.errors import FrameError
+from leaf_disease_ros.perception.preprocess import preprocess, resize_to_input
 
 
 def test_hand_computed_pixel(tiny_card):

@@ -16,7 +16,7 @@ import pytest
 
 from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
 from leaf_disease_ros.cli import replay as cli
-from leaf_disease_ros.core.errors import BagError
+from leaf_disease_ros.perception.errors import BagError
 from leaf_disease_ros.replay.bag import BagReader
 
 

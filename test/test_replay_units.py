@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.metrics import (classification_report,
-                                           classification_report_from_counts)
-from leaf_disease_ros.core.pipeline import Detection
+from leaf_disease_ros.perception.metrics import (classification_report,
+                                                 classification_report_from_counts)
+from leaf_disease_ros.perception.pipeline import Detection
 from leaf_disease_ros.replay.evaluation import iou_matrix, match_tiles, TileEvaluator
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.ros.conversions import GroundTruthBox

@@ -228,7 +228,7 @@ def test_launch_file_declares_the_arguments_and_has_no_logic():
 
 
 def test_launch_file_parameters_are_in_the_table():
-    from leaf_disease_ros.core.config import PARAMETERS_BY_NAME
+    from leaf_disease_ros.perception.config import PARAMETERS_BY_NAME
 
     tree = ast.parse(read(LAUNCH))
     keys = {key.value for node in ast.walk(tree) if isinstance(node, ast.Dict)

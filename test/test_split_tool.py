@@ -1,18 +1,13 @@
-"""tools/split_dataset.py writes the same leaf-grouped split as training."""
+"""leaf-disease-split writes the same leaf-grouped split as training."""
 
 import importlib
 import os
-import sys
 
-from leaf_disease_ros.core.dataset import build_split
-
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools')
+from leaf_disease_ros.training.dataset import build_split
 
 
 def _tool():
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)
-    return importlib.import_module('split_dataset')
+    return importlib.import_module('leaf_disease_ros.cli.split')
 
 
 def test_folders_hold_the_build_split(leaves_dir, tmp_path, capsys):

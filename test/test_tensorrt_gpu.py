@@ -2,7 +2,7 @@
 GPU tier: real TensorRT engines of the tiny model, compared with ONNX Runtime.
 
 Skipped where TensorRT, pycuda or a CUDA GPU is missing. Engines are built by
-tools/build_engine.py (a subprocess, as an operator runs it) into a private copy
+leaf-disease-build-engine (a subprocess, as an operator runs it) into a private copy
 of the tiny model, then loaded through the real backend and factory.
 """
 
@@ -19,19 +19,20 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.errors import EngineMismatchError, InferenceError
-from leaf_disease_ros.core.model_card import card_path_for_model, load_card, ModelCard
-from leaf_disease_ros.core.preprocess import preprocess
-from leaf_disease_ros.inference.engine_sidecar import (card_path_for_engine, engine_file_name,
+from leaf_disease_ros.inference.engine.sidecar import (card_path_for_engine, engine_file_name,
                                                        parse_tensorrt_version, read_sidecar,
-                                                       sidecar_path_for_engine,
-                                                       timing_cache_path)
+                                                       sidecar_path_for_engine, timing_cache_path)
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+from leaf_disease_ros.perception.errors import EngineMismatchError, InferenceError
+from leaf_disease_ros.perception.model_card import card_path_for_model, load_card, ModelCard
+from leaf_disease_ros.perception.preprocess import preprocess
 from tiny_model import make_tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, 'tools', 'build_engine.py')
+# the installed command leaf-disease-build-engine, run from this source tree
+TOOL = ['-c', 'import sys; from leaf_disease_ros.cli.build_engine import main; '
+        'sys.exit(main(sys.argv[1:]))']
 LEAVES = os.path.join(REPO, 'test', 'data', 'leaves')
 
 
@@ -50,10 +51,10 @@ pytestmark = [pytest.mark.gpu,
 
 
 def build(*args: str) -> subprocess.CompletedProcess:
-    """Run tools/build_engine.py; return the finished process (output captured)."""
+    """Run leaf-disease-build-engine; return the finished process (output captured)."""
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join([os.path.join(REPO, 'src'), env.get('PYTHONPATH', '')])
-    return subprocess.run([sys.executable, TOOL] + list(args), capture_output=True, text=True,
+    return subprocess.run([sys.executable] + TOOL + list(args), capture_output=True, text=True,
                           env=env, timeout=900, cwd=REPO)
 
 

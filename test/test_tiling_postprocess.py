@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from leaf_disease_ros.core.errors import FrameError
-from leaf_disease_ros.core.postprocess import classify, softmax
-from leaf_disease_ros.core.tiling import (check_frame, crops, tile_boxes, vegetation_fractions,
-                                          vegetation_mask)
+from leaf_disease_ros.perception.errors import FrameError
+from leaf_disease_ros.perception.postprocess import classify, softmax
+from leaf_disease_ros.perception.tiling import (check_frame, crops, tile_boxes,
+                                                vegetation_fractions, vegetation_mask)
 
 LABELS = ('black_rot', 'esca', 'healthy', 'leaf_blight')
 

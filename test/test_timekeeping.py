@@ -2,7 +2,7 @@
 
 import pytest
 
-from leaf_disease_ros.core.timekeeping import BackwardJumpDetector, RateLimiter
+from leaf_disease_ros.ros.timekeeping import BackwardJumpDetector, RateLimiter
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -10,17 +10,14 @@ import importlib
 import json
 import os
 import shutil
-import sys
 
 import cv2
 import pytest
 
-from leaf_disease_ros.core.config import DetectorConfig
-from leaf_disease_ros.core.model_card import load_card, sha256_file
-from leaf_disease_ros.core.pipeline import Detector
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
-
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools')
+from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.model_card import load_card, sha256_file
+from leaf_disease_ros.perception.pipeline import Detector
 
 try:
     import torch  # noqa: F401
@@ -34,9 +31,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _tool(name):
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)
-    return importlib.import_module(name)
+    """Return the installed command's module (``leaf_disease_ros.cli.<name>``)."""
+    return importlib.import_module('leaf_disease_ros.cli.' + name)
 
 
 @pytest.fixture(scope='module')
@@ -80,7 +76,7 @@ def test_split_keeps_leaves_apart(tiny_run):
 
 def test_export_parity_card_and_runtime(tiny_run, tmp_path, leaf_images):
     run, _ = tiny_run
-    export = _tool('export_onnx')
+    export = _tool('export')
     out = tmp_path / 'engines' / 'tiny_leaf.onnx'
     assert export.main([str(run), '--out', str(out)]) == 0
     card = load_card(str(tmp_path / 'engines' / 'tiny_leaf.json'))
@@ -102,7 +98,7 @@ def test_export_parity_card_and_runtime(tiny_run, tmp_path, leaf_images):
 
 
 def test_export_refuses_a_broken_run(tmp_path, capsys):
-    export = _tool('export_onnx')
+    export = _tool('export')
     assert export.main([str(tmp_path), '--out', str(tmp_path / 'm.onnx')]) == 1
     assert 'checkpoint_best.pt does not exist' in capsys.readouterr().err
 

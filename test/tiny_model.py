@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, TensorProto
 
-from leaf_disease_ros.core.model_card import card_from_dict, ModelCard, sha256_file, write_card
+from leaf_disease_ros.perception.model_card import (card_from_dict, ModelCard, sha256_file,
+                                                    write_card)
 
 LABELS = ('black_rot', 'esca', 'healthy', 'leaf_blight')
 

@@ -36,15 +36,15 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from leaf_disease_ros.core.atomic_io import atomic_write_json
-from leaf_disease_ros.core.config import DetectorConfig
-from leaf_disease_ros.core.dataset import is_image_file
-from leaf_disease_ros.core.errors import LeafDiseaseError
-from leaf_disease_ros.core.geotag import Fix, FixBuffer
-from leaf_disease_ros.core.pipeline import Detector, STAGES
-from leaf_disease_ros.core.preprocess import preprocess
-from leaf_disease_ros.core.tiling import crops, tile_boxes
+from leaf_disease_ros.geo.geotag import Fix, FixBuffer
 from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.atomic_io import atomic_write_json
+from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.errors import LeafDiseaseError
+from leaf_disease_ros.perception.image_folders import is_image_file
+from leaf_disease_ros.perception.pipeline import Detector, STAGES
+from leaf_disease_ros.perception.preprocess import preprocess
+from leaf_disease_ros.perception.tiling import crops, tile_boxes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAVES = os.path.join(REPO, 'test', 'data', 'leaves')

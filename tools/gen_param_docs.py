@@ -2,11 +2,11 @@
 """
 Print the parameter documentation generated from the parameter table.
 
-    python3 tools/gen_param_docs.py            # the markdown table of README.md
+    python3 tools/gen_param_docs.py            # the markdown table of docs/parameters.md
     python3 tools/gen_param_docs.py --yaml     # a config/detector.yaml with every default
 
-The one source is ``leaf_disease_ros.core.config.PARAMETERS``; ``test/test_param_docs.py``
-fails when ``README.md`` or ``config/detector.yaml`` drifts from it. Run it from the
+The one source is ``leaf_disease_ros.perception.config.PARAMETERS``; ``test/test_param_docs.py``
+fails when ``docs/parameters.md`` or ``config/detector.yaml`` drifts from it. Run it from the
 repository root (it adds ``src`` to the import path).
 """
 
@@ -18,8 +18,8 @@ from typing import Any, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'src'))
 
-from leaf_disease_ros.core.config import PARAMETERS, ParamSpec  # noqa: E402
-from leaf_disease_ros.core.node_params import ros_default  # noqa: E402
+from leaf_disease_ros.perception.config import PARAMETERS, ParamSpec  # noqa: E402
+from leaf_disease_ros.ros.params import ros_default  # noqa: E402
 
 BEGIN_MARKER = '<!-- BEGIN GENERATED PARAMETER TABLE (tools/gen_param_docs.py) -->'
 END_MARKER = '<!-- END GENERATED PARAMETER TABLE -->'
@@ -65,8 +65,9 @@ def markdown_table() -> str:
 def params_yaml() -> str:
     """Return a ROS 2 params file with every parameter at its default, one comment each."""
     lines = ['# Parameters of the leaf_disease_ros detector node (ROS 2 params file).',
-             '# Generated from core/config.py by tools/gen_param_docs.py --yaml; the table',
-             '# of README.md explains each one. Doubles need a decimal point (1.0).',
+             '# Generated from perception/config.py by tools/gen_param_docs.py --yaml; the',
+             '# table of docs/parameters.md explains each one. Doubles need a decimal point',
+             '# (1.0).',
              '/**:',
              '  ros__parameters:']
     group = None

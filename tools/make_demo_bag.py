@@ -25,7 +25,7 @@ What it writes (all stamps from one simulated clock, deterministic from ``--seed
 Disease clusters spatially: each row has infection foci (a disease within a radius
 along the row, most leaves there infected); elsewhere leaves are mostly healthy.
 
-The leaves come only from the **validation** side of the split ``tools/train.py`` makes
+The leaves come only from the **validation** side of the split ``leaf-disease-train`` makes
 with its defaults (photo-number blocks of 40, validation fraction 0.2, seed 0), so the
 demo never evaluates the shipped model on leaves it was trained on.
 """
@@ -41,11 +41,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from leaf_disease_ros.core.dataset import grouped_split, list_class_folders, photo_block_groups
-from leaf_disease_ros.core.geodesy import offset_latlon
-from leaf_disease_ros.core.geotag import STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX
+from leaf_disease_ros.geo.geodesy import offset_latlon
+from leaf_disease_ros.geo.geotag import STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros.conversions import make_header, MessageTypes
+from leaf_disease_ros.training.dataset import grouped_split, list_class_folders, photo_block_groups
 
 NS = 1_000_000_000
 LEAF_PX = 256
@@ -97,7 +97,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def validation_pool(data: str) -> Dict[str, List[str]]:
-    """Return label -> validation image paths, exactly as tools/train.py splits by default."""
+    """Return label -> validation image paths, exactly as leaf-disease-train splits by default."""
     labels, samples, _ = list_class_folders(data)
     samples = photo_block_groups(samples, 40)
     _, val = grouped_split(samples, 0.2, seed=0)

@@ -28,14 +28,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from leaf_disease_ros.core.atomic_io import atomic_write_json
-from leaf_disease_ros.core.dataset import is_image_file, list_class_folders
-from leaf_disease_ros.core.errors import DatasetError, LeafDiseaseError
-from leaf_disease_ros.core.metrics import classification_report, format_report
-from leaf_disease_ros.core.postprocess import Classification, classify, softmax
-from leaf_disease_ros.core.preprocess import preprocess
 from leaf_disease_ros.inference.base import Backend
 from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.atomic_io import atomic_write_json
+from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError
+from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
+from leaf_disease_ros.perception.metrics import classification_report, format_report
+from leaf_disease_ros.perception.postprocess import Classification, classify, softmax
+from leaf_disease_ros.perception.preprocess import preprocess
 
 BATCH = 16
 

@@ -23,14 +23,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from leaf_disease_ros.core.config import load_params_file, PARAMETERS_BY_NAME
-from leaf_disease_ros.core.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.perception.config import load_params_file, PARAMETERS_BY_NAME
+from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.report import REPORT_FILE, write_report
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
-                                            DEFAULT_OUT_DIR, Progress, ReplayOptions,
-                                            run_replay)
+                                            DEFAULT_OUT_DIR, Progress, ReplayOptions, run_replay)
 
 EXIT_OK = 0
 EXIT_NOTHING_PROCESSED = 1

@@ -3,10 +3,10 @@ The backend interface: ``infer(batch) -> logits``, the same for every runtime.
 
 A backend is loaded once, checked against the model card and warmed up before the
 node subscribes to anything. ``infer`` takes a ``(N, 3, H, W)`` float32 batch made
-by :func:`leaf_disease_ros.core.preprocess.preprocess` with ``1 <= N <=
+by :func:`leaf_disease_ros.perception.preprocess.preprocess` with ``1 <= N <=
 max_batch`` and returns ``(N, C)`` float32 logits in the card's label order. Larger
 batches are chunked by the pipeline, never inside a backend. Runtime failures are
-raised as :class:`~leaf_disease_ros.core.errors.InferenceError` so the caller can
+raised as :class:`~leaf_disease_ros.perception.errors.InferenceError` so the caller can
 drop the frame and go on.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from leaf_disease_ros.core.errors import InferenceError
-from leaf_disease_ros.core.model_card import ModelCard
+from leaf_disease_ros.perception.errors import InferenceError
+from leaf_disease_ros.perception.model_card import ModelCard
 
 
 class Backend(abc.ABC):

@@ -13,7 +13,7 @@ The only place that chooses and loads a backend.
 
 Engines live beside the ONNX model (``engines/<model>.<precision>.<smXY>.
 trt<version>.engine``, each with its ``.engine.json`` sidecar); the match rules are
-in :mod:`leaf_disease_ros.inference.engine_sidecar`. A ``.engine`` model path finds
+in :mod:`leaf_disease_ros.inference.engine.sidecar`. A ``.engine`` model path finds
 its card through the sidecar's ``card_file`` beside it.
 
 Where the tensorrt module is not installed at all (a laptop, CI), ``auto`` falls
@@ -29,18 +29,17 @@ import logging
 import os
 from typing import Callable, Optional
 
-from leaf_disease_ros.core.config import BACKENDS
-from leaf_disease_ros.core.errors import (BackendUnavailableError, ConfigError,
-                                          EngineMismatchError, ModelLoadError)
-from leaf_disease_ros.core.model_card import card_path_for_model, load_card, ModelCard
-from leaf_disease_ros.core.resources import resolve_model_path
 from leaf_disease_ros.inference import tensorrt_backend
 from leaf_disease_ros.inference.base import Backend
-from leaf_disease_ros.inference.engine_sidecar import (build_command, BUILD_TOOL,
-                                                       DEFAULT_PRECISION, engine_file_name,
-                                                       EngineSearch, MachineInfo, model_stem,
-                                                       search_engines)
+from leaf_disease_ros.inference.engine.sidecar import (build_command, DEFAULT_PRECISION,
+                                                       engine_file_name, EngineSearch, MachineInfo,
+                                                       model_stem, search_engines)
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+from leaf_disease_ros.perception.config import BACKENDS
+from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,
+                                                EngineMismatchError, ModelLoadError)
+from leaf_disease_ros.perception.model_card import card_path_for_model, load_card, ModelCard
+from leaf_disease_ros.perception.resources import resolve_model_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -99,19 +98,12 @@ def load_backend(model_path: str = '', backend: str = 'auto', *,
                               provider=onnx_provider, max_batch=max_batch)
 
 
-def _build_tool() -> str:
-    """Return the build tool: the source checkout's tools/build_engine.py, else its name."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidate = os.path.normpath(os.path.join(here, '..', '..', '..', BUILD_TOOL))
-    return candidate if os.path.isfile(candidate) else BUILD_TOOL
-
-
 def _no_engine_message(onnx_path: str, machine: MachineInfo, search: EngineSearch) -> str:
     """Return why no engine serves ``onnx_path`` here, with the command that builds one."""
     default_name = engine_file_name(model_stem(onnx_path), DEFAULT_PRECISION,
                                     machine.compute_capability, machine.tensorrt_version)
     overwrite = any(os.path.basename(path) == default_name for path, _ in search.rejected)
-    command = build_command(onnx_path, tool=_build_tool(), extra=['--force'] if overwrite else [])
+    command = build_command(onnx_path, extra=['--force'] if overwrite else [])
     if search.rejected:
         found = ('none of the engines there matches: '
                  + ' | '.join(search.rejection_lines()))
@@ -127,7 +119,7 @@ def _find_tensorrt_engine(onnx_path: str, card: ModelCard, required: bool) -> Op
     Return a TensorRT engine matching ``card`` and this machine, or None.
 
     Looks for ``<model>.*.engine`` beside the ONNX model (the engines/ folder) whose
-    sidecar matches (:func:`~leaf_disease_ros.inference.engine_sidecar.search_engines`).
+    sidecar matches (:func:`~leaf_disease_ros.inference.engine.sidecar.search_engines`).
     With ``required``, raise the error that names the build command instead of None.
 
     :raises BackendUnavailableError: ``required`` and tensorrt, pycuda or a GPU is missing.
@@ -187,5 +179,4 @@ def _load_tensorrt_engine(engine_path: str, max_batch: int) -> Backend:
     found to match but then fails to deserialise is an error, not a fallback: it is a
     damaged file that needs rebuilding, not a missing one.
     """
-    return tensorrt_backend.load_engine_backend(engine_path, max_batch=max_batch,
-                                                tool=_build_tool())
+    return tensorrt_backend.load_engine_backend(engine_path, max_batch=max_batch)

@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.core.errors import (BackendUnavailableError, InferenceError,
-                                          ModelCardError, ModelLoadError)
-from leaf_disease_ros.core.model_card import check_model_file, ModelCard
 from leaf_disease_ros.inference.base import Backend
+from leaf_disease_ros.perception.errors import (BackendUnavailableError, InferenceError,
+                                                ModelCardError, ModelLoadError)
+from leaf_disease_ros.perception.model_card import check_model_file, ModelCard
 
 _CUDA = 'CUDAExecutionProvider'
 _CPU = 'CPUExecutionProvider'

@@ -1,12 +1,12 @@
 """
 TensorRT backend: runs a prebuilt engine with pycuda; one CUDA context, pinned buffers.
 
-It never builds an engine: ``tools/build_engine.py`` does, on the target machine.
+It never builds an engine: ``leaf-disease-build-engine`` does, on the target machine.
 Loading (:func:`load_engine_backend`) first checks the engine against its sidecar,
 its model card and this machine (:func:`~leaf_disease_ros.inference.
-engine_sidecar.verify_engine`), then deserialises it with ``trt.Runtime``; a null
+engine.sidecar.verify_engine`), then deserialises it with ``trt.Runtime``; a null
 engine, or tensors that do not match the card, is an
-:class:`~leaf_disease_ros.core.errors.EngineMismatchError` naming the file, the
+:class:`~leaf_disease_ros.perception.errors.EngineMismatchError` naming the file, the
 mismatch and the build command that fixes it.
 
 Buffers: one page-locked host array and one device allocation per I/O tensor,
@@ -34,7 +34,7 @@ anywhere:
   stream while it is current, then detaches it while still current, which
   destroys it (pycuda can only do that from a foreign thread while the context is
   current). ``close`` is idempotent; ``infer`` after ``close`` is an
-  :class:`~leaf_disease_ros.core.errors.InferenceError`.
+  :class:`~leaf_disease_ros.perception.errors.InferenceError`.
 
 ``tensorrt`` and ``pycuda`` are imported lazily, so importing this module costs
 nothing on a machine without them.
@@ -47,15 +47,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.core.errors import (BackendUnavailableError, EngineMismatchError,
-                                          InferenceError, ModelLoadError)
-from leaf_disease_ros.core.model_card import ModelCard
 from leaf_disease_ros.inference.base import Backend
-from leaf_disease_ros.inference.engine_sidecar import (build_command, BUILD_TOOL,
+from leaf_disease_ros.inference.engine.sidecar import (build_command, BUILD_TOOL,
                                                        engine_io_mismatches, EngineSidecar,
                                                        MachineInfo, mismatch_message,
-                                                       onnx_path_for_engine, sm_tag,
-                                                       TensorInfo, verify_engine)
+                                                       onnx_path_for_engine, sm_tag, TensorInfo,
+                                                       verify_engine)
+from leaf_disease_ros.perception.errors import (BackendUnavailableError, EngineMismatchError,
+                                                InferenceError, ModelLoadError)
+from leaf_disease_ros.perception.model_card import ModelCard
 
 _LOGGER: Any = None
 
@@ -245,10 +245,10 @@ def deserialize(trt: Any, engine_path: str, dla_core: Optional[int],
 
 
 def inspect_engine(engine_path: str, dla_core: Optional[int] = None, device_index: int = 0,
-                   rebuild: str = f'python3 {BUILD_TOOL} <model>.onnx --force'
+                   rebuild: str = f'{BUILD_TOOL} <model>.onnx --force'
                    ) -> List[TensorInfo]:
     """
-    Deserialise ``engine_path`` and return its I/O tensors (for ``build_engine.py --check``).
+    Deserialise ``engine_path``; return its I/O tensors (``leaf-disease-build-engine --check``).
 
     ``rebuild`` is the command quoted when TensorRT cannot deserialise it.
 
@@ -274,7 +274,7 @@ def inspect_engine(engine_path: str, dla_core: Optional[int] = None, device_inde
 
 
 class TensorRTBackend(Backend):
-    """Runs a TensorRT engine (built by tools/build_engine.py) on one CUDA GPU."""
+    """Runs a TensorRT engine (built by leaf-disease-build-engine) on one CUDA GPU."""
 
     name = 'tensorrt'
 

@@ -4,7 +4,7 @@ Reading rosbag2 recordings for the replay: what a bag holds, and its message str
 :class:`BagReader` opens a recording with the ``rosbags`` library (rosbag2 folders in
 sqlite3 or MCAP storage, or a single ``.mcap`` / ``.db3`` file) and streams the raw
 CDR messages of chosen topics in log-time order, one at a time (memory does not grow
-with the bag's length). Every failure is a :class:`~leaf_disease_ros.core.errors.BagError`
+with the bag's length). Every failure is a :class:`~leaf_disease_ros.perception.errors.BagError`
 whose message says what is wrong and what to do.
 
 A recording can end early: the recorder was killed, the disk filled up, a file was
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from leaf_disease_ros.core.errors import BagError
+from leaf_disease_ros.perception.errors import BagError
 
 STORAGE_EXTENSIONS = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 

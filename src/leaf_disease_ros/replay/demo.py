@@ -10,8 +10,8 @@ made of.
 import os
 from typing import List
 
-from leaf_disease_ros.core.errors import BagError, ModelLoadError
-from leaf_disease_ros.core.resources import share_dir
+from leaf_disease_ros.perception.errors import BagError, ModelLoadError
+from leaf_disease_ros.perception.resources import share_dir
 
 DEMO_BAG_NAME = 'vineyard_demo'
 
@@ -40,5 +40,5 @@ def demo_bag_path() -> str:
         if os.path.isfile(os.path.join(folder, 'metadata.yaml')):
             return folder
     raise BagError('the demo recording is not installed (looked in '
-                   + ', '.join(candidates) + '); give a bag, or build the demo with '
-                   'python3 tools/make_demo_bag.py')
+                   + ', '.join(candidates) + '); give a bag, or reinstall the package '
+                   "(pip install '.[replay]', or colcon build) from a complete source tree")

@@ -9,7 +9,7 @@ box across tiles) and labels the model does not know are counted, not scored.
 
 :class:`TileEvaluator` keeps only a ``(C, C + 1)`` count matrix (the last column is
 ``unknown``), so a bag of any length costs the same memory; the report comes from
-:func:`~leaf_disease_ros.core.metrics.classification_report_from_counts`, the same
+:func:`~leaf_disease_ros.perception.metrics.classification_report_from_counts`, the same
 figures as the training and classify reports.
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from leaf_disease_ros.core.metrics import classification_report_from_counts
-from leaf_disease_ros.core.pipeline import Detection
+from leaf_disease_ros.perception.metrics import classification_report_from_counts
+from leaf_disease_ros.perception.pipeline import Detection
 from leaf_disease_ros.ros.conversions import GroundTruthBox
 
 IOU_THRESHOLD = 0.5

@@ -15,7 +15,7 @@ from typing import Any, Tuple
 import cv2
 import numpy as np
 
-from leaf_disease_ros.core.errors import ImageDecodeError, UnsupportedEncodingError
+from leaf_disease_ros.perception.errors import ImageDecodeError, UnsupportedEncodingError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE_TYPE = 'sensor_msgs/msg/CompressedImage'

@@ -18,12 +18,11 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
-from leaf_disease_ros.core.errors import BagError
-from leaf_disease_ros.core.model_card import ModelCard
-from leaf_disease_ros.core.pipeline import FrameResult
+from leaf_disease_ros.perception.errors import BagError
+from leaf_disease_ros.perception.model_card import ModelCard
+from leaf_disease_ros.perception.pipeline import FrameResult
 from leaf_disease_ros.ros.conversions import (make_header, MessageTypes, to_detection2d_array,
-                                              to_detection3d_array, to_geotag_fix,
-                                              to_label_info)
+                                              to_detection3d_array, to_geotag_fix, to_label_info)
 
 DETECTIONS_TYPE = 'vision_msgs/msg/Detection2DArray'
 GEO_DETECTIONS_TYPE = 'vision_msgs/msg/Detection3DArray'

@@ -20,10 +20,10 @@ atomically (temp file + rename):
 import os
 from typing import Any, Dict, List
 
-from leaf_disease_ros.core.atomic_io import atomic_write_json, atomic_write_text
-from leaf_disease_ros.core.geomap import write_geojson, write_kml, write_map_png
-from leaf_disease_ros.core.geotag import NO_POSITION_REASONS, REASON_INTERPOLATED, REASON_NEAREST
-from leaf_disease_ros.core.plots import write_confusion_matrix_png
+from leaf_disease_ros.geo.geotag import NO_POSITION_REASONS, REASON_INTERPOLATED, REASON_NEAREST
+from leaf_disease_ros.geo.mapping import write_geojson, write_kml, write_map_png
+from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
+from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.replay.runner import ReplayState
 
 METRICS_FILE = 'metrics.json'

@@ -3,8 +3,8 @@ Replaying a recording through the node's pipeline: the streaming loop and its co
 
 :func:`run_replay` opens a bag (:mod:`.bag`), picks its image, GPS and ground-truth
 topics, and streams them in log-time order through the same
-:class:`~leaf_disease_ros.core.pipeline.Detector` and
-:class:`~leaf_disease_ros.core.geotag.FixBuffer` rules as the node:
+:class:`~leaf_disease_ros.perception.pipeline.Detector` and
+:class:`~leaf_disease_ros.geo.geotag.FixBuffer` rules as the node:
 
 - every fix goes into the buffer as it is read;
 - an image waits in a small queue until the bag's log time has passed its own log
@@ -18,7 +18,7 @@ topics, and streams them in log-time order through the same
 
 Everything the report needs is accumulated in bounded memory: counters, a count
 matrix, a latency histogram (:mod:`.stats`), the merged findings and a thinned
-track (:mod:`leaf_disease_ros.core.geomap`). :mod:`.report` writes the files.
+track (:mod:`leaf_disease_ros.geo.mapping`). :mod:`.report` writes the files.
 """
 
 import collections
@@ -28,23 +28,23 @@ import struct
 import time
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from leaf_disease_ros.core.config import DetectorConfig, validate_parameters
-from leaf_disease_ros.core.errors import (BagError, FrameError, ImageDecodeError,
-                                          InferenceError, UnsupportedEncodingError)
-from leaf_disease_ros.core.geomap import FindingMerger, Sighting, TrackRecorder
-from leaf_disease_ros.core.geotag import (ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer,
-                                          STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
-                                          STATUS_SBAS_FIX)
-from leaf_disease_ros.core.pipeline import Detector, FrameResult, STAGES
+from leaf_disease_ros.geo.geotag import (ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer,
+                                         STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
+                                         STATUS_SBAS_FIX)
+from leaf_disease_ros.geo.mapping import FindingMerger, Sighting, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
+from leaf_disease_ros.perception.errors import (BagError, FrameError, ImageDecodeError,
+                                                InferenceError, UnsupportedEncodingError)
+from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
 from leaf_disease_ros.replay.output_bag import OutputBag
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.typestore import make_typestore
-from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array,
-                                              GroundTruthBox, navsatfix_to_fix, stamp_to_ns)
+from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array, GroundTruthBox,
+                                              navsatfix_to_fix, stamp_to_ns)
 
 DEFAULT_IMAGE_TOPIC = '/camera/image_raw/compressed'
 DEFAULT_FIX_TOPIC = '/gps/fix'
@@ -71,7 +71,7 @@ class ReplayOptions:
 
     Empty topic names take the defaults; an image or GPS topic left at its default
     that the bag lacks is looked up by type (the bag's only image / NavSatFix topic).
-    ``parameters`` are the node's parameters (``core/config.py`` table, validated
+    ``parameters`` are the node's parameters (``perception/config.py`` table, validated
     here); ``max_frames`` 0 = all frames.
     """
 

@@ -30,11 +30,11 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.core.diagnostics import DiagnosticReport
-from leaf_disease_ros.core.geodesy import latlon_to_utm
-from leaf_disease_ros.core.geotag import COVARIANCE_TYPE_UNKNOWN, Fix, STATUS_NO_FIX
-from leaf_disease_ros.core.model_card import ModelCard, UNKNOWN_LABEL
-from leaf_disease_ros.core.pipeline import Detection, FrameResult
+from leaf_disease_ros.geo.geodesy import latlon_to_utm
+from leaf_disease_ros.geo.geotag import COVARIANCE_TYPE_UNKNOWN, Fix, STATUS_NO_FIX
+from leaf_disease_ros.perception.model_card import ModelCard, UNKNOWN_LABEL
+from leaf_disease_ros.perception.pipeline import Detection, FrameResult
+from leaf_disease_ros.ros.diagnostics import DiagnosticReport
 
 UNKNOWN_POSITION_VARIANCE_M2 = 100.0
 UNKNOWN_ROTATION_VARIANCE_RAD2 = 1.0e6
@@ -162,7 +162,7 @@ def _detection_id(header: Any, index: int) -> str:
 
 
 def navsatfix_to_fix(msg: Any) -> Fix:
-    """Return the core :class:`~leaf_disease_ros.core.geotag.Fix` of a ``NavSatFix``."""
+    """Return the core :class:`~leaf_disease_ros.geo.geotag.Fix` of a ``NavSatFix``."""
     return Fix(stamp_ns=stamp_to_ns(msg.header.stamp),
                latitude_deg=float(msg.latitude), longitude_deg=float(msg.longitude),
                altitude_m=float(msg.altitude), status=int(msg.status.status),

@@ -8,7 +8,7 @@ limits, time jumps, statistics and status levels, debug drawing, operator messag
 
 Start, in this order (a failure is logged with its fix and the process exits 1):
 
-1. declare every parameter of ``core/config.py`` with its descriptor; validate;
+1. declare every parameter of ``perception/config.py`` with its descriptor; validate;
 2. check cv_bridge (one conversion: catches the NumPy 2 / Humble mismatch);
 3. load the backend (``inference/factory.py``) and run one warm-up frame;
 4. publishers, the ``~/enable`` service, the worker thread, timers;
@@ -50,33 +50,29 @@ from std_msgs.msg import Header
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
-from leaf_disease_ros.core.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
-                                          PARAMETERS, STRING, validate_parameters)
-from leaf_disease_ros.core.debug_image import draw_detections
-from leaf_disease_ros.core.diagnostics import DetectorStats, DetectorThresholds, GpsStats
-from leaf_disease_ros.core.errors import (ConfigError, FrameError, InferenceError,
-                                          LeafDiseaseError)
-from leaf_disease_ros.core.frame_mailbox import LatestMailbox
-from leaf_disease_ros.core.geotag import FixBuffer
-from leaf_disease_ros.core.image_input import check_compressed, check_decoded, check_raw_layout
-from leaf_disease_ros.core.node_messages import (COMPRESSED_IMAGE_TYPE,
-                                                 cv_bridge_failure_message, EndpointQos,
-                                                 IMAGE_TYPE, no_image_message,
-                                                 ready_message, start_failure_message,
-                                                 time_jump_message,
-                                                 unsupported_encoding_message)
-from leaf_disease_ros.core.node_params import (descriptor_fields, EFFECT_DEBUG_RATE,
-                                               EFFECT_DETECTOR, EFFECT_LABEL_INFO,
-                                               EFFECT_REPLAY_ONLY, from_ros_value,
-                                               live_effects, review_changes, ros_default,
-                                               type_hint, unknown_parameters_message)
-from leaf_disease_ros.core.pipeline import Detector, FrameResult
-from leaf_disease_ros.core.timekeeping import BackwardJumpDetector, RateLimiter
+from leaf_disease_ros.geo.geotag import FixBuffer
 from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
+                                                PARAMETERS, STRING, validate_parameters)
+from leaf_disease_ros.perception.errors import (ConfigError, FrameError, InferenceError,
+                                                LeafDiseaseError)
+from leaf_disease_ros.perception.pipeline import Detector, FrameResult
 from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, stamp_to_ns,
                                               to_detection2d_array, to_detection3d_array,
-                                              to_diagnostic_array, to_geotag_fix,
-                                              to_label_info)
+                                              to_diagnostic_array, to_geotag_fix, to_label_info)
+from leaf_disease_ros.ros.debug_image import draw_detections
+from leaf_disease_ros.ros.diagnostics import DetectorStats, DetectorThresholds, GpsStats
+from leaf_disease_ros.ros.frame_mailbox import LatestMailbox
+from leaf_disease_ros.ros.image_input import check_compressed, check_decoded, check_raw_layout
+from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
+                                           EndpointQos, IMAGE_TYPE, no_image_message,
+                                           ready_message, start_failure_message, time_jump_message,
+                                           unsupported_encoding_message)
+from leaf_disease_ros.ros.params import (descriptor_fields, EFFECT_DEBUG_RATE, EFFECT_DETECTOR,
+                                         EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY, from_ros_value,
+                                         live_effects, review_changes, ros_default, type_hint,
+                                         unknown_parameters_message)
+from leaf_disease_ros.ros.timekeeping import BackwardJumpDetector, RateLimiter
 
 NODE_NAME = 'detector_node'
 WORKER_POLL_S = 0.2

@@ -1,0 +1,78 @@
+r"""
+``leaf-disease-train``: train a leaf classifier on a class-folder dataset.
+
+Usage (the shipped model's command is in engines/README.md)::
+
+    leaf-disease-train ../shared/datasets/plantvillage_grape --out runs/leaf_resnet18 \\
+        --arch resnet18 --input-size 128 --epochs 36 --seed 0
+    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_resnet18.onnx
+
+The recipe is :mod:`leaf_disease_ros.training.train`; PyTorch (the ``train`` extra)
+is imported only after the arguments are parsed, so ``--help`` works without it.
+Exit status: 0 trained, 2 bad data or arguments, or PyTorch missing.
+"""
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from leaf_disease_ros.perception.errors import LeafDiseaseError
+from leaf_disease_ros.training.recipe import ARCHS
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description='Train a ResNet leaf disease classifier on a class-folder dataset.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('data', help='dataset root with one subfolder per class')
+    parser.add_argument('--out', required=True, help='run folder (created)')
+    parser.add_argument('--name', default='leaf_resnet18', help='model name for the card')
+    parser.add_argument('--arch', choices=ARCHS, default='resnet18')
+    parser.add_argument('--weights', help='local state dict to start from (fc is re-made '
+                        'when its class count differs); nothing is downloaded')
+    parser.add_argument('--labels', help='comma-separated class list (index order); '
+                        'default: sorted folder names')
+    parser.add_argument('--healthy-labels', default='healthy',
+                        help='comma-separated labels that are not a disease')
+    parser.add_argument('--input-size', type=int, default=128, help='model input side, px')
+    parser.add_argument('--epochs', type=int, default=36)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
+    parser.add_argument('--weight-decay', type=float, default=0.05)
+    parser.add_argument('--label-smoothing', type=float, default=0.1)
+    parser.add_argument('--patience', type=int, default=10,
+                        help='stop after this many epochs without a better val macro-F1')
+    parser.add_argument('--val-fraction', type=float, default=0.2)
+    parser.add_argument('--group', choices=('photo-blocks', 'regex', 'file'),
+                        default='photo-blocks', help='how images are grouped for the split')
+    parser.add_argument('--block-size', type=int, default=40,
+                        help='photo numbers per block for --group photo-blocks')
+    parser.add_argument('--group-regex', help='regex on the file name for --group regex '
+                        '(group 1, or the whole match)')
+    parser.add_argument('--balance', choices=('sampler', 'loss', 'none'), default='sampler')
+    parser.add_argument('--max-per-class', type=int, default=0,
+                        help='use at most this many images per class (0 = all; quick runs)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--workers', type=int, default=1, help='data loader processes')
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = auto)')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    parser.add_argument('--no-amp', action='store_true', help='no mixed precision on GPU')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from OUT/checkpoint_last.pt')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        from leaf_disease_ros.training.train import train  # torch: imported only now
+        train(args)
+    except LeafDiseaseError as exc:
+        log = logging.getLogger('train')  # the run's train.log, once the run folder exists
+        log.error('%s', exc) if log.handlers else sys.stderr.write(f'error: {exc}\n')
+        return 2
+    return 0

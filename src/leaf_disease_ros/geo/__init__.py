@@ -1,0 +1,1 @@
+"""Geography: geodesy, the time-indexed GPS fix buffer (geotags), and maps of findings."""

@@ -1,0 +1,1 @@
+"""TensorRT engines: file naming, sidecars, matching rules, precision policy and the build."""

@@ -1,0 +1,377 @@
+"""
+The one parameter table of leaf_disease_ros, and its pure validators.
+
+Every parameter the node declares, the replay accepts and ``config/detector.yaml``
+documents is a row of :data:`PARAMETERS`: name, type, default, range or choices,
+unit-bearing name, description, and whether a change needs a restart
+(``read_only``). Nothing else in the package invents a parameter.
+
+Validation is pure (no ROS): :func:`validate_value` checks one value,
+:func:`validate_parameters` checks a whole set (defaults filled in, cross-field
+rules applied) and :func:`check_runtime_change` decides whether a live change is
+accepted. Each raises :class:`~leaf_disease_ros.perception.errors.ConfigError` naming the
+parameter and the reason.
+"""
+
+from dataclasses import dataclass
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from leaf_disease_ros.perception.errors import ConfigError
+
+BOOL = 'bool'
+INT = 'int'
+DOUBLE = 'double'
+STRING = 'string'
+DOUBLE_ARRAY = 'double_array'
+
+TILING_MODES = ('grid', 'none')
+BACKENDS = ('auto', 'onnxruntime', 'tensorrt')
+ONNX_PROVIDERS = ('auto', 'cpu', 'cuda')
+IMAGE_TRANSPORTS = ('raw', 'compressed')
+QOS_RELIABILITIES = ('best_effort', 'reliable')
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """
+    One row of the parameter table.
+
+    ``min_value``/``max_value`` bound ints and doubles (inclusive), ``choices`` lists
+    the allowed strings, ``array_length`` fixes a double array's length. ``read_only``
+    means the value is read once at start (changing it needs a restart).
+    """
+
+    name: str
+    type: str  # noqa: A003 (the column is called type in the table)
+    default: Any
+    description: str
+    group: str
+    min_value: Optional[float] = None
+    max_value: Optional[float] = None
+    choices: Optional[Tuple[str, ...]] = None
+    array_length: Optional[int] = None
+    read_only: bool = False
+
+
+PARAMETERS: Tuple[ParamSpec, ...] = (
+    # --- model and backend (read once at start) --------------------------------
+    ParamSpec('model_path', STRING, '',
+              'ONNX model (.onnx) or TensorRT engine (.engine); empty = the shipped '
+              'engines/leaf_resnet18.onnx. The model card is the .json beside the ONNX.',
+              'model', read_only=True),
+    ParamSpec('backend', STRING, 'auto',
+              'auto: a TensorRT engine matching the card and this GPU, else ONNX Runtime; '
+              'onnxruntime or tensorrt: that one or fail at start.',
+              'model', choices=BACKENDS, read_only=True),
+    ParamSpec('onnx_provider', STRING, 'auto',
+              'ONNX Runtime execution provider: auto (CUDA when present, else CPU), cpu, '
+              'cuda.', 'model', choices=ONNX_PROVIDERS, read_only=True),
+    ParamSpec('onnx_intra_op_threads', INT, 0,
+              'ONNX Runtime intra-op threads; 0 = one per physical core.',
+              'model', min_value=0, max_value=256, read_only=True),
+    ParamSpec('max_batch', INT, 16,
+              'Largest batch of tiles sent to the backend in one call; a TensorRT '
+              "engine's profile maximum caps it.",
+              'model', min_value=1, max_value=1024, read_only=True),
+    # --- tiling and vegetation gate (live) ---------------------------------------
+    ParamSpec('tiling', STRING, 'grid',
+              'grid: square tiles of tile_size_px every tile_stride_px; none: one centred '
+              'square crop per frame (close-up leaf camera).',
+              'tiling', choices=TILING_MODES),
+    ParamSpec('tile_size_px', INT, 256,
+              'Side of a square tile in frame pixels (clamped to the frame).',
+              'tiling', min_value=16, max_value=8192),
+    ParamSpec('tile_stride_px', INT, 256,
+              'Step between tiles in frame pixels; at most tile_size_px (no gaps).',
+              'tiling', min_value=8, max_value=8192),
+    ParamSpec('min_vegetation_fraction', DOUBLE, 0.10,
+              'Tiles with a smaller share of vegetation pixels are skipped (soil, sky, '
+              'posts); 0 classifies every tile.',
+              'tiling', min_value=0.0, max_value=1.0),
+    ParamSpec('vegetation_exg_threshold', DOUBLE, 0.05,
+              'A pixel is vegetation when its excess green 2g-r-b (chromatic '
+              'coordinates) exceeds this.',
+              'tiling', min_value=-1.0, max_value=2.0),
+    # --- classification (live) ---------------------------------------------------
+    ParamSpec('top_k', INT, 3,
+              'Hypotheses published per tile (best first).',
+              'classification', min_value=1, max_value=100),
+    ParamSpec('unknown_threshold', DOUBLE, -1.0,
+              "Calibrated score below which a tile is 'unknown'; negative = the model "
+              "card's threshold.",
+              'classification', min_value=-1.0, max_value=1.0),
+    ParamSpec('disease_score_threshold', DOUBLE, 0.5,
+              'Minimum calibrated score for a diseased tile to become a finding '
+              '(geo_detections, maps).',
+              'classification', min_value=0.0, max_value=1.0),
+    # --- GPS tagging (live) ------------------------------------------------------
+    ParamSpec('max_fix_gap_s', DOUBLE, 1.0,
+              'Interpolate between the two fixes bracketing the image stamp when they '
+              'are at most this far apart.',
+              'gps', min_value=0.0, max_value=60.0),
+    ParamSpec('max_fix_age_s', DOUBLE, 0.5,
+              'Otherwise use the nearest fix when it is at most this far from the image '
+              'stamp; else the frame has no position.',
+              'gps', min_value=0.0, max_value=60.0),
+    ParamSpec('fix_buffer_size', INT, 512,
+              'Fixes kept, newest first (512 = 100 s at 5 Hz).',
+              'gps', min_value=2, max_value=1000000, read_only=True),
+    ParamSpec('lever_arm_m', DOUBLE_ARRAY, [0.0, 0.0, 0.0],
+              'Camera position relative to the GPS antenna, metres, robot frame '
+              '(x forward, y left, z up); [0, 0, 0] = none.',
+              'gps', array_length=3, min_value=-100.0, max_value=100.0),
+    ParamSpec('min_speed_for_heading_mps', DOUBLE, 0.3,
+              'Below this ground speed the course is unknown and the lever arm is '
+              'skipped.',
+              'gps', min_value=0.0, max_value=50.0),
+    ParamSpec('heading_window_s', DOUBLE, 2.0,
+              'Span of fixes around the image stamp used for the course over ground.',
+              'gps', min_value=0.05, max_value=60.0),
+    # --- map (replay) ------------------------------------------------------------
+    ParamSpec('merge_radius_m', DOUBLE, 1.5,
+              'Findings of one label closer than this are merged into one map feature '
+              '(replay maps).',
+              'map', min_value=0.0, max_value=1000.0),
+    # --- ROS interface (node) ----------------------------------------------------
+    ParamSpec('image_transport', STRING, 'raw',
+              "raw: subscribe to 'image' (sensor_msgs/Image); compressed: "
+              "'image/compressed' (sensor_msgs/CompressedImage).",
+              'ros', choices=IMAGE_TRANSPORTS, read_only=True),
+    ParamSpec('image_qos_reliability', STRING, 'best_effort',
+              'Image subscription reliability; best_effort (sensor data) also receives '
+              'from reliable publishers.',
+              'ros', choices=QOS_RELIABILITIES, read_only=True),
+    ParamSpec('image_qos_depth', INT, 1,
+              'Image subscription queue depth (keep-last).',
+              'ros', min_value=1, max_value=1000, read_only=True),
+    ParamSpec('no_image_warn_s', DOUBLE, 5.0,
+              'Warn once when no image has arrived this long after start.',
+              'ros', min_value=0.1, max_value=3600.0, read_only=True),
+    ParamSpec('geo_frame_id', STRING, 'utm',
+              'frame_id of ~/geo_detections (positions in UTM metres).',
+              'ros', read_only=True),
+    ParamSpec('debug_image_rate_hz', DOUBLE, 2.0,
+              'Maximum rate of ~/debug_image (drawn only while subscribed); 0 = off.',
+              'ros', min_value=0.0, max_value=120.0),
+    ParamSpec('diagnostics_period_s', DOUBLE, 1.0,
+              'Period of the /diagnostics status.',
+              'ros', min_value=0.1, max_value=60.0, read_only=True),
+    ParamSpec('latency_budget_ms', DOUBLE, 500.0,
+              'Diagnostics WARN when latency p99 (image stamp to publish) exceeds this.',
+              'ros', min_value=1.0, max_value=600000.0),
+    ParamSpec('no_fix_warn_s', DOUBLE, 2.0,
+              'Diagnostics WARN when the newest usable fix is older than this.',
+              'ros', min_value=0.1, max_value=3600.0),
+    ParamSpec('start_enabled', BOOL, True,
+              'Process frames from start; ~/enable pauses and resumes.',
+              'ros', read_only=True),
+)
+
+PARAMETERS_BY_NAME: Dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass in Python; a YAML 'true' must not pass as 1.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_range(spec: ParamSpec, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(spec.name, f'{value!r} is not a finite number')
+    if spec.min_value is not None and value < spec.min_value:
+        raise ConfigError(spec.name, f'{value!r} is below the minimum {spec.min_value}')
+    if spec.max_value is not None and value > spec.max_value:
+        raise ConfigError(spec.name, f'{value!r} is above the maximum {spec.max_value}')
+
+
+def validate_value(name: str, value: Any) -> Any:
+    """
+    Return ``value`` coerced to the parameter's type, or raise ConfigError.
+
+    Ints are accepted for doubles (YAML writes ``1`` for ``1.0``); nothing else is
+    coerced: a string for a number is an error, not a guess.
+    """
+    spec = PARAMETERS_BY_NAME.get(name)
+    if spec is None:
+        raise ConfigError(name, 'unknown parameter; see config/detector.yaml for the list')
+    if spec.type == BOOL:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f'expected true or false, got {value!r}')
+        return value
+    if spec.type == INT:
+        if not _is_number(value) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(name, f'expected an integer, got {value!r}')
+        value = int(value)
+        _check_range(spec, value)
+        return value
+    if spec.type == DOUBLE:
+        if not _is_number(value):
+            raise ConfigError(name, f'expected a number, got {value!r}')
+        value = float(value)
+        _check_range(spec, value)
+        return value
+    if spec.type == STRING:
+        if not isinstance(value, str):
+            raise ConfigError(name, f'expected a string, got {value!r}')
+        if spec.choices is not None and value not in spec.choices:
+            raise ConfigError(name, f'{value!r} is not one of {", ".join(spec.choices)}')
+        return value
+    if spec.type == DOUBLE_ARRAY:
+        if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+            raise ConfigError(name, f'expected a list of numbers, got {value!r}')
+        if spec.array_length is not None and len(value) != spec.array_length:
+            raise ConfigError(name, f'expected {spec.array_length} numbers, got {len(value)}')
+        values = [float(v) for v in value]
+        for v in values:
+            _check_range(spec, v)
+        return values
+    raise ConfigError(name, f'parameter table has unknown type {spec.type!r}')
+
+
+def _cross_check(values: Mapping[str, Any]) -> None:
+    if values['tile_stride_px'] > values['tile_size_px']:
+        raise ConfigError(
+            'tile_stride_px',
+            f"{values['tile_stride_px']} is larger than tile_size_px "
+            f"{values['tile_size_px']}: the frame would have unclassified gaps")
+
+
+def defaults() -> Dict[str, Any]:
+    """Return every parameter at its default (a fresh, mutable dict)."""
+    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default)
+            for p in PARAMETERS}
+
+
+def validate_parameters(values: Mapping[str, Any], *,
+                        ignore_unknown: bool = False) -> Dict[str, Any]:
+    """
+    Validate a set of parameter values; missing ones take their default.
+
+    :param values: name -> value, e.g. from a params file or the command line.
+    :param ignore_unknown: skip names not in the table (a params file may carry
+        parameters of other nodes, or ``use_sim_time``) instead of failing.
+
+    :returns: Every parameter of the table with a validated value.
+    """
+    result = defaults()
+    for name, value in values.items():
+        if name not in PARAMETERS_BY_NAME:
+            if ignore_unknown:
+                continue
+            raise ConfigError(name, 'unknown parameter; see config/detector.yaml for the list')
+        result[name] = validate_value(name, value)
+    _cross_check(result)
+    return result
+
+
+def check_runtime_change(name: str, value: Any, current: Mapping[str, Any]) -> Any:
+    """
+    Validate a live change of one parameter against the current set.
+
+    Returns the coerced value; raises ConfigError when the parameter is read-only,
+    the value is invalid or the change contradicts another parameter.
+    """
+    spec = PARAMETERS_BY_NAME.get(name)
+    if spec is None:
+        raise ConfigError(name, 'unknown parameter')
+    if spec.read_only:
+        raise ConfigError(name, 'is read-only at runtime; restart the node to change it')
+    coerced = validate_value(name, value)
+    proposed = dict(current)
+    proposed[name] = coerced
+    _cross_check(proposed)
+    return coerced
+
+
+def load_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, Any]:
+    """
+    Read the parameters of ``node_name`` from a ROS 2 params YAML file.
+
+    Accepts the ROS 2 layout (``<node or /**>: ros__parameters: {...}``), also under a
+    namespace, and a flat mapping of parameter names. Nested dictionaries are
+    flattened with dots as ROS does. Only the syntax is checked here; pass the
+    result to :func:`validate_parameters`.
+    """
+    import yaml  # local: pyyaml is only needed when a file is read
+
+    try:
+        with open(path, 'r', encoding='utf-8') as stream:
+            document = yaml.safe_load(stream)
+    except OSError as exc:
+        raise ConfigError('params_file', f'cannot read {path}: {exc.strerror}') from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError('params_file', f'{path} is not valid YAML: {exc}') from exc
+    if not isinstance(document, dict):
+        raise ConfigError('params_file', f'{path} does not hold a mapping of parameters')
+
+    if not _has_ros_parameters(document):
+        # A flat mapping of parameter names (the replay's own shorthand).
+        return _flatten(document)
+    wildcard: Dict[str, Any] = {}
+    exact: Dict[str, Any] = {}
+    _collect(document, (), node_name, wildcard, exact)
+    # A section naming the node overrides wildcard sections, as in rcl.
+    wildcard.update(exact)
+    return wildcard
+
+
+def _has_ros_parameters(section: Mapping[str, Any]) -> bool:
+    return any(key == 'ros__parameters' or (isinstance(value, dict)
+                                            and _has_ros_parameters(value))
+               for key, value in section.items())
+
+
+def _collect(section: Mapping[str, Any], path: Tuple[str, ...], node_name: str,
+             wildcard: Dict[str, Any], exact: Dict[str, Any]) -> None:
+    for key, value in section.items():
+        if not isinstance(value, dict):
+            continue
+        if key == 'ros__parameters':
+            node = path[-1].strip('/').split('/')[-1] if path else ''
+            if node == node_name:
+                exact.update(_flatten(value))
+            elif any('*' in part for part in path):
+                wildcard.update(_flatten(value))
+        else:
+            _collect(value, path + (key,), node_name, wildcard, exact)
+
+
+def _flatten(section: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in section.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The part of the parameter set the perception pipeline reads per frame."""
+
+    tiling: str = 'grid'
+    tile_size_px: int = 256
+    tile_stride_px: int = 256
+    min_vegetation_fraction: float = 0.10
+    vegetation_exg_threshold: float = 0.05
+    top_k: int = 3
+    unknown_threshold: float = -1.0
+    disease_score_threshold: float = 0.5
+    max_fix_gap_s: float = 1.0
+    max_fix_age_s: float = 0.5
+    lever_arm_m: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    min_speed_for_heading_mps: float = 0.3
+    heading_window_s: float = 2.0
+    max_batch: int = 16
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> 'DetectorConfig':
+        """Build from a validated parameter set (extra names are ignored)."""
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        kwargs = {name: values[name] for name in fields if name in values}
+        if 'lever_arm_m' in kwargs:
+            kwargs['lever_arm_m'] = tuple(float(v) for v in kwargs['lever_arm_m'])
+        return cls(**kwargs)

@@ -1,0 +1,76 @@
+"""
+Image folders: which files are images, and class-folder datasets (``root/<label>/*.jpg``).
+
+The class list is the sorted subfolder names unless given. The classify CLI, the
+INT8 calibrator and training list their images through here.
+"""
+
+from dataclasses import dataclass
+import os
+from typing import List, Optional, Sequence, Tuple
+
+from leaf_disease_ros.perception.errors import DatasetError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: its path, class index and split group key."""
+
+    path: str
+    label_index: int
+    group: str = ''
+
+
+def is_image_file(path: str) -> bool:
+    """Return whether ``path`` has an image extension (case-insensitive)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
+                       ) -> Tuple[Tuple[str, ...], List[Sample], List[str]]:
+    """
+    List a class-folder dataset.
+
+    :param root: folder with one subfolder per class.
+    :param labels: class list in index order; default the sorted subfolder names. A
+        given label without a subfolder is an error; subfolders not listed are
+        ignored.
+
+    :returns: ``(labels, samples, skipped)``: samples sorted by class then file name
+        (group keys empty), and the files skipped for not being images.
+
+    :raises DatasetError: the root is missing, has no class folders, or a class is empty.
+    """
+    if not os.path.isdir(root):
+        raise DatasetError(f'{root} is not a folder; expected one subfolder per class')
+    folders = sorted(entry.name for entry in os.scandir(root)
+                     if entry.is_dir() and not entry.name.startswith('.'))
+    if labels is None:
+        labels = folders
+    labels = tuple(labels)
+    if not labels:
+        raise DatasetError(f'{root} has no class subfolders')
+    missing = [label for label in labels if label not in folders]
+    if missing:
+        raise DatasetError(f'{root} has no folder for class(es) {", ".join(missing)} '
+                           f'(found: {", ".join(folders) or "none"})')
+    samples: List[Sample] = []
+    skipped: List[str] = []
+    for index, label in enumerate(labels):
+        folder = os.path.join(root, label)
+        count = 0
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path) or name.startswith('.'):
+                continue
+            if not is_image_file(name):
+                skipped.append(path)
+                continue
+            samples.append(Sample(path, index))
+            count += 1
+        if count == 0:
+            raise DatasetError(f'class folder {folder} holds no images '
+                               f'({", ".join(IMAGE_EXTENSIONS)})')
+    return labels, samples, skipped

@@ -1,0 +1,315 @@
+"""
+The model card: the contract that travels with a model.
+
+A card is a JSON file beside the ONNX model (``engines/<name>.json``). It is the
+single source of the label list (index order), which labels mean healthy, the input
+tensor (name, size, layout, colour order), the preprocessing (resize rule,
+interpolation, scale, mean, std), the output name, the calibration (softmax
+temperature, unknown threshold) and the ONNX file's sha256. Training, export, the
+node, the replay and the CLI all read it; nothing hard-codes a label or a mean.
+
+Example::
+
+    {
+      "schema_version": 1,
+      "name": "leaf_resnet18",
+      "model_file": "leaf_resnet18.onnx",
+      "onnx_sha256": "<64 hex>",
+      "labels": ["black_rot", "esca", "healthy", "leaf_blight"],
+      "healthy_labels": ["healthy"],
+      "input": {"name": "input", "height_px": 160, "width_px": 160,
+                "layout": "NCHW", "color_order": "RGB", "dtype": "float32"},
+      "preprocessing": {"resize": "stretch", "interpolation": "area",
+                        "scale": 0.00392156862745098,
+                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+      "output": {"name": "logits"},
+      "calibration": {"temperature": 1.0, "unknown_threshold": 0.5},
+      "training": {...}, "metrics": {...}
+    }
+
+``training``, ``metrics`` and the extra keys of ``calibration`` are free-form
+records of how the model was made and scored; the runtime ignores them.
+"""
+
+from dataclasses import dataclass, field, replace
+import hashlib
+import json
+import math
+import os
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from leaf_disease_ros.perception.atomic_io import atomic_write_json
+from leaf_disease_ros.perception.errors import ModelCardError
+
+SCHEMA_VERSION = 1
+UNKNOWN_LABEL = 'unknown'
+RESIZE_RULES = ('stretch', 'center_crop')
+INTERPOLATIONS = ('area', 'linear', 'cubic')
+COLOR_ORDERS = ('RGB', 'BGR')
+LAYOUTS = ('NCHW',)
+_LABEL_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A validated model card. Build it with :func:`card_from_dict` or :func:`load_card`."""
+
+    name: str
+    labels: Tuple[str, ...]
+    healthy_labels: Tuple[str, ...]
+    input_height_px: int
+    input_width_px: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    scale: float = 1.0 / 255.0
+    input_name: str = 'input'
+    layout: str = 'NCHW'
+    color_order: str = 'RGB'
+    resize: str = 'stretch'
+    interpolation: str = 'area'
+    output_name: str = 'logits'
+    temperature: float = 1.0
+    unknown_threshold: float = 0.0
+    model_file: str = ''
+    onnx_sha256: str = ''
+    calibration_extra: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    path: Optional[str] = None  # where it was loaded from; not serialised
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes (length of the label list)."""
+        return len(self.labels)
+
+    @property
+    def input_hw_px(self) -> Tuple[int, int]:
+        """Model input (height, width) in pixels."""
+        return (self.input_height_px, self.input_width_px)
+
+    def is_healthy(self, label: str) -> bool:
+        """Return whether ``label`` is one of the card's healthy labels."""
+        return label in self.healthy_labels
+
+    def with_model(self, model_file: str, onnx_sha256: str) -> 'ModelCard':
+        """Return a copy bound to another model file and hash (used by export)."""
+        return replace(self, model_file=model_file, onnx_sha256=onnx_sha256)
+
+
+def _require(doc: Mapping[str, Any], key: str, path: str, prefix: str = '') -> Any:
+    if key not in doc:
+        raise ModelCardError(path, prefix + key, 'is missing')
+    return doc[key]
+
+
+def _number(value: Any, path: str, name: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelCardError(path, name, f'expected a number, got {value!r}')
+    value = float(value)
+    if not math.isfinite(value):
+        raise ModelCardError(path, name, f'{value!r} is not finite')
+    if positive and value <= 0.0:
+        raise ModelCardError(path, name, f'must be > 0, got {value!r}')
+    return value
+
+
+def _positive_int(value: Any, path: str, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ModelCardError(path, name, f'expected a positive integer, got {value!r}')
+    return value
+
+
+def _triple(value: Any, path: str, name: str, *, positive: bool) -> Tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ModelCardError(path, name, f'expected 3 numbers (one per channel), got {value!r}')
+    a, b, c = (_number(v, path, name, positive=positive) for v in value)
+    return (a, b, c)
+
+
+def _choice(value: Any, choices: Tuple[str, ...], path: str, name: str) -> str:
+    if value not in choices:
+        raise ModelCardError(path, name, f'{value!r} is not one of {", ".join(choices)}')
+    return value
+
+
+def _section(doc: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = _require(doc, key, path)
+    if not isinstance(value, dict):
+        raise ModelCardError(path, key, f'expected an object, got {type(value).__name__}')
+    return value
+
+
+def _string(value: Any, path: str, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ModelCardError(path, name, f'expected a non-empty string, got {value!r}')
+    return value
+
+
+def card_from_dict(doc: Mapping[str, Any], path: str = '<card>') -> ModelCard:
+    """
+    Validate a card document and return the card.
+
+    :raises ModelCardError: naming ``path`` and the first offending field.
+    """
+    if not isinstance(doc, dict):
+        raise ModelCardError(path, '<root>', 'expected a JSON object')
+    version = _require(doc, 'schema_version', path)
+    if version != SCHEMA_VERSION:
+        raise ModelCardError(path, 'schema_version',
+                             f'this package reads version {SCHEMA_VERSION}, got {version!r}')
+    name = _string(_require(doc, 'name', path), path, 'name')
+
+    labels = _require(doc, 'labels', path)
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise ModelCardError(path, 'labels', 'expected a list of at least 2 label strings')
+    for label in labels:
+        if not isinstance(label, str) or not _LABEL_RE.match(label):
+            raise ModelCardError(path, 'labels',
+                                 f'{label!r} is not a label (letters, digits, _ . -)')
+    if len(set(labels)) != len(labels):
+        raise ModelCardError(path, 'labels', 'contains duplicates')
+    if UNKNOWN_LABEL in labels:
+        raise ModelCardError(path, 'labels',
+                             f'{UNKNOWN_LABEL!r} is reserved for rejected tiles')
+    healthy = _require(doc, 'healthy_labels', path)
+    if not isinstance(healthy, list) or any(h not in labels for h in healthy):
+        raise ModelCardError(path, 'healthy_labels',
+                             f'{healthy!r} must be a list of labels from "labels"')
+
+    inp = _section(doc, 'input', path)
+    height = _positive_int(_require(inp, 'height_px', path, 'input.'), path, 'input.height_px')
+    width = _positive_int(_require(inp, 'width_px', path, 'input.'), path, 'input.width_px')
+    dtype = inp.get('dtype', 'float32')
+    if dtype != 'float32':
+        raise ModelCardError(path, 'input.dtype', f'only float32 is supported, got {dtype!r}')
+
+    pre = _section(doc, 'preprocessing', path)
+    out = _section(doc, 'output', path)
+    cal = _section(doc, 'calibration', path)
+    temperature = _number(_require(cal, 'temperature', path, 'calibration.'), path,
+                          'calibration.temperature', positive=True)
+    threshold = _number(_require(cal, 'unknown_threshold', path, 'calibration.'), path,
+                        'calibration.unknown_threshold')
+    if not 0.0 <= threshold <= 1.0:
+        raise ModelCardError(path, 'calibration.unknown_threshold',
+                             f'must be within [0, 1], got {threshold!r}')
+
+    sha = doc.get('onnx_sha256', '')
+    if sha and not _SHA256_RE.match(sha):
+        raise ModelCardError(path, 'onnx_sha256', 'expected 64 lowercase hex digits')
+    model_file = doc.get('model_file', '')
+    if not isinstance(model_file, str) or os.path.basename(model_file) != model_file:
+        raise ModelCardError(path, 'model_file',
+                             f'expected a file name beside the card, got {model_file!r}')
+
+    for key in ('training', 'metrics'):
+        if not isinstance(doc.get(key, {}), dict):
+            raise ModelCardError(path, key, 'expected an object')
+
+    return ModelCard(
+        name=name,
+        labels=tuple(labels),
+        healthy_labels=tuple(healthy),
+        input_height_px=height,
+        input_width_px=width,
+        input_name=_string(inp.get('name', 'input'), path, 'input.name'),
+        layout=_choice(inp.get('layout', 'NCHW'), LAYOUTS, path, 'input.layout'),
+        color_order=_choice(inp.get('color_order', 'RGB'), COLOR_ORDERS, path,
+                            'input.color_order'),
+        resize=_choice(pre.get('resize', 'stretch'), RESIZE_RULES, path, 'preprocessing.resize'),
+        interpolation=_choice(pre.get('interpolation', 'area'), INTERPOLATIONS, path,
+                              'preprocessing.interpolation'),
+        scale=_number(_require(pre, 'scale', path, 'preprocessing.'), path,
+                      'preprocessing.scale', positive=True),
+        mean=_triple(_require(pre, 'mean', path, 'preprocessing.'), path,
+                     'preprocessing.mean', positive=False),
+        std=_triple(_require(pre, 'std', path, 'preprocessing.'), path,
+                    'preprocessing.std', positive=True),
+        output_name=_string(out.get('name', 'logits'), path, 'output.name'),
+        temperature=temperature,
+        unknown_threshold=threshold,
+        model_file=model_file,
+        onnx_sha256=sha,
+        calibration_extra={k: v for k, v in cal.items()
+                           if k not in ('temperature', 'unknown_threshold')},
+        training=dict(doc.get('training', {})),
+        metrics=dict(doc.get('metrics', {})),
+        path=path,
+    )
+
+
+def card_to_dict(card: ModelCard) -> Dict[str, Any]:
+    """Return the JSON document of ``card`` (the inverse of :func:`card_from_dict`)."""
+    calibration: Dict[str, Any] = {'temperature': card.temperature,
+                                   'unknown_threshold': card.unknown_threshold}
+    calibration.update(card.calibration_extra)
+    return {
+        'schema_version': SCHEMA_VERSION,
+        'name': card.name,
+        'model_file': card.model_file,
+        'onnx_sha256': card.onnx_sha256,
+        'labels': list(card.labels),
+        'healthy_labels': list(card.healthy_labels),
+        'input': {'name': card.input_name, 'height_px': card.input_height_px,
+                  'width_px': card.input_width_px, 'layout': card.layout,
+                  'color_order': card.color_order, 'dtype': 'float32'},
+        'preprocessing': {'resize': card.resize, 'interpolation': card.interpolation,
+                          'scale': card.scale, 'mean': list(card.mean),
+                          'std': list(card.std)},
+        'output': {'name': card.output_name},
+        'calibration': calibration,
+        'training': dict(card.training),
+        'metrics': dict(card.metrics),
+    }
+
+
+def load_card(path: str) -> ModelCard:
+    """Read and validate the card at ``path``."""
+    try:
+        with open(path, 'r', encoding='utf-8') as stream:
+            doc = json.load(stream)
+    except FileNotFoundError as exc:
+        raise ModelCardError(path, '<file>', 'does not exist; every model needs its '
+                             'card (<model>.json, written by leaf-disease-export)') from exc
+    except OSError as exc:
+        raise ModelCardError(path, '<file>', f'cannot be read: {exc.strerror}') from exc
+    except ValueError as exc:
+        raise ModelCardError(path, '<file>', f'is not valid JSON: {exc}') from exc
+    return card_from_dict(doc, path)
+
+
+def write_card(card: ModelCard, path: str) -> None:
+    """Write ``card`` to ``path`` atomically."""
+    atomic_write_json(path, card_to_dict(card))
+
+
+def card_path_for_model(model_path: str) -> str:
+    """Return the card path of an ONNX model: the same name with ``.json``."""
+    return os.path.splitext(model_path)[0] + '.json'
+
+
+def sha256_file(path: str, chunk_bytes: int = 1 << 20) -> str:
+    """Return the hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for chunk in iter(lambda: stream.read(chunk_bytes), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model_file(card: ModelCard, model_path: str) -> str:
+    """
+    Check that ``model_path`` is the model ``card`` describes; return its sha256.
+
+    :raises ModelCardError: when the card records another hash (the model was re-exported
+        without its card, or the card belongs to another model).
+    """
+    actual = sha256_file(model_path)
+    if card.onnx_sha256 and actual != card.onnx_sha256:
+        raise ModelCardError(
+            card.path or '<card>', 'onnx_sha256',
+            f'records {card.onnx_sha256[:12]}... but {model_path} has {actual[:12]}...; '
+            'the card belongs to another model: re-export both with leaf-disease-export')
+    return actual

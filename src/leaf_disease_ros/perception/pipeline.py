@@ -1,0 +1,205 @@
+"""
+The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
+
+:class:`Detector` is what the node's worker thread and the replay call per frame:
+
+1. tile the frame and gate tiles by vegetation fraction (:mod:`.tiling`);
+2. preprocess every kept tile into one batch (:func:`.preprocess.preprocess`);
+3. run the backend on the batch, in chunks of at most the backend's maximum batch;
+4. calibrated scores, top-k and unknown rejection (:mod:`.postprocess`);
+5. the frame's position at its own stamp (:mod:`.geotag`).
+
+It never imports ROS or a runtime: the backend is any object with ``infer(batch)
+-> logits`` and ``max_batch`` (see ``inference/base.py``). ``process`` is not
+re-entrant (it reuses one input buffer); call it from one thread. The
+configuration can be swapped from another thread with :meth:`Detector.update_config`
+(the frozen config object is replaced in one assignment).
+"""
+
+from dataclasses import dataclass
+import time
+from typing import Dict, Optional, Protocol, Tuple
+
+import numpy as np
+
+from leaf_disease_ros.geo.geotag import FixBuffer, GeotagResult, REASON_NO_FIX_RECEIVED
+from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.errors import ConfigError
+from leaf_disease_ros.perception.model_card import ModelCard
+from leaf_disease_ros.perception.postprocess import classify, softmax
+from leaf_disease_ros.perception.preprocess import preprocess
+from leaf_disease_ros.perception.tiling import check_frame, crops, tile_boxes, vegetation_fractions
+
+STAGES = ('tiling', 'preprocess', 'inference', 'postprocess', 'geotag', 'total')
+
+
+class InferenceBackend(Protocol):
+    """What the pipeline needs of a backend."""
+
+    max_batch: int
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Return ``(N, C)`` float32 logits of a ``(N, 3, H, W)`` float32 batch."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """
+    One classified tile.
+
+    ``box_xyxy_px`` is ``(x0, y0, x1, y1)`` in frame pixels, x1/y1 exclusive.
+    ``is_disease``: the label is neither healthy nor unknown. ``is_finding``: a
+    disease with ``score >= disease_score_threshold`` (what maps and
+    ``~/geo_detections`` report).
+    """
+
+    box_xyxy_px: Tuple[int, int, int, int]
+    label: str
+    label_index: int
+    score: float
+    top_k: Tuple[Tuple[str, float], ...]
+    is_unknown: bool
+    is_disease: bool
+    is_finding: bool
+    vegetation_fraction: float
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """
+    Everything the pipeline knows about one frame.
+
+    ``timings_ms`` has one entry per name in :data:`STAGES`.
+    """
+
+    stamp_ns: int
+    frame_height_px: int
+    frame_width_px: int
+    detections: Tuple[Detection, ...]
+    tiles_total: int
+    tiles_gated: int
+    geotag: GeotagResult
+    timings_ms: Dict[str, float]
+
+    @property
+    def findings(self) -> Tuple[Detection, ...]:
+        """Detections that are disease findings."""
+        return tuple(d for d in self.detections if d.is_finding)
+
+
+class Detector:
+    """Classifies the tiles of frames with one backend and one model card."""
+
+    def __init__(self, backend: InferenceBackend, card: ModelCard,
+                 config: Optional[DetectorConfig] = None) -> None:
+        self._backend = backend
+        self._card = card
+        self._config = config or DetectorConfig()
+        self._check(self._config)
+        self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
+
+    @property
+    def card(self) -> ModelCard:
+        """The model card the detector classifies with."""
+        return self._card
+
+    @property
+    def config(self) -> DetectorConfig:
+        """The configuration in force."""
+        return self._config
+
+    def update_config(self, config: DetectorConfig) -> None:
+        """Swap the configuration (takes effect from the next frame)."""
+        self._check(config)
+        self._config = config
+
+    @staticmethod
+    def _check(config: DetectorConfig) -> None:
+        if config.tile_stride_px > config.tile_size_px:
+            raise ConfigError('tile_stride_px', 'is larger than tile_size_px')
+        if config.max_batch < 1:
+            raise ConfigError('max_batch', 'must be >= 1')
+
+    def unknown_threshold(self) -> float:
+        """Return the unknown threshold in force: the parameter, or the card's when negative."""
+        value = self._config.unknown_threshold
+        return self._card.unknown_threshold if value < 0 else value
+
+    def _input_buffer(self, count: int) -> np.ndarray:
+        height, width = self._card.input_hw_px
+        if self._input is None or self._input.shape[0] < count:
+            self._input = np.empty((max(count, 8), 3, height, width), dtype=np.float32)
+        return self._input
+
+    def classify_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Return logits ``(N, C)`` of a preprocessed batch, chunked to the max batch."""
+        chunk = max(1, min(self._config.max_batch, self._backend.max_batch))
+        if batch.shape[0] <= chunk:
+            return self._backend.infer(batch)
+        return np.concatenate([self._backend.infer(batch[i:i + chunk])
+                               for i in range(0, batch.shape[0], chunk)])
+
+    def process(self, frame_bgr: np.ndarray, stamp_ns: int,
+                fix_buffer: Optional[FixBuffer] = None) -> FrameResult:
+        """
+        Classify one frame and geotag it at ``stamp_ns``.
+
+        :param frame_bgr: ``(H, W, 3)`` uint8 BGR image.
+        :param stamp_ns: the image header stamp, nanoseconds.
+        :param fix_buffer: the GPS buffer; None gives no position.
+
+        :raises FrameError: the frame is not a ``(H, W, 3)`` uint8 image.
+        :raises InferenceError: the backend failed on this frame.
+        """
+        config = self._config  # one read: a concurrent update applies to the next frame
+        clock = time.perf_counter
+        timings = dict.fromkeys(STAGES, 0.0)
+        start = clock()
+        height, width = check_frame(frame_bgr)
+        boxes = tile_boxes(height, width, config.tiling, config.tile_size_px,
+                           config.tile_stride_px)
+        if config.min_vegetation_fraction > 0.0:
+            fractions = vegetation_fractions(frame_bgr, boxes, config.vegetation_exg_threshold)
+            keep = np.flatnonzero(fractions >= config.min_vegetation_fraction)
+        else:
+            fractions = np.ones(len(boxes), dtype=np.float32)
+            keep = np.arange(len(boxes))
+        kept_boxes = boxes[keep]
+        t_tiled = clock()
+        timings['tiling'] = (t_tiled - start) * 1e3
+
+        detections: Tuple[Detection, ...] = ()
+        if len(kept_boxes):
+            batch = preprocess(crops(frame_bgr, kept_boxes), self._card,
+                               out=self._input_buffer(len(kept_boxes)))
+            t_pre = clock()
+            logits = self.classify_batch(batch)
+            t_inf = clock()
+            probs = softmax(logits, self._card.temperature)
+            results = classify(probs, self._card.labels, self._card.healthy_labels,
+                               config.top_k, self.unknown_threshold())
+            detections = tuple(
+                Detection(box_xyxy_px=tuple(int(v) for v in box), label=r.label,
+                          label_index=r.label_index, score=r.score, top_k=r.top_k,
+                          is_unknown=r.is_unknown, is_disease=r.is_disease,
+                          is_finding=r.is_disease and r.score >= config.disease_score_threshold,
+                          vegetation_fraction=float(fractions[i]))
+                for box, r, i in zip(kept_boxes.tolist(), results, keep.tolist()))
+            t_post = clock()
+            timings['preprocess'] = (t_pre - t_tiled) * 1e3
+            timings['inference'] = (t_inf - t_pre) * 1e3
+            timings['postprocess'] = (t_post - t_inf) * 1e3
+        t_geo = clock()
+        if fix_buffer is None:
+            geotag = GeotagResult(None, REASON_NO_FIX_RECEIVED)
+        else:
+            geotag = fix_buffer.lookup(stamp_ns, config.max_fix_gap_s, config.max_fix_age_s,
+                                       config.lever_arm_m, config.min_speed_for_heading_mps,
+                                       config.heading_window_s)
+        end = clock()
+        timings['geotag'] = (end - t_geo) * 1e3
+        timings['total'] = (end - start) * 1e3
+        return FrameResult(stamp_ns=int(stamp_ns), frame_height_px=height,
+                           frame_width_px=width, detections=detections,
+                           tiles_total=len(boxes), tiles_gated=len(boxes) - len(kept_boxes),
+                           geotag=geotag, timings_ms=timings)

@@ -1,0 +1,77 @@
+"""
+Logits -> calibrated scores, top-k hypotheses, ``unknown`` rejection, disease flag.
+
+Scores are ``softmax(logits / temperature)`` with the card's temperature. When the
+best score is below the unknown threshold the tile's label is ``unknown``: a tired
+robot should say "I don't know" rather than guess a disease. A tile is a disease
+finding when its label is neither unknown nor one of the card's healthy labels.
+"""
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from leaf_disease_ros.perception.model_card import UNKNOWN_LABEL
+
+
+@dataclass(frozen=True)
+class Classification:
+    """
+    The outcome for one tile.
+
+    ``label_index`` is -1 for ``unknown``. ``top_k`` holds ``(label, score)`` pairs of
+    the model's classes, best first, whatever the rejection decided. ``score`` is the
+    best class's calibrated probability.
+    """
+
+    label: str
+    label_index: int
+    score: float
+    top_k: Tuple[Tuple[str, float], ...]
+    is_unknown: bool
+    is_disease: bool
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """
+    Return the row-wise softmax of ``logits / temperature`` as float32.
+
+    :param logits: ``(N, C)`` float array.
+    :param temperature: > 0; larger flattens the distribution.
+    """
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    scaled -= scaled.max(axis=1, keepdims=True)  # stable: exp of values <= 0
+    np.exp(scaled, out=scaled)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    return scaled.astype(np.float32)
+
+
+def classify(probs: np.ndarray, labels: Sequence[str], healthy_labels: Sequence[str],
+             top_k: int, unknown_threshold: float) -> List[Classification]:
+    """
+    Turn ``(N, C)`` probabilities into one :class:`Classification` per row.
+
+    :param probs: ``(N, C)`` calibrated probabilities, columns in ``labels`` order.
+    :param labels: the card's label list.
+    :param healthy_labels: labels that are not a disease.
+    :param top_k: hypotheses kept per row (clamped to C).
+    :param unknown_threshold: best score below this gives ``unknown``.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    k = max(1, min(int(top_k), probs.shape[1]))
+    # argsort of the negated scores, stable so ties keep label order.
+    order = np.argsort(-probs, axis=1, kind='stable')[:, :k]
+    healthy = set(healthy_labels)
+    results: List[Classification] = []
+    for row, ranked in zip(probs, order):
+        best = int(ranked[0])
+        score = float(row[best])
+        top = tuple((labels[i], float(row[i])) for i in ranked)
+        if score < unknown_threshold:
+            results.append(Classification(UNKNOWN_LABEL, -1, score, top, True, False))
+        else:
+            label = labels[best]
+            results.append(Classification(label, best, score, top, False,
+                                          label not in healthy))
+    return results

@@ -1,0 +1,1 @@
+"""Training: datasets, augmentation, calibration, training and ONNX export (torch only here)."""

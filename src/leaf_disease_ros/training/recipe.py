@@ -1,0 +1,8 @@
+"""The training recipe's names and defaults, importable without PyTorch (for the CLI's --help)."""
+
+ARCHS = ('resnet18', 'resnet34')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPSET = 17  # ONNX opset of exported models
+TRAIN_EXTRA_HINT = ('pip install torch==2.14.1 torchvision==0.29.1 && '
+                    "pip install 'leaf_disease_ros[train]'")
