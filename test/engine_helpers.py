@@ -16,9 +16,11 @@ import sys
 import types
 from typing import Any, Dict, Optional, Tuple
 
-from leaf_disease_ros.inference.engine.sidecar import (BatchProfile, engine_file_name,
-                                                       EngineSidecar, MachineInfo, model_stem,
-                                                       sidecar_path_for_engine, write_sidecar)
+from leaf_disease_ros.inference.engine.machine import MachineInfo
+from leaf_disease_ros.inference.engine.naming import (engine_file_name, model_stem,
+                                                      sidecar_path_for_engine)
+from leaf_disease_ros.inference.engine.policy import BatchProfile
+from leaf_disease_ros.inference.engine.sidecar import EngineSidecar, write_sidecar
 from leaf_disease_ros.perception.model_card import ModelCard, sha256_file
 
 ORIN = MachineInfo('10.3.0', 'Orin', (8, 7))

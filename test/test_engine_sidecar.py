@@ -7,19 +7,19 @@ import os
 import pytest
 
 from engine_helpers import make_engine_files, make_sidecar, ORIN
-from leaf_disease_ros.inference.engine.sidecar import (BatchProfile, build_command,
-                                                       calibration_cache_path, engine_candidates,
-                                                       engine_file_mismatches, engine_file_name,
-                                                       engine_io_mismatches, format_parser_error,
-                                                       MachineInfo, mismatch_message,
-                                                       parse_engine_file_name,
-                                                       parse_tensorrt_version, precision_plan,
-                                                       read_sidecar, search_engines,
-                                                       sidecar_from_dict, sidecar_mismatches,
-                                                       sidecar_path_for_engine, sidecar_to_dict,
-                                                       sm_tag, TensorInfo, timing_cache_path,
-                                                       validate_batch_profile, verify_engine,
-                                                       write_sidecar)
+from leaf_disease_ros.inference.engine.commands import (build_command, format_parser_error,
+                                                        mismatch_message)
+from leaf_disease_ros.inference.engine.machine import MachineInfo, sm_tag
+from leaf_disease_ros.inference.engine.matching import (engine_file_mismatches,
+                                                        engine_io_mismatches, search_engines,
+                                                        sidecar_mismatches, verify_engine)
+from leaf_disease_ros.inference.engine.naming import (calibration_cache_path, engine_candidates,
+                                                      engine_file_name, parse_engine_file_name,
+                                                      sidecar_path_for_engine, timing_cache_path)
+from leaf_disease_ros.inference.engine.policy import (BatchProfile, parse_tensorrt_version,
+                                                      precision_plan, validate_batch_profile)
+from leaf_disease_ros.inference.engine.sidecar import (read_sidecar, sidecar_from_dict,
+                                                       sidecar_to_dict, TensorInfo, write_sidecar)
 from leaf_disease_ros.perception.errors import ConfigError, EngineMismatchError, ModelLoadError
 from leaf_disease_ros.perception.model_card import ModelCard
 

@@ -15,7 +15,7 @@ import pytest
 
 from engine_helpers import hide_tensorrt, install_fake_runtime, make_engine_files
 from leaf_disease_ros.inference import tensorrt_backend
-from leaf_disease_ros.inference.engine.sidecar import MachineInfo
+from leaf_disease_ros.inference.engine.machine import MachineInfo
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import REPO_DIR
-from leaf_disease_ros.inference.engine.sidecar import build_command, mismatch_message
+from leaf_disease_ros.inference.engine.commands import build_command, mismatch_message
 from leaf_disease_ros.perception.config import PARAMETERS, PARAMETERS_BY_NAME
 from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError, ModelCardError,
                                                 ModelLoadError)

@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.inference.engine.sidecar import (card_path_for_engine, engine_file_name,
-                                                       parse_tensorrt_version, read_sidecar,
-                                                       sidecar_path_for_engine, timing_cache_path)
+from leaf_disease_ros.inference.engine.naming import (engine_file_name, sidecar_path_for_engine,
+                                                      timing_cache_path)
+from leaf_disease_ros.inference.engine.policy import parse_tensorrt_version
+from leaf_disease_ros.inference.engine.sidecar import card_path_for_engine, read_sidecar
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.errors import EngineMismatchError, InferenceError

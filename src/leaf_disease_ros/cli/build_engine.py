@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 from leaf_disease_ros.inference.engine.build import (build, BuildFailed, check,
                                                      DEFAULT_WORKSPACE_MIB, EXIT_FAILED,
                                                      EXIT_USAGE)
-from leaf_disease_ros.inference.engine.sidecar import (DEFAULT_BATCH_PROFILE, DEFAULT_PRECISION,
-                                                       PRECISIONS, TYPING_MODES)
+from leaf_disease_ros.inference.engine.policy import (DEFAULT_BATCH_PROFILE, DEFAULT_PRECISION,
+                                                      PRECISIONS, TYPING_MODES)
 from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,
                                                 LeafDiseaseError)
 

@@ -31,9 +31,11 @@ from typing import Callable, Optional
 
 from leaf_disease_ros.inference import tensorrt_backend
 from leaf_disease_ros.inference.base import Backend
-from leaf_disease_ros.inference.engine.sidecar import (build_command, DEFAULT_PRECISION,
-                                                       engine_file_name, EngineSearch, MachineInfo,
-                                                       model_stem, search_engines)
+from leaf_disease_ros.inference.engine.commands import build_command
+from leaf_disease_ros.inference.engine.machine import MachineInfo
+from leaf_disease_ros.inference.engine.matching import EngineSearch, search_engines
+from leaf_disease_ros.inference.engine.naming import engine_file_name, model_stem
+from leaf_disease_ros.inference.engine.policy import DEFAULT_PRECISION
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.config import BACKENDS
 from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,

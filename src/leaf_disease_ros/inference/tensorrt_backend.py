@@ -48,11 +48,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from leaf_disease_ros.inference.base import Backend
-from leaf_disease_ros.inference.engine.sidecar import (build_command, BUILD_TOOL,
-                                                       engine_io_mismatches, EngineSidecar,
-                                                       MachineInfo, mismatch_message,
-                                                       onnx_path_for_engine, sm_tag, TensorInfo,
-                                                       verify_engine)
+from leaf_disease_ros.inference.engine.commands import build_command, BUILD_TOOL, mismatch_message
+from leaf_disease_ros.inference.engine.machine import MachineInfo, sm_tag
+from leaf_disease_ros.inference.engine.matching import engine_io_mismatches, verify_engine
+from leaf_disease_ros.inference.engine.sidecar import (EngineSidecar, onnx_path_for_engine,
+                                                       TensorInfo)
 from leaf_disease_ros.perception.errors import (BackendUnavailableError, EngineMismatchError,
                                                 InferenceError, ModelLoadError)
 from leaf_disease_ros.perception.model_card import ModelCard

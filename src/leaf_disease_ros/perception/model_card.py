@@ -34,13 +34,13 @@ records of how the model was made and scored; the runtime ignores them.
 from dataclasses import dataclass, field, replace
 import hashlib
 import json
-import math
 import os
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import ModelCardError
+from leaf_disease_ros.perception.json_fields import FieldReader
 
 SCHEMA_VERSION = 1
 UNKNOWN_LABEL = 'unknown'
@@ -49,7 +49,6 @@ INTERPOLATIONS = ('area', 'linear', 'cubic')
 COLOR_ORDERS = ('RGB', 'BGR')
 LAYOUTS = ('NCHW',)
 _LABEL_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
-_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 
 
 @dataclass(frozen=True)
@@ -98,144 +97,73 @@ class ModelCard:
         return replace(self, model_file=model_file, onnx_sha256=onnx_sha256)
 
 
-def _require(doc: Mapping[str, Any], key: str, path: str, prefix: str = '') -> Any:
-    if key not in doc:
-        raise ModelCardError(path, prefix + key, 'is missing')
-    return doc[key]
-
-
-def _number(value: Any, path: str, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelCardError(path, name, f'expected a number, got {value!r}')
-    value = float(value)
-    if not math.isfinite(value):
-        raise ModelCardError(path, name, f'{value!r} is not finite')
-    if positive and value <= 0.0:
-        raise ModelCardError(path, name, f'must be > 0, got {value!r}')
-    return value
-
-
-def _positive_int(value: Any, path: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ModelCardError(path, name, f'expected a positive integer, got {value!r}')
-    return value
-
-
-def _triple(value: Any, path: str, name: str, *, positive: bool) -> Tuple[float, float, float]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise ModelCardError(path, name, f'expected 3 numbers (one per channel), got {value!r}')
-    a, b, c = (_number(v, path, name, positive=positive) for v in value)
-    return (a, b, c)
-
-
-def _choice(value: Any, choices: Tuple[str, ...], path: str, name: str) -> str:
-    if value not in choices:
-        raise ModelCardError(path, name, f'{value!r} is not one of {", ".join(choices)}')
-    return value
-
-
-def _section(doc: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
-    value = _require(doc, key, path)
-    if not isinstance(value, dict):
-        raise ModelCardError(path, key, f'expected an object, got {type(value).__name__}')
-    return value
-
-
-def _string(value: Any, path: str, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ModelCardError(path, name, f'expected a non-empty string, got {value!r}')
-    return value
-
-
-def card_from_dict(doc: Mapping[str, Any], path: str = '<card>') -> ModelCard:
+def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
     """
     Validate a card document and return the card.
 
     :raises ModelCardError: naming ``path`` and the first offending field.
     """
-    if not isinstance(doc, dict):
-        raise ModelCardError(path, '<root>', 'expected a JSON object')
-    version = _require(doc, 'schema_version', path)
+    card = FieldReader(doc, lambda name, reason: ModelCardError(path, name, reason))
+    version = card.raw('schema_version')
     if version != SCHEMA_VERSION:
-        raise ModelCardError(path, 'schema_version',
-                             f'this package reads version {SCHEMA_VERSION}, got {version!r}')
-    name = _string(_require(doc, 'name', path), path, 'name')
+        raise card.fail('schema_version',
+                        f'this package reads version {SCHEMA_VERSION}, got {version!r}')
+    name = card.text('name')
 
-    labels = _require(doc, 'labels', path)
+    labels = card.raw('labels')
     if not isinstance(labels, list) or len(labels) < 2:
-        raise ModelCardError(path, 'labels', 'expected a list of at least 2 label strings')
+        raise card.fail('labels', 'expected a list of at least 2 label strings')
     for label in labels:
         if not isinstance(label, str) or not _LABEL_RE.match(label):
-            raise ModelCardError(path, 'labels',
-                                 f'{label!r} is not a label (letters, digits, _ . -)')
+            raise card.fail('labels', f'{label!r} is not a label (letters, digits, _ . -)')
     if len(set(labels)) != len(labels):
-        raise ModelCardError(path, 'labels', 'contains duplicates')
+        raise card.fail('labels', 'contains duplicates')
     if UNKNOWN_LABEL in labels:
-        raise ModelCardError(path, 'labels',
-                             f'{UNKNOWN_LABEL!r} is reserved for rejected tiles')
-    healthy = _require(doc, 'healthy_labels', path)
+        raise card.fail('labels', f'{UNKNOWN_LABEL!r} is reserved for rejected tiles')
+    healthy = card.raw('healthy_labels')
     if not isinstance(healthy, list) or any(h not in labels for h in healthy):
-        raise ModelCardError(path, 'healthy_labels',
-                             f'{healthy!r} must be a list of labels from "labels"')
+        raise card.fail('healthy_labels', f'{healthy!r} must be a list of labels from "labels"')
 
-    inp = _section(doc, 'input', path)
-    height = _positive_int(_require(inp, 'height_px', path, 'input.'), path, 'input.height_px')
-    width = _positive_int(_require(inp, 'width_px', path, 'input.'), path, 'input.width_px')
-    dtype = inp.get('dtype', 'float32')
-    if dtype != 'float32':
-        raise ModelCardError(path, 'input.dtype', f'only float32 is supported, got {dtype!r}')
+    inp = card.section('input')
+    height = inp.integer('height_px', minimum=1)
+    width = inp.integer('width_px', minimum=1)
+    inp.choice('dtype', ('float32',), default='float32')
+    pre = card.section('preprocessing')
+    out = card.section('output')
+    cal = card.section('calibration')
 
-    pre = _section(doc, 'preprocessing', path)
-    out = _section(doc, 'output', path)
-    cal = _section(doc, 'calibration', path)
-    temperature = _number(_require(cal, 'temperature', path, 'calibration.'), path,
-                          'calibration.temperature', positive=True)
-    threshold = _number(_require(cal, 'unknown_threshold', path, 'calibration.'), path,
-                        'calibration.unknown_threshold')
-    if not 0.0 <= threshold <= 1.0:
-        raise ModelCardError(path, 'calibration.unknown_threshold',
-                             f'must be within [0, 1], got {threshold!r}')
-
-    sha = doc.get('onnx_sha256', '')
-    if sha and not _SHA256_RE.match(sha):
-        raise ModelCardError(path, 'onnx_sha256', 'expected 64 lowercase hex digits')
-    model_file = doc.get('model_file', '')
+    sha = card.raw('onnx_sha256', '')
+    if sha:
+        card.sha256('onnx_sha256')
+    model_file = card.raw('model_file', '')
     if not isinstance(model_file, str) or os.path.basename(model_file) != model_file:
-        raise ModelCardError(path, 'model_file',
-                             f'expected a file name beside the card, got {model_file!r}')
+        raise card.fail('model_file', f'expected a file name beside the card, got {model_file!r}')
 
-    for key in ('training', 'metrics'):
-        if not isinstance(doc.get(key, {}), dict):
-            raise ModelCardError(path, key, 'expected an object')
-
+    mean = pre.numbers('mean', 3, what=' (one per channel)')
+    std = pre.numbers('std', 3, positive=True, what=' (one per channel)')
     return ModelCard(
         name=name,
         labels=tuple(labels),
         healthy_labels=tuple(healthy),
         input_height_px=height,
         input_width_px=width,
-        input_name=_string(inp.get('name', 'input'), path, 'input.name'),
-        layout=_choice(inp.get('layout', 'NCHW'), LAYOUTS, path, 'input.layout'),
-        color_order=_choice(inp.get('color_order', 'RGB'), COLOR_ORDERS, path,
-                            'input.color_order'),
-        resize=_choice(pre.get('resize', 'stretch'), RESIZE_RULES, path, 'preprocessing.resize'),
-        interpolation=_choice(pre.get('interpolation', 'area'), INTERPOLATIONS, path,
-                              'preprocessing.interpolation'),
-        scale=_number(_require(pre, 'scale', path, 'preprocessing.'), path,
-                      'preprocessing.scale', positive=True),
-        mean=_triple(_require(pre, 'mean', path, 'preprocessing.'), path,
-                     'preprocessing.mean', positive=False),
-        std=_triple(_require(pre, 'std', path, 'preprocessing.'), path,
-                    'preprocessing.std', positive=True),
-        output_name=_string(out.get('name', 'logits'), path, 'output.name'),
-        temperature=temperature,
-        unknown_threshold=threshold,
+        input_name=inp.text('name', 'input'),
+        layout=inp.choice('layout', LAYOUTS, 'NCHW'),
+        color_order=inp.choice('color_order', COLOR_ORDERS, 'RGB'),
+        resize=pre.choice('resize', RESIZE_RULES, 'stretch'),
+        interpolation=pre.choice('interpolation', INTERPOLATIONS, 'area'),
+        scale=pre.number('scale', positive=True),
+        mean=(mean[0], mean[1], mean[2]),
+        std=(std[0], std[1], std[2]),
+        output_name=out.text('name', 'logits'),
+        temperature=cal.number('temperature', positive=True),
+        unknown_threshold=cal.number('unknown_threshold', minimum=0.0, maximum=1.0),
         model_file=model_file,
         onnx_sha256=sha,
-        calibration_extra={k: v for k, v in cal.items()
+        calibration_extra={k: v for k, v in cal.doc.items()
                            if k not in ('temperature', 'unknown_threshold')},
-        training=dict(doc.get('training', {})),
-        metrics=dict(doc.get('metrics', {})),
+        training=card.mapping('training'),
+        metrics=card.mapping('metrics'),
         path=path,
     )
 

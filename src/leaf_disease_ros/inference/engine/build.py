@@ -44,18 +44,19 @@ import numpy as np
 from leaf_disease_ros.inference import tensorrt_backend
 from leaf_disease_ros.inference.engine.calibration_batches import (CalibrationBatches,
                                                                    list_calibration_images)
-from leaf_disease_ros.inference.engine.sidecar import (BatchProfile, build_command,
-                                                       calibration_cache_path,
-                                                       card_path_for_engine,
-                                                       engine_file_mismatches, engine_file_name,
-                                                       engine_io_mismatches, EngineSidecar,
-                                                       expected_onnx_sha256, format_parser_error,
-                                                       MachineInfo, model_stem,
-                                                       onnx_path_for_engine, precision_plan,
-                                                       PrecisionPlan, read_sidecar,
-                                                       sidecar_mismatches, sidecar_path_for_engine,
-                                                       sm_tag, TensorInfo, timing_cache_path,
-                                                       validate_batch_profile, write_sidecar)
+from leaf_disease_ros.inference.engine.commands import build_command, format_parser_error
+from leaf_disease_ros.inference.engine.machine import MachineInfo, sm_tag
+from leaf_disease_ros.inference.engine.matching import (engine_file_mismatches,
+                                                        engine_io_mismatches, expected_onnx_sha256,
+                                                        sidecar_mismatches)
+from leaf_disease_ros.inference.engine.naming import (calibration_cache_path, engine_file_name,
+                                                      model_stem, sidecar_path_for_engine,
+                                                      timing_cache_path)
+from leaf_disease_ros.inference.engine.policy import (BatchProfile, precision_plan, PrecisionPlan,
+                                                      validate_batch_profile)
+from leaf_disease_ros.inference.engine.sidecar import (card_path_for_engine, EngineSidecar,
+                                                       onnx_path_for_engine, read_sidecar,
+                                                       TensorInfo, write_sidecar)
 from leaf_disease_ros.perception.atomic_io import atomic_write_bytes
 from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError, LeafDiseaseError,
                                                 ModelLoadError)
