@@ -2,10 +2,11 @@
 
 import pytest
 
-from leaf_disease_ros.perception.config import (check_runtime_change, defaults, DetectorConfig,
-                                                load_params_file, PARAMETERS, PARAMETERS_BY_NAME,
+from leaf_disease_ros.perception.config import (defaults, DetectorConfig, load_params_file,
+                                                PARAMETERS, PARAMETERS_BY_NAME,
                                                 validate_parameters, validate_value)
 from leaf_disease_ros.perception.errors import ConfigError
+from leaf_disease_ros.ros.params import review_changes
 
 
 def test_table_is_consistent():
@@ -67,14 +68,15 @@ def test_unknown_names():
 
 
 def test_runtime_changes():
+    # one rule for live changes: ros/params.review_changes (the node's set_parameters)
     current = validate_parameters({})
-    assert check_runtime_change('unknown_threshold', 0.4, current) == 0.4
-    with pytest.raises(ConfigError, match='read-only'):
-        check_runtime_change('backend', 'onnxruntime', current)
-    with pytest.raises(ConfigError, match='gaps'):
-        check_runtime_change('tile_stride_px', 300, current)
-    with pytest.raises(ConfigError, match='above the maximum'):
-        check_runtime_change('disease_score_threshold', 2.0, current)
+    assert review_changes([('unknown_threshold', 0.4)], current).updates == {
+        'unknown_threshold': 0.4}
+    for name, value, reason in (('backend', 'onnxruntime', 'read-only'),
+                                ('tile_stride_px', 300, 'gaps'),
+                                ('disease_score_threshold', 2.0, 'above the maximum')):
+        review = review_changes([(name, value)], current)
+        assert not review.successful and reason in review.reason
 
 
 def test_load_ros_params_file(tmp_path):

@@ -8,9 +8,10 @@ unit-bearing name, description, and whether a change needs a restart
 
 Validation is pure (no ROS): :func:`validate_value` checks one value,
 :func:`validate_parameters` checks a whole set (defaults filled in, cross-field
-rules applied) and :func:`check_runtime_change` decides whether a live change is
-accepted. Each raises :class:`~leaf_disease_ros.perception.errors.ConfigError` naming the
-parameter and the reason.
+rules applied; the node's live changes go through it too, see
+:func:`leaf_disease_ros.ros.params.review_changes`). Each raises
+:class:`~leaf_disease_ros.perception.errors.ConfigError` naming the parameter and the
+reason.
 """
 
 from dataclasses import dataclass
@@ -263,25 +264,6 @@ def validate_parameters(values: Mapping[str, Any], *,
         result[name] = validate_value(name, value)
     _cross_check(result)
     return result
-
-
-def check_runtime_change(name: str, value: Any, current: Mapping[str, Any]) -> Any:
-    """
-    Validate a live change of one parameter against the current set.
-
-    Returns the coerced value; raises ConfigError when the parameter is read-only,
-    the value is invalid or the change contradicts another parameter.
-    """
-    spec = PARAMETERS_BY_NAME.get(name)
-    if spec is None:
-        raise ConfigError(name, 'unknown parameter')
-    if spec.read_only:
-        raise ConfigError(name, 'is read-only at runtime; restart the node to change it')
-    coerced = validate_value(name, value)
-    proposed = dict(current)
-    proposed[name] = coerced
-    _cross_check(proposed)
-    return coerced
 
 
 def load_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, Any]:

@@ -31,11 +31,12 @@ from leaf_disease_ros.perception.errors import ConfigError
 EFFECT_DETECTOR = 'detector'        # DetectorConfig swapped into the pipeline
 EFFECT_LABEL_INFO = 'label_info'    # ~/label_info re-published (threshold changed)
 EFFECT_DEBUG_RATE = 'debug_rate'    # ~/debug_image rate limiter
-EFFECT_DIAGNOSTICS = 'diagnostics'  # thresholds of the /diagnostics status
 EFFECT_REPLAY_ONLY = 'replay_only'  # accepted, used by the replay only
+#: live parameters with no effect to apply: the node reads them from the values in force
+#: at every diagnostics report
+READ_AT_EACH_REPORT = frozenset(('latency_budget_ms', 'no_fix_warn_s'))
 
 _DETECTOR_FIELDS = frozenset(f.name for f in fields(DetectorConfig))
-_DIAGNOSTIC_PARAMETERS = frozenset(('latency_budget_ms', 'no_fix_warn_s'))
 _REPLAY_PARAMETERS = frozenset(('merge_radius_m',))
 
 _INTEGER_ARRAY = 'integer_array'
@@ -197,8 +198,6 @@ def live_effects(updates: Mapping[str, Any]) -> FrozenSet[str]:
             effects.add(EFFECT_LABEL_INFO)
         if name == 'debug_image_rate_hz':
             effects.add(EFFECT_DEBUG_RATE)
-        if name in _DIAGNOSTIC_PARAMETERS:
-            effects.add(EFFECT_DIAGNOSTICS)
         if name in _REPLAY_PARAMETERS:
             effects.add(EFFECT_REPLAY_ONLY)
     return frozenset(effects)
