@@ -45,13 +45,14 @@ setup(
     ],
     extras_require={
         # mcap: only to read what a truncated MCAP recording (no footer) holds
-        'replay': ['rosbags>=0.10', 'rosbags-image>=0.9', 'mcap>=1.1'],
+        'replay': ['rosbags>=0.10', 'rosbags-image>=0.9', 'mcap>=1.1', 'tqdm>=4.60'],
         'test': [
             'pytest>=7',
             'onnx>=1.14',
             'rosbags>=0.10',
             'rosbags-image>=0.9',
             'mcap>=1.1',
+            'tqdm>=4.60',
             'flake8>=5',
             'flake8-blind-except',
             'flake8-builtins',
@@ -62,6 +63,10 @@ setup(
             'flake8-import-order',
             'flake8-quotes',
             'pydocstyle>=6',
+            'import-linter>=2.0',
+            'mypy>=1.8',
+            'types-PyYAML',
+            'hypothesis>=6.80',
         ],
         'train': [
             'torch>=2.1',

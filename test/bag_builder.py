@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from leaf_disease_ros.geo.geotag import STATUS_GBAS_FIX
+from leaf_disease_ros.perception.positions import STATUS_GBAS_FIX
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros.conversions import make_header, MessageTypes
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from leaf_disease_ros.geo.geodesy import latlon_to_utm
-from leaf_disease_ros.geo.geotag import Fix, FixBuffer, STATUS_GBAS_FIX, STATUS_NO_FIX
+from leaf_disease_ros.geo.geotag import FixBuffer
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.pipeline import Detector
+from leaf_disease_ros.perception.positions import Fix, STATUS_GBAS_FIX, STATUS_NO_FIX
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros import conversions as conv
 from leaf_disease_ros.ros.diagnostics import DiagnosticReport, ERROR, OK, WARN

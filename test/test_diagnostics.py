@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, Fix,
-                                         STATUS_FIX)
+from leaf_disease_ros.geo.geotag import ADD_ACCEPTED, ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX
+from leaf_disease_ros.perception.positions import Fix, STATUS_FIX
 from leaf_disease_ros.ros.diagnostics import (CLOCK_MISMATCH_S, DetectorStats, DetectorThresholds,
                                               ERROR, GpsStats, OK, percentile, SlidingWindow,
                                               STALE, WARN, worst_level)

@@ -7,10 +7,11 @@ import pytest
 
 from leaf_disease_ros.geo.geodesy import distance_m, latlon_to_utm, local_east_north_m
 from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_NAN,
-                                         ADD_REJECTED_NO_FIX, Fix, FixBuffer, REASON_GPS_NO_FIX,
-                                         REASON_INTERPOLATED, REASON_NEAREST,
-                                         REASON_NO_FIX_RECEIVED, REASON_STALE_FIX, STATUS_FIX,
-                                         STATUS_GBAS_FIX, STATUS_NO_FIX, STATUS_SBAS_FIX)
+                                         ADD_REJECTED_NO_FIX, FixBuffer)
+from leaf_disease_ros.perception.positions import (Fix, REASON_GPS_NO_FIX, REASON_INTERPOLATED,
+                                                   REASON_NEAREST, REASON_NO_FIX_RECEIVED,
+                                                   REASON_STALE_FIX, STATUS_FIX, STATUS_GBAS_FIX,
+                                                   STATUS_NO_FIX, STATUS_SBAS_FIX)
 
 S = 1_000_000_000
 LAT0, LON0 = 46.2, 7.3

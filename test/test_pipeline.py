@@ -6,11 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from leaf_disease_ros.geo.geotag import Fix, FixBuffer, REASON_INTERPOLATED
+from leaf_disease_ros.geo.geotag import FixBuffer
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.errors import ConfigError, FrameError, InferenceError
 from leaf_disease_ros.perception.pipeline import Detector, STAGES
+from leaf_disease_ros.perception.positions import Fix, REASON_INTERPOLATED
 
 S = 1_000_000_000
 

@@ -18,11 +18,11 @@ import pytest
 from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
 from leaf_disease_ros.cli import replay as cli
 from leaf_disease_ros.geo.geodesy import offset_latlon
-from leaf_disease_ros.geo.geotag import STATUS_GBAS_FIX, STATUS_NO_FIX
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.metrics import classification_report
 from leaf_disease_ros.perception.pipeline import Detector
+from leaf_disease_ros.perception.positions import STATUS_GBAS_FIX, STATUS_NO_FIX
 from leaf_disease_ros.replay.report import write_report
 from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
 from leaf_disease_ros.replay.typestore import make_typestore

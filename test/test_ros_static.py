@@ -2,10 +2,11 @@
 Static checks of the ROS side that run without ROS.
 
 The node and the launch file cannot be imported here (no rclpy), so they are
-compiled and read as syntax trees: the import rules of the design, the ROS
-dependencies in package.xml, the launch arguments, the node's ROS interface (topic
-and service names of docs/DESIGN) and its exception handling. Each checker is also
-run on a counter-example, so every test can fail.
+compiled and read as syntax trees: the ROS dependencies in package.xml, the launch
+arguments, the node's ROS interface (topic and service names of DESIGN.md) and its
+exception handling. The import rules themselves are the import-linter contracts in
+setup.cfg (test/test_layers.py). Each checker is also run on a counter-example, so
+every test can fail.
 """
 
 import ast
@@ -31,7 +32,6 @@ ROS_PACKAGES = {'rclpy', 'rclcpp', 'launch', 'launch_ros', 'launch_testing',
                 'launch_testing_ros', 'cv_bridge', 'ament_index_python', 'message_filters',
                 'image_transport', 'rosbag2_py', 'rosidl_runtime_py', 'tf2_ros', 'rcl_interfaces',
                 'builtin_interfaces'}
-RUNTIMES = {'onnxruntime', 'tensorrt', 'pycuda', 'rosbags'}
 # rosdep keys of the Python libraries the package imports
 PYTHON_DEPS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml',
                'onnxruntime': 'python3-onnxruntime-pip', 'pytest': 'python3-pytest'}
@@ -72,23 +72,6 @@ def imported_modules(source: str, package: str = '') -> Set[str]:
     return found
 
 
-def import_violations(relative_path: str, modules: Set[str]) -> List[str]:
-    """Return the design's import rules that a module under src/leaf_disease_ros breaks."""
-    problems = []
-    tops = {m.split('.')[0] for m in modules}
-    if 'rclpy' in tops and relative_path != 'ros/node.py':
-        problems.append(f'{relative_path} imports rclpy (only ros/node.py may)')
-    if relative_path.startswith('core/'):
-        for module in sorted(modules):
-            top = module.split('.')[0]
-            if is_ros_package(top) or top in RUNTIMES:
-                problems.append(f'{relative_path} imports {module} (core stays pure)')
-            if module.startswith(('leaf_disease_ros.inference', 'leaf_disease_ros.ros',
-                                  'leaf_disease_ros.replay', 'leaf_disease_ros.cli')):
-                problems.append(f'{relative_path} imports {module} (core <- inference <- ros)')
-    return problems
-
-
 def source_files() -> Dict[str, str]:
     """Return relative path -> path of every module under src/leaf_disease_ros."""
     files = {}
@@ -118,32 +101,6 @@ def test_the_node_module_is_the_registered_entry_point():
     assert "'detector_node = leaf_disease_ros.ros.node:main'" in read(SETUP_PY)
     tree = ast.parse(read(NODE))
     assert any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in tree.body)
-
-
-# --- import rules --------------------------------------------------------------------
-
-
-def test_import_rules_hold_over_src():
-    problems = []
-    for relative, path in sorted(source_files().items()):
-        problems += import_violations(relative, imported_modules(read(path),
-                                                                 package_of(relative)))
-    assert problems == []
-    assert 'rclpy' in imported_modules(read(NODE))
-
-
-def test_import_rules_can_fail():
-    assert import_violations('core/x.py', imported_modules('import rclpy\n')) == [
-        'core/x.py imports rclpy (only ros/node.py may)', 'core/x.py imports rclpy (core stays '
-        'pure)']
-    assert import_violations('replay/x.py', imported_modules('from rclpy.node import Node\n'))
-    nested = 'def f():\n    import onnxruntime\n    from sensor_msgs.msg import Image\n'
-    assert len(import_violations('core/x.py', imported_modules(nested))) == 3
-    relative = imported_modules('from ..inference import factory\n', 'leaf_disease_ros.core')
-    assert import_violations('core/x.py', relative) == [
-        'core/x.py imports leaf_disease_ros.inference (core <- inference <- ros)',
-        'core/x.py imports leaf_disease_ros.inference.factory (core <- inference <- ros)']
-    assert import_violations('core/x.py', imported_modules('import numpy, cv2\n')) == []
 
 
 # --- package.xml -----------------------------------------------------------------------

@@ -36,13 +36,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from leaf_disease_ros.geo.geotag import Fix, FixBuffer
+from leaf_disease_ros.geo.geotag import FixBuffer
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.errors import LeafDiseaseError
 from leaf_disease_ros.perception.image_folders import is_image_file
 from leaf_disease_ros.perception.pipeline import Detector, STAGES
+from leaf_disease_ros.perception.positions import Fix
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.perception.tiling import crops, tile_boxes
 

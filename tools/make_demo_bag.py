@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from leaf_disease_ros.geo.geodesy import offset_latlon
-from leaf_disease_ros.geo.geotag import STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX
+from leaf_disease_ros.perception.positions import STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros.conversions import make_header, MessageTypes
 from leaf_disease_ros.training.dataset import grouped_split, list_class_folders, photo_block_groups

@@ -20,7 +20,6 @@ bag that ended early (truncated: the figures cover what was read).
 import argparse
 import os
 import sys
-import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from leaf_disease_ros.perception.config import load_params_file, PARAMETERS_BY_NAME
@@ -144,41 +143,22 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 class ProgressBar:
-    """Frames done, frames/s and ETA on one stderr line (plain lines when not a TTY)."""
+    """Frames done, frames/s and ETA on stderr, drawn by tqdm (plain lines when not a TTY)."""
 
-    def __init__(self, stream: TextIO, period_s: float = 0.25) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.period_s = period_s if self.tty else 5.0
-        self._last = 0.0
-        self._shown = False
+    def __init__(self, stream: TextIO) -> None:
+        from tqdm import tqdm  # the replay extra; only when a bar is shown
+        tty = stream.isatty()
+        self._bar = tqdm(file=stream, desc='replay', unit='frame', dynamic_ncols=tty,
+                         mininterval=0.25 if tty else 5.0, ascii=not tty)
 
     def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if now - self._last < self.period_s:
-            return
-        self._last = now
-        self.stream.write(self._line(progress) + ('\r' if self.tty else '\n'))
-        self.stream.flush()
-        self._shown = True
-
-    @staticmethod
-    def _line(progress: Progress) -> str:
-        rate = progress.frames_done / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
-        total = progress.frames_expected
-        if total:
-            width = 30
-            done = min(width, int(width * progress.frames_done / total))
-            eta = (total - progress.frames_done) / rate if rate > 0 else 0.0
-            return (f'replay [{"#" * done}{"." * (width - done)}] {progress.frames_done}/'
-                    f'{total} frames  {rate:5.1f} frames/s  ETA {eta:4.0f} s ')
-        return f'replay {progress.frames_done} frames  {rate:5.1f} frames/s '
+        if progress.frames_expected and self._bar.total != progress.frames_expected:
+            self._bar.total = progress.frames_expected
+        self._bar.update(progress.frames_done - self._bar.n)
 
     def close(self) -> None:
         """End the progress line."""
-        if self._shown and self.tty:
-            self.stream.write('\n')
-            self.stream.flush()
+        self._bar.close()
 
 
 def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:

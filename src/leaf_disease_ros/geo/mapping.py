@@ -161,9 +161,9 @@ class FindingMerger:
         best.add(sighting, east, north)
         cell = self._cell(best.east_m, best.north_m)
         if cell != best.cell:  # the centre moved into another cell: re-index it
-            self._grid[(best.label, *best.cell)].remove(best)
+            self._grid[(best.label,) + best.cell].remove(best)
             best.cell = cell
-            self._grid.setdefault((best.label, *cell), []).append(best)
+            self._grid.setdefault((best.label,) + cell, []).append(best)
 
     def features(self) -> List[MapFeature]:
         """Return the merged features in order of first sighting."""

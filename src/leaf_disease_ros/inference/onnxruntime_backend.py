@@ -9,7 +9,7 @@ parallelism is off (one model, one graph: it only adds thread contention).
 """
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Type
 
 import numpy as np
 
@@ -22,7 +22,7 @@ _CUDA = 'CUDAExecutionProvider'
 _CPU = 'CPUExecutionProvider'
 
 
-def _ort_errors() -> Tuple[type, ...]:
+def _ort_errors() -> Tuple[Type[BaseException], ...]:
     """Return onnxruntime's exception classes (their names differ across versions)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 

@@ -342,6 +342,10 @@ class TensorRTBackend(Backend):
                                  'with a smaller --max-batch')
         inp = next(info for info in infos if info.is_input)
         self._input_name = inp.name
+        if inp.profile is None:
+            raise ModelLoadError(f'TensorRT engine {self.engine_path}: input {inp.name} has no '
+                                 'optimisation profile; rebuild it with '
+                                 f'{BUILD_TOOL} <model>.onnx --force')
         self._profile_max = int(inp.profile[2][0])
         max_shape = (self._profile_max,) + tuple(inp.shape[1:])
         if not self._exec.set_input_shape(inp.name, max_shape):

@@ -352,7 +352,7 @@ class DetectorConfig:
     @classmethod
     def from_parameters(cls, values: Mapping[str, Any]) -> 'DetectorConfig':
         """Build from a validated parameter set (extra names are ignored)."""
-        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        fields = cls.__dataclass_fields__
         kwargs = {name: values[name] for name in fields if name in values}
         if 'lever_arm_m' in kwargs:
             kwargs['lever_arm_m'] = tuple(float(v) for v in kwargs['lever_arm_m'])

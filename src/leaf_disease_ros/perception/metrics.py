@@ -12,6 +12,7 @@ restricted to present labels.
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def confusion_matrix(true_idx: Sequence[int], pred_idx: Sequence[int],
@@ -30,7 +31,7 @@ def confusion_matrix(true_idx: Sequence[int], pred_idx: Sequence[int],
     return counts.reshape(num_classes, num_classes)
 
 
-def classification_report(true_idx: Sequence[int], pred_idx: Sequence[int],
+def classification_report(true_idx: ArrayLike, pred_idx: ArrayLike,
                           labels: Sequence[str]) -> Dict[str, Any]:
     """
     Return accuracy, macro-F1, per-class figures and the confusion matrix.
@@ -54,7 +55,7 @@ def classification_report(true_idx: Sequence[int], pred_idx: Sequence[int],
                                              labels)
 
 
-def expected_calibration_error(probs: np.ndarray, true_idx: Sequence[int],
+def expected_calibration_error(probs: np.ndarray, true_idx: ArrayLike,
                                bins: int = 15) -> float:
     """
     Return the ECE of top-1 confidence over ``bins`` equal-width bins.

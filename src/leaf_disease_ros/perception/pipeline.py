@@ -18,19 +18,28 @@ configuration can be swapped from another thread with :meth:`Detector.update_con
 
 from dataclasses import dataclass
 import time
-from typing import Dict, Optional, Protocol, Tuple
+from typing import Dict, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.geo.geotag import FixBuffer, GeotagResult, REASON_NO_FIX_RECEIVED
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.model_card import ModelCard
+from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
 from leaf_disease_ros.perception.postprocess import classify, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.perception.tiling import check_frame, crops, tile_boxes, vegetation_fractions
 
 STAGES = ('tiling', 'preprocess', 'inference', 'postprocess', 'geotag', 'total')
+
+
+class PositionSource(Protocol):
+    """What the pipeline needs of the GPS side (:class:`leaf_disease_ros.geo.geotag.FixBuffer`)."""
+
+    def lookup(self, stamp_ns: int, max_fix_gap_s: float, max_fix_age_s: float,
+               lever_arm_m: Sequence[float] = (0.0, 0.0, 0.0),
+               min_speed_mps: float = 0.3, heading_window_s: float = 2.0) -> GeotagResult:
+        """Return the position at ``stamp_ns``."""
 
 
 class InferenceBackend(Protocol):
@@ -140,7 +149,7 @@ class Detector:
                                for i in range(0, batch.shape[0], chunk)])
 
     def process(self, frame_bgr: np.ndarray, stamp_ns: int,
-                fix_buffer: Optional[FixBuffer] = None) -> FrameResult:
+                fix_buffer: Optional[PositionSource] = None) -> FrameResult:
         """
         Classify one frame and geotag it at ``stamp_ns``.
 
@@ -179,7 +188,8 @@ class Detector:
             results = classify(probs, self._card.labels, self._card.healthy_labels,
                                config.top_k, self.unknown_threshold())
             detections = tuple(
-                Detection(box_xyxy_px=tuple(int(v) for v in box), label=r.label,
+                Detection(box_xyxy_px=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+                          label=r.label,
                           label_index=r.label_index, score=r.score, top_k=r.top_k,
                           is_unknown=r.is_unknown, is_disease=r.is_disease,
                           is_finding=r.is_disease and r.score >= config.disease_score_threshold,

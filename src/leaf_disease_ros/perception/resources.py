@@ -1,14 +1,15 @@
 """
 Where the package's installed data lives (shipped model, demo recording, config).
 
-The same lookup works for a colcon install (``install/<pkg>/share/<pkg>``), a pip
-install (``<prefix>/share/<pkg>``) and a source checkout (the repository root), so
-the CLI, the replay and the node find the shipped model without ROS. The
-environment variable ``LEAF_DISEASE_ROS_SHARE`` overrides the search.
+In a sourced ROS workspace the ament index answers; otherwise the share folder of
+the install prefix that holds this package (colcon's ``install/<pkg>/share/<pkg>``,
+pip's ``<prefix>/share/<pkg>``), then pip's data scheme, then a source checkout
+(the repository root), so the CLI, the replay and the node find the shipped model
+with or without ROS. The environment variable ``LEAF_DISEASE_ROS_SHARE`` comes first.
 """
 
 import os
-import sys
+import sysconfig
 from typing import List, Optional
 
 from leaf_disease_ros.perception.errors import ModelLoadError
@@ -18,22 +19,38 @@ SHIPPED_MODEL_NAME = 'leaf_resnet18'
 SHARE_ENV = 'LEAF_DISEASE_ROS_SHARE'
 
 
+def _ament_share() -> Optional[str]:
+    """Return the share folder the ament index knows (a sourced ROS workspace), or None."""
+    try:
+        from ament_index_python.packages import (get_package_share_directory,
+                                                 PackageNotFoundError)
+    except ImportError:  # no ROS: pip install or source checkout
+        return None
+    try:
+        return get_package_share_directory(PACKAGE_NAME)
+    except (PackageNotFoundError, ValueError, LookupError):
+        return None
+
+
 def _candidates() -> List[str]:
     found: List[str] = []
     env = os.environ.get(SHARE_ENV)
     if env:
         found.append(env)
-    here = os.path.dirname(os.path.abspath(__file__))
-    # colcon: .../install/<pkg>/lib/pythonX.Y/site-packages/<pkg>/core -> share/<pkg>
-    # pip:    <prefix>/lib/pythonX.Y/site-packages/<pkg>/core -> <prefix>/share/<pkg>
-    folder = here
-    for _ in range(7):
-        folder = os.path.dirname(folder)
-        found.append(os.path.join(folder, 'share', PACKAGE_NAME))
-    found.append(os.path.join(sys.prefix, 'share', PACKAGE_NAME))
-    # source checkout: <repo>/src/<pkg>/core -> <repo>
-    found.append(os.path.dirname(os.path.dirname(os.path.dirname(here))))
-    return found
+    ament = _ament_share()
+    if ament:
+        found.append(ament)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # the install prefix that holds this package: <prefix>/lib/pythonX.Y/site-packages/<pkg>
+    # (colcon: install/<pkg>; pip: the venv or system prefix); data_files go to <prefix>/share
+    site_packages = os.path.dirname(package_dir)
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site_packages)))
+    found.append(os.path.join(prefix, 'share', PACKAGE_NAME))
+    # pip's data scheme of this interpreter (venv, system, --user installs)
+    found.append(os.path.join(sysconfig.get_path('data'), 'share', PACKAGE_NAME))
+    # source checkout: <repo>/src/<pkg>
+    found.append(os.path.dirname(site_packages))
+    return list(dict.fromkeys(found))
 
 
 def share_dir() -> str:

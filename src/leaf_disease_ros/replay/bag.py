@@ -21,7 +21,7 @@ copied half-way. Then:
 
 from dataclasses import dataclass
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from leaf_disease_ros.perception.errors import BagError
 
@@ -47,7 +47,7 @@ class BagMessage:
     data: bytes
 
 
-def _reader_errors() -> Tuple[type, ...]:
+def _reader_errors() -> Tuple[Type[BaseException], ...]:
     from rosbags.rosbag2 import ReaderError
 
     errors: List[type] = [ReaderError, OSError, EOFError, ValueError]
@@ -59,7 +59,7 @@ def _reader_errors() -> Tuple[type, ...]:
     return tuple(errors)
 
 
-def _mcap_errors() -> Tuple[type, ...]:
+def _mcap_errors() -> Tuple[Type[BaseException], ...]:
     try:
         from mcap.exceptions import McapError
     except ImportError:

@@ -16,6 +16,7 @@ figures as the training and classify reports.
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from leaf_disease_ros.perception.metrics import classification_report_from_counts
 from leaf_disease_ros.perception.pipeline import Detection
@@ -24,7 +25,7 @@ from leaf_disease_ros.ros.conversions import GroundTruthBox
 IOU_THRESHOLD = 0.5
 
 
-def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+def iou_matrix(boxes_a: ArrayLike, boxes_b: ArrayLike) -> np.ndarray:
     """
     Return the ``(A, B)`` IoU of two sets of ``(x0, y0, x1, y1)`` boxes (x1/y1 exclusive).
 

@@ -20,10 +20,11 @@ atomically (temp file + rename):
 import os
 from typing import Any, Dict, List
 
-from leaf_disease_ros.geo.geotag import NO_POSITION_REASONS, REASON_INTERPOLATED, REASON_NEAREST
 from leaf_disease_ros.geo.mapping import write_geojson, write_kml, write_map_png
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
+from leaf_disease_ros.perception.positions import (NO_POSITION_REASONS, REASON_INTERPOLATED,
+                                                   REASON_NEAREST)
 from leaf_disease_ros.replay.runner import ReplayState
 
 METRICS_FILE = 'metrics.json'
@@ -39,7 +40,7 @@ REPORTED_PARAMETERS = (
     'merge_radius_m', 'max_batch')
 
 
-def _share(part: int, whole: int) -> float:
+def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 

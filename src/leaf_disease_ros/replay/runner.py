@@ -28,15 +28,15 @@ import struct
 import time
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from leaf_disease_ros.geo.geotag import (ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer,
-                                         STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
-                                         STATUS_SBAS_FIX)
+from leaf_disease_ros.geo.geotag import ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer
 from leaf_disease_ros.geo.mapping import FindingMerger, Sighting, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
 from leaf_disease_ros.perception.errors import (BagError, FrameError, ImageDecodeError,
                                                 InferenceError, UnsupportedEncodingError)
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
+from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
+                                                   STATUS_SBAS_FIX)
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
@@ -203,10 +203,12 @@ def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
     if fix is None:
         notes.append(f'no GPS: the bag has no NavSatFix topic '
                      f'{options.fix_topic or DEFAULT_FIX_TOPIC}; findings have no position')
-    truth = options.ground_truth_topic or DEFAULT_GROUND_TRUTH_TOPIC
-    truth_info = bag.topics.get(truth)
+    wanted_truth = options.ground_truth_topic or DEFAULT_GROUND_TRUTH_TOPIC
+    truth: Optional[str] = wanted_truth
+    truth_info = bag.topics.get(wanted_truth)
     if truth_info is None:
-        notes.append(f'no ground truth: the bag has no topic {truth}; no accuracy figures')
+        notes.append(f'no ground truth: the bag has no topic {wanted_truth}; no accuracy '
+                     'figures')
         truth = None
     elif truth_info.msgtype != GROUND_TRUTH_TYPE:
         raise BagError(f'ground-truth topic {truth} has type {truth_info.msgtype}, expected '

@@ -2,7 +2,7 @@
 Messages <-> core types: fixes, detections, geo detections, labels, diagnostics.
 
 Every builder takes a :class:`MessageTypes` holding the message classes to build
-with, so one implementation serves the rclpy node (``MessageTypes.from_ros()``)
+with, so one implementation serves the rclpy node (``ros_message_types()`` in ``node.py``)
 and the rosbags replay and tests (``MessageTypes.from_typestore(store)``). Messages
 are built with keyword arguments for every field (rosbags classes have no
 defaults) and numeric arrays as float64 numpy arrays (accepted by both). Nothing
@@ -31,9 +31,9 @@ from typing import Any, List, Sequence, Tuple
 import numpy as np
 
 from leaf_disease_ros.geo.geodesy import latlon_to_utm
-from leaf_disease_ros.geo.geotag import COVARIANCE_TYPE_UNKNOWN, Fix, STATUS_NO_FIX
 from leaf_disease_ros.perception.model_card import ModelCard, UNKNOWN_LABEL
 from leaf_disease_ros.perception.pipeline import Detection, FrameResult
+from leaf_disease_ros.perception.positions import COVARIANCE_TYPE_UNKNOWN, Fix, STATUS_NO_FIX
 from leaf_disease_ros.ros.diagnostics import DiagnosticReport
 
 UNKNOWN_POSITION_VARIANCE_M2 = 100.0
@@ -71,31 +71,6 @@ class MessageTypes:
     KeyValue: Any
     DiagnosticStatus: Any
     DiagnosticArray: Any
-
-    @classmethod
-    def from_ros(cls) -> 'MessageTypes':
-        """Return the rclpy message classes (imports the ROS message packages)."""
-        from builtin_interfaces.msg import Time
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-        from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
-        from sensor_msgs.msg import NavSatFix, NavSatStatus
-        from std_msgs.msg import Header
-        from vision_msgs.msg import (BoundingBox2D, BoundingBox3D, Detection2D,
-                                     Detection2DArray, Detection3D, Detection3DArray,
-                                     LabelInfo, ObjectHypothesis, ObjectHypothesisWithPose,
-                                     Point2D, VisionClass)
-        from vision_msgs.msg import Pose2D as VisionPose2D
-
-        return cls(Time=Time, Header=Header, NavSatFix=NavSatFix, NavSatStatus=NavSatStatus,
-                   Point=Point, Quaternion=Quaternion, Pose=Pose,
-                   PoseWithCovariance=PoseWithCovariance, Vector3=Vector3, Point2D=Point2D,
-                   VisionPose2D=VisionPose2D, BoundingBox2D=BoundingBox2D,
-                   BoundingBox3D=BoundingBox3D, ObjectHypothesis=ObjectHypothesis,
-                   ObjectHypothesisWithPose=ObjectHypothesisWithPose, Detection2D=Detection2D,
-                   Detection2DArray=Detection2DArray, Detection3D=Detection3D,
-                   Detection3DArray=Detection3DArray, VisionClass=VisionClass,
-                   LabelInfo=LabelInfo, KeyValue=KeyValue, DiagnosticStatus=DiagnosticStatus,
-                   DiagnosticArray=DiagnosticArray)
 
     @classmethod
     def from_typestore(cls, typestore: Any) -> 'MessageTypes':
@@ -162,7 +137,7 @@ def _detection_id(header: Any, index: int) -> str:
 
 
 def navsatfix_to_fix(msg: Any) -> Fix:
-    """Return the core :class:`~leaf_disease_ros.geo.geotag.Fix` of a ``NavSatFix``."""
+    """Return the core :class:`~leaf_disease_ros.perception.positions.Fix` of a ``NavSatFix``."""
     return Fix(stamp_ns=stamp_to_ns(msg.header.stamp),
                latitude_deg=float(msg.latitude), longitude_deg=float(msg.longitude),
                altitude_m=float(msg.altitude), status=int(msg.status.status),

@@ -23,7 +23,8 @@ from typing import Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_NAN,
-                                         ADD_REJECTED_NO_FIX, Fix)
+                                         ADD_REJECTED_NO_FIX)
+from leaf_disease_ros.perception.positions import Fix
 
 # diagnostic_msgs/DiagnosticStatus levels
 OK = 0
@@ -137,7 +138,7 @@ class SlidingWindow:
                              maximum=max(values) if values else math.nan)
 
 
-def _fmt(value: float, digits: int = 1) -> str:
+def _fmt(value: Optional[float], digits: int = 1) -> str:
     return 'n/a' if value is None or math.isnan(value) else f'{value:.{digits}f}'
 
 

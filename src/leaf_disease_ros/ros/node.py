@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
@@ -95,6 +95,30 @@ _RELIABILITY = {
 }
 
 
+def ros_message_types() -> MessageTypes:
+    """Return the rclpy message classes (imports the ROS message packages)."""
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
+    from sensor_msgs.msg import NavSatFix, NavSatStatus
+    from std_msgs.msg import Header
+    from vision_msgs.msg import (BoundingBox2D, BoundingBox3D, Detection2D,
+                                 Detection2DArray, Detection3D, Detection3DArray,
+                                 LabelInfo, ObjectHypothesis, ObjectHypothesisWithPose,
+                                 Point2D, VisionClass)
+    from vision_msgs.msg import Pose2D as VisionPose2D
+
+    return MessageTypes(
+        Time=Time, Header=Header, NavSatFix=NavSatFix, NavSatStatus=NavSatStatus, Point=Point,
+        Quaternion=Quaternion, Pose=Pose, PoseWithCovariance=PoseWithCovariance,
+        Vector3=Vector3, Point2D=Point2D, VisionPose2D=VisionPose2D,
+        BoundingBox2D=BoundingBox2D, BoundingBox3D=BoundingBox3D,
+        ObjectHypothesis=ObjectHypothesis, ObjectHypothesisWithPose=ObjectHypothesisWithPose,
+        Detection2D=Detection2D, Detection2DArray=Detection2DArray, Detection3D=Detection3D,
+        Detection3DArray=Detection3DArray, VisionClass=VisionClass, LabelInfo=LabelInfo,
+        KeyValue=KeyValue, DiagnosticStatus=DiagnosticStatus, DiagnosticArray=DiagnosticArray)
+
+
 class RosEnvironmentError(LeafDiseaseError):
     """The ROS installation cannot serve the node (cv_bridge unusable)."""
 
@@ -114,7 +138,7 @@ def _policy_name(policy: Any) -> str:
     return str(getattr(policy, 'name', policy)).lower()
 
 
-def _make_bridge() -> Tuple[Any, type]:
+def _make_bridge() -> Tuple[Any, Type[BaseException]]:
     """
     Return ``(CvBridge(), CvBridgeError)`` after one real conversion.
 
@@ -177,7 +201,7 @@ class DetectorNode(Node):
     def _start(self) -> None:
         self._values = self._declare_parameters()
         values = self._values
-        self._types = MessageTypes.from_ros()
+        self._types = ros_message_types()
         self._bridge, self._bridge_error = _make_bridge()
 
         self._backend = load_backend(
@@ -366,7 +390,7 @@ class DetectorNode(Node):
             self._apply(review.updates)
         return SetParametersResult(successful=True, reason='')
 
-    def _apply(self, updates: Dict[str, Any]) -> None:
+    def _apply(self, updates: Mapping[str, Any]) -> None:
         values = dict(self._values)
         values.update(updates)
         effects = live_effects(updates)

@@ -122,9 +122,9 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float
             if not (do_sat or do_hue):
                 continue
             hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_BGR2HSV)
-            hsv = hsv.astype(np.float32)
+            hsv = hsv.astype(np.float32)  # float math: scaling saturation, shifting hue
             if do_sat:
-                hsv[..., 1] *= rng.uniform(1 - saturation, 1 + saturation)
+                hsv[..., 1] = hsv[..., 1] * rng.uniform(1 - saturation, 1 + saturation)
             else:
                 # OpenCV's 8-bit hue runs 0..179 for 0..358 degrees.
                 hsv[..., 0] = (hsv[..., 0] + rng.uniform(-hue_deg, hue_deg) / 2.0) % 180.0

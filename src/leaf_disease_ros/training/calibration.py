@@ -15,9 +15,10 @@ its job is out-of-distribution tiles in the field.
 """
 
 import math
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from leaf_disease_ros.perception.metrics import expected_calibration_error
 from leaf_disease_ros.perception.postprocess import softmax
@@ -26,7 +27,7 @@ THRESHOLD_RULE = ('largest threshold rejecting at most {reject:.1%} of validatio
                   '(quantile of calibrated top-1 scores), bounded to [1/C + 0.05, 0.9]')
 
 
-def negative_log_likelihood(logits: np.ndarray, true_idx: Sequence[int],
+def negative_log_likelihood(logits: np.ndarray, true_idx: ArrayLike,
                             temperature: float) -> float:
     """Return the mean NLL of ``true_idx`` under ``softmax(logits / temperature)``."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature
@@ -37,7 +38,7 @@ def negative_log_likelihood(logits: np.ndarray, true_idx: Sequence[int],
     return float(np.mean(log_norm - picked))
 
 
-def fit_temperature(logits: np.ndarray, true_idx: Sequence[int],
+def fit_temperature(logits: np.ndarray, true_idx: ArrayLike,
                     bounds: Tuple[float, float] = (0.05, 20.0),
                     iterations: int = 80) -> float:
     """
@@ -70,7 +71,7 @@ def fit_temperature(logits: np.ndarray, true_idx: Sequence[int],
     return 1.0 / ((a + b) / 2.0)
 
 
-def choose_unknown_threshold(probs: np.ndarray, true_idx: Sequence[int],
+def choose_unknown_threshold(probs: np.ndarray, true_idx: ArrayLike,
                              max_reject_fraction: float = 0.02) -> Dict[str, Any]:
     """
     Choose the unknown threshold by the rule in :data:`THRESHOLD_RULE`.
@@ -103,7 +104,7 @@ def choose_unknown_threshold(probs: np.ndarray, true_idx: Sequence[int],
     }
 
 
-def calibrate(logits: np.ndarray, true_idx: Sequence[int],
+def calibrate(logits: np.ndarray, true_idx: ArrayLike,
               max_reject_fraction: float = 0.02) -> Dict[str, Any]:
     """
     Fit the temperature, measure ECE before/after, choose the unknown threshold.

@@ -1,0 +1,79 @@
+"""
+Positions at image stamps: GNSS fixes, geotags and why a frame has none (data only).
+
+The pipeline's result carries a :class:`GeotagResult`; the fix buffer that computes
+it is :mod:`leaf_disease_ros.geo.geotag`. Status and covariance constants follow
+``sensor_msgs/NavSatFix`` and ``sensor_msgs/NavSatStatus``.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+# sensor_msgs/NavSatStatus
+STATUS_NO_FIX = -1
+STATUS_FIX = 0
+STATUS_SBAS_FIX = 1
+STATUS_GBAS_FIX = 2
+# sensor_msgs/NavSatFix covariance types
+COVARIANCE_TYPE_UNKNOWN = 0
+REASON_INTERPOLATED = 'interpolated'
+REASON_NEAREST = 'nearest'
+REASON_GPS_NO_FIX = 'gps_no_fix'
+REASON_STALE_FIX = 'stale_fix'
+REASON_NO_FIX_RECEIVED = 'no_fix_received'
+NO_POSITION_REASONS = (REASON_GPS_NO_FIX, REASON_STALE_FIX, REASON_NO_FIX_RECEIVED)
+_ZERO_COVARIANCE = (0.0,) * 9
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One GNSS fix at its header stamp (nanoseconds), NavSatFix semantics."""
+
+    stamp_ns: int
+    latitude_deg: float
+    longitude_deg: float
+    altitude_m: float = float('nan')
+    status: int = STATUS_FIX
+    service: int = 1
+    covariance_m2: Tuple[float, ...] = _ZERO_COVARIANCE
+    covariance_type: int = COVARIANCE_TYPE_UNKNOWN
+
+
+@dataclass(frozen=True)
+class GeoTag:
+    """
+    A frame's position at its image stamp and how it was obtained.
+
+    ``fix_age_s`` is the time from the image stamp to the nearest fix used;
+    ``heading_enu_rad`` (0 = east, counter-clockwise) and ``speed_mps`` come from
+    the course over ground when it could be computed; ``lever_arm_note`` says why
+    the lever arm was not applied (empty when applied or not configured).
+    """
+
+    stamp_ns: int
+    latitude_deg: float
+    longitude_deg: float
+    altitude_m: float
+    status: int
+    service: int
+    covariance_m2: Tuple[float, ...]
+    covariance_type: int
+    method: str
+    fix_age_s: float
+    lever_arm_applied: bool = False
+    lever_arm_note: str = ''
+    heading_enu_rad: Optional[float] = None
+    speed_mps: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class GeotagResult:
+    """The lookup outcome: a GeoTag, or None with ``reason`` in NO_POSITION_REASONS."""
+
+    geotag: Optional[GeoTag]
+    reason: str
+
+    @property
+    def has_position(self) -> bool:
+        """Return whether the frame has a position."""
+        return self.geotag is not None
