@@ -38,6 +38,12 @@ def test_roundtrip(doc, tmp_path):
     (lambda d: d.update(labels=['a', 'unknown']), 'labels'),
     (lambda d: d.update(labels=['a', 'b c']), 'labels'),
     (lambda d: d.update(healthy_labels=['nope']), 'healthy_labels'),
+    (lambda d: d.update(background_labels=['nope']), 'background_labels'),
+    (lambda d: d.update(background_labels=['healthy']), 'background_labels'),
+    (lambda d: d.update(background_labels='esca'), 'background_labels'),
+    (lambda d: d['calibration'].update(finding_threshold=1.5), 'calibration.finding_threshold'),
+    (lambda d: d['calibration'].update(finding_threshold='high'),
+     'calibration.finding_threshold'),
     (lambda d: d.update(schema_version=2), 'schema_version'),
     (lambda d: d['input'].update(height_px=0), 'input.height_px'),
     (lambda d: d['input'].update(width_px='32'), 'input.width_px'),
@@ -120,3 +126,23 @@ def test_backend_missing_or_garbage_model(tmp_path, tiny_card):
     with pytest.raises(ModelLoadError, match='not a loadable ONNX model'):
         OnnxRuntimeBackend(str(garbage), card_from_dict(doc))
     assert os.path.exists(garbage)
+
+
+def test_background_labels_and_finding_threshold_roundtrip(doc):
+    doc['background_labels'] = ['leaf_blight']
+    doc['calibration']['finding_threshold'] = 0.83
+    doc['calibration']['operating_point_material'] = 'composites'
+    card = card_from_dict(doc, 'x.json')
+    assert card.background_labels == ('leaf_blight',)
+    assert card.non_disease_labels == ('healthy', 'leaf_blight')
+    assert card.finding_threshold == 0.83
+    assert card.calibration_extra['operating_point_material'] == 'composites'
+    again = card_from_dict(card_to_dict(card), 'y.json')
+    assert again == card.__class__(**{**card.__dict__, 'path': 'y.json'})
+
+
+def test_old_cards_get_the_default_operating_point(doc):
+    doc.pop('background_labels', None)
+    doc['calibration'].pop('finding_threshold', None)
+    card = card_from_dict(doc, 'x.json')
+    assert card.background_labels == () and card.finding_threshold == 0.5

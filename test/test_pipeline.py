@@ -116,6 +116,30 @@ def test_findings_need_disease_and_score(backend, frame):
     assert strict.findings == ()
 
 
+def test_finding_threshold_from_card_or_parameter(backend, frame):
+    config = DetectorConfig(unknown_threshold=0.0)  # disease_score_threshold -1: the card's
+    strict_card = replace(backend.card, finding_threshold=1.0)
+    assert Detector(backend, strict_card, config).process(frame, S).findings == ()
+    loose_card = replace(backend.card, finding_threshold=0.0)
+    loose = Detector(backend, loose_card, config).process(frame, S)
+    assert loose.findings and loose.findings == tuple(d for d in loose.detections
+                                                      if d.is_disease)
+    overridden = Detector(backend, strict_card, replace(config, disease_score_threshold=0.0))
+    assert overridden.finding_threshold() == 0.0
+    assert overridden.process(frame, S).findings == loose.findings
+
+
+def test_background_labels_are_never_diseases(backend, frame):
+    config = DetectorConfig(unknown_threshold=0.0, disease_score_threshold=0.0)
+    plain = Detector(backend, backend.card, config).process(frame, S)
+    labels = {d.label for d in plain.findings}
+    assert labels  # the tiny model calls some tiles diseased
+    card = replace(backend.card, background_labels=tuple(sorted(labels)))
+    result = Detector(backend, card, config).process(frame, S)
+    assert [d.label for d in result.detections] == [d.label for d in plain.detections]
+    assert result.findings == () and not any(d.is_disease for d in result.detections)
+
+
 def test_live_config_update(backend, frame):
     detector = Detector(backend, backend.card)
     assert detector.process(frame, S).tiles_total == 6

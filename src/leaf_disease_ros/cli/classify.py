@@ -110,7 +110,7 @@ class Classifier:
                   ) -> List[Tuple[str, Classification]]:
         logits = self.backend.infer(preprocess(images, self.card))
         probs = softmax(logits, self.card.temperature)
-        results = classify(probs, self.card.labels, self.card.healthy_labels, self.top_k,
+        results = classify(probs, self.card.labels, self.card.non_disease_labels, self.top_k,
                            self.card.unknown_threshold)
         return list(zip(paths, results))
 

@@ -102,10 +102,11 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "Calibrated score below which a tile is 'unknown'; negative = the model "
               "card's threshold.",
               'classification', min_value=-1.0, max_value=1.0),
-    ParamSpec('disease_score_threshold', DOUBLE, 0.5,
+    ParamSpec('disease_score_threshold', DOUBLE, -1.0,
               'Minimum calibrated score for a diseased tile to become a finding '
-              '(geo_detections, maps).',
-              'classification', min_value=0.0, max_value=1.0),
+              "(geo_detections, maps); negative = the model card's operating point "
+              '(0.5 for cards without one).',
+              'classification', min_value=-1.0, max_value=1.0),
     # --- GPS tagging (live) ------------------------------------------------------
     ParamSpec('max_fix_gap_s', DOUBLE, 1.0,
               'Interpolate between the two fixes bracketing the image stamp when they '
@@ -341,7 +342,7 @@ class DetectorConfig:
     vegetation_exg_threshold: float = 0.05
     top_k: int = 3
     unknown_threshold: float = -1.0
-    disease_score_threshold: float = 0.5
+    disease_score_threshold: float = -1.0
     max_fix_gap_s: float = 1.0
     max_fix_age_s: float = 0.5
     lever_arm_m: Tuple[float, float, float] = (0.0, 0.0, 0.0)

@@ -17,17 +17,23 @@ Example::
       "onnx_sha256": "<64 hex>",
       "labels": ["black_rot", "esca", "healthy", "leaf_blight"],
       "healthy_labels": ["healthy"],
+      "background_labels": ["background"],
       "input": {"name": "input", "height_px": 160, "width_px": 160,
                 "layout": "NCHW", "color_order": "RGB", "dtype": "float32"},
       "preprocessing": {"resize": "stretch", "interpolation": "area",
                         "scale": 0.00392156862745098,
                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
       "output": {"name": "logits"},
-      "calibration": {"temperature": 1.0, "unknown_threshold": 0.5},
+      "calibration": {"temperature": 1.0, "unknown_threshold": 0.5,
+                      "finding_threshold": 0.8, "operating_point_material": "..."},
       "training": {...}, "metrics": {...}
     }
 
-``training``, ``metrics`` and the extra keys of ``calibration`` are free-form
+``background_labels`` (optional) are outputs for what is not a leaf (sky, soil,
+posts, wires): like healthy labels they are never a disease. ``finding_threshold``
+(optional, default 0.5) is the operating point: the calibrated score a disease tile
+needs to be a finding; ``operating_point_material`` says what it was chosen on.
+``training``, ``metrics`` and the other keys of ``calibration`` are free-form
 records of how the model was made and scored; the runtime ignores them.
 """
 
@@ -44,6 +50,7 @@ from leaf_disease_ros.perception.json_fields import FieldReader
 
 SCHEMA_VERSION = 1
 UNKNOWN_LABEL = 'unknown'
+DEFAULT_FINDING_THRESHOLD = 0.5  # cards written before the field operating point
 RESIZE_RULES = ('stretch', 'center_crop')
 INTERPOLATIONS = ('area', 'linear', 'cubic')
 COLOR_ORDERS = ('RGB', 'BGR')
@@ -71,6 +78,8 @@ class ModelCard:
     output_name: str = 'logits'
     temperature: float = 1.0
     unknown_threshold: float = 0.0
+    finding_threshold: float = DEFAULT_FINDING_THRESHOLD
+    background_labels: Tuple[str, ...] = ()
     model_file: str = ''
     onnx_sha256: str = ''
     calibration_extra: Mapping[str, Any] = field(default_factory=dict)
@@ -91,6 +100,11 @@ class ModelCard:
     def is_healthy(self, label: str) -> bool:
         """Return whether ``label`` is one of the card's healthy labels."""
         return label in self.healthy_labels
+
+    @property
+    def non_disease_labels(self) -> Tuple[str, ...]:
+        """Labels that are never a disease: the healthy and the background labels."""
+        return self.healthy_labels + self.background_labels
 
     def with_model(self, model_file: str, onnx_sha256: str) -> 'ModelCard':
         """Return a copy bound to another model file and hash (used by export)."""
@@ -123,6 +137,11 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
     healthy = card.raw('healthy_labels')
     if not isinstance(healthy, list) or any(h not in labels for h in healthy):
         raise card.fail('healthy_labels', f'{healthy!r} must be a list of labels from "labels"')
+    background = card.raw('background_labels', [])
+    if (not isinstance(background, list) or any(b not in labels for b in background)
+            or set(background) & set(healthy)):
+        raise card.fail('background_labels', f'{background!r} must be a list of labels from '
+                        '"labels" that are not healthy labels')
 
     inp = card.section('input')
     height = inp.integer('height_px', minimum=1)
@@ -158,10 +177,14 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
         output_name=out.text('name', 'logits'),
         temperature=cal.number('temperature', positive=True),
         unknown_threshold=cal.number('unknown_threshold', minimum=0.0, maximum=1.0),
+        finding_threshold=cal.number('finding_threshold', DEFAULT_FINDING_THRESHOLD,
+                                     minimum=0.0, maximum=1.0),
+        background_labels=tuple(background),
         model_file=model_file,
         onnx_sha256=sha,
         calibration_extra={k: v for k, v in cal.doc.items()
-                           if k not in ('temperature', 'unknown_threshold')},
+                           if k not in ('temperature', 'unknown_threshold',
+                                        'finding_threshold')},
         training=card.mapping('training'),
         metrics=card.mapping('metrics'),
         path=path,
@@ -171,7 +194,8 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
 def card_to_dict(card: ModelCard) -> Dict[str, Any]:
     """Return the JSON document of ``card`` (the inverse of :func:`card_from_dict`)."""
     calibration: Dict[str, Any] = {'temperature': card.temperature,
-                                   'unknown_threshold': card.unknown_threshold}
+                                   'unknown_threshold': card.unknown_threshold,
+                                   'finding_threshold': card.finding_threshold}
     calibration.update(card.calibration_extra)
     return {
         'schema_version': SCHEMA_VERSION,
@@ -180,6 +204,7 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
         'onnx_sha256': card.onnx_sha256,
         'labels': list(card.labels),
         'healthy_labels': list(card.healthy_labels),
+        'background_labels': list(card.background_labels),
         'input': {'name': card.input_name, 'height_px': card.input_height_px,
                   'width_px': card.input_width_px, 'layout': card.layout,
                   'color_order': card.color_order, 'dtype': 'float32'},

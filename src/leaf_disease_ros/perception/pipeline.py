@@ -58,7 +58,7 @@ class Detection:
 
     ``box_xyxy_px`` is ``(x0, y0, x1, y1)`` in frame pixels, x1/y1 exclusive.
     ``is_disease``: the label is neither healthy nor unknown. ``is_finding``: a
-    disease with ``score >= disease_score_threshold`` (what maps and
+    disease with ``score >=`` the finding threshold (what maps and
     ``~/geo_detections`` report).
     """
 
@@ -134,6 +134,11 @@ class Detector:
         value = self._config.unknown_threshold
         return self._card.unknown_threshold if value < 0 else value
 
+    def finding_threshold(self) -> float:
+        """Return the finding threshold in force: the parameter, or the card's when negative."""
+        value = self._config.disease_score_threshold
+        return self._card.finding_threshold if value < 0 else value
+
     def _input_buffer(self, count: int) -> np.ndarray:
         height, width = self._card.input_hw_px
         if self._input is None or self._input.shape[0] < count:
@@ -185,14 +190,15 @@ class Detector:
             logits = self.classify_batch(batch)
             t_inf = clock()
             probs = softmax(logits, self._card.temperature)
-            results = classify(probs, self._card.labels, self._card.healthy_labels,
+            results = classify(probs, self._card.labels, self._card.non_disease_labels,
                                config.top_k, self.unknown_threshold())
+            finding_threshold = self.finding_threshold()
             detections = tuple(
                 Detection(box_xyxy_px=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
                           label=r.label,
                           label_index=r.label_index, score=r.score, top_k=r.top_k,
                           is_unknown=r.is_unknown, is_disease=r.is_disease,
-                          is_finding=r.is_disease and r.score >= config.disease_score_threshold,
+                          is_finding=r.is_disease and r.score >= finding_threshold,
                           vegetation_fraction=float(fractions[i]))
                 for box, r, i in zip(kept_boxes.tolist(), results, keep.tolist()))
             t_post = clock()

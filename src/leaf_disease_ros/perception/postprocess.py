@@ -4,7 +4,8 @@ Logits -> calibrated scores, top-k hypotheses, ``unknown`` rejection, disease fl
 Scores are ``softmax(logits / temperature)`` with the card's temperature. When the
 best score is below the unknown threshold the tile's label is ``unknown``: a tired
 robot should say "I don't know" rather than guess a disease. A tile is a disease
-finding when its label is neither unknown nor one of the card's healthy labels.
+finding when its label is neither unknown nor one of the card's healthy or
+background labels.
 """
 
 from dataclasses import dataclass
@@ -47,14 +48,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def classify(probs: np.ndarray, labels: Sequence[str], healthy_labels: Sequence[str],
+def classify(probs: np.ndarray, labels: Sequence[str], non_disease_labels: Sequence[str],
              top_k: int, unknown_threshold: float) -> List[Classification]:
     """
     Turn ``(N, C)`` probabilities into one :class:`Classification` per row.
 
     :param probs: ``(N, C)`` calibrated probabilities, columns in ``labels`` order.
     :param labels: the card's label list.
-    :param healthy_labels: labels that are not a disease.
+    :param non_disease_labels: labels that are not a disease (healthy, background).
     :param top_k: hypotheses kept per row (clamped to C).
     :param unknown_threshold: best score below this gives ``unknown``.
     """
@@ -62,7 +63,7 @@ def classify(probs: np.ndarray, labels: Sequence[str], healthy_labels: Sequence[
     k = max(1, min(int(top_k), probs.shape[1]))
     # argsort of the negated scores, stable so ties keep label order.
     order = np.argsort(-probs, axis=1, kind='stable')[:, :k]
-    healthy = set(healthy_labels)
+    not_disease = set(non_disease_labels)
     results: List[Classification] = []
     for row, ranked in zip(probs, order):
         best = int(ranked[0])
@@ -73,5 +74,5 @@ def classify(probs: np.ndarray, labels: Sequence[str], healthy_labels: Sequence[
         else:
             label = labels[best]
             results.append(Classification(label, best, score, top, False,
-                                          label not in healthy))
+                                          label not in not_disease))
     return results

@@ -233,7 +233,7 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                      or 'none')]
     lines += ['', '## Findings', '',
               f"{findings['sightings']} diseased tiles with score >= "
-              f"{metrics['parameters']['disease_score_threshold']} "
+              f"{metrics['model']['finding_threshold']:g} "
               f"({findings['without_position']} without position), merged within "
               f"{findings['merge_radius_m']} m into {findings['features']} map features: "
               + (', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())

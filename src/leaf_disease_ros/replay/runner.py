@@ -448,7 +448,9 @@ def run_replay(options: ReplayOptions, backend: Any = None,
             store = make_typestore()
             state = ReplayState(
                 parameters=params, topics=topics, labels=tuple(card.labels),
-                model=dict(backend.describe()), bag_path=os.path.abspath(options.bag_path),
+                model=dict(backend.describe(), unknown_threshold=detector.unknown_threshold(),
+                           finding_threshold=detector.finding_threshold()),
+                bag_path=os.path.abspath(options.bag_path),
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
                 merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
