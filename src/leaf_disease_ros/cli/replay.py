@@ -190,7 +190,9 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                  + (f" ({', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())})"
                     if findings['features_by_label'] else '')
                  + (f"; {findings['without_position']} without position"
-                    if findings['without_position'] else ''))
+                    if findings['without_position'] else '')
+                 + (f"; {findings['features_confirmed']} confirmed by repeated evidence"
+                    if findings['features'] else ''))
     if latency.get('count'):
         lines.append(f"pipeline latency per frame p50 {latency['p50']:.1f} ms, p95 "
                      f"{latency['p95']:.1f} ms, p99 {latency['p99']:.1f} ms")

@@ -12,6 +12,12 @@ sightings into map features with a greedy, online rule:
   the best and mean score, and the first and last stamp (its time span);
 - ``merge_radius_m = 0`` merges nothing.
 
+:meth:`FindingMerger.add` returns the index of the feature the sighting joined, so
+:mod:`leaf_disease_ros.geo.evidence` counts repeated sightings of one spot with the
+same rule. A sighting marked ``confirmed`` (it passed the evidence rule and went to
+the navigation stack) makes its feature confirmed; the writers say which features
+are confirmed and which are single, unconfirmed sightings.
+
 Distances are measured on a local tangent plane around the first position seen
 (:func:`~leaf_disease_ros.geo.geodesy.local_east_north_m`), exact to millimetres
 over a vineyard block. A grid of cells ``merge_radius_m`` wide indexes the
@@ -61,6 +67,7 @@ class Sighting:
     latitude_deg: float
     longitude_deg: float
     stamp_ns: int
+    confirmed: bool = False  # passed the evidence rule (geo/evidence.py)
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ class MapFeature:
     One merged finding: a spot where ``label`` was seen ``count`` times.
 
     ``latitude_deg``/``longitude_deg`` is the mean position of the sightings;
-    ``first_stamp_ns``/``last_stamp_ns`` their time span.
+    ``first_stamp_ns``/``last_stamp_ns`` their time span; ``confirmed_sightings``
+    how many of them passed the evidence rule (0: an unconfirmed feature).
     """
 
     label: str
@@ -80,13 +88,20 @@ class MapFeature:
     score_mean: float
     first_stamp_ns: int
     last_stamp_ns: int
+    confirmed_sightings: int = 0
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether a sighting of this feature passed the evidence rule."""
+        return self.confirmed_sightings > 0
 
 
 class _Cluster:
     """The running state of one feature (positions in local metres)."""
 
     __slots__ = ('label', 'east_m', 'north_m', 'count', 'score_max', 'score_sum',
-                 'first_stamp_ns', 'last_stamp_ns', 'cell')
+                 'first_stamp_ns', 'last_stamp_ns', 'cell', 'confirmed_count',
+                 'index')
 
     def __init__(self, sighting: Sighting, east_m: float, north_m: float) -> None:
         self.label = sighting.label
@@ -98,6 +113,8 @@ class _Cluster:
         self.first_stamp_ns = sighting.stamp_ns
         self.last_stamp_ns = sighting.stamp_ns
         self.cell: Tuple[int, int] = (0, 0)
+        self.confirmed_count = int(sighting.confirmed)
+        self.index = 0  # position in FindingMerger's list
 
     def add(self, sighting: Sighting, east_m: float, north_m: float) -> None:
         self.count += 1
@@ -107,6 +124,7 @@ class _Cluster:
         self.score_sum += sighting.score
         self.first_stamp_ns = min(self.first_stamp_ns, sighting.stamp_ns)
         self.last_stamp_ns = max(self.last_stamp_ns, sighting.stamp_ns)
+        self.confirmed_count += int(sighting.confirmed)
 
 
 class FindingMerger:
@@ -136,8 +154,13 @@ class FindingMerger:
     def _cell(self, east_m: float, north_m: float) -> Tuple[int, int]:
         return int(math.floor(east_m / self._cell_m)), int(math.floor(north_m / self._cell_m))
 
-    def add(self, sighting: Sighting) -> None:
-        """Add one sighting (call in time order for the documented result)."""
+    def add(self, sighting: Sighting) -> int:
+        """
+        Add one sighting (call in time order for the documented result).
+
+        :returns: the index of the feature it joined or started (the order of
+            :meth:`features`).
+        """
         if self._origin is None:
             self._origin = (sighting.latitude_deg, sighting.longitude_deg)
         east, north = local_east_north_m(sighting.latitude_deg, sighting.longitude_deg,
@@ -155,15 +178,17 @@ class FindingMerger:
         if best is None:
             cluster = _Cluster(sighting, east, north)
             cluster.cell = (cx, cy)
+            cluster.index = len(self._clusters)
             self._clusters.append(cluster)
             self._grid.setdefault((sighting.label, cx, cy), []).append(cluster)
-            return
+            return cluster.index
         best.add(sighting, east, north)
         cell = self._cell(best.east_m, best.north_m)
         if cell != best.cell:  # the centre moved into another cell: re-index it
             self._grid[(best.label,) + best.cell].remove(best)
             best.cell = cell
             self._grid.setdefault((best.label,) + cell, []).append(best)
+        return best.index
 
     def features(self) -> List[MapFeature]:
         """Return the merged features in order of first sighting."""
@@ -177,7 +202,8 @@ class FindingMerger:
                 label=cluster.label, latitude_deg=lat, longitude_deg=lon,
                 count=cluster.count, score_max=cluster.score_max,
                 score_mean=cluster.score_sum / cluster.count,
-                first_stamp_ns=cluster.first_stamp_ns, last_stamp_ns=cluster.last_stamp_ns))
+                first_stamp_ns=cluster.first_stamp_ns, last_stamp_ns=cluster.last_stamp_ns,
+                confirmed_sightings=cluster.confirmed_count))
         return out
 
 
@@ -257,6 +283,8 @@ def _feature_properties(feature: MapFeature) -> Dict[str, Any]:
         'last_seen': iso_utc(feature.last_stamp_ns),
         'first_stamp_ns': feature.first_stamp_ns,
         'last_stamp_ns': feature.last_stamp_ns,
+        'confirmed': feature.confirmed,
+        'confirmed_sightings': feature.confirmed_sightings,
     }
 
 
@@ -344,7 +372,9 @@ def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[
             sub(placemark, 'name', f'{label} x{feature.count}')
             sub(placemark, 'description',
                 f'{label}: seen {feature.count} time(s) from {iso_utc(feature.first_stamp_ns)} '
-                f'to {iso_utc(feature.last_stamp_ns)}; best score {feature.score_max:.3f}')
+                f'to {iso_utc(feature.last_stamp_ns)}; best score {feature.score_max:.3f}; '
+                + ('confirmed (repeated evidence)' if feature.confirmed
+                   else 'unconfirmed (not repeated: not sent to navigation)'))
             span = sub(placemark, 'TimeSpan')
             sub(span, 'begin', iso_utc(feature.first_stamp_ns))
             sub(span, 'end', iso_utc(feature.last_stamp_ns))
@@ -399,7 +429,7 @@ def render_map(features: Sequence[MapFeature],
 
     The grid is east/north metres from the south-west corner of everything drawn
     (north up, equal scale on both axes). A finding is a disc coloured by its label,
-    its area growing with the sighting count.
+    its area growing with the sighting count; an unconfirmed one is a ring.
 
     :returns: ``(H, W, 3)`` uint8 image, ``W = size_px + legend``.
     """
@@ -463,8 +493,11 @@ def render_map(features: Sequence[MapFeature],
         radius = int(round(3 + 2.5 * math.sqrt(feature.count)))
         colour = label_colour_bgr(feature.label, all_labels)
         centre = to_px(east, north)
-        cv2.circle(image, centre, radius, colour, -1, cv2.LINE_AA)
-        cv2.circle(image, centre, radius, (255, 255, 255), 1, cv2.LINE_AA)
+        if feature.confirmed:  # a disc; an unconfirmed feature is a ring
+            cv2.circle(image, centre, radius, colour, -1, cv2.LINE_AA)
+            cv2.circle(image, centre, radius, (255, 255, 255), 1, cv2.LINE_AA)
+        else:
+            cv2.circle(image, centre, radius, colour, 2, cv2.LINE_AA)
     # legend
     x0 = size_px + 10
     y = margin
@@ -483,6 +516,11 @@ def render_map(features: Sequence[MapFeature],
         cv2.putText(image, f'({seen} sightings)', (x0 + 22, y + 16), _FONT, 0.4,
                     (90, 90, 90), 1, cv2.LINE_AA)
         y += 14
+    if any(not f.confirmed for f in features):
+        y += 26
+        cv2.circle(image, (x0 + 8, y - 5), 7, (90, 90, 90), 2, cv2.LINE_AA)
+        cv2.putText(image, 'ring: unconfirmed', (x0 + 22, y), _FONT, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     y += 30
     cv2.line(image, (x0, y), (x0 + 20, y), (150, 150, 150), 1)
     cv2.putText(image, 'robot track', (x0 + 26, y + 4), _FONT, 0.45, (0, 0, 0), 1,

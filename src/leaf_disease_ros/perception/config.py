@@ -135,6 +135,19 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Findings of one label closer than this are merged into one map feature '
               '(replay maps).',
               'map', min_value=0.0, max_value=1000.0),
+    # --- evidence before a finding goes to navigation (node and replay) ----------
+    ParamSpec('evidence_min_sightings', INT, 2,
+              'A finding goes to ~/geo_detections only once its disease was seen on this '
+              'many frames: of the last evidence_window_frames, or at one spot (within '
+              'evidence_radius_m); 1 = every finding, no evidence needed.',
+              'evidence', min_value=1, max_value=100, read_only=True),
+    ParamSpec('evidence_window_frames', INT, 3,
+              'Frames (processed, most recent) over which evidence_min_sightings are counted.',
+              'evidence', min_value=1, max_value=1000, read_only=True),
+    ParamSpec('evidence_radius_m', DOUBLE, 1.0,
+              'Sightings of one disease closer than this count as one spot (the map merge '
+              'rule); 0 = frames rule only.',
+              'evidence', min_value=0.0, max_value=100.0, read_only=True),
     # --- ROS interface (node) ----------------------------------------------------
     ParamSpec('image_transport', STRING, 'raw',
               "raw: subscribe to 'image' (sensor_msgs/Image); compressed: "
@@ -239,6 +252,14 @@ def _cross_check(values: Mapping[str, Any]) -> None:
             f"{values['tile_size_px']}: the frame would have unclassified gaps")
 
 
+def _cross_check_evidence(values: Mapping[str, Any]) -> None:
+    if values['evidence_min_sightings'] > values['evidence_window_frames']:
+        raise ConfigError(
+            'evidence_min_sightings',
+            f"{values['evidence_min_sightings']} is larger than evidence_window_frames "
+            f"{values['evidence_window_frames']}: the frames rule could never confirm")
+
+
 def defaults() -> Dict[str, Any]:
     """Return every parameter at its default (a fresh, mutable dict)."""
     return {p.name: (list(p.default) if isinstance(p.default, list) else p.default)
@@ -264,6 +285,7 @@ def validate_parameters(values: Mapping[str, Any], *,
             raise ConfigError(name, 'unknown parameter; see config/detector.yaml for the list')
         result[name] = validate_value(name, value)
     _cross_check(result)
+    _cross_check_evidence(result)
     return result
 
 

@@ -16,7 +16,7 @@ the final name); :meth:`OutputBag.abort` removes it.
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import AbstractSet, Any, Optional
 
 from leaf_disease_ros.perception.errors import BagError
 from leaf_disease_ros.perception.model_card import ModelCard
@@ -96,8 +96,14 @@ class OutputBag:
 
     def write_frame(self, log_time_ns: int, image_data: bytes, header: Any,
                     result: Optional[FrameResult], card: ModelCard,
-                    unknown_threshold: float) -> None:
-        """Copy the image and write the node's outputs for it (None: frame skipped)."""
+                    unknown_threshold: float,
+                    confirmed: Optional[AbstractSet[int]] = None) -> None:
+        """
+        Copy the image and write the node's outputs for it (None: frame skipped).
+
+        ``confirmed``: the findings that passed the evidence rule, the only ones in
+        ``geo_detections`` (None: every finding).
+        """
         if not self._label_info_written:
             info = to_label_info(card, make_header(int(log_time_ns), '', self._types),
                                  self._types, unknown_threshold)
@@ -114,7 +120,8 @@ class OutputBag:
                     self._serialize(to_geotag_fix(result, header, types), NAVSATFIX_TYPE))
         self._write(self._geo, log_time_ns,
                     self._serialize(to_detection3d_array(result, header, self._geo_frame_id,
-                                                         types), GEO_DETECTIONS_TYPE))
+                                                         types, confirmed),
+                                    GEO_DETECTIONS_TYPE))
 
     def commit(self) -> None:
         """Close the bag and move it to its final path (replacing an older one)."""

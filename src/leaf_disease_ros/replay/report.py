@@ -37,7 +37,8 @@ REPORTED_PARAMETERS = (
     'model_path', 'backend', 'tiling', 'tile_size_px', 'tile_stride_px',
     'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
     'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'lever_arm_m',
-    'merge_radius_m', 'max_batch')
+    'merge_radius_m', 'max_batch', 'evidence_min_sightings', 'evidence_window_frames',
+    'evidence_radius_m')
 
 
 def _share(part: float, whole: float) -> float:
@@ -54,8 +55,11 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
         duration_s = (state.last_log_time_ns - state.first_log_time_ns) / 1e9
     features = state.merger.features()
     features_by_label: Dict[str, int] = {}
+    confirmed_by_label: Dict[str, int] = {}
     for feature in features:
         features_by_label[feature.label] = features_by_label.get(feature.label, 0) + 1
+        if feature.confirmed:
+            confirmed_by_label[feature.label] = confirmed_by_label.get(feature.label, 0) + 1
     stage_means = {stage: (total / processed if processed else 0.0)
                    for stage, total in state.stage_totals_ms.items()}
     accuracy = state.evaluator.report() if state.evaluator is not None else None
@@ -117,6 +121,15 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'merge_radius_m': state.merger.merge_radius_m,
             'features': len(features),
             'features_by_label': dict(sorted(features_by_label.items())),
+            'confirmed': state.findings_confirmed,
+            'unconfirmed': state.findings - state.findings_confirmed,
+            'confirmed_by_label': dict(sorted(state.findings_confirmed_by_label.items())),
+            'features_confirmed': sum(confirmed_by_label.values()),
+            'features_unconfirmed': len(features) - sum(confirmed_by_label.values()),
+            'features_confirmed_by_label': dict(sorted(confirmed_by_label.items())),
+            'evidence': {'min_sightings': state.parameters['evidence_min_sightings'],
+                         'window_frames': state.parameters['evidence_window_frames'],
+                         'radius_m': state.parameters['evidence_radius_m']},
         },
         'latency_ms': {
             'pipeline': state.latency_pipeline.summary(),
@@ -148,6 +161,17 @@ def _latency_row(name: str, summary: Dict[str, float]) -> str:
         return f'| {name} | - | - | - | - | - |'
     return (f"| {name} | {summary['p50']:.1f} | {summary['p95']:.1f} | {summary['p99']:.1f} "
             f"| {summary['mean']:.1f} | {summary['max']:.1f} |")
+
+
+def _evidence_sentence(findings: Dict[str, Any]) -> str:
+    evidence = findings['evidence']
+    return ('Evidence before navigation: a finding is confirmed (sent on `geo_detections`) '
+            f"once its disease was seen on {evidence['min_sightings']} of the last "
+            f"{evidence['window_frames']} frames or on {evidence['min_sightings']} frames "
+            f"within {evidence['radius_m']:g} m. Confirmed: {findings['confirmed']} of "
+            f"{findings['sightings']} diseased tiles; map features confirmed "
+            f"{findings['features_confirmed']}, unconfirmed {findings['features_unconfirmed']} "
+            '(rings on the map, `confirmed: false` in the GeoJSON).')
 
 
 def format_markdown(metrics: Dict[str, Any]) -> str:
@@ -238,6 +262,7 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
               f"{findings['merge_radius_m']} m into {findings['features']} map features: "
               + (', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())
                  or 'none') + '.', '',
+              _evidence_sentence(findings), '',
               f'Files: `{GEOJSON_FILE}` (QGIS), `{KML_FILE}` (Google Earth), '
               f'`{MAP_FILE}`:', '', f'![map]({MAP_FILE})', '',
               '## Latency and throughput', '',
@@ -282,7 +307,8 @@ def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
                         f'{state.merger.merge_radius_m:g} m')
     write_geojson(os.path.join(out_dir, GEOJSON_FILE), features,
                   {'model': model_name, 'merge_radius_m': state.merger.merge_radius_m,
-                   'bag': os.path.basename(state.bag_path.rstrip('/'))})
+                   'bag': os.path.basename(state.bag_path.rstrip('/')),
+                   'evidence': metrics['findings']['evidence']})
     write_kml(os.path.join(out_dir, KML_FILE), features, track,
               name=f'leaf disease findings: {os.path.basename(state.bag_path.rstrip("/"))}')
     atomic_write_text(os.path.join(out_dir, REPORT_FILE), format_markdown(metrics))

@@ -14,7 +14,10 @@ topics, and streams them in log-time order through the same
   extrapolate). The queue holds at most ``max_pending_frames`` frames: memory is
   bounded whatever the bag's length, and nothing keeps a list of all frames;
 - ground truth (``vision_msgs/Detection2DArray`` with the image's stamp) is joined
-  to its frame by header stamp and scored tile by tile (:mod:`.evaluation`).
+  to its frame by header stamp and scored tile by tile (:mod:`.evaluation`);
+- findings pass the node's evidence rule (:mod:`leaf_disease_ros.geo.evidence`):
+  confirmed ones go to ``geo_detections`` of the output bag, and the map marks each
+  feature confirmed or not.
 
 Everything the report needs is accumulated in bounded memory: counters, a count
 matrix, a latency histogram (:mod:`.stats`), the merged findings and a thinned
@@ -26,8 +29,9 @@ from dataclasses import dataclass, field
 import os
 import struct
 import time
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
+from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geotag import ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer
 from leaf_disease_ros.geo.mapping import FindingMerger, Sighting, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
@@ -142,6 +146,9 @@ class ReplayState:
     findings: int = 0
     findings_without_position: int = 0
     findings_by_label: Dict[str, int] = field(default_factory=dict)
+    evidence: Optional[EvidenceTracker] = None
+    findings_confirmed: int = 0
+    findings_confirmed_by_label: Dict[str, int] = field(default_factory=dict)
     geotag_reasons: Dict[str, int] = field(default_factory=dict)
     positions_by_status: Dict[str, int] = field(default_factory=dict)
     fixes_read: int = 0
@@ -366,19 +373,23 @@ class _Replay:
             self._skip('bad_frame', f'{where}: {exc}')
         except InferenceError as exc:
             self._skip('inference_error', f'{where}: {exc}')
+        confirmed: Optional[AbstractSet[int]] = None
         if result is not None:
             decode_ms = (decoded - start) * 1e3
-            self._account(result, truth, decode_ms)
+            confirmed = self._account(result, truth, decode_ms)
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
-                                    self.detector.card, self.detector.unknown_threshold())
+                                    self.detector.card, self.detector.unknown_threshold(),
+                                    confirmed)
         if self.progress is not None:
             self.progress(Progress(state.frames_processed + sum(state.skipped.values()),
                                    self.expected, time.perf_counter() - self.start))
 
     def _account(self, result: FrameResult, truth: Optional[List[GroundTruthBox]],
-                 decode_ms: float) -> None:
+                 decode_ms: float) -> Optional[AbstractSet[int]]:
+        """Count one frame; return its confirmed findings (None: no evidence rule)."""
         state = self.state
+        confirmed = state.evidence.update(result) if state.evidence is not None else None
         state.frames_processed += 1
         state.latency_decode.add(decode_ms)
         state.latency_pipeline.add(result.timings_ms['total'])
@@ -394,7 +405,7 @@ class _Replay:
         if tag is not None:
             status = STATUS_NAMES.get(tag.status, str(tag.status))
             state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
-        for detection in result.detections:
+        for index, detection in enumerate(result.detections):
             state.tiles_by_label[detection.label] = \
                 state.tiles_by_label.get(detection.label, 0) + 1
             if detection.is_unknown:
@@ -404,16 +415,22 @@ class _Replay:
             state.findings += 1
             state.findings_by_label[detection.label] = \
                 state.findings_by_label.get(detection.label, 0) + 1
+            is_confirmed = confirmed is None or index in confirmed
+            if is_confirmed:
+                state.findings_confirmed += 1
+                state.findings_confirmed_by_label[detection.label] = \
+                    state.findings_confirmed_by_label.get(detection.label, 0) + 1
             if tag is None:
                 state.findings_without_position += 1
             else:
                 state.merger.add(Sighting(detection.label, detection.score, tag.latitude_deg,
-                                          tag.longitude_deg, result.stamp_ns))
+                                          tag.longitude_deg, result.stamp_ns, is_confirmed))
         if state.evaluator is not None:
             if truth is None:
                 state.frames_without_ground_truth += 1
             else:
                 state.evaluator.add_frame(result.detections, truth)
+        return confirmed
 
 
 def run_replay(options: ReplayOptions, backend: Any = None,
@@ -454,6 +471,9 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
                 merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
+                evidence=EvidenceTracker(params['evidence_min_sightings'],
+                                         params['evidence_window_frames'],
+                                         params['evidence_radius_m']),
                 notes=list(bag.notes) + list(topics.notes))
             if options.write_bag:
                 output = OutputBag(os.path.join(options.out_dir, 'detections.mcap'), store,

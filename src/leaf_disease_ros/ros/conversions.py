@@ -26,7 +26,7 @@ Conventions of the published messages:
 
 from dataclasses import dataclass, fields
 import math
-from typing import Any, List, Sequence, Tuple
+from typing import AbstractSet, Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -219,12 +219,17 @@ def position_covariance_6x6(covariance_m2: Sequence[float], covariance_type: int
 
 
 def to_detection3d_array(result: FrameResult, header: Any, frame_id: str,
-                         types: MessageTypes) -> Any:
+                         types: MessageTypes,
+                         confirmed: Optional[AbstractSet[int]] = None) -> Any:
     """
     Return the frame's disease findings in UTM metres as a ``Detection3DArray``.
 
     The header keeps the image stamp with ``frame_id`` (the geo frame). Without a
     position, or without findings, the array is empty.
+
+    :param confirmed: indices (in ``result.detections``) of the findings that passed
+        the evidence rule (``geo/evidence.py``); only those are included. None
+        includes every finding.
     """
     out_header = _with_frame(header, frame_id, types)
     tag = result.geotag.geotag
@@ -236,7 +241,7 @@ def to_detection3d_array(result: FrameResult, header: Any, frame_id: str,
             pose=_identity_pose(types, utm.easting_m, utm.northing_m, altitude),
             covariance=position_covariance_6x6(tag.covariance_m2, tag.covariance_type))
         for index, detection in enumerate(result.detections):
-            if not detection.is_finding:
+            if not detection.is_finding or (confirmed is not None and index not in confirmed):
                 continue
             bbox = types.BoundingBox3D(center=pose.pose,
                                        size=types.Vector3(x=0.0, y=0.0, z=0.0))

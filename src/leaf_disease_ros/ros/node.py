@@ -50,6 +50,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
+from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geotag import FixBuffer
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
@@ -217,6 +218,9 @@ class DetectorNode(Node):
         self._image_jump = BackwardJumpDetector()
         self._debug_limiter = RateLimiter(values['debug_image_rate_hz'])
         self._geo_frame_id = values['geo_frame_id']
+        self._evidence = EvidenceTracker(values['evidence_min_sightings'],
+                                         values['evidence_window_frames'],
+                                         values['evidence_radius_m'])
         if values['start_enabled']:
             self._enabled.set()
 
@@ -514,7 +518,8 @@ class DetectorNode(Node):
         types = self._types
         self._pub_detections.publish(to_detection2d_array(result, header, types))
         self._pub_fix.publish(to_geotag_fix(result, header, types))
-        self._pub_geo.publish(to_detection3d_array(result, header, self._geo_frame_id, types))
+        self._pub_geo.publish(to_detection3d_array(result, header, self._geo_frame_id, types,
+                                                   self._evidence.update(result)))
         if (self._pub_debug.get_subscription_count() > 0
                 and self._debug_limiter.allow(result.stamp_ns)):
             status = (f'{len(result.findings)} finding(s); GPS: {result.geotag.reason}; '
