@@ -8,9 +8,8 @@ the expected confirmed and unconfirmed findings are known exactly.
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import pytest
 
 from bag_builder import Frame, GpsFix, NS, write_bag
@@ -19,7 +18,6 @@ from leaf_disease_ros.geo.geodesy import offset_latlon
 from leaf_disease_ros.geo.mapping import FindingMerger, geojson_document, Sighting
 from leaf_disease_ros.perception.config import validate_parameters
 from leaf_disease_ros.perception.errors import ConfigError
-from leaf_disease_ros.perception.model_card import card_from_dict, ModelCard
 from leaf_disease_ros.perception.pipeline import Detection, FrameResult
 from leaf_disease_ros.perception.positions import (GeoTag, GeotagResult, REASON_INTERPOLATED,
                                                    REASON_NO_FIX_RECEIVED, STATUS_GBAS_FIX)
@@ -27,7 +25,7 @@ from leaf_disease_ros.replay.report import write_report
 from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros import conversions as conv
-from tiny_model import tiny_card_dict
+from scripted_backend import colour_card, ColourBackend, tiles
 
 LAT0, LON0 = 46.0, 7.0
 
@@ -180,48 +178,6 @@ def test_geo_detections_carry_only_the_confirmed_findings():
 
 # --- the replay -------------------------------------------------------------------
 
-COLOURS_BGR = {'black_rot': (0, 0, 255), 'esca': (0, 255, 0), 'healthy': (255, 0, 0)}
-
-
-class ColourBackend:
-    """A scripted backend: a tile's label is its strongest colour channel (R, G, B)."""
-
-    max_batch = 16
-    model_id = 'colour@000000000000'
-
-    def __init__(self, card: ModelCard) -> None:
-        self.card = card
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Return logits: 12 for the strongest channel's class, 0 elsewhere."""
-        strongest = batch.mean(axis=(2, 3)).argmax(axis=1)
-        logits = np.zeros((batch.shape[0], self.card.num_classes), dtype=np.float32)
-        logits[np.arange(batch.shape[0]), strongest] = 12.0
-        return logits
-
-    def describe(self) -> Dict[str, object]:
-        """Return what the report records of the backend."""
-        return {'backend': 'scripted', 'model_id': self.model_id, 'model': 'colour'}
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-def colour_card(tmp_path) -> ModelCard:
-    """Return a 32 px card with the tiny model's labels (no ONNX file needed)."""
-    path = tmp_path / 'colour.onnx'
-    path.write_bytes(b'')  # the card wants a file to hash; the backend is scripted
-    doc = tiny_card_dict(str(path))
-    doc['onnx_sha256'] = ''
-    return card_from_dict(doc)
-
-
-def tiles(labels: Sequence[str]) -> np.ndarray:
-    """Return a 256 px high frame with one solid 256 px tile per label."""
-    return np.hstack([np.full((256, 256, 3), COLOURS_BGR[label], dtype=np.uint8)
-                      for label in labels])
-
-
 def colour_bag(path: str, frames: Sequence[Tuple[float, Sequence[str]]],
                speed_mps: float = 1.0) -> str:
     """Write a PNG bag of the frames, with RTK fixes every 0.2 s along a line east."""
@@ -245,7 +201,7 @@ def test_the_replay_marks_confirmed_and_unconfirmed_findings(tmp_path):
     out = str(tmp_path / 'report')
     params = {'min_vegetation_fraction': 0.0, 'unknown_threshold': 0.0}
     state = run_replay(ReplayOptions(bag_path=bag, out_dir=out, parameters=params),
-                       backend=ColourBackend(colour_card(tmp_path)))
+                       backend=ColourBackend(colour_card(str(tmp_path))))
     metrics = write_report(state, out)
     findings = metrics['findings']
     assert findings['sightings'] == 4
@@ -278,5 +234,5 @@ def test_the_replay_marks_confirmed_and_unconfirmed_findings(tmp_path):
     # no evidence required: every finding goes to navigation
     state = run_replay(ReplayOptions(bag_path=bag, out_dir=out, write_bag=False,
                                      parameters=dict(params, evidence_min_sightings=1)),
-                       backend=ColourBackend(colour_card(tmp_path)))
+                       backend=ColourBackend(colour_card(str(tmp_path))))
     assert write_report(state, out)['findings']['unconfirmed'] == 0

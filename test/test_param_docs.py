@@ -10,6 +10,7 @@ from leaf_disease_ros.inference.engine.commands import build_command, mismatch_m
 from leaf_disease_ros.perception.config import PARAMETERS, PARAMETERS_BY_NAME
 from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError, ModelCardError,
                                                 ModelLoadError)
+from leaf_disease_ros.ros.diagnostics import domain_report, DomainShares
 from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
                                            EndpointQos, IMAGE_TYPE, no_image_message,
                                            ready_message, start_failure_message, time_jump_message,
@@ -120,6 +121,8 @@ EXAMPLES = [
         'with its card beside it (or leave it empty for the shipped model)')),
     unsupported_encoding_message('16UC1', '[16UC1] is not a color format. but [bgr8] is. '
                                           'The conversion does not make sense'),
+    domain_report(DomainShares(100, 300, 300, 120, 0, 0, 30), name='d', hardware_id='m',
+                  window_tiles=300, unknown_warn_fraction=0.2).message,
 ]
 
 

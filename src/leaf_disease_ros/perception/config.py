@@ -178,6 +178,14 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('no_fix_warn_s', DOUBLE, 2.0,
               'Diagnostics WARN when the newest usable fix is older than this.',
               'ros', min_value=0.1, max_value=3600.0),
+    ParamSpec('domain_window_tiles', INT, 300,
+              'Diagnostics: classified tiles (whole recent frames) over which the shares of '
+              'unknown, background and gated-out tiles are reported.',
+              'ros', min_value=10, max_value=1000000, read_only=True),
+    ParamSpec('domain_unknown_warn_fraction', DOUBLE, 0.2,
+              'Diagnostics WARN (out of the model domain; fix: docs/adaptation.md) when at '
+              'least this share of the tiles of the window fell to unknown.',
+              'ros', min_value=0.01, max_value=1.0),
     ParamSpec('start_enabled', BOOL, True,
               'Process frames from start; ~/enable pauses and resumes.',
               'ros', read_only=True),

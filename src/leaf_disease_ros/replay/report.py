@@ -38,7 +38,7 @@ REPORTED_PARAMETERS = (
     'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
     'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'lever_arm_m',
     'merge_radius_m', 'max_batch', 'evidence_min_sightings', 'evidence_window_frames',
-    'evidence_radius_m')
+    'evidence_radius_m', 'domain_window_tiles', 'domain_unknown_warn_fraction')
 
 
 def _share(part: float, whole: float) -> float:
@@ -97,8 +97,12 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'gated_out': state.tiles_gated,
             'unknown': state.tiles_unknown,
             'unknown_rate': _share(state.tiles_unknown, state.tiles_classified),
+            'background': state.tiles_background,
+            'background_rate': _share(state.tiles_background, state.tiles_classified),
+            'gated_out_rate': _share(state.tiles_gated, state.tiles_total),
             'by_label': dict(sorted(state.tiles_by_label.items())),
         },
+        'domain': _domain_metrics(state),
         'accuracy': accuracy,
         'geotag': {
             'gps_topic': state.topics.fix,
@@ -150,6 +154,46 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'detections_bag_messages': state.output_bag_messages,
         },
     }
+
+
+def _domain_metrics(state: ReplayState) -> Dict[str, Any]:
+    """Return the node's out-of-domain check as the replay saw it."""
+    last = state.domain.shares() if state.domain is not None else None
+    return {
+        'window_tiles': state.parameters['domain_window_tiles'],
+        'unknown_warn_fraction': state.parameters['domain_unknown_warn_fraction'],
+        'frames_judged': state.domain_frames_judged,
+        'frames_warn': state.domain_frames_warn,
+        'frames_warn_rate': _share(state.domain_frames_warn, state.domain_frames_judged),
+        'unknown_share_peak': state.domain_unknown_share_peak,
+        'last_window': None if last is None else {
+            'frames': last.frames, 'classified': last.classified,
+            'unknown_share': last.unknown_share, 'background_share': last.background_share,
+            'gated_out_share': last.gated_out_share, 'finding_share': last.finding_share},
+    }
+
+
+def _domain_lines(metrics: Dict[str, Any]) -> List[str]:
+    domain = metrics['domain']
+    tiles = metrics['tiles']
+    lines = ['## Out-of-domain check', '',
+             f"Over the whole bag: {_pct(tiles['unknown_rate'])} of the classified tiles fell "
+             f"to unknown, {_pct(tiles['background_rate'])} to background labels, and "
+             f"{_pct(tiles['gated_out_rate'])} of all tiles were gated out (vegetation).", '']
+    if not domain['frames_judged']:
+        lines += [f"The node judges windows of {domain['window_tiles']} classified tiles; "
+                  'the bag has fewer, so it would not have judged it.', '']
+        return lines
+    lines += [f"The node's diagnostics judge the last {domain['window_tiles']} classified "
+              f"tiles: the unknown share peaked at {_pct(domain['unknown_share_peak'])} "
+              f"(WARN from {_pct(domain['unknown_warn_fraction'])}); the `domain` status "
+              f"would have warned after {domain['frames_warn']} of "
+              f"{domain['frames_judged']} frames.", '']
+    if domain['frames_warn']:
+        lines += ["**This recording looks out of the model's domain**: harvest its tiles "
+                  '(`leaf-disease-replay BAG --harvest-tiles DIR`), correct them and '
+                  'fine-tune (docs/adaptation.md).', '']
+    return lines
 
 
 def _pct(value: float) -> str:
@@ -207,6 +251,8 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
         f"| tiles classified | {tiles['classified']} |",
         f"| tiles gated out (vegetation) | {tiles['gated_out']} |",
         f"| tiles unknown | {tiles['unknown']} ({_pct(tiles['unknown_rate'])}) |",
+        f"| tiles with a background label | {tiles['background']} "
+        f"({_pct(tiles['background_rate'])}) |",
         '']
     if frames['examples']:
         lines += ['Examples of skipped input:', ''] + [f'- {e}' for e in frames['examples']]
@@ -239,6 +285,7 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                       + ', '.join(f'{k} ({v})' for k, v in
                                   accuracy['ground_truth_labels_not_in_model'].items())]
         lines += ['', f'![confusion matrix]({CONFUSION_FILE})', '']
+    lines += _domain_lines(metrics)
     lines += ['## Geotags', '']
     if geo['gps_topic'] is None:
         lines += ['The bag has no GPS topic: no frame has a position, findings are not on '

@@ -17,7 +17,10 @@ topics, and streams them in log-time order through the same
   to its frame by header stamp and scored tile by tile (:mod:`.evaluation`);
 - findings pass the node's evidence rule (:mod:`leaf_disease_ros.geo.evidence`):
   confirmed ones go to ``geo_detections`` of the output bag, and the map marks each
-  feature confirmed or not.
+  feature confirmed or not;
+- the node's out-of-domain window (:class:`~leaf_disease_ros.ros.diagnostics.DomainWindow`)
+  runs over the frames, so the report shows the shares the node's diagnostics show
+  and how often they would have warned.
 
 Everything the report needs is accumulated in bounded memory: counters, a count
 matrix, a latency histogram (:mod:`.stats`), the merged findings and a thinned
@@ -49,6 +52,7 @@ from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array, GroundTruthBox,
                                               navsatfix_to_fix, stamp_to_ns)
+from leaf_disease_ros.ros.diagnostics import DomainWindow, out_of_domain
 
 DEFAULT_IMAGE_TOPIC = '/camera/image_raw/compressed'
 DEFAULT_FIX_TOPIC = '/gps/fix'
@@ -142,6 +146,7 @@ class ReplayState:
     tiles_gated: int = 0
     tiles_classified: int = 0
     tiles_unknown: int = 0
+    tiles_background: int = 0
     tiles_by_label: Dict[str, int] = field(default_factory=dict)
     findings: int = 0
     findings_without_position: int = 0
@@ -149,6 +154,10 @@ class ReplayState:
     evidence: Optional[EvidenceTracker] = None
     findings_confirmed: int = 0
     findings_confirmed_by_label: Dict[str, int] = field(default_factory=dict)
+    domain: Optional[DomainWindow] = None
+    domain_frames_judged: int = 0  # frames after which the window was full
+    domain_frames_warn: int = 0  # ... and the node's domain status would be WARN
+    domain_unknown_share_peak: float = 0.0
     geotag_reasons: Dict[str, int] = field(default_factory=dict)
     positions_by_status: Dict[str, int] = field(default_factory=dict)
     fixes_read: int = 0
@@ -405,11 +414,15 @@ class _Replay:
         if tag is not None:
             status = STATUS_NAMES.get(tag.status, str(tag.status))
             state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
+        self._judge_domain(result)
+        background = self.detector.card.background_labels
         for index, detection in enumerate(result.detections):
             state.tiles_by_label[detection.label] = \
                 state.tiles_by_label.get(detection.label, 0) + 1
             if detection.is_unknown:
                 state.tiles_unknown += 1
+            if detection.label in background:
+                state.tiles_background += 1
             if not detection.is_finding:
                 continue
             state.findings += 1
@@ -431,6 +444,20 @@ class _Replay:
             else:
                 state.evaluator.add_frame(result.detections, truth)
         return confirmed
+
+    def _judge_domain(self, result: FrameResult) -> None:
+        state = self.state
+        if state.domain is None:
+            return
+        state.domain.add_frame(result)
+        shares = state.domain.shares()
+        window = state.parameters['domain_window_tiles']
+        if shares.classified >= window:
+            state.domain_frames_judged += 1
+            state.domain_unknown_share_peak = max(state.domain_unknown_share_peak,
+                                                  shares.unknown_share)
+            if out_of_domain(shares, window, state.parameters['domain_unknown_warn_fraction']):
+                state.domain_frames_warn += 1
 
 
 def run_replay(options: ReplayOptions, backend: Any = None,
@@ -471,6 +498,7 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
                 merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
+                domain=DomainWindow(params['domain_window_tiles'], card.background_labels),
                 evidence=EvidenceTracker(params['evidence_min_sightings'],
                                          params['evidence_window_frames'],
                                          params['evidence_radius_m']),

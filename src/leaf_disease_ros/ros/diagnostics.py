@@ -11,19 +11,24 @@ without ROS:
 - :class:`DetectorStats`: the image path (received, processed, dropped, failed,
   unsupported encodings, latency from image stamp to publish) and its status rules;
 - :class:`GpsStats`: the fix stream (received, rejected, age of the newest usable fix,
-  buffer clears) and its status rules.
+  buffer clears) and its status rules;
+- :class:`DomainWindow` and :func:`domain_report`: over the last classified tiles, the
+  share that falls to unknown, to background labels and to the vegetation gate, and
+  the out-of-domain rule (WARN with the adaptation workflow as the fix). The replay
+  applies the same window and rule to report the same shares.
 """
 
 from collections import deque
 from dataclasses import dataclass, field
 import math
 import threading
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_NAN,
                                          ADD_REJECTED_NO_FIX)
+from leaf_disease_ros.perception.pipeline import FrameResult
 from leaf_disease_ros.perception.positions import Fix
 
 # diagnostic_msgs/DiagnosticStatus levels
@@ -430,3 +435,161 @@ class GpsStats:
         )
         return DiagnosticReport(name=name, level=level, message=message,
                                 hardware_id=hardware_id, values=values)
+
+
+# --- out of the model's domain ------------------------------------------------------
+
+#: what to do when a camera stream is out of the model's domain (installed command + doc)
+ADAPTATION_FIX = ('record a bag of this camera, harvest its tiles with leaf-disease-replay '
+                  'BAG --harvest-tiles DIR, correct their labels and fine-tune the model '
+                  '(docs/adaptation.md)')
+
+
+@dataclass(frozen=True)
+class DomainShares:
+    """
+    What a window of frames holds: tile counts and the shares the domain rule reads.
+
+    ``classified`` tiles passed the vegetation gate; ``unknown`` and ``background``
+    (the card's background labels) are among them; ``gated_out`` did not pass.
+    """
+
+    frames: int
+    tiles: int
+    classified: int
+    unknown: int
+    background: int
+    gated_out: int
+    findings: int
+
+    @property
+    def unknown_share(self) -> float:
+        """Share of the classified tiles that fell to unknown (0 when none)."""
+        return self.unknown / self.classified if self.classified else 0.0
+
+    @property
+    def background_share(self) -> float:
+        """Share of the classified tiles labelled with a background label."""
+        return self.background / self.classified if self.classified else 0.0
+
+    @property
+    def gated_out_share(self) -> float:
+        """Share of all tiles the vegetation gate skipped."""
+        return self.gated_out / self.tiles if self.tiles else 0.0
+
+    @property
+    def finding_share(self) -> float:
+        """Share of the classified tiles that are disease findings."""
+        return self.findings / self.classified if self.classified else 0.0
+
+
+def frame_counts(result: FrameResult, background_labels: Iterable[str]
+                 ) -> Tuple[int, int, int, int, int, int]:
+    """Return ``(tiles, classified, unknown, background, gated_out, findings)`` of a frame."""
+    background = frozenset(background_labels)
+    detections = result.detections
+    return (result.tiles_total, len(detections), sum(1 for d in detections if d.is_unknown),
+            sum(1 for d in detections if d.label in background), result.tiles_gated,
+            sum(1 for d in detections if d.is_finding))
+
+
+class DomainWindow:
+    """
+    The most recent frames holding at least ``window_tiles`` classified tiles; thread-safe.
+
+    Whole frames are kept: the oldest frame leaves once the others still hold
+    ``window_tiles`` classified tiles. The window is *full* when it holds that many;
+    at most ``window_tiles`` frames are kept (a stream whose tiles are all gated out
+    does not grow it).
+    """
+
+    def __init__(self, window_tiles: int, background_labels: Iterable[str] = ()) -> None:
+        if window_tiles < 1:
+            raise ValueError(f'window_tiles must be >= 1, got {window_tiles}')
+        self.window_tiles = int(window_tiles)
+        self._background = frozenset(background_labels)
+        self._frames: Deque[Tuple[int, int, int, int, int, int]] = deque()
+        self._sums = [0] * 6
+        self._lock = threading.Lock()
+
+    def _drop_oldest(self) -> None:
+        oldest = self._frames.popleft()
+        self._sums = [total - value for total, value in zip(self._sums, oldest)]
+
+    def add_frame(self, result: FrameResult) -> None:
+        """Add one processed frame."""
+        counts = frame_counts(result, self._background)
+        with self._lock:
+            self._frames.append(counts)
+            self._sums = [total + value for total, value in zip(self._sums, counts)]
+            while len(self._frames) > 1 and (
+                    self._sums[1] - self._frames[0][1] >= self.window_tiles
+                    or len(self._frames) > self.window_tiles):
+                self._drop_oldest()
+
+    def clear(self) -> None:
+        """Forget every frame (e.g. after the model changed)."""
+        with self._lock:
+            self._frames.clear()
+            self._sums = [0] * 6
+
+    def shares(self) -> DomainShares:
+        """Return the counts of the frames in the window."""
+        with self._lock:
+            tiles, classified, unknown, background, gated, findings = self._sums
+            frames = len(self._frames)
+        return DomainShares(frames=frames, tiles=tiles, classified=classified, unknown=unknown,
+                            background=background, gated_out=gated, findings=findings)
+
+    def full(self) -> bool:
+        """Return whether the window holds ``window_tiles`` classified tiles."""
+        with self._lock:
+            return self._sums[1] >= self.window_tiles
+
+
+def out_of_domain(shares: DomainShares, window_tiles: int,
+                  unknown_warn_fraction: float) -> bool:
+    """Return whether a full window's unknown share reaches the warning fraction."""
+    return shares.classified >= window_tiles and shares.unknown_share >= unknown_warn_fraction
+
+
+def _pct(share: float) -> str:
+    return f'{100.0 * share:.0f} %'
+
+
+def domain_report(shares: DomainShares, *, name: str, hardware_id: str, window_tiles: int,
+                  unknown_warn_fraction: float) -> DiagnosticReport:
+    """
+    Return the out-of-domain status of the window.
+
+    WARN when the window is full (``window_tiles`` classified tiles) and at least
+    ``unknown_warn_fraction`` of its tiles fell to unknown: the camera sees what the
+    model was not trained on (another vineyard's light, camera or varieties, an
+    untaught disease or pest); the message names the fix, the adaptation workflow.
+    OK otherwise, with the shares (while collecting: how many tiles so far).
+    """
+    breakdown = (f'{_pct(shares.unknown_share)} unknown, {_pct(shares.background_share)} '
+                 f'background, {_pct(shares.gated_out_share)} of tiles gated out')
+    if shares.classified < window_tiles:
+        level, message = OK, (f'collecting tiles for the domain check: {shares.classified} of '
+                              f'{window_tiles} ({breakdown})')
+    elif out_of_domain(shares, window_tiles, unknown_warn_fraction):
+        level, message = WARN, (
+            f'{_pct(shares.unknown_share)} of the last {shares.classified} classified tiles '
+            f'fell to unknown (domain_unknown_warn_fraction {unknown_warn_fraction:g}): the '
+            f"camera stream looks out of the model's domain; to adapt the model, "
+            + ADAPTATION_FIX)
+    else:
+        level, message = OK, f'in domain: {breakdown} over the last {shares.classified} tiles'
+    values = (
+        ('window_tiles', str(window_tiles)),
+        ('tiles_in_window', str(shares.classified)),
+        ('frames_in_window', str(shares.frames)),
+        ('unknown_share', f'{shares.unknown_share:.3f}'),
+        ('background_share', f'{shares.background_share:.3f}'),
+        ('gated_out_share', f'{shares.gated_out_share:.3f}'),
+        ('finding_share', f'{shares.finding_share:.3f}'),
+        ('unknown_warn_fraction', f'{unknown_warn_fraction:g}'),
+    )
+    return DiagnosticReport(name=name, level=level, message=message, hardware_id=hardware_id,
+                            values=values)

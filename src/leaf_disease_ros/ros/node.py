@@ -62,7 +62,8 @@ from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, st
                                               to_detection2d_array, to_detection3d_array,
                                               to_diagnostic_array, to_geotag_fix, to_label_info)
 from leaf_disease_ros.ros.debug_image import draw_detections
-from leaf_disease_ros.ros.diagnostics import DetectorStats, DetectorThresholds, GpsStats
+from leaf_disease_ros.ros.diagnostics import (DetectorStats, DetectorThresholds, domain_report,
+                                              DomainWindow, GpsStats)
 from leaf_disease_ros.ros.frame_mailbox import LatestMailbox
 from leaf_disease_ros.ros.image_input import check_compressed, check_decoded, check_raw_layout
 from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
@@ -235,6 +236,8 @@ class DetectorNode(Node):
         start_s = time.monotonic()
         self._stats = DetectorStats(start_s)
         self._gps = GpsStats(start_s)
+        self._domain = DomainWindow(values['domain_window_tiles'],
+                                    self._backend.card.background_labels)
         self._worker = threading.Thread(target=self._worker_main, name='leaf_detector_worker',
                                         daemon=True)
         self._worker.start()
@@ -444,6 +447,10 @@ class DetectorNode(Node):
                 now_s, now.nanoseconds, self._fixes.newest(), name=f'{prefix}: gps',
                 hardware_id=self._fix_topic, fix_topic=self._fix_topic,
                 no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes)),
+            domain_report(self._domain.shares(), name=f'{prefix}: domain',
+                          hardware_id=self._backend.model_id,
+                          window_tiles=values['domain_window_tiles'],
+                          unknown_warn_fraction=values['domain_unknown_warn_fraction']),
         ]
         header = Header(stamp=now.to_msg(), frame_id='')
         self._pub_diagnostics.publish(to_diagnostic_array(reports, header, self._types))
@@ -513,6 +520,7 @@ class DetectorNode(Node):
             self._publish(msg.header, frame, result)
             latency_ms = (self.get_clock().now().nanoseconds - pending.stamp_ns) / 1e6
         self._stats.frame_processed(time.monotonic(), latency_ms, result.timings_ms['total'])
+        self._domain.add_frame(result)
 
     def _publish(self, header: Header, frame: np.ndarray, result: FrameResult) -> None:
         types = self._types
