@@ -5,12 +5,15 @@ Usage::
 
     leaf-disease-replay [BAG] [--out DIR] [--params-file config/detector.yaml]
                         [--model M.onnx] [--image-topic T] [--fix-topic T] ...
+                        [--harvest-tiles DIR [--harvest-max N]]
 
 Without BAG it replays the demo recording shipped with the package with the shipped
 model into ``./replay_report``. Parameters come from the defaults of the parameter
 table, then ``--params-file`` (the node's ROS params YAML), then the flags. The
 logic lives in :mod:`leaf_disease_ros.replay`; this module parses, shows progress on
-stderr and prints a summary.
+stderr and prints a summary. ``--harvest-tiles`` also writes the most uncertain tiles
+by predicted label for labelling (:mod:`leaf_disease_ros.replay.harvest`, the first
+step of docs/adaptation.md).
 
 Exit status: 0 report written; 1 report written but no frame could be processed;
 2 usage, bag, model or parameter error (nothing written); 3 report written from a
@@ -25,7 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 from leaf_disease_ros.perception.config import load_params_file, PARAMETERS_BY_NAME
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.demo import demo_bag_path
-from leaf_disease_ros.replay.report import REPORT_FILE, write_report
+from leaf_disease_ros.replay.harvest import DEFAULT_HARVEST_MAX, harvest_lines, TileHarvester
+from leaf_disease_ros.replay.report import REPORT_FILE, ReportSection, write_report
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
                                             DEFAULT_OUT_DIR, Progress, ReplayOptions, run_replay)
@@ -112,6 +116,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run.add_argument('--no-output-bag', action='store_true',
                      help='do not write detections.mcap')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    adapt = parser.add_argument_group('adaptation (docs/adaptation.md)')
+    adapt.add_argument('--harvest-tiles', metavar='DIR', default='',
+                       help='also write the classified tiles, most uncertain first, into '
+                            'DIR/<predicted label>/ with DIR/index.csv, for labelling (DIR '
+                            'must be new or empty)')
+    adapt.add_argument('--harvest-max', type=int, default=DEFAULT_HARVEST_MAX, metavar='N',
+                       help='keep at most the N most uncertain tiles (default: %(default)s)')
     return parser.parse_args(argv)
 
 
@@ -211,21 +222,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         err.write(f'leaf-disease-replay: error: --out {args.out} exists and is not a folder\n')
         return EXIT_ERROR
+    harvester: Optional[TileHarvester] = None
+    harvest: Optional[Dict[str, Any]] = None
     try:
         bag = args.bag or demo_bag_path()
         if not args.bag:
             err.write(f'no bag given: replaying the demo recording {bag}\n')
+        if args.harvest_tiles:
+            harvester = TileHarvester(args.harvest_tiles, args.harvest_max,
+                                      bag=os.path.abspath(bag))
         options = ReplayOptions(
             bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
             parameters=collect_parameters(args), max_frames=max(0, args.max_frames),
-            node_name=args.node_name, write_bag=not args.no_output_bag)
+            node_name=args.node_name, write_bag=not args.no_output_bag,
+            observers=[harvester] if harvester is not None else [])
         try:
             state = run_replay(options, progress=progress)
         finally:
             if progress is not None:
                 progress.close()
-        metrics = write_report(state, args.out)
+        sections = []
+        if harvester is not None:
+            harvester.model_id = str(state.model.get('model_id', ''))
+            harvest = harvester.commit()
+            harvester = None
+            sections.append(ReportSection('harvest', harvest, tuple(harvest_lines(harvest))))
+        metrics = write_report(state, args.out, sections)
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-replay: error: {exc}\n')
         return EXIT_ERROR
@@ -236,11 +259,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         err.write('leaf-disease-replay: interrupted; no report written\n')
         return EXIT_ERROR
+    finally:
+        if harvester is not None:
+            harvester.abort()
     for note in metrics['notes']:
         err.write(f'note: {note}\n')
     for example in metrics['frames']['examples']:
         err.write(f'skipped: {example}\n')
     out.write('\n'.join(summary_lines(metrics, args.out)) + '\n')
+    if harvest is not None:
+        out.write(f"harvested {harvest['tiles_harvested']} of {harvest['tiles_classified']} "
+                  f'tiles, most uncertain first, into {args.harvest_tiles}/<predicted label>/ '
+                  f"(index {os.path.join(args.harvest_tiles, harvest['index'])}): correct "
+                  'the labels by moving files, then fine-tune (docs/adaptation.md)\n')
     if metrics['frames']['processed'] == 0:
         err.write('leaf-disease-replay: no frame could be processed '
                   f"({metrics['frames']['skipped'] or 'the bag has no image messages'})\n")

@@ -17,8 +17,9 @@ atomically (temp file + rename):
 =========================  ======================================================
 """
 
+from dataclasses import dataclass
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 from leaf_disease_ros.geo.mapping import write_geojson, write_kml, write_map_png
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
@@ -333,10 +334,27 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
-    """Write every report file into ``out_dir`` (atomically); return the metrics."""
+@dataclass(frozen=True)
+class ReportSection:
+    """An optional part of the report (a harvest, a comparison): its key and its text."""
+
+    key: str  # the member of metrics.json
+    metrics: Dict[str, Any]
+    markdown: Tuple[str, ...]  # lines appended to report.md
+
+
+def write_report(state: ReplayState, out_dir: str,
+                 sections: Sequence[ReportSection] = ()) -> Dict[str, Any]:
+    """
+    Write every report file into ``out_dir`` (atomically); return the metrics.
+
+    ``sections`` add a member to ``metrics.json`` and their lines to the end of
+    ``report.md`` each; without them the report is the single-model report.
+    """
     os.makedirs(out_dir, exist_ok=True)
     metrics = build_metrics(state)
+    for section in sections:
+        metrics[section.key] = section.metrics
     features = state.merger.features()
     track = state.track.segments()
     model_name = metrics['model'].get('model', '')
@@ -358,6 +376,9 @@ def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
                    'evidence': metrics['findings']['evidence']})
     write_kml(os.path.join(out_dir, KML_FILE), features, track,
               name=f'leaf disease findings: {os.path.basename(state.bag_path.rstrip("/"))}')
-    atomic_write_text(os.path.join(out_dir, REPORT_FILE), format_markdown(metrics))
+    text = format_markdown(metrics)
+    for section in sections:
+        text += '\n' + '\n'.join(section.markdown) + '\n'
+    atomic_write_text(os.path.join(out_dir, REPORT_FILE), text)
     atomic_write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     return metrics

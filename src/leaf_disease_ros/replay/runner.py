@@ -20,7 +20,10 @@ topics, and streams them in log-time order through the same
   feature confirmed or not;
 - the node's out-of-domain window (:class:`~leaf_disease_ros.ros.diagnostics.DomainWindow`)
   runs over the frames, so the report shows the shares the node's diagnostics show
-  and how often they would have warned.
+  and how often they would have warned;
+- frame observers (``ReplayOptions.observers``) see every processed frame with its
+  decoded image and ground truth: the tile harvest (:mod:`.harvest`) and the second
+  model of a comparison (:mod:`.compare`).
 
 Everything the report needs is accumulated in bounded memory: counters, a count
 matrix, a latency histogram (:mod:`.stats`), the merged findings and a thinned
@@ -32,7 +35,10 @@ from dataclasses import dataclass, field
 import os
 import struct
 import time
-from typing import AbstractSet, Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import (AbstractSet, Any, Callable, Deque, Dict, List, Mapping, Optional, Protocol,
+                    Sequence, Tuple)
+
+import numpy as np
 
 from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geotag import ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer
@@ -72,6 +78,14 @@ _DESERIALIZE_ERRORS = (ValueError, KeyError, IndexError, struct.error, Assertion
                        TypeError)
 
 
+class FrameObserver(Protocol):
+    """Something that sees every processed frame of a replay (harvest, comparison)."""
+
+    def observe(self, image_bgr: np.ndarray, result: FrameResult,
+                truth: Optional[List[GroundTruthBox]]) -> None:
+        """Take one frame: its ``(H, W, 3)`` BGR image, result and ground truth (or None)."""
+
+
 @dataclass
 class ReplayOptions:
     """
@@ -80,7 +94,8 @@ class ReplayOptions:
     Empty topic names take the defaults; an image or GPS topic left at its default
     that the bag lacks is looked up by type (the bag's only image / NavSatFix topic).
     ``parameters`` are the node's parameters (``perception/config.py`` table, validated
-    here); ``max_frames`` 0 = all frames.
+    here); ``max_frames`` 0 = all frames; ``observers`` see every processed frame
+    after it has been counted.
     """
 
     bag_path: str
@@ -93,6 +108,7 @@ class ReplayOptions:
     node_name: str = DEFAULT_NODE_NAME
     write_bag: bool = True
     max_pending_frames: int = MAX_PENDING_FRAMES
+    observers: Sequence[FrameObserver] = ()
 
 
 @dataclass(frozen=True)
@@ -386,6 +402,8 @@ class _Replay:
         if result is not None:
             decode_ms = (decoded - start) * 1e3
             confirmed = self._account(result, truth, decode_ms)
+            for observer in self.options.observers:
+                observer.observe(image, result, truth)
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
                                     self.detector.card, self.detector.unknown_threshold(),
