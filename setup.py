@@ -72,6 +72,7 @@ setup(
             'torch>=2.1',
             'torchvision>=0.16',
             'onnx>=1.14',
+            'onnx2torch>=1.5',  # fine-tuning from an ONNX model (leaf-disease-train --init-from)
             'matplotlib>=3.5',
             'tqdm>=4.60',
         ],

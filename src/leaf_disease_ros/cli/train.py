@@ -7,8 +7,13 @@ Usage (the shipped model's command is in engines/README.md)::
         --arch resnet18 --input-size 128 --epochs 36 --seed 0
     leaf-disease-export runs/leaf_resnet18 --out engines/leaf_resnet18.onnx
 
-The recipe is :mod:`leaf_disease_ros.training.train`; PyTorch (the ``train`` extra)
-is imported only after the arguments are parsed, so ``--help`` works without it.
+    # fine-tune the shipped model on harvested, corrected tiles (docs/adaptation.md)
+    leaf-disease-train harvest/ --init-from engines/leaf_resnet18.onnx \\
+        --base-data ../shared/datasets/plantvillage_grape --out runs/mine
+
+The recipe is :mod:`leaf_disease_ros.training.train`, fine-tuning from an ONNX model
+:mod:`leaf_disease_ros.training.finetune`; PyTorch (the ``train`` extra) is imported
+only after the arguments are parsed, so ``--help`` works without it.
 Exit status: 0 trained, 2 bad data or arguments, or PyTorch missing.
 """
 
@@ -18,7 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from leaf_disease_ros.perception.errors import LeafDiseaseError
-from leaf_disease_ros.training.recipe import ARCHS
+from leaf_disease_ros.training.recipe import ARCHS, FINETUNE_EPOCHS, FINETUNE_LR
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -37,9 +42,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--healthy-labels', default='healthy',
                         help='comma-separated labels that are not a disease')
     parser.add_argument('--input-size', type=int, default=128, help='model input side, px')
-    parser.add_argument('--epochs', type=int, default=36)
+    parser.add_argument('--epochs', type=int, default=None,
+                        help=f'36; {FINETUNE_EPOCHS} with --init-from')
     parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
+    parser.add_argument('--lr', type=float, default=None,
+                        help=f'peak learning rate: 2e-3; {FINETUNE_LR:g} with --init-from')
     parser.add_argument('--weight-decay', type=float, default=0.05)
     parser.add_argument('--label-smoothing', type=float, default=0.1)
     parser.add_argument('--patience', type=int, default=10,
@@ -62,15 +69,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--resume', action='store_true',
                         help='continue from OUT/checkpoint_last.pt')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
-    return parser.parse_args(argv)
+    tune = parser.add_argument_group(
+        'fine-tuning from a model (docs/adaptation.md): the card gives input, '
+        'preprocessing and labels; --arch and --input-size do not apply')
+    tune.add_argument('--init-from', metavar='MODEL.onnx',
+                      help='start from this ONNX model (its card beside it), e.g. '
+                           'engines/leaf_resnet18.onnx; DATA is then a harvest whose '
+                           'unknown/ folder is ignored')
+    tune.add_argument('--base-data', metavar='DIR',
+                      help='class folders mixed in so the model keeps what it knew, e.g. '
+                           '../shared/datasets/plantvillage_grape (--max-per-class limits it)')
+    tune.add_argument('--field-share', type=float, default=0.5,
+                      help='share of the training draws taken from DATA when --base-data '
+                           'is given')
+    tune.add_argument('--background-labels', default='',
+                      help="comma-separated labels that are not leaves (added to the card's)")
+    args = parser.parse_args(argv)
+    tuning = bool(args.init_from)
+    if args.epochs is None:
+        args.epochs = FINETUNE_EPOCHS if tuning else 36
+    if args.lr is None:
+        args.lr = FINETUNE_LR if tuning else 2e-3
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     try:
-        from leaf_disease_ros.training.train import train  # torch: imported only now
-        train(args)
+        if args.init_from:
+            from leaf_disease_ros.training import finetune  # torch: imported only now
+            finetune.check_args(args)
+            finetune.finetune(args)
+        else:
+            from leaf_disease_ros.training.train import train  # torch: imported only now
+            train(args)
     except LeafDiseaseError as exc:
         log = logging.getLogger('train')  # the run's train.log, once the run folder exists
         log.error('%s', exc) if log.handlers else sys.stderr.write(f'error: {exc}\n')

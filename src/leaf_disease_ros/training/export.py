@@ -21,7 +21,11 @@ Steps, all on the run's leaf-grouped validation split (``RUN/split.json``):
    beside the model. Model and card are written atomically, the card last.
 
 Validation images go through :func:`leaf_disease_ros.perception.preprocess.preprocess`,
-the runtime's own preprocessing.
+the runtime's own preprocessing. A fine-tuning run (``leaf-disease-train --init-from``)
+has a weights-only checkpoint (``checkpoint_best.pt`` + ``checkpoint_best.json``) and its
+network is rebuilt from the ONNX model it started from
+(:func:`leaf_disease_ros.training.finetune.rebuild_model`); its card keeps the base
+card's labels, healthy and background labels and finding threshold.
 """
 
 import argparse
@@ -63,7 +67,15 @@ def load_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any],
         if not os.path.isfile(path):
             raise LeafDiseaseError(
                 f'{path} does not exist; is {args.run} a leaf-disease-train run?')
-    checkpoint = torch.load(checkpoint_path, map_location='cpu', weights_only=False)
+    meta_path = os.path.splitext(checkpoint_path)[0] + '.json'
+    if os.path.isfile(meta_path):  # a weights-only checkpoint: state dict + JSON metadata
+        with open(meta_path, 'r', encoding='utf-8') as stream:
+            checkpoint = json.load(stream)
+        checkpoint['model'] = torch.load(checkpoint_path, map_location='cpu',
+                                         weights_only=True)
+        checkpoint['run_dir'] = args.run
+    else:
+        checkpoint = torch.load(checkpoint_path, map_location='cpu', weights_only=False)
     with open(split_path, 'r', encoding='utf-8') as stream:
         split = json.load(stream)
     metrics_path = os.path.join(args.run, 'metrics.json')
@@ -76,6 +88,11 @@ def load_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any],
 
 def build_model(checkpoint: Dict[str, Any], num_classes: int) -> torch.nn.Module:
     """Return the checkpoint's network in eval mode, float32, on the CPU."""
+    if checkpoint['arch'] == 'onnx2torch':  # a fine-tuning run (training/finetune.py)
+        from leaf_disease_ros.training.finetune import rebuild_model
+        model = rebuild_model(checkpoint['run_dir'], checkpoint)
+        model.load_state_dict(checkpoint['model'])
+        return model.eval().float()
     factory = getattr(torchvision.models, checkpoint['arch'])
     model = factory(weights=None, num_classes=num_classes)
     model.load_state_dict(checkpoint['model'])
@@ -181,8 +198,12 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
             'train_images': len(split['train']),
             'val_images': len(split['val']),
         }
+        for key in ('init_from', 'head'):  # fine-tuning runs
+            if key in checkpoint:
+                training[key] = checkpoint[key]
         for key in ('args', 'balance', 'training_seconds_total', 'device', 'mixed_precision',
-                    'train_class_counts', 'val_class_counts'):
+                    'train_class_counts', 'val_class_counts', 'field_share',
+                    'label_corrections', 'val_sources'):
             if key in run_metrics:
                 training[key] = run_metrics[key]
         if 'history' in run_metrics:
@@ -191,6 +212,8 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
         name = os.path.splitext(os.path.basename(args.out))[0]
         doc = card_to_dict(base)
         doc['name'] = name
+        # the operating point the run started with (0.5 unless the card had one) stays
+        calibration.setdefault('finding_threshold', base.finding_threshold)
         doc['calibration'] = calibration
         doc['training'] = training
         doc['metrics'] = metrics
