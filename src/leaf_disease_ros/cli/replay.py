@@ -5,7 +5,7 @@ Usage::
 
     leaf-disease-replay [BAG] [--out DIR] [--params-file config/detector.yaml]
                         [--model M.onnx] [--image-topic T] [--fix-topic T] ...
-                        [--harvest-tiles DIR [--harvest-max N]]
+                        [--harvest-tiles DIR [--harvest-max N]] [--compare-model B.onnx]
 
 Without BAG it replays the demo recording shipped with the package with the shipped
 model into ``./replay_report``. Parameters come from the defaults of the parameter
@@ -13,7 +13,9 @@ table, then ``--params-file`` (the node's ROS params YAML), then the flags. The
 logic lives in :mod:`leaf_disease_ros.replay`; this module parses, shows progress on
 stderr and prints a summary. ``--harvest-tiles`` also writes the most uncertain tiles
 by predicted label for labelling (:mod:`leaf_disease_ros.replay.harvest`, the first
-step of docs/adaptation.md).
+step of docs/adaptation.md); ``--compare-model`` classifies the same tiles with a second
+model and adds a comparison to the report (:mod:`leaf_disease_ros.replay.compare`, its
+last step).
 
 Exit status: 0 report written; 1 report written but no frame could be processed;
 2 usage, bag, model or parameter error (nothing written); 3 report written from a
@@ -25,14 +27,18 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from leaf_disease_ros.perception.config import load_params_file, PARAMETERS_BY_NAME
+from leaf_disease_ros.inference.factory import load_backend
+from leaf_disease_ros.perception.config import (load_params_file, PARAMETERS_BY_NAME,
+                                                validate_parameters)
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.replay.compare import ModelComparison
 from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.harvest import DEFAULT_HARVEST_MAX, harvest_lines, TileHarvester
 from leaf_disease_ros.replay.report import REPORT_FILE, ReportSection, write_report
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
-                                            DEFAULT_OUT_DIR, Progress, ReplayOptions, run_replay)
+                                            DEFAULT_OUT_DIR, FrameObserver, Progress,
+                                            ReplayOptions, run_replay)
 
 EXIT_OK = 0
 EXIT_NOTHING_PROCESSED = 1
@@ -123,6 +129,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                             'must be new or empty)')
     adapt.add_argument('--harvest-max', type=int, default=DEFAULT_HARVEST_MAX, metavar='N',
                        help='keep at most the N most uncertain tiles (default: %(default)s)')
+    adapt.add_argument('--compare-model', metavar='B.onnx', default='',
+                       help='also classify the same tiles with this model (its card beside '
+                            'it) and add a side-by-side comparison to the report')
     return parser.parse_args(argv)
 
 
@@ -224,25 +233,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     harvester: Optional[TileHarvester] = None
     harvest: Optional[Dict[str, Any]] = None
+    comparison: Optional[ModelComparison] = None
+    main_backend: Any = None
     try:
         bag = args.bag or demo_bag_path()
         if not args.bag:
             err.write(f'no bag given: replaying the demo recording {bag}\n')
+        parameters = collect_parameters(args)
+        observers: List[FrameObserver] = []
         if args.harvest_tiles:
             harvester = TileHarvester(args.harvest_tiles, args.harvest_max,
                                       bag=os.path.abspath(bag))
+            observers.append(harvester)
+        if args.compare_model:
+            params = validate_parameters(parameters)
+            main_backend = load_backend(params['model_path'], params['backend'],
+                                        onnx_provider=params['onnx_provider'],
+                                        intra_op_threads=params['onnx_intra_op_threads'],
+                                        max_batch=params['max_batch'])
+            comparison = ModelComparison.load(args.compare_model, params,
+                                              main_backend.card.labels, with_truth=True)
+            observers.append(comparison)
         options = ReplayOptions(
             bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
-            parameters=collect_parameters(args), max_frames=max(0, args.max_frames),
-            node_name=args.node_name, write_bag=not args.no_output_bag,
-            observers=[harvester] if harvester is not None else [])
+            parameters=parameters, max_frames=max(0, args.max_frames),
+            node_name=args.node_name, write_bag=not args.no_output_bag, observers=observers)
         try:
-            state = run_replay(options, progress=progress)
+            state = run_replay(options, backend=main_backend, progress=progress)
         finally:
             if progress is not None:
                 progress.close()
         sections = []
+        if comparison is not None:
+            sections.append(comparison.section(state.model))
         if harvester is not None:
             harvester.model_id = str(state.model.get('model_id', ''))
             harvest = harvester.commit()
@@ -262,6 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if harvester is not None:
             harvester.abort()
+        for resource in (comparison, main_backend):
+            if resource is not None:
+                resource.close()
     for note in metrics['notes']:
         err.write(f'note: {note}\n')
     for example in metrics['frames']['examples']:
@@ -272,6 +299,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f'tiles, most uncertain first, into {args.harvest_tiles}/<predicted label>/ '
                   f"(index {os.path.join(args.harvest_tiles, harvest['index'])}): correct "
                   'the labels by moving files, then fine-tune (docs/adaptation.md)\n')
+    if comparison is not None:
+        compared = metrics['comparison']
+        out.write(f"compared with {compared['models']['compared']['model_id']}: same label "
+                  f"on {100 * compared['same_label_rate']:.1f} % of "
+                  f"{compared['tiles_compared']} tiles, same finding decision on "
+                  f"{100 * compared['same_finding_decision_rate']:.1f} % (report: "
+                  "section 'Comparison')\n")
     if metrics['frames']['processed'] == 0:
         err.write('leaf-disease-replay: no frame could be processed '
                   f"({metrics['frames']['skipped'] or 'the bag has no image messages'})\n")
