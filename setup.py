@@ -67,6 +67,7 @@ setup(
             'mypy>=1.8',
             'types-PyYAML',
             'hypothesis>=6.80',
+            'selenium>=4.10',  # report.html in headless chromium (Debian chromium-driver)
         ],
         # t-SNE embedding maps (leaf-disease-embed --projection tsne); PCA needs nothing
         'explain': ['scikit-learn>=1.1'],

@@ -25,7 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 from leaf_disease_ros.perception.config import load_params_file, PARAMETERS_BY_NAME
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.demo import demo_bag_path
+from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE
 from leaf_disease_ros.replay.report import REPORT_FILE, write_report
+from leaf_disease_ros.replay.report_html import REPORT_HTML_FILE
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
                                             DEFAULT_OUT_DIR, Progress, ReplayOptions, run_replay)
@@ -54,8 +56,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         prog='leaf-disease-replay',
         description='Replay a rosbag2 recording (sqlite3 or MCAP) through the leaf disease '
                     'detector and write a report: accuracy against ground truth, geotag '
-                    'coverage, latency, a disease map (PNG, GeoJSON, KML) and an MCAP bag '
-                    'of the detections.',
+                    'coverage, latency, a disease map (PNG, GeoJSON, KML), an MCAP bag '
+                    'of the detections and report.html (map, gallery with saliency).',
         epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model or '
                'parameter error; 3 the bag ended early (report covers what was read).')
     parser.add_argument('bag', nargs='?', default='',
@@ -112,6 +114,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run.add_argument('--no-output-bag', action='store_true',
                      help='do not write detections.mcap')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
+    run.add_argument('--gallery', type=int, default=GALLERY_SIZE, metavar='N',
+                     help='report.html: N most confident findings and N most uncertain tiles '
+                          'with saliency (0: no gallery; default %(default)s)')
     return parser.parse_args(argv)
 
 
@@ -197,7 +202,8 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     if not metrics['bag']['complete']:
         lines.append(f"WARNING: the bag ended early ({metrics['bag']['truncated_reason']}); "
                      'the report covers what was read')
-    lines.append(f'report: {os.path.join(out_dir, REPORT_FILE)}')
+    lines.append(f'report: {os.path.join(out_dir, REPORT_FILE)}, '
+                 f'{os.path.join(out_dir, REPORT_HTML_FILE)} (open it in a browser)')
     return lines
 
 
@@ -217,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
             parameters=collect_parameters(args), max_frames=max(0, args.max_frames),
-            node_name=args.node_name, write_bag=not args.no_output_bag)
+            node_name=args.node_name, write_bag=not args.no_output_bag,
+            gallery_size=max(0, args.gallery))
         try:
             state = run_replay(options, progress=progress)
         finally:

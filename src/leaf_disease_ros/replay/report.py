@@ -13,6 +13,8 @@ atomically (temp file + rename):
 ``map.png``                findings on a local metric grid, with the GPS track
 ``findings.geojson``       merged disease findings, RFC 7946 (QGIS, geojson.io)
 ``findings.kml``           the same in KML 2.2 (Google Earth), plus the track
+``report.html``            one self-contained page: summary, confusion matrix, map,
+                           gallery with saliency (:mod:`.report_html`)
 ``detections.mcap/``       written by the runner (:mod:`.output_bag`)
 =========================  ======================================================
 """
@@ -263,8 +265,15 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
 
 def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
     """Write every report file into ``out_dir`` (atomically); return the metrics."""
+    from leaf_disease_ros.replay.report_html import write_report_html
+
     os.makedirs(out_dir, exist_ok=True)
     metrics = build_metrics(state)
+    if state.gallery is not None:
+        metrics['gallery'] = {'per_section': state.gallery.size,
+                              **{name: len(tiles) for name, tiles
+                                 in state.gallery.sections.items()},
+                              'saliency': dict(state.gallery.saliency)}
     features = state.merger.features()
     track = state.track.segments()
     model_name = metrics['model'].get('model', '')
@@ -286,5 +295,6 @@ def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
     write_kml(os.path.join(out_dir, KML_FILE), features, track,
               name=f'leaf disease findings: {os.path.basename(state.bag_path.rstrip("/"))}')
     atomic_write_text(os.path.join(out_dir, REPORT_FILE), format_markdown(metrics))
+    write_report_html(out_dir, metrics, state)
     atomic_write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     return metrics

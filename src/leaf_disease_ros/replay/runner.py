@@ -39,6 +39,7 @@ from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, 
                                                    STATUS_SBAS_FIX)
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
+from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
 from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
 from leaf_disease_ros.replay.output_bag import OutputBag
 from leaf_disease_ros.replay.stats import LatencyHistogram
@@ -85,6 +86,7 @@ class ReplayOptions:
     node_name: str = DEFAULT_NODE_NAME
     write_bag: bool = True
     max_pending_frames: int = MAX_PENDING_FRAMES
+    gallery_size: int = GALLERY_SIZE  # report.html gallery per section; 0: none
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class ReplayState:
     notes: List[str] = field(default_factory=list)
     output_bag: str = ''
     output_bag_messages: int = 0
+    gallery: Optional[GalleryCollector] = None
 
 
 def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
@@ -369,6 +372,8 @@ class _Replay:
         if result is not None:
             decode_ms = (decoded - start) * 1e3
             self._account(result, truth, decode_ms)
+            if state.gallery is not None:
+                state.gallery.add(image, result, frame.log_time_ns)
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
                                     self.detector.card, self.detector.unknown_threshold())
@@ -452,12 +457,15 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
                 merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
-                notes=list(bag.notes) + list(topics.notes))
+                notes=list(bag.notes) + list(topics.notes),
+                gallery=GalleryCollector(options.gallery_size) if options.gallery_size else None)
             if options.write_bag:
                 output = OutputBag(os.path.join(options.out_dir, 'detections.mcap'), store,
                                    options.node_name, topics.image, topics.image_type,
                                    topics.fix, params['geo_frame_id'])
             _Replay(bag, topics, detector, state, options, output, store, progress).run()
+            if state.gallery is not None:
+                state.gallery.explain(backend, card)  # saliency of the kept tiles, batched
             if output is not None:
                 output.commit()
                 state.output_bag = output.path
