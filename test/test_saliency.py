@@ -147,3 +147,22 @@ def test_explain_command_errors(tmp_path, tiny_model_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), '--method', 'gradcam'])
     assert 'needs --checkpoint' in capsys.readouterr().err
+
+
+def test_saliency_in_leaf_tool(leaves_dir, tiny_model_path, tmp_path, capsys):
+    import importlib.util
+    from conftest import REPO_DIR
+    spec = importlib.util.spec_from_file_location(
+        'saliency_in_leaf', os.path.join(REPO_DIR, 'tools', 'saliency_in_leaf.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / 'mass.json'
+    assert tool.main([leaves_dir, '--per-class', '2', '--model', tiny_model_path, '--grid',
+                      '3', '--json', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '| esca | 2 |' in printed and '10 inferences per tile' in printed
+    result = json.loads(out.read_text())
+    assert result['tiles'] == 8
+    for row in result['classes'].values():
+        assert 0.0 <= row['mass_in_leaf_mean'] <= 1.0
+        assert 0.15 < row['leaf_area_fraction_mean'] < 0.9

@@ -158,7 +158,7 @@ def render_map_png(xy: np.ndarray, points: Sequence[MapPoint], labels: Sequence[
     return image
 
 
-def thumbnail_jpeg(image_bgr: np.ndarray, side_px: int = 96, quality: int = 80) -> bytes:
+def thumbnail_jpeg(image_bgr: np.ndarray, side_px: int = 72, quality: int = 75) -> bytes:
     """Return a JPEG thumbnail (longer side ``side_px``) of a BGR image."""
     h, w = image_bgr.shape[:2]
     scale = side_px / max(h, w)
