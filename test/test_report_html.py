@@ -138,3 +138,24 @@ def test_report_opens_offline_in_headless_chromium(report):
     with open(os.path.join(ARTIFACTS, 'report_browser_check.json'), 'w',
               encoding='utf-8') as stream:
         json.dump(result, stream, indent=2)
+
+
+def test_replay_tiles_become_an_embedding_map(report, tmp_path, leaf_images, tiny_model_path,
+                                              capsys):
+    from leaf_disease_ros.cli import embed, replay
+    _, out = report
+    bag = os.path.join(os.path.dirname(out), 'bag')
+    folder = tmp_path / 'rep'
+    assert replay.main([bag, '--out', str(folder), '--model', tiny_model_path, '--backend',
+                        'onnxruntime', '--save-tiles', '2', '--gallery', '0', '--no-progress',
+                        '--no-output-bag', '--min-vegetation-fraction', '0']) == 0
+    metrics = json.loads((folder / 'metrics.json').read_text())
+    # ground-truth labels: 3 leaves of each of the 4 classes, 2 kept per label
+    assert metrics['tiles_saved'] == {label: {'seen': 3, 'kept': 2}
+                                      for label in sorted(leaf_images)}
+    assert 'gallery' not in metrics
+    assert sorted(os.listdir(folder / 'tiles')) == sorted(leaf_images)
+    capsys.readouterr()
+    assert embed.main([str(folder / 'tiles'), '--model', tiny_model_path,
+                       '--out', str(tmp_path / 'map')]) == 0
+    assert 'embedded 8 images' in capsys.readouterr().out

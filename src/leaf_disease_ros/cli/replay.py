@@ -117,6 +117,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run.add_argument('--gallery', type=int, default=GALLERY_SIZE, metavar='N',
                      help='report.html: N most confident findings and N most uncertain tiles '
                           'with saliency (0: no gallery; default %(default)s)')
+    run.add_argument('--save-tiles', type=int, default=0, metavar='N',
+                     help='keep a sample of N tiles per label in OUT/tiles/<label>/ '
+                          '(ground-truth label when the bag has one) for leaf-disease-embed')
     return parser.parse_args(argv)
 
 
@@ -224,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
             parameters=collect_parameters(args), max_frames=max(0, args.max_frames),
             node_name=args.node_name, write_bag=not args.no_output_bag,
-            gallery_size=max(0, args.gallery))
+            gallery_size=max(0, args.gallery), save_tiles=max(0, args.save_tiles))
         try:
             state = run_replay(options, progress=progress)
         finally:

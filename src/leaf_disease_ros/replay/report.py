@@ -274,6 +274,8 @@ def write_report(state: ReplayState, out_dir: str) -> Dict[str, Any]:
                               **{name: len(tiles) for name, tiles
                                  in state.gallery.sections.items()},
                               'saliency': dict(state.gallery.saliency)}
+    if state.tile_sample is not None:
+        metrics['tiles_saved'] = state.tile_sample.counts()
     features = state.merger.features()
     track = state.track.segments()
     model_name = metrics['model'].get('model', '')
