@@ -181,12 +181,9 @@ def logits_both(model: torch.nn.Module, onnx_path: str, card: ModelCard,
     return torch_logits, ort_logits, torch_emb, ort_emb
 
 
-def onnx_outputs(onnx_path: str, card: ModelCard, images: List[np.ndarray],
+def onnx_outputs(session: Any, card: ModelCard, images: List[np.ndarray],
                  batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
     """Return onnxruntime ``(logits, embeddings)`` of ``images`` (the embedding output)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
     logits: List[np.ndarray] = []
     embeddings: List[np.ndarray] = []
     for start in range(0, len(images), batch_size):
@@ -217,9 +214,19 @@ def embedding_distance_section(args: argparse.Namespace, onnx_path: str, card: M
                                val_embeddings: np.ndarray, temperature: float,
                                softmax_threshold: float) -> Dict[str, Any]:
     """Fit the distance on the training split; threshold, check and decide (module doc)."""
-    train_images, train_labels = validation_set(split, root, 'train')
-    _, train_embeddings = onnx_outputs(onnx_path, card, train_images, args.batch_size)
-    del train_images
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+    parts: List[np.ndarray] = []
+    labels: List[np.ndarray] = []
+    step = max(1, args.batch_size) * 8  # decode a few batches at a time, not the whole split
+    for start in range(0, len(split['train']), step):
+        part = {'train': split['train'][start:start + step]}
+        images, indices = validation_set(part, root, 'train')
+        parts.append(onnx_outputs(session, card, images, args.batch_size)[1])
+        labels.append(indices)
+    train_embeddings = np.concatenate(parts)
+    train_labels = np.concatenate(labels)
     distance = fit_distance(train_embeddings, train_labels, card.num_classes,
                             components=args.embedding_components)
     val_distances = distance.distances(val_embeddings)
@@ -234,7 +241,7 @@ def embedding_distance_section(args: argparse.Namespace, onnx_path: str, card: M
     use = False
     if args.ood_data:
         images = ood_images(args.ood_data)
-        ood_logits, ood_embeddings = onnx_outputs(onnx_path, card, images, args.batch_size)
+        ood_logits, ood_embeddings = onnx_outputs(session, card, images, args.batch_size)
         check = compare_scores(distance, temperature, val_logits, val_embeddings, ood_logits,
                                ood_embeddings, threshold, softmax_threshold)
         check['ood_data'] = os.path.abspath(args.ood_data)
