@@ -67,7 +67,10 @@ setup(
             'mypy>=1.8',
             'types-PyYAML',
             'hypothesis>=6.80',
+            'selenium>=4.10',  # report.html in headless chromium (Debian chromium-driver)
         ],
+        # t-SNE embedding maps (leaf-disease-embed --projection tsne); PCA needs nothing
+        'explain': ['scikit-learn>=1.1'],
         'train': [
             'torch>=2.1',
             'torchvision>=0.16',
@@ -89,6 +92,8 @@ setup(
             'leaf-disease-export = leaf_disease_ros.cli.export:main',
             'leaf-disease-build-engine = leaf_disease_ros.cli.build_engine:main',
             'leaf-disease-split = leaf_disease_ros.cli.split:main',
+            'leaf-disease-explain = leaf_disease_ros.cli.explain:main',
+            'leaf-disease-embed = leaf_disease_ros.cli.embed:main',
         ],
     },
 )

@@ -58,3 +58,11 @@ def tiny_model_copy(tmp_path, tiny_model_path: str) -> str:
     for src in (tiny_model_path, card_path_for_model(tiny_model_path)):
         shutil.copy(src, tmp_path / os.path.basename(src))
     return str(tmp_path / 'tiny.onnx')
+
+
+@pytest.fixture(scope='session')
+def tiny_embedding_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Return the tiny model with a second output ``embedding`` (N, 8), card naming it."""
+    folder = str(tmp_path_factory.mktemp('tiny_embedding_model'))
+    make_tiny_model(folder, name='tiny_emb', embedding_name='embedding')
+    return os.path.join(folder, 'tiny_emb.onnx')

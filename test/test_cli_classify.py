@@ -95,3 +95,19 @@ def test_usage_errors(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_explain_writes_a_saliency_picture_per_image(leaves_dir, leaf_images, tiny_model_path,
+                                                     tmp_path, capsys):
+    out = tmp_path / 'why'
+    assert main([os.path.join(leaves_dir, 'esca'), leaf_images['healthy'][0], '--model',
+                 tiny_model_path, '--explain', str(out)]) == 0
+    assert 'wrote 7 saliency pictures' in capsys.readouterr().err
+    assert len(os.listdir(out / 'esca')) == 6
+    assert os.listdir(out / 'healthy') == [
+        os.path.splitext(os.path.basename(leaf_images['healthy'][0]))[0] + '.saliency.png']
+    # class folders too, keeping the class subfolders
+    assert main([leaves_dir, '--model', tiny_model_path, '--explain', str(tmp_path / 'e2'),
+                 '--json', str(tmp_path / 'r.json')]) == 0
+    assert sorted(os.listdir(tmp_path / 'e2')) == ['black_rot', 'esca', 'healthy',
+                                                   'leaf_blight']

@@ -35,6 +35,11 @@ def test_the_contracts_hold_over_src():
     ('replay/bag.py', 'from leaf_disease_ros.training import dataset  # noqa\n', 'Layers'),
     ('ros/conversions.py', 'import rclpy  # noqa\n', 'rclpy is imported'),
     ('inference/factory.py', 'import torch  # noqa\n', 'torch is imported only'),
+    ('explain/saliency.py', 'from leaf_disease_ros.replay import report  # noqa\n',
+     'Layers'),
+    ('inference/base.py', 'from leaf_disease_ros.explain import saliency  # noqa\n',
+     'Layers'),
+    ('explain/embeddings.py', 'import torch  # noqa\n', 'torch is imported only'),
 ])
 def test_an_upward_import_breaks_a_contract(tmp_path, module, line, contract):
     root = tmp_path / 'repo'

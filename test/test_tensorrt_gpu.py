@@ -271,3 +271,40 @@ def test_check_and_load_reject_a_mismatched_engine(tmp_path, engines: Dict[str, 
 
     with pytest.raises(EngineMismatchError, match='class count 5'):
         load_engine_backend(engine)
+
+
+def test_embedding_output_and_saliency_through_an_engine(tmp_path, leaf_batch: np.ndarray
+                                                         ) -> None:
+    """A model with a second output: the engine returns both; saliency runs through it."""
+    from leaf_disease_ros.explain.saliency import explain_tiles
+    from leaf_disease_ros.inference.tensorrt_backend import load_engine_backend
+
+    folder = str(tmp_path / 'emb')
+    os.makedirs(folder)
+    make_tiny_model(folder, name='tiny_emb', embedding_name='embedding')
+    onnx_file = os.path.join(folder, 'tiny_emb.onnx')
+    card = load_card(card_path_for_model(onnx_file))
+    result = build(onnx_file, '--precision', 'fp32')
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = machine()
+    engine = os.path.join(folder, engine_file_name('tiny_emb', 'fp32', info.compute_capability,
+                                                   info.tensorrt_version))
+    reference = OnnxRuntimeBackend(onnx_file, card, provider='cpu')
+    backend = load_engine_backend(engine)
+    try:
+        for size in (1, 6, 16):
+            logits, embeddings = backend.infer_with_embedding(leaf_batch[:size])
+            want_logits, want_embeddings = reference.infer_with_embedding(leaf_batch[:size])
+            assert embeddings.shape == (size, 8)
+            assert np.max(np.abs(logits - want_logits)) <= 1e-3
+            assert np.max(np.abs(embeddings - want_embeddings)) <= 1e-3
+        tiles = [cv2.imread(os.path.join(LEAVES, 'esca', n))
+                 for n in sorted(os.listdir(os.path.join(LEAVES, 'esca')))[:2]]
+        on_gpu = explain_tiles(tiles, backend, card, 'occlusion', grid=4)
+        on_cpu = explain_tiles(tiles, reference, card, 'occlusion', grid=4)
+        assert on_gpu.batches == 3  # 2 tiles x 17 inferences in batches of 16
+        for a, b in zip(on_gpu.maps, on_cpu.maps):
+            assert a.label == b.label and np.max(np.abs(a.heat - b.heat)) < 0.05
+    finally:
+        backend.close()
+        reference.close()

@@ -109,3 +109,54 @@ def test_training_refuses_bad_healthy_label(tmp_path, leaves_dir):
                          '--healthy-labels', 'vigorous', '--no-progress', '--workers', '0'])
     assert status == 2
     assert 'vigorous' in (tmp_path / 'r' / 'train.log').read_text()
+
+
+def test_export_writes_the_embedding_output_and_distance(tiny_run, tmp_path, leaves_dir):
+    run, _ = tiny_run
+    export = _tool('export')
+    out = tmp_path / 'engines' / 'emb.onnx'
+    assert export.main([str(run), '--out', str(out), '--embedding-components', '4',
+                        '--ood-data', os.path.join(leaves_dir, 'healthy')]) == 0
+    card = load_card(str(tmp_path / 'engines' / 'emb.json'))
+    assert card.embedding_name == 'embedding' and card.embedding_size == 512
+    distance = card.embedding_distance
+    assert distance is not None and distance.basis.shape == (512, 4)
+    assert distance.unknown_threshold is not None and distance.unknown_threshold > 0
+    check = distance.record['domain_check']
+    assert {'auroc_distance', 'auroc_softmax', 'distance_separates_better'} <= set(check)
+    assert distance.use_for_unknown == check['distance_separates_better']
+    backend = OnnxRuntimeBackend(str(out), card)
+    image = cv2.imread(os.path.join(leaves_dir, 'esca', os.listdir(
+        os.path.join(leaves_dir, 'esca'))[0]))
+    detector = Detector(backend, card, DetectorConfig(tiling='none'))
+    detection = detector.process(image, 0).detections[0]
+    assert (detection.distance is not None) == distance.use_for_unknown
+    backend.close()
+    # without --ood-data the statistics are written but not used
+    plain = tmp_path / 'plain.onnx'
+    assert export.main([str(run), '--out', str(plain), '--embedding-components', '4']) == 0
+    assert not load_card(str(tmp_path / 'plain.json')).embedding_distance.use_for_unknown
+    # --no-embedding: the old single-output model and card
+    old = tmp_path / 'old.onnx'
+    assert export.main([str(run), '--out', str(old), '--no-embedding']) == 0
+    old_card = load_card(str(tmp_path / 'old.json'))
+    assert old_card.embedding_name == '' and old_card.embedding_distance is None
+
+
+def test_gradcam_from_the_training_checkpoint(tiny_run, leaf_images, tmp_path, capsys):
+    run, _ = tiny_run
+    explain = _tool('explain')
+    out = tmp_path / 'cam'
+    assert explain.main([leaf_images['esca'][0], leaf_images['healthy'][0], '--method',
+                         'gradcam', '--checkpoint', str(run / 'checkpoint_best.pt'),
+                         '--out', str(out), '--target', 'esca']) == 0
+    printed = capsys.readouterr().out
+    assert 'gradcam: 2 tiles of 2 images' in printed and 'PyTorch' in printed
+    assert len(list(out.iterdir())) == 2
+    from leaf_disease_ros.training.gradcam import gradcam, load_checkpoint_model
+    model, card = load_checkpoint_model(str(run / 'checkpoint_best.pt'))
+    maps = gradcam(model, card, [cv2.imread(leaf_images['esca'][0])])
+    assert maps[0].heat.shape == cv2.imread(leaf_images['esca'][0]).shape[:2]
+    assert 0.0 <= maps[0].heat.min() and maps[0].heat.max() <= 1.0
+    assert explain.main([leaf_images['esca'][0], '--method', 'gradcam', '--checkpoint',
+                         str(tmp_path / 'missing.pt'), '--out', str(out)]) == 2

@@ -3,7 +3,9 @@ A tiny real ONNX classifier and its model card, built in tests (no download).
 
 The graph is Conv(3->8, 3x3, stride 2) -> Relu -> GlobalAveragePool -> Flatten ->
 Gemm(8->C): small enough to build in milliseconds, real enough that onnxruntime
-runs it and different images give different logits (the weights are seeded).
+runs it and different images give different logits (the weights are seeded). With
+``embedding_name`` the 8 pooled features are a second output (``(N, 8)``), as
+``leaf-disease-export`` writes the penultimate features of a real model.
 """
 
 import os
@@ -17,11 +19,13 @@ from leaf_disease_ros.perception.model_card import (card_from_dict, ModelCard, s
                                                     write_card)
 
 LABELS = ('black_rot', 'esca', 'healthy', 'leaf_blight')
+TINY_EMBEDDING_SIZE = 8
 
 
 def build_tiny_onnx(path: str, num_classes: int = 4, input_size: int = 32, seed: int = 0,
                     batch: Union[str, int] = 'batch', input_name: str = 'input',
-                    output_name: str = 'logits', opset: int = 17) -> str:
+                    output_name: str = 'logits', opset: int = 17,
+                    embedding_name: str = '') -> str:
     """Write the tiny model to ``path`` and return ``path``."""
     rng = np.random.default_rng(seed)
     conv_w = rng.normal(0, 0.5, size=(8, 3, 3, 3)).astype(np.float32)
@@ -36,11 +40,17 @@ def build_tiny_onnx(path: str, num_classes: int = 4, input_size: int = 32, seed:
         helper.make_node('Flatten', ['pool'], ['flat'], axis=1),
         helper.make_node('Gemm', ['flat', 'fc_w', 'fc_b'], [output_name], transB=1),
     ]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT,
+                                             [batch, num_classes])]
+    if embedding_name:
+        nodes.append(helper.make_node('Identity', ['flat'], [embedding_name]))
+        outputs.append(helper.make_tensor_value_info(embedding_name, TensorProto.FLOAT,
+                                                     [batch, TINY_EMBEDDING_SIZE]))
     graph = helper.make_graph(
         nodes, 'tiny_leaf_classifier',
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
                                        [batch, 3, input_size, input_size])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, num_classes])],
+        outputs,
         initializer=[numpy_helper.from_array(conv_w, 'conv_w'),
                      numpy_helper.from_array(conv_b, 'conv_b'),
                      numpy_helper.from_array(fc_w, 'fc_w'),
@@ -54,8 +64,12 @@ def build_tiny_onnx(path: str, num_classes: int = 4, input_size: int = 32, seed:
 
 
 def tiny_card_dict(model_path: str, labels: Sequence[str] = LABELS, input_size: int = 32,
-                   unknown_threshold: float = 0.3, temperature: float = 1.0) -> dict:
+                   unknown_threshold: float = 0.3, temperature: float = 1.0,
+                   embedding_name: str = '') -> dict:
     """Return the card document of a tiny model (with the file's real sha256)."""
+    output = {'name': 'logits'}
+    if embedding_name:
+        output.update(embedding_name=embedding_name, embedding_size=TINY_EMBEDDING_SIZE)
     return {
         'schema_version': 1,
         'name': 'tiny',
@@ -68,7 +82,7 @@ def tiny_card_dict(model_path: str, labels: Sequence[str] = LABELS, input_size: 
         'preprocessing': {'resize': 'stretch', 'interpolation': 'area',
                           'scale': 1.0 / 255.0, 'mean': [0.485, 0.456, 0.406],
                           'std': [0.229, 0.224, 0.225]},
-        'output': {'name': 'logits'},
+        'output': output,
         'calibration': {'temperature': temperature, 'unknown_threshold': unknown_threshold},
         'training': {'note': 'random weights, for tests'},
         'metrics': {},
@@ -80,6 +94,8 @@ def make_tiny_model(folder: str, name: str = 'tiny', **kwargs) -> ModelCard:
     model_path = os.path.join(folder, f'{name}.onnx')
     card_kwargs = {k: kwargs.pop(k) for k in ('unknown_threshold', 'temperature')
                    if k in kwargs}
+    if kwargs.get('embedding_name'):
+        card_kwargs['embedding_name'] = kwargs['embedding_name']
     build_tiny_onnx(model_path, **kwargs)
     labels = LABELS[:kwargs.get('num_classes', 4)] if kwargs.get('num_classes', 4) <= 4 \
         else tuple(f'class_{i}' for i in range(kwargs['num_classes']))

@@ -11,7 +11,10 @@ Usage::
 - a folder of class subfolders (named by the model's labels) prints accuracy,
   macro-F1, per-class precision/recall/F1 and the confusion matrix, plus what the
   ``unknown`` rejection does at the card's threshold; ``--json`` prints the same as
-  JSON, ``--json OUT.json`` writes it to a file (atomically).
+  JSON, ``--json OUT.json`` writes it to a file (atomically);
+- ``--explain DIR`` also writes a saliency picture of every classified image into
+  DIR (``<folder>/<name>.saliency.png``: occlusion through the same backend, see
+  ``leaf-disease-explain``).
 
 Each photo is classified whole: it is one crop through the card's preprocessing,
 exactly as in training and export. Unreadable or non-image files are reported on
@@ -63,6 +66,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--top-k', type=int, default=3, help='labels printed per image')
     parser.add_argument('--json', nargs='?', const='-', default=None, metavar='OUT.json',
                         help='print the results as JSON, or write them to OUT.json')
+    parser.add_argument('--explain', default='', metavar='DIR',
+                        help='also write a saliency picture of each image into DIR')
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error('--top-k must be >= 1')
@@ -84,6 +89,7 @@ class Classifier:
         self.backend = backend
         self.card = backend.card
         self.top_k = top_k
+        self.classified: List[str] = []  # every path classified, in order
 
     def run(self, paths: Sequence[str]) -> Tuple[List[Tuple[str, Classification]], List[str]]:
         """Classify ``paths``; return (path, result) pairs and the paths skipped."""
@@ -108,6 +114,7 @@ class Classifier:
 
     def _classify(self, paths: List[str], images: List[np.ndarray]
                   ) -> List[Tuple[str, Classification]]:
+        self.classified += paths
         logits = self.backend.infer(preprocess(images, self.card))
         probs = softmax(logits, self.card.temperature)
         results = classify(probs, self.card.labels, self.card.non_disease_labels, self.top_k,
@@ -157,6 +164,30 @@ def _format_file(path: str, result: Classification) -> str:
     return f'{path}: {result.label} ({result.score:.3f})   top-{len(result.top_k)}: {ranked}'
 
 
+def explain_paths(backend: Backend, paths: Sequence[str], out_dir: str) -> None:
+    """Write ``out_dir/<folder>/<name>.saliency.png`` for each image (a few at a time)."""
+    from leaf_disease_ros.explain.images import explain_images, ExplainSettings
+
+    totals: Dict[str, float] = {'images': 0, 'tiles': 0, 'ms_per_tile': 0.0}
+    for start in range(0, len(paths), BATCH):
+        items = []
+        for path in paths[start:start + BATCH]:
+            image = read_image(path)
+            if image is not None:
+                name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
+                                    os.path.basename(path))
+                items.append((name, image))
+        _, part = explain_images(items, backend.card, out_dir, ExplainSettings(),
+                                 backend=backend)
+        totals['ms_per_tile'] = ((totals['ms_per_tile'] * totals['tiles']
+                                  + part['ms_per_tile'] * part['tiles'])
+                                 / max(1, totals['tiles'] + part['tiles']))
+        totals['images'] += part['images']
+        totals['tiles'] += part['tiles']
+    _err(f"wrote {int(totals['images'])} saliency pictures into {out_dir} "
+         f"(occlusion, {totals['ms_per_tile']:.0f} ms per image)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``leaf-disease-classify``; returns the exit status."""
     args = parse_args(argv)
@@ -201,6 +232,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           'top_k': [{'label': lab, 'score': s} for lab, s in result.top_k]})
             if args.json is None:
                 _out(_format_file(path, result))
+        if args.explain:
+            explain_paths(backend, classifier.classified, args.explain)
     except LeafDiseaseError as exc:
         _err(f'error: {exc}')
         return 2

@@ -33,10 +33,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--max-reject', type=float, default=0.02,
                         help='share of validation images the unknown threshold may reject')
     parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--no-embedding', action='store_true',
+                        help='export logits only: no embedding output, no distance statistics')
+    parser.add_argument('--embedding-components', type=int, default=32,
+                        help='leading covariance directions kept in the card for the distance')
+    parser.add_argument('--ood-data', default='',
+                        help='folder of out-of-domain images (field tiles, soil, sky): the '
+                             'distance is used for unknown only if it separates them from the '
+                             'validation images better than the softmax score')
     parser.add_argument('--force', action='store_true', help='overwrite an existing model')
     args = parser.parse_args(argv)
     if args.opset < 17:
         parser.error('--opset must be >= 17')
+    if args.embedding_components < 1:
+        parser.error('--embedding-components must be >= 1')
     return args
 
 

@@ -33,8 +33,10 @@ from leaf_disease_ros.perception.config import (load_params_file, PARAMETERS_BY_
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.compare import ModelComparison
 from leaf_disease_ros.replay.demo import demo_bag_path
+from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE
 from leaf_disease_ros.replay.harvest import DEFAULT_HARVEST_MAX, harvest_lines, TileHarvester
 from leaf_disease_ros.replay.report import REPORT_FILE, ReportSection, write_report
+from leaf_disease_ros.replay.report_html import REPORT_HTML_FILE
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
                                             DEFAULT_OUT_DIR, FrameObserver, Progress,
@@ -64,8 +66,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         prog='leaf-disease-replay',
         description='Replay a rosbag2 recording (sqlite3 or MCAP) through the leaf disease '
                     'detector and write a report: accuracy against ground truth, geotag '
-                    'coverage, latency, a disease map (PNG, GeoJSON, KML) and an MCAP bag '
-                    'of the detections.',
+                    'coverage, latency, a disease map (PNG, GeoJSON, KML), an MCAP bag '
+                    'of the detections and report.html (map, gallery with saliency).',
         epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model or '
                'parameter error; 3 the bag ended early (report covers what was read).')
     parser.add_argument('bag', nargs='?', default='',
@@ -132,6 +134,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     adapt.add_argument('--compare-model', metavar='B.onnx', default='',
                        help='also classify the same tiles with this model (its card beside '
                             'it) and add a side-by-side comparison to the report')
+    run.add_argument('--gallery', type=int, default=GALLERY_SIZE, metavar='N',
+                     help='report.html: N most confident findings and N most uncertain tiles '
+                          'with saliency (0: no gallery; default %(default)s)')
+    run.add_argument('--save-tiles', type=int, default=0, metavar='N',
+                     help='keep a sample of N tiles per label in OUT/tiles/<label>/ '
+                          '(ground-truth label when the bag has one) for leaf-disease-embed')
     return parser.parse_args(argv)
 
 
@@ -219,7 +227,8 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     if not metrics['bag']['complete']:
         lines.append(f"WARNING: the bag ended early ({metrics['bag']['truncated_reason']}); "
                      'the report covers what was read')
-    lines.append(f'report: {os.path.join(out_dir, REPORT_FILE)}')
+    lines.append(f'report: {os.path.join(out_dir, REPORT_FILE)}, '
+                 f'{os.path.join(out_dir, REPORT_HTML_FILE)} (open it in a browser)')
     return lines
 
 
@@ -258,7 +267,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
             parameters=parameters, max_frames=max(0, args.max_frames),
-            node_name=args.node_name, write_bag=not args.no_output_bag, observers=observers)
+            node_name=args.node_name, write_bag=not args.no_output_bag, observers=observers,
+            gallery_size=max(0, args.gallery), save_tiles=max(0, args.save_tiles))
         try:
             state = run_replay(options, backend=main_backend, progress=progress)
         finally:

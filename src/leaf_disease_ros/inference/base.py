@@ -8,10 +8,14 @@ max_batch`` and returns ``(N, C)`` float32 logits in the card's label order. Lar
 batches are chunked by the pipeline, never inside a backend. Runtime failures are
 raised as :class:`~leaf_disease_ros.perception.errors.InferenceError` so the caller can
 drop the frame and go on.
+
+A model whose card names an embedding output (``output.embedding_name``) also
+serves ``infer_with_embedding(batch) -> (logits, embeddings)``, the penultimate
+features ``(N, D)`` from the same run; backends that cannot raise InferenceError.
 """
 
 import abc
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -35,8 +39,35 @@ class Backend(abc.ABC):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a checked batch; return raw ``(N, C)`` outputs."""
 
+    def _run_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Run on a checked batch; return raw ``(N, C)`` and ``(N, D)`` outputs."""
+        raise InferenceError(f'the {self.name} backend does not return embeddings')
+
+    def infer_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Return ``(logits (N, C), embeddings (N, D))`` float32 of one batch.
+
+        :raises InferenceError: the card names no embedding output, or the run failed.
+        """
+        if not self.card.embedding_name:
+            raise InferenceError(f'model card {self.card.path or self.card.name} names no '
+                                 'embedding output (output.embedding_name); re-export the '
+                                 'model with leaf-disease-export to get one')
+        self._check_batch(batch)
+        logits, embeddings = self._run_with_embedding(np.ascontiguousarray(batch))
+        logits = self._check_logits(logits, batch.shape[0])
+        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(batch.shape[0], -1)
+        if self.card.embedding_size and embeddings.shape[1] != self.card.embedding_size:
+            raise InferenceError(f'{self.name}: embedding has {embeddings.shape[1]} values, '
+                                 f'the card says {self.card.embedding_size}')
+        return logits, embeddings
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Return ``(N, C)`` float32 logits for a ``(N, 3, H, W)`` float32 batch."""
+        self._check_batch(batch)
+        return self._check_logits(self._run(np.ascontiguousarray(batch)), batch.shape[0])
+
+    def _check_batch(self, batch: np.ndarray) -> None:
         height, width = self.card.input_hw_px
         if (not isinstance(batch, np.ndarray) or batch.dtype != np.float32 or batch.ndim != 4
                 or batch.shape[1:] != (3, height, width)):
@@ -46,11 +77,12 @@ class Backend(abc.ABC):
         if not 1 <= batch.shape[0] <= self.max_batch:
             raise InferenceError(f'{self.name}: batch of {batch.shape[0]} is outside '
                                  f'1..{self.max_batch}; the pipeline chunks batches')
-        logits = self._run(np.ascontiguousarray(batch))
+
+    def _check_logits(self, logits: Any, count: int) -> np.ndarray:
         logits = np.asarray(logits, dtype=np.float32)
-        if logits.shape != (batch.shape[0], self.card.num_classes):
+        if logits.shape != (count, self.card.num_classes):
             raise InferenceError(f'{self.name}: output shape {logits.shape}, expected '
-                                 f'({batch.shape[0]}, {self.card.num_classes})')
+                                 f'({count}, {self.card.num_classes})')
         return logits
 
     def warmup(self, batch_size: int = 1) -> None:

@@ -128,10 +128,22 @@ class OnnxRuntimeBackend(Backend):
                              and out_shape[-1] != card.num_classes):
             raise ModelCardError(where, 'labels', f'card lists {card.num_classes} labels, '
                                  f'{self.model_path} outputs shape {out_shape}')
+        if card.embedding_name and card.embedding_name not in names:
+            raise ModelCardError(where, 'output.embedding_name',
+                                 f'card says {card.embedding_name!r}, {self.model_path} '
+                                 f'outputs {names}')
         batch_dim = shape[0]
         return batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._run_outputs(batch, [self.card.output_name])[0]
+
+    def _run_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = self._run_outputs(
+            batch, [self.card.output_name, self.card.embedding_name])
+        return logits, embeddings
+
+    def _run_outputs(self, batch: np.ndarray, names: List[str]) -> List[np.ndarray]:
         if self._session is None:
             raise InferenceError('onnxruntime backend is closed')
         count = batch.shape[0]
@@ -140,10 +152,10 @@ class OnnxRuntimeBackend(Backend):
             padded[:count] = batch
             batch = padded
         try:
-            outputs = self._session.run([self.card.output_name], {self.card.input_name: batch})
+            outputs = self._session.run(names, {self.card.input_name: batch})
         except self._errors as exc:
             raise InferenceError(f'onnxruntime failed on a batch of {count}: {exc}') from exc
-        return outputs[0][:count]
+        return [output[:count] for output in outputs]
 
     def describe(self) -> Dict[str, Any]:
         """Return backend facts, including the execution providers in use."""

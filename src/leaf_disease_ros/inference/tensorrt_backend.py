@@ -386,6 +386,14 @@ class TensorRTBackend(Backend):
         self._stream = None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._run_outputs(batch, [self.card.output_name])[0]
+
+    def _run_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = self._run_outputs(
+            batch, [self.card.output_name, self.card.embedding_name])
+        return logits, embeddings
+
+    def _run_outputs(self, batch: np.ndarray, names: List[str]) -> List[np.ndarray]:
         count = batch.shape[0]
         run = max(count, self._profile_min)
         with self._lock:
@@ -409,12 +417,12 @@ class TensorRTBackend(Backend):
                     if not self._exec.execute_async_v3(self._stream.handle):
                         raise InferenceError(f'tensorrt: execute_async_v3 failed on a batch '
                                              f'of {count} (see the TensorRT messages)')
-                    output = self.card.output_name
-                    cuda.memcpy_dtoh_async(self._host[output][:run], self._device[output],
-                                           self._stream)
+                    for output in names:
+                        cuda.memcpy_dtoh_async(self._host[output][:run], self._device[output],
+                                               self._stream)
                     self._stream.synchronize()
-                    logits = self._host[output][:count]
-                    return logits.reshape(count, -1).copy()
+                    return [self._host[output][:count].reshape(count, -1).copy()
+                            for output in names]
             except (cuda.Error, RuntimeError, TypeError, ValueError) as exc:
                 raise InferenceError(f'tensorrt failed on a batch of {count}: {exc}') from exc
 

@@ -143,3 +143,30 @@ def classification_report_from_counts(pair_counts: np.ndarray,
         'labels': list(labels),
         'confusion_matrix': matrix.tolist(),
     }
+
+
+def auroc(negative_scores: ArrayLike, positive_scores: ArrayLike) -> float:
+    """
+    Return the area under the ROC curve of a score that should be higher for positives.
+
+    The Mann-Whitney statistic: the probability that a random positive scores above a
+    random negative, ties counting one half. 0.5 is chance, 1.0 perfect separation.
+
+    :raises ValueError: either side is empty.
+    """
+    negative = np.asarray(negative_scores, dtype=np.float64).ravel()
+    positive = np.asarray(positive_scores, dtype=np.float64).ravel()
+    if not len(negative) or not len(positive):
+        raise ValueError('AUROC needs at least one negative and one positive score')
+    scores = np.concatenate([negative, positive])
+    order = np.argsort(scores, kind='mergesort')
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks (1-based) over runs of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = 0.5 * (start + end + 1)
+    count = len(positive)
+    rank_sum = ranks[len(negative):].sum()
+    return float((rank_sum - count * (count + 1) / 2.0) / (count * len(negative)))

@@ -35,6 +35,11 @@ posts, wires): like healthy labels they are never a disease. ``finding_threshold
 needs to be a finding; ``operating_point_material`` says what it was chosen on.
 ``training``, ``metrics`` and the other keys of ``calibration`` are free-form
 records of how the model was made and scored; the runtime ignores them.
+
+Optional (cards without them keep working): ``output.embedding_name`` and
+``output.embedding_size`` name a second ONNX output, the penultimate-layer features
+``(N, D)``, and ``embedding_distance`` holds the distance-to-training-data statistics
+fitted on them (:mod:`leaf_disease_ros.perception.embedding_distance`).
 """
 
 from dataclasses import dataclass, field, replace
@@ -45,6 +50,8 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
+from leaf_disease_ros.perception.embedding_distance import (distance_from_section,
+                                                            EmbeddingDistance)
 from leaf_disease_ros.perception.errors import ModelCardError
 from leaf_disease_ros.perception.json_fields import FieldReader
 
@@ -86,6 +93,9 @@ class ModelCard:
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     path: Optional[str] = None  # where it was loaded from; not serialised
+    embedding_name: str = ''  # second ONNX output: penultimate features; '' = none
+    embedding_size: int = 0
+    embedding_distance: Optional[EmbeddingDistance] = None
 
     @property
     def num_classes(self) -> int:
@@ -160,6 +170,18 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
 
     mean = pre.numbers('mean', 3, what=' (one per channel)')
     std = pre.numbers('std', 3, positive=True, what=' (one per channel)')
+    output_name = out.text('name', 'logits')
+    embedding_name = out.text('embedding_name', '', allow_empty=True)
+    embedding_size = out.integer('embedding_size', 0, minimum=1 if embedding_name else 0)
+    if embedding_name == output_name:
+        raise out.fail('embedding_name', 'must differ from output.name')
+    distance = None
+    if card.raw('embedding_distance', None) is not None:
+        if not embedding_name:
+            raise card.fail('embedding_distance', 'needs output.embedding_name (the model '
+                            'output it is computed on)')
+        distance = distance_from_section(card.section('embedding_distance'), len(labels),
+                                         embedding_size)
     return ModelCard(
         name=name,
         labels=tuple(labels),
@@ -174,7 +196,7 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
         scale=pre.number('scale', positive=True),
         mean=(mean[0], mean[1], mean[2]),
         std=(std[0], std[1], std[2]),
-        output_name=out.text('name', 'logits'),
+        output_name=output_name,
         temperature=cal.number('temperature', positive=True),
         unknown_threshold=cal.number('unknown_threshold', minimum=0.0, maximum=1.0),
         finding_threshold=cal.number('finding_threshold', DEFAULT_FINDING_THRESHOLD,
@@ -188,6 +210,9 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
         training=card.mapping('training'),
         metrics=card.mapping('metrics'),
         path=path,
+        embedding_name=embedding_name,
+        embedding_size=embedding_size,
+        embedding_distance=distance,
     )
 
 
@@ -197,7 +222,10 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
                                    'unknown_threshold': card.unknown_threshold,
                                    'finding_threshold': card.finding_threshold}
     calibration.update(card.calibration_extra)
-    return {
+    output: Dict[str, Any] = {'name': card.output_name}
+    if card.embedding_name:
+        output.update(embedding_name=card.embedding_name, embedding_size=card.embedding_size)
+    doc = {
         'schema_version': SCHEMA_VERSION,
         'name': card.name,
         'model_file': card.model_file,
@@ -211,11 +239,14 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
         'preprocessing': {'resize': card.resize, 'interpolation': card.interpolation,
                           'scale': card.scale, 'mean': list(card.mean),
                           'std': list(card.std)},
-        'output': {'name': card.output_name},
+        'output': output,
         'calibration': calibration,
         'training': dict(card.training),
         'metrics': dict(card.metrics),
     }
+    if card.embedding_distance is not None:
+        doc['embedding_distance'] = card.embedding_distance.to_dict()
+    return doc
 
 
 def load_card(path: str) -> ModelCard:

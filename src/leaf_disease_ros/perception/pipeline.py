@@ -6,7 +6,9 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
 1. tile the frame and gate tiles by vegetation fraction (:mod:`.tiling`);
 2. preprocess every kept tile into one batch (:func:`.preprocess.preprocess`);
 3. run the backend on the batch, in chunks of at most the backend's maximum batch;
-4. calibrated scores, top-k and unknown rejection (:mod:`.postprocess`);
+4. calibrated scores, top-k and unknown rejection (:mod:`.postprocess`); when the
+   card's ``embedding_distance`` is in use and the backend returns embeddings
+   (``infer_with_embedding``), tiles too far from the training data are unknown too;
 5. the frame's position at its own stamp (:mod:`.geotag`).
 
 It never imports ROS or a runtime: the backend is any object with ``infer(batch)
@@ -71,6 +73,7 @@ class Detection:
     is_disease: bool
     is_finding: bool
     vegetation_fraction: float
+    distance: Optional[float] = None  # to the training data (card's embedding_distance)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ class Detector:
         self._config = config or DetectorConfig()
         self._check(self._config)
         self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
+        distance = card.embedding_distance
+        with_embedding = getattr(backend, 'infer_with_embedding', None)
+        #: the embedding distance in use for unknown (None: softmax score only)
+        self.distance = (distance if distance is not None and distance.use_for_unknown
+                         and card.embedding_name and callable(with_embedding) else None)
 
     @property
     def card(self) -> ModelCard:
@@ -153,6 +161,14 @@ class Detector:
         return np.concatenate([self._backend.infer(batch[i:i + chunk])
                                for i in range(0, batch.shape[0], chunk)])
 
+    def classify_batch_with_embedding(self, batch: np.ndarray
+                                      ) -> Tuple[np.ndarray, np.ndarray]:
+        """Return ``(logits (N, C), embeddings (N, D))`` of a batch, chunked to the max batch."""
+        chunk = max(1, min(self._config.max_batch, self._backend.max_batch))
+        run = getattr(self._backend, 'infer_with_embedding')
+        parts = [run(batch[i:i + chunk]) for i in range(0, batch.shape[0], chunk)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
     def process(self, frame_bgr: np.ndarray, stamp_ns: int,
                 fix_buffer: Optional[PositionSource] = None) -> FrameResult:
         """
@@ -187,11 +203,18 @@ class Detector:
             batch = preprocess(crops(frame_bgr, kept_boxes), self._card,
                                out=self._input_buffer(len(kept_boxes)))
             t_pre = clock()
-            logits = self.classify_batch(batch)
+            distances: Optional[np.ndarray] = None
+            far: Optional[np.ndarray] = None
+            if self.distance is None:
+                logits = self.classify_batch(batch)
+            else:
+                logits, embeddings = self.classify_batch_with_embedding(batch)
+                distances = self.distance.distances(embeddings)
+                far = self.distance.out_of_domain(distances)
             t_inf = clock()
             probs = softmax(logits, self._card.temperature)
             results = classify(probs, self._card.labels, self._card.non_disease_labels,
-                               config.top_k, self.unknown_threshold())
+                               config.top_k, self.unknown_threshold(), far)
             finding_threshold = self.finding_threshold()
             detections = tuple(
                 Detection(box_xyxy_px=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
@@ -199,8 +222,10 @@ class Detector:
                           label_index=r.label_index, score=r.score, top_k=r.top_k,
                           is_unknown=r.is_unknown, is_disease=r.is_disease,
                           is_finding=r.is_disease and r.score >= finding_threshold,
-                          vegetation_fraction=float(fractions[i]))
-                for box, r, i in zip(kept_boxes.tolist(), results, keep.tolist()))
+                          vegetation_fraction=float(fractions[i]),
+                          distance=None if distances is None else float(distances[row]))
+                for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
+                                                      keep.tolist())))
             t_post = clock()
             timings['preprocess'] = (t_pre - t_tiled) * 1e3
             timings['inference'] = (t_inf - t_pre) * 1e3

@@ -2,14 +2,15 @@
 Logits -> calibrated scores, top-k hypotheses, ``unknown`` rejection, disease flag.
 
 Scores are ``softmax(logits / temperature)`` with the card's temperature. When the
-best score is below the unknown threshold the tile's label is ``unknown``: a tired
+best score is below the unknown threshold (or the tile is out of domain by its
+embedding distance, when the card enables that) the tile's label is ``unknown``: a tired
 robot should say "I don't know" rather than guess a disease. A tile is a disease
 finding when its label is neither unknown nor one of the card's healthy or
 background labels.
 """
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def classify(probs: np.ndarray, labels: Sequence[str], non_disease_labels: Sequence[str],
-             top_k: int, unknown_threshold: float) -> List[Classification]:
+             top_k: int, unknown_threshold: float,
+             out_of_domain: Optional[np.ndarray] = None) -> List[Classification]:
     """
     Turn ``(N, C)`` probabilities into one :class:`Classification` per row.
 
@@ -58,6 +60,8 @@ def classify(probs: np.ndarray, labels: Sequence[str], non_disease_labels: Seque
     :param non_disease_labels: labels that are not a disease (healthy, background).
     :param top_k: hypotheses kept per row (clamped to C).
     :param unknown_threshold: best score below this gives ``unknown``.
+    :param out_of_domain: optional ``(N,)`` bool; True rows are ``unknown`` whatever
+        their score (too far from the training data in embedding space).
     """
     probs = np.asarray(probs, dtype=np.float32)
     k = max(1, min(int(top_k), probs.shape[1]))
@@ -65,11 +69,13 @@ def classify(probs: np.ndarray, labels: Sequence[str], non_disease_labels: Seque
     order = np.argsort(-probs, axis=1, kind='stable')[:, :k]
     not_disease = set(non_disease_labels)
     results: List[Classification] = []
-    for row, ranked in zip(probs, order):
+    far = (np.zeros(len(probs), dtype=bool) if out_of_domain is None
+           else np.asarray(out_of_domain, dtype=bool))
+    for row, ranked, is_far in zip(probs, order, far):
         best = int(ranked[0])
         score = float(row[best])
         top = tuple((labels[i], float(row[i])) for i in ranked)
-        if score < unknown_threshold:
+        if score < unknown_threshold or is_far:
             results.append(Classification(UNKNOWN_LABEL, -1, score, top, True, False))
         else:
             label = labels[best]

@@ -13,6 +13,8 @@ atomically (temp file + rename):
 ``map.png``                findings on a local metric grid, with the GPS track
 ``findings.geojson``       merged disease findings, RFC 7946 (QGIS, geojson.io)
 ``findings.kml``           the same in KML 2.2 (Google Earth), plus the track
+``report.html``            one self-contained page: summary, confusion matrix, map,
+                           gallery with saliency (:mod:`.report_html`)
 ``detections.mcap/``       written by the runner (:mod:`.output_bag`)
 =========================  ======================================================
 """
@@ -351,10 +353,19 @@ def write_report(state: ReplayState, out_dir: str,
     ``sections`` add a member to ``metrics.json`` and their lines to the end of
     ``report.md`` each; without them the report is the single-model report.
     """
+    from leaf_disease_ros.replay.report_html import write_report_html
+
     os.makedirs(out_dir, exist_ok=True)
     metrics = build_metrics(state)
     for section in sections:
         metrics[section.key] = section.metrics
+    if state.gallery is not None:
+        metrics['gallery'] = {'per_section': state.gallery.size,
+                              **{name: len(tiles) for name, tiles
+                                 in state.gallery.sections.items()},
+                              'saliency': dict(state.gallery.saliency)}
+    if state.tile_sample is not None:
+        metrics['tiles_saved'] = state.tile_sample.counts()
     features = state.merger.features()
     track = state.track.segments()
     model_name = metrics['model'].get('model', '')
@@ -380,5 +391,6 @@ def write_report(state: ReplayState, out_dir: str,
     for section in sections:
         text += '\n' + '\n'.join(section.markdown) + '\n'
     atomic_write_text(os.path.join(out_dir, REPORT_FILE), text)
+    write_report_html(out_dir, metrics, state)
     atomic_write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     return metrics

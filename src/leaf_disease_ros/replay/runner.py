@@ -52,9 +52,11 @@ from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, 
                                                    STATUS_SBAS_FIX)
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
+from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
 from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
 from leaf_disease_ros.replay.output_bag import OutputBag
 from leaf_disease_ros.replay.stats import LatencyHistogram
+from leaf_disease_ros.replay.tile_sample import TileSample
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array, GroundTruthBox,
                                               navsatfix_to_fix, stamp_to_ns)
@@ -109,6 +111,8 @@ class ReplayOptions:
     write_bag: bool = True
     max_pending_frames: int = MAX_PENDING_FRAMES
     observers: Sequence[FrameObserver] = ()
+    gallery_size: int = GALLERY_SIZE  # report.html gallery per section; 0: none
+    save_tiles: int = 0  # tiles kept per label in OUT/tiles/<label>/ (embedding map); 0: none
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ class ReplayState:
     notes: List[str] = field(default_factory=list)
     output_bag: str = ''
     output_bag_messages: int = 0
+    gallery: Optional[GalleryCollector] = None
+    tile_sample: Optional[TileSample] = None
 
 
 def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
@@ -404,6 +410,10 @@ class _Replay:
             confirmed = self._account(result, truth, decode_ms)
             for observer in self.options.observers:
                 observer.observe(image, result, truth)
+            if state.gallery is not None:
+                state.gallery.add(image, result, frame.log_time_ns)
+            if state.tile_sample is not None:
+                state.tile_sample.add(image, result, truth)
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
                                     self.detector.card, self.detector.unknown_threshold(),
@@ -520,12 +530,18 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 evidence=EvidenceTracker(params['evidence_min_sightings'],
                                          params['evidence_window_frames'],
                                          params['evidence_radius_m']),
-                notes=list(bag.notes) + list(topics.notes))
+                notes=list(bag.notes) + list(topics.notes),
+                gallery=GalleryCollector(options.gallery_size) if options.gallery_size else None,
+                tile_sample=TileSample(options.save_tiles, card) if options.save_tiles else None)
             if options.write_bag:
                 output = OutputBag(os.path.join(options.out_dir, 'detections.mcap'), store,
                                    options.node_name, topics.image, topics.image_type,
                                    topics.fix, params['geo_frame_id'])
             _Replay(bag, topics, detector, state, options, output, store, progress).run()
+            if state.gallery is not None:
+                state.gallery.explain(backend, card)  # saliency of the kept tiles, batched
+            if state.tile_sample is not None:
+                state.tile_sample.write(options.out_dir)
             if output is not None:
                 output.commit()
                 state.output_bag = output.path

@@ -20,6 +20,16 @@ Steps, all on the run's leaf-grouped validation split (``RUN/split.json``):
    ONNX sha256, how the model was trained and its validation figures) is written
    beside the model. Model and card are written atomically, the card last.
 
+Unless ``--no-embedding``, the ONNX model has a second output ``embedding``
+``(N, D)``, the penultimate-layer features (the input of the output layer), named in the card
+(``output.embedding_name``, ``output.embedding_size``; parity is checked on it too),
+and the card gets ``embedding_distance``: the distance-to-training-data statistics
+fitted on the training split's embeddings, with a threshold that rejects at most
+``--max-reject`` of the validation images. The pipeline uses it for ``unknown``
+only when ``--ood-data DIR`` (out-of-domain images: field tiles, soil, sky) shows it
+separates validation from those images better than the softmax score (AUROC,
+:mod:`leaf_disease_ros.explain.domain_check`); both AUROCs are recorded.
+
 Validation images go through :func:`leaf_disease_ros.perception.preprocess.preprocess`,
 the runtime's own preprocessing. A fine-tuning run (``leaf-disease-train --init-from``)
 has a weights-only checkpoint (``checkpoint_best.pt`` + ``checkpoint_best.json``) and its
@@ -29,6 +39,7 @@ card's labels, healthy and background labels and finding threshold.
 """
 
 import argparse
+from dataclasses import replace
 import json
 import os
 import sys
@@ -40,8 +51,12 @@ import cv2
 import numpy as np
 
 
+from leaf_disease_ros.explain.domain_check import (compare_scores, DISTANCE_RULE,
+                                                   distance_threshold)
 from leaf_disease_ros.perception.atomic_io import atomic_path
+from leaf_disease_ros.perception.embedding_distance import fit_distance
 from leaf_disease_ros.perception.errors import LeafDiseaseError, MissingDependencyError
+from leaf_disease_ros.perception.image_folders import is_image_file
 from leaf_disease_ros.perception.metrics import classification_report, format_report
 from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
                                                     card_to_dict, ModelCard, sha256_file,
@@ -99,28 +114,75 @@ def build_model(checkpoint: Dict[str, Any], num_classes: int) -> torch.nn.Module
     return model.eval().float()
 
 
+EMBEDDING_NAME = 'embedding'
+
+
+def output_layer(model: torch.nn.Module, num_classes: int) -> torch.nn.Linear:
+    """
+    Return the fully connected layer that makes the logits (its input is the embedding).
+
+    The last ``Linear`` of ``num_classes`` outputs in module order: ``fc`` of a
+    torchvision ResNet, ``classifier`` of an EfficientNet, the converted ``Gemm`` of an
+    onnx2torch graph (a fine-tuning run).
+
+    :raises LeafDiseaseError: the model has no such layer (export with --no-embedding).
+    """
+    heads = [m for m in model.modules()
+             if isinstance(m, torch.nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        raise LeafDiseaseError(f'the model has no fully connected layer of {num_classes} '
+                               'outputs to take the embedding from; export with --no-embedding')
+    return heads[-1]
+
+
+class LogitsAndEmbedding(torch.nn.Module):
+    """A classifier returning ``(logits, features)``: the features feed its output layer."""
+
+    def __init__(self, model: torch.nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.head = output_layer(model, num_classes)
+        self._seen: List[torch.Tensor] = []
+        # a forward hook sees the head's input; tracing (ONNX export) records it as an output
+        self.head.register_forward_hook(lambda _m, inputs, _out: self._seen.append(inputs[0]))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        self._seen.clear()
+        logits = self.model(x)
+        features = self._seen[-1]
+        self._seen.clear()
+        return logits, features
+
+
 def export(model: torch.nn.Module, card: ModelCard, path: str, opset: int) -> None:
-    """Export ``model`` to ONNX at ``path`` (dynamic batch, names from the card)."""
+    """
+    Export ``model`` to ONNX at ``path`` (dynamic batch, names from the card).
+
+    With ``card.embedding_name`` the model must return ``(logits, embedding)``
+    (:class:`LogitsAndEmbedding`) and both are outputs.
+    """
     import onnx
 
     dummy = torch.zeros(2, 3, card.input_height_px, card.input_width_px)
+    names = [card.output_name] + ([card.embedding_name] if card.embedding_name else [])
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of torch.export; it is kept
         # because its output needs no onnxscript and TensorRT parses it well.
         warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(model, (dummy,), path, input_names=[card.input_name],
-                          output_names=[card.output_name], opset_version=opset,
-                          dynamic_axes={card.input_name: {0: 'batch'},
-                                        card.output_name: {0: 'batch'}},
+                          output_names=names, opset_version=opset,
+                          dynamic_axes={name: {0: 'batch'}
+                                        for name in [card.input_name] + names},
                           do_constant_folding=True, dynamo=False)
     onnx.checker.check_model(onnx.load(path))
 
 
-def validation_set(split: Dict[str, Any], root: str) -> Tuple[List[np.ndarray], np.ndarray]:
-    """Return the decoded validation images and their class indices."""
+def validation_set(split: Dict[str, Any], root: str, side: str = 'val'
+                   ) -> Tuple[List[np.ndarray], np.ndarray]:
+    """Return the decoded images of one side of the split and their class indices."""
     images: List[np.ndarray] = []
     labels: List[int] = []
-    for rel, label_index, _group in split['val']:
+    for rel, label_index, _group in split[side]:
         path = os.path.join(root, rel)
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
@@ -131,19 +193,109 @@ def validation_set(split: Dict[str, Any], root: str) -> Tuple[List[np.ndarray], 
 
 
 def logits_both(model: torch.nn.Module, onnx_path: str, card: ModelCard,
-                images: List[np.ndarray], batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Return (PyTorch logits, onnxruntime logits), each ``(N, C)`` float32."""
+                images: List[np.ndarray], batch_size: int
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Return PyTorch and onnxruntime logits ``(N, C)`` and embeddings ``(N, D)``.
+
+    Without ``card.embedding_name`` the embeddings are ``(N, 0)``.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
-    torch_out: List[np.ndarray] = []
-    ort_out: List[np.ndarray] = []
+    names = [card.output_name] + ([card.embedding_name] if card.embedding_name else [])
+    outputs: List[List[np.ndarray]] = [[], [], [], []]
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = preprocess(images[start:start + batch_size], card)
-            torch_out.append(model(torch.from_numpy(batch)).numpy())
-            ort_out.append(session.run([card.output_name], {card.input_name: batch})[0])
-    return np.concatenate(torch_out), np.concatenate(ort_out)
+            mine = model(torch.from_numpy(batch))
+            theirs = session.run(names, {card.input_name: batch})
+            if not card.embedding_name:
+                empty = np.zeros((batch.shape[0], 0), np.float32)
+                mine, theirs = (mine, torch.from_numpy(empty)), theirs + [empty]
+            for slot, value in enumerate((mine[0].numpy(), theirs[0], mine[1].numpy(),
+                                          theirs[1])):
+                outputs[slot].append(value)
+    torch_logits, ort_logits, torch_emb, ort_emb = (np.concatenate(o) for o in outputs)
+    return torch_logits, ort_logits, torch_emb, ort_emb
+
+
+def onnx_outputs(session: Any, card: ModelCard, images: List[np.ndarray],
+                 batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Return onnxruntime ``(logits, embeddings)`` of ``images`` (the embedding output)."""
+    logits: List[np.ndarray] = []
+    embeddings: List[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start:start + batch_size], card)
+        out = session.run([card.output_name, card.embedding_name], {card.input_name: batch})
+        logits.append(out[0])
+        embeddings.append(out[1])
+    return np.concatenate(logits), np.concatenate(embeddings)
+
+
+def ood_images(folder: str, limit: int = 2000) -> List[np.ndarray]:
+    """Return up to ``limit`` decoded images found under ``folder`` (recursively)."""
+    images: List[np.ndarray] = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            if is_image_file(name) and len(images) < limit:
+                image = cv2.imread(os.path.join(root, name), cv2.IMREAD_COLOR)
+                if image is not None:
+                    images.append(image)
+    if not images:
+        raise LeafDiseaseError(f'--ood-data {folder} holds no readable image')
+    return images
+
+
+def embedding_distance_section(args: argparse.Namespace, onnx_path: str, card: ModelCard,
+                               split: Dict[str, Any], root: str, val_logits: np.ndarray,
+                               val_embeddings: np.ndarray, temperature: float,
+                               softmax_threshold: float) -> Dict[str, Any]:
+    """Fit the distance on the training split; threshold, check and decide (module doc)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+    parts: List[np.ndarray] = []
+    labels: List[np.ndarray] = []
+    step = max(1, args.batch_size) * 8  # decode a few batches at a time, not the whole split
+    for start in range(0, len(split['train']), step):
+        part = {'train': split['train'][start:start + step]}
+        images, indices = validation_set(part, root, 'train')
+        parts.append(onnx_outputs(session, card, images, args.batch_size)[1])
+        labels.append(indices)
+    train_embeddings = np.concatenate(parts)
+    train_labels = np.concatenate(labels)
+    distance = fit_distance(train_embeddings, train_labels, card.num_classes,
+                            components=args.embedding_components)
+    val_distances = distance.distances(val_embeddings)
+    threshold = distance_threshold(val_distances, args.max_reject)
+    record: Dict[str, Any] = {
+        'fitted_on': f'training split: {len(train_labels)} images',
+        'components': int(distance.basis.shape[1]),
+        'threshold_rule': DISTANCE_RULE.format(reject=args.max_reject),
+        'validation_rejected_fraction': float(np.mean(val_distances > threshold)),
+        'validation_median_distance': float(np.median(val_distances)),
+    }
+    use = False
+    if args.ood_data:
+        images = ood_images(args.ood_data)
+        ood_logits, ood_embeddings = onnx_outputs(session, card, images, args.batch_size)
+        check = compare_scores(distance, temperature, val_logits, val_embeddings, ood_logits,
+                               ood_embeddings, threshold, softmax_threshold)
+        check['ood_data'] = os.path.abspath(args.ood_data)
+        record['domain_check'] = check
+        use = bool(check['distance_separates_better'])
+        record['use_rule'] = ('used for unknown: its AUROC beats the softmax score on the '
+                              'check set' if use else 'not used: the softmax score separates '
+                              'the check set as well or better')
+    else:
+        record['use_rule'] = ('not used for unknown: no out-of-domain check set was given '
+                              '(leaf-disease-export --ood-data DIR)')
+    distance.unknown_threshold = threshold
+    distance.use_for_unknown = use
+    distance.record.update(record)
+    return distance.to_dict()
 
 
 def run_export(args: argparse.Namespace) -> Dict[str, Any]:
@@ -156,14 +308,28 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
     root = args.data or split['data']
     images, labels = validation_set(split, root)
     model = build_model(checkpoint, base.num_classes)
+    if not args.no_embedding:
+        wrapped = LogitsAndEmbedding(model, base.num_classes).eval()
+        size = int(wrapped.head.in_features)
+        base = replace(base, embedding_name=EMBEDDING_NAME, embedding_size=size)
+        model = wrapped
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.export-') as scratch:
         tmp_model = os.path.join(scratch, 'model.onnx')
         export(model, base, tmp_model, args.opset)
-        torch_logits, ort_logits = logits_both(model, tmp_model, base, images, args.batch_size)
+        torch_logits, ort_logits, torch_emb, ort_emb = logits_both(model, tmp_model, base,
+                                                                   images, args.batch_size)
         max_diff = float(np.max(np.abs(torch_logits - ort_logits)))
+        if base.embedding_name:
+            embedding_diff = float(np.max(np.abs(torch_emb - ort_emb)))
+            sys.stdout.write(f'parity: max |PyTorch - onnxruntime| embedding difference '
+                             f'{embedding_diff:.2e}\n')
+            if not embedding_diff <= args.tolerance:
+                raise LeafDiseaseError(f'onnxruntime and PyTorch embeddings disagree by '
+                                       f'{embedding_diff:.2e} > {args.tolerance:.0e}; nothing '
+                                       'was written')
         sys.stdout.write(f'parity: max |PyTorch - onnxruntime| logit difference {max_diff:.2e} '
                          f'over {len(images)} validation images (limit {args.tolerance:.0e})\n')
         if not max_diff <= args.tolerance:
@@ -217,6 +383,10 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
         doc['calibration'] = calibration
         doc['training'] = training
         doc['metrics'] = metrics
+        if base.embedding_name:
+            doc['embedding_distance'] = embedding_distance_section(
+                args, tmp_model, base, split, root, ort_logits, ort_emb,
+                calibration['temperature'], calibration['unknown_threshold'])
         with atomic_path(args.out) as tmp_final:
             os.replace(tmp_model, tmp_final)
         card = card_from_dict(doc, card_path_for_model(args.out)).with_model(

@@ -144,6 +144,9 @@ def engine_io_mismatches(tensors: Sequence[TensorInfo], card: ModelCard,
         if not tensor.shape or tensor.shape[-1] != card.num_classes:
             found.append(f'engine output shape {tuple(tensor.shape)}, the card lists '
                          f'{card.num_classes} labels')
+    if card.embedding_name and not any(t.name == card.embedding_name for t in outputs):
+        found.append(f'engine has no embedding output {card.embedding_name!r} (outputs: '
+                     f'{", ".join(t.name for t in outputs) or "none"})')
     return found
 
 
