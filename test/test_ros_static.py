@@ -135,8 +135,17 @@ def test_package_xml_declares_what_the_node_and_launch_file_import():
     assert missing_dependencies([LAUNCH_TEST], test) == []
 
 
+def test_vision_msgs_is_at_least_4_1_for_label_info():
+    root = ElementTree.fromstring(read(PACKAGE_XML))
+    (vision,) = [e for e in root if e.tag == 'exec_depend' and e.text == 'vision_msgs']
+    assert vision.get('version_gte') == '4.1.0'  # vision_msgs/LabelInfo is new in 4.1.0
+
+
 def test_package_xml_check_can_fail():
-    without = read(PACKAGE_XML).replace('<exec_depend>vision_msgs</exec_depend>', '')
+    root = ElementTree.fromstring(read(PACKAGE_XML))
+    for element in [e for e in root if e.text == 'vision_msgs']:
+        root.remove(element)
+    without = ElementTree.tostring(root, encoding='unicode')
     run = declared(without, {'exec_depend', 'depend'})
     assert missing_dependencies([NODE], run) == ['vision_msgs']
 
