@@ -361,3 +361,18 @@ def test_src_has_no_print_assert_or_exit_outside_main_guards():
                 if text in ('print', 'sys.exit', 'exit', 'quit', 'os._exit'):
                     problems.append(f'{relative}:{node.lineno} {text}()')
     assert problems == []
+
+
+def test_the_ros_workflow_builds_and_tests_in_humble_and_jazzy_containers():
+    import yaml
+
+    with open(os.path.join(REPO_DIR, '.github', 'workflows', 'ros.yml'), encoding='utf-8') as f:
+        job = yaml.safe_load(f)['jobs']['colcon']
+    assert {entry['distro'] for entry in job['strategy']['matrix']['include']} == {
+        'humble', 'jazzy'}
+    assert job['container'] == 'ros:${{ matrix.distro }}'
+    script = '\n'.join(step.get('run', '') for step in job['steps'])
+    for needed in ('rosdep install --from-paths src', 'colcon build --packages-select '
+                   'leaf_disease_ros', 'colcon test --packages-select leaf_disease_ros',
+                   'colcon test-result --verbose', 'PIP_CONSTRAINT'):
+        assert needed in script
