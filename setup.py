@@ -28,7 +28,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         (SHARE, ['package.xml']),
         (os.path.join(SHARE, 'launch'), files('launch/*.launch.py')),
-        (os.path.join(SHARE, 'config'), files('config/*.yaml')),
+        (os.path.join(SHARE, 'config'), files('config/*.yaml') + files('config/*.txt')),
         (os.path.join(SHARE, 'engines'),
          files('engines/*.onnx') + [path for path in files('engines/*.json')
                                     if not path.endswith('.engine.json')]
@@ -85,7 +85,7 @@ setup(
     maintainer_email='maintainers@leaf-disease-ros.invalid',
     entry_points={
         'console_scripts': [
-            'detector_node = leaf_disease_ros.ros.node:main',
+            'detector_node = leaf_disease_ros.ros.entry_point:main',
             'leaf-disease-classify = leaf_disease_ros.cli.classify:main',
             'leaf-disease-replay = leaf_disease_ros.cli.replay:main',
             'leaf-disease-train = leaf_disease_ros.cli.train:main',

@@ -3,19 +3,32 @@ Launch the grapevine leaf disease detector node.
 
     ros2 launch leaf_disease_ros detector.launch.py image_topic:=/camera/image_raw
 
-Every argument maps onto the node directly: topics by remapping, the rest as
-parameters (which win over the same names in ``params_file``). No logic here: what
-the node does with a value is the node's business.
+Topics map onto the node by remapping. The parameters come from ``params_file``; the
+launch arguments ``model``, ``backend``, ``image_transport``, ``live_map_dir`` and
+``use_sim_time`` override the same names in it **only when given** (left empty, the
+file's value, else the table default, stays in force). This is done without logic:
+the params file and the given arguments are passed in that order as ``--params-file``
+and ``-p`` rules (launch_ros ``SetParametersFromFile`` / ``SetParameter``, scoped to
+the node by a ``GroupAction``), and rcl applies parameter rules in command-line order.
+No other logic here: what the node does with a value is the node's business.
 """
 
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch import Condition, LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, GroupAction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import Node, SetParameter, SetParametersFromFile
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'leaf_disease_ros'
+
+
+def given(argument: str) -> Condition:
+    """Return a condition that holds when the launch argument ``argument`` is not empty."""
+    def predicate(context: LaunchContext) -> bool:
+        return bool(context.launch_configurations.get(argument, ''))
+
+    return Condition(predicate=predicate)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -23,14 +36,15 @@ def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     arguments = [
         DeclareLaunchArgument(
-            'model', default_value=PathJoinSubstitution([share, 'engines',
-                                                         'leaf_resnet18.onnx']),
-            description='ONNX model (.onnx, with its .json card beside it) or TensorRT '
-                        'engine (.engine); default: the shipped model'),
+            'model', default_value='',
+            description='ONNX model (.onnx, with its .json card beside it) or TensorRT engine '
+                        '(.engine); empty: model_path of params_file (default: the shipped '
+                        'engines/leaf_resnet18.onnx)'),
         DeclareLaunchArgument(
-            'backend', default_value='auto', choices=['auto', 'onnxruntime', 'tensorrt'],
+            'backend', default_value='', choices=['', 'auto', 'onnxruntime', 'tensorrt'],
             description='auto: a matching TensorRT engine, else ONNX Runtime; onnxruntime '
-                        'or tensorrt: that one or fail at start'),
+                        'or tensorrt: that one or fail at start; empty: as in params_file '
+                        '(default auto)'),
         DeclareLaunchArgument(
             'image_topic', default_value='/camera/image_raw',
             description='camera topic (sensor_msgs/Image); with image_transport compressed '
@@ -39,8 +53,14 @@ def generate_launch_description() -> LaunchDescription:
             'fix_topic', default_value='/fix',
             description='GNSS fix topic (sensor_msgs/NavSatFix)'),
         DeclareLaunchArgument(
-            'image_transport', default_value='raw', choices=['raw', 'compressed'],
-            description='raw: sensor_msgs/Image; compressed: sensor_msgs/CompressedImage'),
+            'image_transport', default_value='', choices=['', 'raw', 'compressed'],
+            description='raw: sensor_msgs/Image; compressed: sensor_msgs/CompressedImage; '
+                        'empty: as in params_file (default raw)'),
+        DeclareLaunchArgument(
+            'live_map_dir', default_value='',
+            description='folder where the node keeps findings.geojson, the merged findings '
+                        'of the run (every live_map_period_s and at shutdown); empty: as in '
+                        'params_file (default off)'),
         DeclareLaunchArgument(
             'params_file', default_value=PathJoinSubstitution([share, 'config',
                                                                'detector.yaml']),
@@ -49,12 +69,26 @@ def generate_launch_description() -> LaunchDescription:
             'namespace', default_value='',
             description='namespace of the node (one detector per camera)'),
         DeclareLaunchArgument(
-            'use_sim_time', default_value='false', choices=['true', 'false'],
-            description='true when playing a bag with ros2 bag play --clock'),
+            'use_sim_time', default_value='', choices=['', 'true', 'false'],
+            description='true when playing a bag with ros2 bag play --clock; empty: as in '
+                        'params_file (default false)'),
         DeclareLaunchArgument(
             'log_level', default_value='info',
             choices=['debug', 'info', 'warn', 'error', 'fatal'],
             description='log level of the node'),
+    ]
+    overrides = [
+        SetParameter(name='model_path', condition=given('model'),
+                     value=ParameterValue(LaunchConfiguration('model'), value_type=str)),
+        SetParameter(name='backend', condition=given('backend'),
+                     value=ParameterValue(LaunchConfiguration('backend'), value_type=str)),
+        SetParameter(name='image_transport', condition=given('image_transport'),
+                     value=ParameterValue(LaunchConfiguration('image_transport'),
+                                          value_type=str)),
+        SetParameter(name='live_map_dir', condition=given('live_map_dir'),
+                     value=ParameterValue(LaunchConfiguration('live_map_dir'), value_type=str)),
+        SetParameter(name='use_sim_time', condition=given('use_sim_time'),
+                     value=ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool)),
     ]
     detector = Node(
         package=PACKAGE,
@@ -63,17 +97,6 @@ def generate_launch_description() -> LaunchDescription:
         namespace=LaunchConfiguration('namespace'),
         output='screen',
         emulate_tty=True,
-        parameters=[
-            LaunchConfiguration('params_file'),
-            {
-                'model_path': ParameterValue(LaunchConfiguration('model'), value_type=str),
-                'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str),
-                'image_transport': ParameterValue(LaunchConfiguration('image_transport'),
-                                                  value_type=str),
-                'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'),
-                                               value_type=bool),
-            },
-        ],
         remappings=[
             ('image', LaunchConfiguration('image_topic')),
             ('image/compressed', [LaunchConfiguration('image_topic'), '/compressed']),
@@ -81,4 +104,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
     )
-    return LaunchDescription(arguments + [detector])
+    node_group = GroupAction(
+        [SetParametersFromFile(LaunchConfiguration('params_file'))] + overrides + [detector],
+        scoped=True)
+    return LaunchDescription(arguments + [node_group])

@@ -77,7 +77,8 @@ class FakeCudaError(Exception):
 
 def install_fake_runtime(monkeypatch: Any, version: str = '10.3.0', gpu_name: str = 'Orin',
                          compute_capability: Tuple[int, int] = (8, 7), device_count: int = 1,
-                         pycuda: bool = True) -> None:
+                         pycuda: bool = True, sm_count: int = 16,
+                         memory_bytes: int = 30 << 30) -> None:
     """Make ``import tensorrt`` and ``import pycuda.driver`` succeed (probe surface only)."""
     trt = types.ModuleType('tensorrt')
     trt.__version__ = version
@@ -102,10 +103,18 @@ def install_fake_runtime(monkeypatch: Any, version: str = '10.3.0', gpu_name: st
         def compute_capability(self) -> Tuple[int, int]:
             return compute_capability
 
+        def get_attribute(self, attribute: Any) -> int:
+            assert attribute == 'MULTIPROCESSOR_COUNT'
+            return sm_count
+
+        def total_memory(self) -> int:
+            return memory_bytes
+
     driver = types.ModuleType('pycuda.driver')
     driver.Error = FakeCudaError
     driver.init = lambda: None
     driver.Device = Device
+    driver.device_attribute = types.SimpleNamespace(MULTIPROCESSOR_COUNT='MULTIPROCESSOR_COUNT')
     package = types.ModuleType('pycuda')
     package.driver = driver
     monkeypatch.setitem(sys.modules, 'pycuda', package)

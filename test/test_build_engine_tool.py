@@ -3,7 +3,8 @@ leaf-disease-build-engine exits cleanly where it cannot build: run as a subproce
 
 Where tensorrt, pycuda or a GPU must look absent (or present, to reach a later
 check), a folder put first on PYTHONPATH shadows them with tiny modules that only
-answer the environment probe (version, device count, name, compute capability).
+answer the environment probe (version, device count, name, compute capability, SM
+count, memory).
 Every case below exits before any GPU work; none imitates a build.
 """
 
@@ -47,6 +48,16 @@ class Device:
 
     def compute_capability(self):
         return (8, 7)
+
+    def get_attribute(self, attribute):
+        return 16
+
+    def total_memory(self):
+        return 30 << 30
+
+
+class device_attribute:
+    MULTIPROCESSOR_COUNT = 16
 """
 
 

@@ -8,7 +8,8 @@ from leaf_disease_ros.geo.geotag import ADD_ACCEPTED, ADD_REJECTED_NAN, ADD_REJE
 from leaf_disease_ros.perception.positions import Fix, STATUS_FIX
 from leaf_disease_ros.ros.diagnostics import (CLOCK_MISMATCH_S, DetectorStats, DetectorThresholds,
                                               ERROR, GpsStats, OK, percentile, SlidingWindow,
-                                              STALE, WARN, worst_level)
+                                              STALE, status_name, STATUS_UNKNOWN, WARN,
+                                              worst_level)
 
 S = 1_000_000_000
 THRESHOLDS = DetectorThresholds(no_image_warn_s=5.0, latency_budget_ms=500.0)
@@ -251,3 +252,17 @@ def test_images_arriving_without_any_outcome_warn_that_inference_is_stuck():
     assert rep.message.startswith('images arrive but no frame finished for 6.5 s')
     stats.frame_processed(8.6, 100.0, 40.0)
     assert report(stats, 8.7).level == OK
+
+
+def test_gps_status_unknown_is_not_reported_as_no_fix():
+    # Jazzy: NavSatStatus.STATUS_UNKNOWN = -2 is the field's default ("not yet set")
+    stats = GpsStats(start_s=0.0)
+    stats.fix_received(10.0, ADD_REJECTED_NO_FIX, STATUS_UNKNOWN)
+    rep = gps_report(stats, 10.1, 100 * S, None)
+    assert rep.level == WARN and 'STATUS_UNKNOWN' in rep.message
+    assert 'NO_FIX' not in rep.message
+    stats.fix_received(10.2, ADD_REJECTED_NO_FIX, -1)
+    assert 'receiver reports NO_FIX' in gps_report(stats, 10.3, 100 * S, None).message
+    stats.fix_received(10.4, ADD_REJECTED_NO_FIX, -7)
+    assert 'status -7' in gps_report(stats, 10.5, 100 * S, None).message
+    assert status_name(STATUS_UNKNOWN) == 'UNKNOWN' and status_name(2) == 'GBAS_FIX'

@@ -20,7 +20,7 @@ from leaf_disease_ros.perception.metrics import auroc
 try:
     import sklearn  # noqa: F401
     HAVE_SKLEARN = True
-except ImportError:
+except (ImportError, AttributeError):  # scipy's array-API probe fails when torch is hidden
     HAVE_SKLEARN = False
 
 

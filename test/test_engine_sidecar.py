@@ -60,8 +60,11 @@ def test_sidecar_and_cache_names(tmp_path) -> None:
     engine = str(tmp_path / 'm.fp16.sm87.trt10.3.0.engine')
     assert sidecar_path_for_engine(engine) == engine + '.json'
     assert timing_cache_path(str(tmp_path), ORIN) == str(tmp_path / 'sm87.trt10.3.0.timing_cache')
-    assert calibration_cache_path(str(tmp_path), 'm', ORIN) == str(
-        tmp_path / 'm.int8.sm87.trt10.3.0.calib_cache')
+    # keyed by the ONNX sha256: a re-exported model never reuses the old ranges
+    assert calibration_cache_path(str(tmp_path), 'm', ORIN, 'ab12' * 16) == str(
+        tmp_path / 'm.ab12ab12ab12.int8.sm87.trt10.3.0.calib_cache')
+    assert calibration_cache_path(str(tmp_path), 'm', ORIN, 'cd34' * 16) != \
+        calibration_cache_path(str(tmp_path), 'm', ORIN, 'ab12' * 16)
 
 
 def test_engine_candidates_only_lists_this_models_engines(tmp_path) -> None:

@@ -1,10 +1,14 @@
 """Checks around decoding: malformed messages and failed conversions are frame errors."""
 
+import array
+
+import cv2
 import numpy as np
 import pytest
 
 from leaf_disease_ros.perception.errors import FrameError, ImageDecodeError
-from leaf_disease_ros.ros.image_input import check_compressed, check_decoded, check_raw_layout
+from leaf_disease_ros.ros.image_input import (check_compressed, check_decoded,
+                                              check_raw_layout, decode_compressed)
 
 
 def test_a_consistent_raw_image_passes():
@@ -40,3 +44,40 @@ def test_decoded_output_must_be_a_bgr_uint8_image():
         check_decoded(np.zeros((4, 6), dtype=np.uint8), 'image')
     with pytest.raises(ImageDecodeError, match='expected'):
         check_decoded(np.zeros((4, 6, 3), dtype=np.uint16), 'image')
+
+
+def _encoded(ext: str, image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(ext, image)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize('kind', ['mono_jpeg', 'bgr_jpeg', 'rgba_png', 'png_16_bit',
+                                  'mono_png_16_bit'])
+def test_compressed_frames_decode_to_8_bit_bgr_whatever_was_encoded(kind):
+    # cv_bridge would return a mono JPEG 2-D (Humble, IMREAD_ANYCOLOR) and an RGBA or
+    # 16-bit PNG as is (Jazzy, IMREAD_UNCHANGED), all labelled bgr8
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, size=(24, 40, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    data = {
+        'mono_jpeg': lambda: _encoded('.jpg', gray),
+        'bgr_jpeg': lambda: _encoded('.jpg', bgr),
+        'rgba_png': lambda: _encoded('.png', cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)),
+        'png_16_bit': lambda: _encoded('.png', bgr.astype(np.uint16) * 257),
+        'mono_png_16_bit': lambda: _encoded('.png', gray.astype(np.uint16) * 257),
+    }[kind]()
+    for payload in (data, array.array('B', data), list(data)):
+        image = decode_compressed('png', payload)
+        assert image.dtype == np.uint8 and image.shape == (24, 40, 3)
+    if kind in ('rgba_png', 'png_16_bit'):
+        np.testing.assert_array_equal(image, bgr)  # lossless: the same pixels
+    if kind == 'mono_png_16_bit':
+        np.testing.assert_array_equal(image[:, :, 0], gray)
+
+
+def test_undecodable_compressed_frames_are_image_decode_errors():
+    with pytest.raises(ImageDecodeError, match="format 'jpeg'\\) could not be decoded"):
+        decode_compressed('jpeg', b'\xff\xd8 not really a jpeg')
+    with pytest.raises(ImageDecodeError, match='has no data'):
+        decode_compressed('jpeg', b'')

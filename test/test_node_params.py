@@ -132,3 +132,18 @@ def test_unknown_overrides_are_reported_with_the_closest_name():
     assert 'frobnicate' in text
     assert 'use_sim_time' not in text and 'qos_overrides' not in text and 'top_k,' not in text
     assert unknown_parameters_message(['use_sim_time', 'top_k']) == ''
+
+
+@pytest.mark.parametrize('spec', PARAMETERS, ids=lambda spec: spec.name)
+def test_doubles_are_declared_with_dynamic_typing_and_the_rest_static(spec):
+    # rclpy rejects `ros2 param set ... debug_image_rate_hz 5` (an int) for a statically
+    # typed double; with dynamic typing review_changes does the type check instead
+    assert descriptor_fields(spec).dynamic_typing == (spec.type in (DOUBLE, DOUBLE_ARRAY))
+    if spec.type in (DOUBLE, DOUBLE_ARRAY):
+        whole = 1 if spec.type == DOUBLE else [0, 0, 1]
+        text = 'not a number' if spec.type == DOUBLE else ['a', 'b', 'c']
+        current = validate_parameters({})
+        if not spec.read_only:
+            review = review_changes([(spec.name, whole)], current)
+            assert review.successful or 'below the minimum' in review.reason
+            assert not review_changes([(spec.name, text)], current).successful

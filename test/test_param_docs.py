@@ -11,6 +11,8 @@ from leaf_disease_ros.perception.config import PARAMETERS, PARAMETERS_BY_NAME
 from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError, ModelCardError,
                                                 ModelLoadError)
 from leaf_disease_ros.ros.diagnostics import domain_report, DomainShares
+from leaf_disease_ros.ros.diagnostics import rejected_status_text
+from leaf_disease_ros.ros.environment import numpy_problem
 from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
                                            EndpointQos, IMAGE_TYPE, no_image_message,
                                            ready_message, start_failure_message, time_jump_message,
@@ -107,7 +109,10 @@ EXAMPLES = [
     start_failure_message(ConfigError('tile_stride_px', '300 is larger than tile_size_px 256: '
                                                         'the frame would have unclassified '
                                                         'gaps')),
-    type_hint(PARAMETERS_BY_NAME['max_fix_age_s']),
+    type_hint(PARAMETERS_BY_NAME['top_k']),
+    'detector cannot start: ' + numpy_problem(
+        'humble', '2.2.6', '/home/robot/.local/lib/python3.10/site-packages/numpy'),
+    rejected_status_text(-2),
     unknown_parameters_message(['tile_sise_px']),
     start_failure_message(ModelCardError(
         '/data/models/mine.json', '<file>', 'does not exist; every model needs its card '

@@ -19,6 +19,10 @@ from leaf_disease_ros.cli import replay as cli
 from leaf_disease_ros.perception.errors import BagError
 from leaf_disease_ros.replay.bag import BagReader
 
+# the replay decodes images with rosbags-image, which has no rosdep key: on a robot
+# without it (colcon test after rosdep install) these tests are skipped, not failed
+pytest.importorskip('rosbags.image', reason='needs rosbags-image (pip install rosbags-image)')
+
 
 @pytest.fixture(scope='module')
 def frame_image(leaf_images):

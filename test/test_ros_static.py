@@ -22,6 +22,7 @@ from conftest import REPO_DIR
 
 SRC = os.path.join(REPO_DIR, 'src', 'leaf_disease_ros')
 NODE = os.path.join(SRC, 'ros', 'node.py')
+ENTRY_POINT = os.path.join(SRC, 'ros', 'entry_point.py')
 CONVERSIONS = os.path.join(SRC, 'ros', 'conversions.py')
 LAUNCH = os.path.join(REPO_DIR, 'launch', 'detector.launch.py')
 LAUNCH_TEST = os.path.join(REPO_DIR, 'test', 'test_detector_launch.py')
@@ -97,10 +98,22 @@ def test_compiles(path, tmp_path):
     py_compile.compile(path, cfile=str(tmp_path / 'out.pyc'), doraise=True)
 
 
-def test_the_node_module_is_the_registered_entry_point():
-    assert "'detector_node = leaf_disease_ros.ros.node:main'" in read(SETUP_PY)
-    tree = ast.parse(read(NODE))
-    assert any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in tree.body)
+def test_the_entry_point_checks_python_before_importing_the_node():
+    # detector_node runs ros/entry_point.py:main, which imports ros/node.py (rclpy, cv2,
+    # cv_bridge) only inside main(), after check_python_stack()
+    assert "'detector_node = leaf_disease_ros.ros.entry_point:main'" in read(SETUP_PY)
+    tree = ast.parse(read(ENTRY_POINT))
+    top_level = {module.split('.')[0] for node in tree.body
+                 for module in imported_modules(ast.unparse(node))}
+    assert top_level <= {'sys', 'typing', 'leaf_disease_ros'}
+    assert imported_modules(read(ENTRY_POINT)) >= {'leaf_disease_ros.ros.node'}
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == 'main')
+    check = min(n.lineno for n in ast.walk(main)
+                if isinstance(n, ast.Call) and call_name(n) == 'check_python_stack')
+    node_import = min(n.lineno for n in ast.walk(main) if isinstance(n, ast.ImportFrom))
+    assert check < node_import
+    node_tree = ast.parse(read(NODE))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in node_tree.body)
 
 
 # --- package.xml -----------------------------------------------------------------------
@@ -135,8 +148,17 @@ def test_package_xml_declares_what_the_node_and_launch_file_import():
     assert missing_dependencies([LAUNCH_TEST], test) == []
 
 
+def test_vision_msgs_is_at_least_4_1_for_label_info():
+    root = ElementTree.fromstring(read(PACKAGE_XML))
+    (vision,) = [e for e in root if e.tag == 'exec_depend' and e.text == 'vision_msgs']
+    assert vision.get('version_gte') == '4.1.0'  # vision_msgs/LabelInfo is new in 4.1.0
+
+
 def test_package_xml_check_can_fail():
-    without = read(PACKAGE_XML).replace('<exec_depend>vision_msgs</exec_depend>', '')
+    root = ElementTree.fromstring(read(PACKAGE_XML))
+    for element in [e for e in root if e.text == 'vision_msgs']:
+        root.remove(element)
+    without = ElementTree.tostring(root, encoding='unicode')
     run = declared(without, {'exec_depend', 'depend'})
     assert missing_dependencies([NODE], run) == ['vision_msgs']
 
@@ -144,7 +166,10 @@ def test_package_xml_check_can_fail():
 # --- launch file -------------------------------------------------------------------------
 
 LAUNCH_ARGUMENTS = {'model', 'backend', 'image_topic', 'fix_topic', 'image_transport',
-                    'params_file', 'namespace', 'use_sim_time', 'log_level'}
+                    'live_map_dir', 'params_file', 'namespace', 'use_sim_time', 'log_level'}
+# launch arguments that override parameters of params_file, only when given
+OVERRIDES = {'model': 'model_path', 'backend': 'backend', 'image_transport': 'image_transport',
+             'live_map_dir': 'live_map_dir', 'use_sim_time': 'use_sim_time'}
 FORBIDDEN_CALLS = {'eval', 'exec', 'OpaqueFunction', 'ExecuteProcess', 'system', 'Popen',
                    'run', 'check_output', 'check_call', 'PythonExpression'}
 
@@ -184,13 +209,52 @@ def test_launch_file_declares_the_arguments_and_has_no_logic():
     assert launch_problems(read(LAUNCH)) == []
 
 
+def set_parameters(source: str) -> Dict[str, str]:
+    """Return parameter name -> launch argument of the SetParameter actions of a launch file."""
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and call_name(node) == 'SetParameter':
+            keywords = {k.arg: k.value for k in node.keywords}
+            argument = next((ast.literal_eval(n.args[0]) for n in ast.walk(keywords['value'])
+                             if isinstance(n, ast.Call) and call_name(n) == 'LaunchConfiguration'),
+                            '')
+            condition = keywords.get('condition')
+            given = (isinstance(condition, ast.Call) and call_name(condition) == 'given'
+                     and ast.literal_eval(condition.args[0]) == argument)
+            found[ast.literal_eval(keywords['name'])] = argument if given else '<always>'
+    return found
+
+
 def test_launch_file_parameters_are_in_the_table():
     from leaf_disease_ros.perception.config import PARAMETERS_BY_NAME
 
-    tree = ast.parse(read(LAUNCH))
-    keys = {key.value for node in ast.walk(tree) if isinstance(node, ast.Dict)
-            for key in node.keys if isinstance(key, ast.Constant)}
+    keys = set(set_parameters(read(LAUNCH)))
     assert keys and keys <= set(PARAMETERS_BY_NAME) | {'use_sim_time'}
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    source = read(LAUNCH)
+    assert {argument: name for name, argument in set_parameters(source).items()} == OVERRIDES
+    tree = ast.parse(source)
+    for node in ast.walk(tree):  # each overriding argument defaults to empty: "not given"
+        if isinstance(node, ast.Call) and call_name(node) == 'DeclareLaunchArgument':
+            if ast.literal_eval(node.args[0]) in OVERRIDES:
+                default = {k.arg: k.value for k in node.keywords}['default_value']
+                assert ast.literal_eval(default) == ''
+    # the params file goes first (--params-file), the given arguments after it (-p), in
+    # one scoped group with the node: rcl applies them in that order
+    group = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and call_name(n) == 'GroupAction')
+    text = ast.unparse(group)
+    assert text.index('SetParametersFromFile') < text.index('overrides') < text.index('detector')
+    assert not any(isinstance(n, ast.Call) and call_name(n) == 'Node' and any(
+        k.arg == 'parameters' for k in n.keywords) for n in ast.walk(tree))
+
+
+def test_launch_override_check_can_fail():
+    source = read(LAUNCH)
+    broken = source.replace("condition=given('backend'),", '', 1)
+    assert set_parameters(broken)['backend'] == '<always>'
 
 
 def test_launch_check_can_fail():
@@ -210,11 +274,12 @@ SERVICES = {'~/enable'}
 # exception names the node may catch, and where the broad ones are allowed
 NARROW = {'FrameError', 'InferenceError', 'self._bridge_error',
           'InvalidParameterTypeException', 'InvalidParameterValueException',
-          'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException'}
-# broader catches, each allowed in one function only
-BROAD = {'Exception': '_worker_main', 'BaseException': '__init__',
-         'broken_import': '_make_bridge', 'broken_import + (cv_bridge.CvBridgeError,)':
-         '_make_bridge'}
+          'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException', 'OSError'}
+# broader catches, each allowed in the functions named only: the worker's last resort,
+# the publishing path (no exception from it may end the worker), start-up clean-up
+BROAD = {'Exception': {'_worker_main', '_publish_frame'}, 'BaseException': {'__init__'},
+         'broken_import': {'_make_bridge'},
+         'broken_import + (cv_bridge.CvBridgeError,)': {'_make_bridge'}}
 
 
 def names_in(call_args, name: str, tree: ast.AST) -> Set[str]:
@@ -257,7 +322,7 @@ def handler_problems(source: str) -> List[str]:
             for caught in (ast.unparse(t) for t in types):
                 if caught in NARROW:
                     continue
-                if BROAD.get(caught) == function.name:
+                if function.name in BROAD.get(caught, ()):
                     if caught == 'BaseException' and not any(
                             isinstance(n, ast.Raise) and n.exc is None for n in node.body):
                         problems.append(f'{caught} in {function.name} is not re-raised')
@@ -296,3 +361,18 @@ def test_src_has_no_print_assert_or_exit_outside_main_guards():
                 if text in ('print', 'sys.exit', 'exit', 'quit', 'os._exit'):
                     problems.append(f'{relative}:{node.lineno} {text}()')
     assert problems == []
+
+
+def test_the_ros_workflow_builds_and_tests_in_humble_and_jazzy_containers():
+    import yaml
+
+    with open(os.path.join(REPO_DIR, '.github', 'workflows', 'ros.yml'), encoding='utf-8') as f:
+        job = yaml.safe_load(f)['jobs']['colcon']
+    assert {entry['distro'] for entry in job['strategy']['matrix']['include']} == {
+        'humble', 'jazzy'}
+    assert job['container'] == 'ros:${{ matrix.distro }}'
+    script = '\n'.join(step.get('run', '') for step in job['steps'])
+    for needed in ('rosdep install --from-paths src', 'colcon build --packages-select '
+                   'leaf_disease_ros', 'colcon test --packages-select leaf_disease_ros',
+                   'colcon test-result --verbose', 'PIP_CONSTRAINT'):
+        assert needed in script

@@ -1,9 +1,13 @@
 """
-GPU tier: real TensorRT engines of the tiny model, compared with ONNX Runtime.
+GPU tier: real TensorRT engines of the tiny and the shipped model, compared with ONNX Runtime.
 
 Skipped where TensorRT, pycuda or a CUDA GPU is missing. Engines are built by
-leaf-disease-build-engine (a subprocess, as an operator runs it) into a private copy
-of the tiny model, then loaded through the real backend and factory.
+leaf-disease-build-engine (a subprocess, as an operator runs it) into private copies
+of the models, then loaded through the real backend and factory. Besides parity of
+the tiny model: the shipped 128-px model's top-1 agreement with ONNX Runtime on real
+leaf photos (FP16 and INT8, at least 99 %), its throughput against ONNX Runtime
+written as a benchmark file (``$LEAF_BENCHMARK_DIR``), GPU memory over 20 load/close
+cycles, a corrupted engine, and a DLA build where the GPU has a DLA core.
 """
 
 import importlib
@@ -25,8 +29,10 @@ from leaf_disease_ros.inference.engine.policy import parse_tensorrt_version
 from leaf_disease_ros.inference.engine.sidecar import card_path_for_engine, read_sidecar
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
-from leaf_disease_ros.perception.errors import EngineMismatchError, InferenceError
-from leaf_disease_ros.perception.model_card import card_path_for_model, load_card, ModelCard
+from leaf_disease_ros.perception.errors import (EngineMismatchError, InferenceError,
+                                                ModelLoadError)
+from leaf_disease_ros.perception.model_card import (card_path_for_model, load_card, ModelCard,
+                                                    sha256_file)
 from leaf_disease_ros.perception.preprocess import preprocess
 from tiny_model import make_tiny_model
 
@@ -308,3 +314,219 @@ def test_embedding_output_and_saliency_through_an_engine(tmp_path, leaf_batch: n
     finally:
         backend.close()
         reference.close()
+
+
+# --- the shipped model, memory, corruption, DLA (issue 12) ------------------------------
+
+SHIPPED = os.path.join(REPO, 'engines', 'leaf_resnet18.onnx')
+SHARED_LEAVES = os.path.join(REPO, '..', 'shared', 'datasets', 'plantvillage_grape')
+AGREEMENT_IMAGES = 400  # spread over the shared dataset when present, else test/data/leaves
+
+
+def _image_paths(limit: int) -> List[str]:
+    folder = SHARED_LEAVES if os.path.isdir(SHARED_LEAVES) else LEAVES
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                   for name in names if name.lower().endswith(('.jpg', '.jpeg', '.png')))
+    step = max(1, len(paths) // limit)
+    return paths[::step][:limit]
+
+
+@pytest.fixture(scope='module')
+def shipped_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Return a private copy of the shipped model and card that engines are built into."""
+    folder = str(tmp_path_factory.mktemp('shipped'))
+    for name in ('leaf_resnet18.onnx', 'leaf_resnet18.json'):
+        shutil.copy(os.path.join(REPO, 'engines', name), os.path.join(folder, name))
+    return folder
+
+
+@pytest.fixture(scope='module')
+def shipped_batches(shipped_dir: str) -> List[np.ndarray]:
+    """Return real leaf photos preprocessed with the shipped card, in batches of 16."""
+    card = load_card(os.path.join(shipped_dir, 'leaf_resnet18.json'))
+    images = [cv2.imread(path) for path in _image_paths(AGREEMENT_IMAGES)]
+    images = [image for image in images if image is not None]
+    return [preprocess(images[i:i + 16], card) for i in range(0, len(images), 16)]
+
+
+def _shipped_engine(shipped_dir: str, precision: str, *extra: str) -> str:
+    onnx_path = os.path.join(shipped_dir, 'leaf_resnet18.onnx')
+    info = machine()
+    engine = os.path.join(shipped_dir, engine_file_name('leaf_resnet18', precision,
+                                                        info.compute_capability,
+                                                        info.tensorrt_version))
+    if not os.path.isfile(engine):
+        result = build(onnx_path, '--precision', precision, *extra)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return engine
+
+
+@pytest.mark.parametrize('precision', ['fp16', 'int8'])
+def test_shipped_model_top1_agrees_with_onnxruntime(shipped_dir: str, precision: str,
+                                                    shipped_batches: List[np.ndarray]) -> None:
+    from leaf_disease_ros.inference.tensorrt_backend import load_engine_backend
+
+    extra: List[str] = []
+    if precision == 'int8':
+        if parse_tensorrt_version(machine().tensorrt_version) >= (11, 0, 0):
+            pytest.skip('TensorRT 11 removed implicit INT8 calibration')
+        calib = SHARED_LEAVES if os.path.isdir(SHARED_LEAVES) else LEAVES
+        extra = ['--calib-images', calib, '--calib-max-images', '256']
+    engine = _shipped_engine(shipped_dir, precision, *extra)
+    card = load_card(os.path.join(shipped_dir, 'leaf_resnet18.json'))
+    reference = OnnxRuntimeBackend(os.path.join(shipped_dir, 'leaf_resnet18.onnx'), card,
+                                   provider='cpu')
+    backend = load_engine_backend(engine)
+    try:
+        agree = total = 0
+        for batch in shipped_batches:
+            got = backend.infer(batch).argmax(axis=1)
+            want = reference.infer(batch).argmax(axis=1)
+            agree += int((got == want).sum())
+            total += len(batch)
+        assert total >= 24 and agree / total >= 0.99, (precision, agree, total)
+    finally:
+        backend.close()
+        reference.close()
+
+
+def test_shipped_model_throughput_against_onnxruntime_is_recorded(
+        shipped_dir: str, shipped_batches: List[np.ndarray], tmp_path) -> None:
+    """Write the Jetson benchmark file ($LEAF_BENCHMARK_DIR, else a temporary folder)."""
+    import platform
+    import time
+
+    from leaf_disease_ros.inference.tensorrt_backend import load_engine_backend
+
+    engine = _shipped_engine(shipped_dir, 'fp16')
+    card = load_card(os.path.join(shipped_dir, 'leaf_resnet18.json'))
+    batch = shipped_batches[0][:6]  # the tiles of one 768x512 frame
+
+    def images_per_s(backend: Any, seconds: float = 3.0) -> float:
+        backend.infer(batch)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            backend.infer(batch)
+            count += len(batch)
+        return count / (time.perf_counter() - start)
+
+    trt_backend = load_engine_backend(engine)
+    try:
+        trt_rate = images_per_s(trt_backend)
+    finally:
+        trt_backend.close()
+    ort_backend = OnnxRuntimeBackend(os.path.join(shipped_dir, 'leaf_resnet18.onnx'), card)
+    try:
+        ort_rate = images_per_s(ort_backend)
+        ort_provider = ','.join(ort_backend.describe().get('providers', []))
+    finally:
+        ort_backend.close()
+    info = machine()
+    record = {'machine': info.describe(), 'module': info.module_facts(),
+              'platform': platform.platform(), 'model': 'leaf_resnet18 (128 px)',
+              'batch': len(batch), 'tensorrt_fp16_images_per_s': round(trt_rate, 1),
+              'onnxruntime_images_per_s': round(ort_rate, 1),
+              'onnxruntime_providers': ort_provider, 'speedup': round(trt_rate / ort_rate, 2)}
+    folder = os.environ.get('LEAF_BENCHMARK_DIR') or str(tmp_path)
+    os.makedirs(folder, exist_ok=True)
+    name = f'tensorrt_{info.gpu_name.replace(" ", "_").lower()}_fp16.json'
+    with open(os.path.join(folder, name), 'w', encoding='utf-8') as stream:
+        json.dump(record, stream, indent=1)
+    assert trt_rate > 0 and ort_rate > 0
+
+
+def test_memory_is_returned_over_twenty_load_close_cycles(engines: Dict[str, str],
+                                                          leaf_batch: np.ndarray) -> None:
+    import pycuda.driver as cuda
+
+    from leaf_disease_ros.inference.tensorrt_backend import (load_engine_backend,
+                                                             primary_context)
+
+    context = primary_context(cuda)
+
+    def free_bytes() -> int:
+        context.push()
+        try:
+            cuda.Context.synchronize()
+            return int(cuda.mem_get_info()[0])
+        finally:
+            cuda.Context.pop()
+
+    backend = load_engine_backend(engines['fp16'])  # first load: lazy runtime allocations
+    backend.close()
+    before = free_bytes()
+    for _ in range(20):
+        backend = load_engine_backend(engines['fp16'])
+        backend.infer(leaf_batch[:6])
+        backend.close()
+    lost = before - free_bytes()
+    assert lost < 64 << 20, f'{lost / 2**20:.1f} MiB of GPU memory not returned after 20 cycles'
+
+
+def test_a_corrupted_engine_is_refused_and_auto_falls_back(tmp_path, engines: Dict[str, str],
+                                                           onnx_path: str) -> None:
+    from leaf_disease_ros.inference.tensorrt_backend import load_engine_backend
+
+    for name in ('tiny.onnx', 'tiny.json'):
+        shutil.copy(os.path.join(os.path.dirname(onnx_path), name), tmp_path / name)
+    engine = str(tmp_path / os.path.basename(engines['fp16']))
+    data = bytearray(open(engines['fp16'], 'rb').read())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(len(data[middle:middle + 4096]))  # zero a block
+    with open(engine, 'wb') as stream:
+        stream.write(bytes(data))
+    with open(sidecar_path_for_engine(engines['fp16']), encoding='utf-8') as stream:
+        doc = json.load(stream)
+    doc['engine_sha256'] = sha256_file(engine)
+    with open(sidecar_path_for_engine(engine), 'w', encoding='utf-8') as stream:
+        json.dump(doc, stream)
+    try:
+        backend = load_engine_backend(engine)
+    except (EngineMismatchError, InferenceError, ModelLoadError):
+        pass  # refused: the expected outcome
+    else:  # a corruption TensorRT does not detect must at least not crash the process
+        backend.close()
+        pytest.skip('TensorRT accepted this corruption; nothing more to check')
+    warnings: List[str] = []
+    fallback = load_backend(str(tmp_path / 'tiny.onnx'), 'auto', warn=warnings.append)
+    try:
+        assert fallback.name == 'onnxruntime' and len(warnings) == 1
+        assert 'did not load' in warnings[0]
+    finally:
+        fallback.close()
+
+
+def _dla_cores() -> int:
+    import tensorrt as trt
+
+    from leaf_disease_ros.inference.tensorrt_backend import CudaContext, trt_logger
+
+    cuda = importlib.import_module('pycuda.driver')
+    context = CudaContext(cuda)
+    holder: Dict[str, Any] = {}
+    try:
+        with context.active():
+            holder['builder'] = trt.Builder(trt_logger(trt))
+            return int(holder['builder'].num_DLA_cores)
+    finally:
+        context.release(holder.clear)
+
+
+def test_dla_engine_runs_on_the_dla_where_there_is_one(tmp_path, onnx_path: str,
+                                                       leaf_batch: np.ndarray) -> None:
+    if _dla_cores() == 0:
+        pytest.skip('this GPU has no DLA core (Jetson Orin NX / AGX Orin have DLA)')
+    from leaf_disease_ros.inference.tensorrt_backend import load_engine_backend
+
+    out = str(tmp_path / 'dla')
+    result = build(onnx_path, '--dla-core', '0', '--min-batch', '8', '--opt-batch', '8',
+                   '--max-batch', '8', '--out-dir', out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (engine,) = [os.path.join(out, n) for n in os.listdir(out) if n.endswith('.engine')]
+    placement = read_sidecar(sidecar_path_for_engine(engine)).builder_options['dla']
+    assert placement['dla_subgraphs'] is None or placement['dla_subgraphs'] >= 1
+    backend = load_engine_backend(engine)
+    try:
+        assert backend.infer(leaf_batch[:3]).shape == (3, 4)  # padded to the fixed 8
+    finally:
+        backend.close()

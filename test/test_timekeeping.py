@@ -53,3 +53,33 @@ def test_backward_jump_is_reported_with_its_size_and_starts_a_new_timeline():
 def test_jump_threshold_must_be_positive():
     with pytest.raises(ValueError):
         BackwardJumpDetector(0.0)
+
+
+def test_rate_limiter_is_safe_across_threads():
+    # the worker asks, a parameter change sets the rate and a time jump resets, each
+    # from its own thread: of many threads asking at one stamp, exactly one goes through
+    import threading
+
+    for _ in range(20):
+        limiter = RateLimiter(1.0)
+        allowed = []
+        start = threading.Barrier(5)
+
+        def ask() -> None:
+            start.wait()
+            for _ in range(200):
+                if limiter.allow(10 * S):
+                    allowed.append(1)
+
+        def change() -> None:
+            start.wait()
+            for _ in range(200):
+                limiter.set_rate(1.0)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        threads.append(threading.Thread(target=change))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(allowed) == 1

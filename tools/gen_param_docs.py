@@ -66,8 +66,8 @@ def params_yaml() -> str:
     """Return a ROS 2 params file with every parameter at its default, one comment each."""
     lines = ['# Parameters of the leaf_disease_ros detector node (ROS 2 params file).',
              '# Generated from perception/config.py by tools/gen_param_docs.py --yaml; the',
-             '# table of docs/parameters.md explains each one. Doubles need a decimal point',
-             '# (1.0).',
+             '# table of docs/parameters.md explains each one. Doubles may be written 1 or',
+             '# 1.0; whole numbers must be written without a decimal point.',
              '/**:',
              '  ros__parameters:']
     group = None

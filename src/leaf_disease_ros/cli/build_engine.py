@@ -70,13 +70,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--calib-images', help='INT8: folder of representative images '
                         '(searched recursively)')
     parser.add_argument('--calib-cache', help='INT8: calibration cache file (default: '
-                        '<out-dir>/<model>.int8.<smXY>.trt<version>.calib_cache); reused when '
-                        'present: delete it to calibrate again')
+                        '<out-dir>/<model>.<onnx sha256[:12]>.int8.<smXY>.trt<version>'
+                        '.calib_cache); used only without --calib-images (then rewritten)')
     parser.add_argument('--calib-batch', type=int, default=8, help='INT8: calibration batch')
     parser.add_argument('--calib-max-images', type=int, default=512,
                         help='INT8: use at most this many images, spread over the folder')
     parser.add_argument('--dla-core', type=int, help='build for this DLA core (GPU fallback '
-                        'on); FP16 or INT8 only')
+                        'on); FP16 or INT8 only; needs one batch size (--min-batch = '
+                        '--opt-batch = --max-batch): DLA has no dynamic shapes')
     parser.add_argument('--device', type=int, default=0, help='CUDA GPU index')
     parser.add_argument('--verbose', action='store_true', help='TensorRT info messages')
     args = parser.parse_args(argv)

@@ -9,7 +9,9 @@ The only place that chooses and loads a backend.
 - ``backend='tensorrt'`` or a ``.engine`` path needs a TensorRT engine that matches
   the card and this machine, and fails at start with the build command otherwise;
 - ``backend='auto'`` uses such an engine when one exists, else ONNX Runtime with
-  one warning that says how to build the engine.
+  one warning that says how to build the engine; an engine that matches but then
+  fails to load (damaged, out of memory, its DLA core missing) is such a case too:
+  one warning with TensorRT's reason and the rebuild command, then ONNX Runtime.
 
 Engines live beside the ONNX model (``engines/<model>.<precision>.<smXY>.
 trt<version>.engine``, each with its ``.engine.json`` sidecar); the match rules are
@@ -34,7 +36,8 @@ from leaf_disease_ros.inference.base import Backend
 from leaf_disease_ros.inference.engine.commands import build_command
 from leaf_disease_ros.inference.engine.machine import MachineInfo
 from leaf_disease_ros.inference.engine.matching import EngineSearch, search_engines
-from leaf_disease_ros.inference.engine.naming import engine_file_name, model_stem
+from leaf_disease_ros.inference.engine.naming import (engine_file_name, model_stem,
+                                                      parse_engine_file_name)
 from leaf_disease_ros.inference.engine.policy import DEFAULT_PRECISION
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.config import BACKENDS
@@ -90,9 +93,17 @@ def load_backend(model_path: str = '', backend: str = 'auto', *,
     card = load_card_for_model(path)
     if backend in ('auto', 'tensorrt'):
         engine = _find_tensorrt_engine(path, card, required=backend == 'tensorrt')
-        if engine is not None:
+        if engine is not None and backend == 'tensorrt':
             return _load_tensorrt_engine(engine, max_batch)
-        if backend == 'auto':
+        if engine is not None:
+            try:
+                return _load_tensorrt_engine(engine, max_batch)
+            except ModelLoadError as exc:  # EngineMismatchError, BackendUnavailableError
+                warn(f'backend auto: the TensorRT engine {engine} matches but did not load '
+                     f'({exc}); using ONNX Runtime for {path} (much slower on a Jetson). '
+                     f'Rebuild it on this machine with: '
+                     f'{build_command(path, _engine_precision(engine), extra=["--force"])}')
+        elif backend == 'auto':
             note = _engine_fallback_note(path, card)
             if note:
                 warn(note)
@@ -173,12 +184,18 @@ def _engine_fallback_note(onnx_path: str, card: ModelCard) -> str:
             + _no_engine_message(onnx_path, machine, search))
 
 
+def _engine_precision(engine_path: str) -> str:
+    """Return the precision in an engine's file name (the default when it has none)."""
+    parsed = parse_engine_file_name(engine_path)
+    return parsed[1] if parsed else DEFAULT_PRECISION
+
+
 def _load_tensorrt_engine(engine_path: str, max_batch: int) -> Backend:
     """
     Load a TensorRT engine after checking it against its sidecar, card and this machine.
 
-    The card is the sidecar's ``card_file`` beside the engine. An engine that was
-    found to match but then fails to deserialise is an error, not a fallback: it is a
-    damaged file that needs rebuilding, not a missing one.
+    The card is the sidecar's ``card_file`` beside the engine. A failure raises; with
+    ``backend: auto`` the caller falls back to ONNX Runtime with one warning, with
+    ``backend: tensorrt`` or an ``.engine`` model path it is the start error.
     """
     return tensorrt_backend.load_engine_backend(engine_path, max_batch=max_batch)

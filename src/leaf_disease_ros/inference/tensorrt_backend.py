@@ -1,5 +1,5 @@
 """
-TensorRT backend: runs a prebuilt engine with pycuda; one CUDA context, pinned buffers.
+TensorRT backend: runs a prebuilt engine with pycuda in the GPU's primary context, pinned buffers.
 
 It never builds an engine: ``leaf-disease-build-engine`` does, on the target machine.
 Loading (:func:`load_engine_backend`) first checks the engine against its sidecar,
@@ -22,34 +22,45 @@ is current per thread, and pycuda frees memory of a non-current context only fro
 the thread that created it, so the backend never leaves its context current
 anywhere:
 
-- the context is created explicitly (``Device.make_context``, blocking sync so a
-  waiting thread sleeps instead of spinning a Jetson CPU core) on the loading
-  thread, everything is allocated and the engine deserialised while it is current,
-  then it is popped (no ``pycuda.autoinit``, no context left behind);
-- every use (warm-up, each ``infer``, ``close``) pushes it onto the calling thread,
-  works, and pops it, under one lock: the context is current on at most one thread
-  at a time, and the thread that runs inference (the node's worker) owns it for
-  the duration of each call;
+- the context is the device's **primary context** (``Device.retain_primary_context``,
+  retained once per process and device, :func:`primary_context`), the one the CUDA
+  runtime uses: ONNX Runtime's CUDA provider, VPI or torch in the same process share
+  it (and its memory pool) instead of each holding a context of its own. It is
+  retained, never pushed, on the loading thread; no ``pycuda.autoinit``, no context
+  left behind. pycuda cannot set a primary context's scheduling flags, so waits use
+  CUDA's default (``CU_CTX_SCHED_AUTO``);
+- every use (loading, warm-up, each ``infer``, ``close``) pushes it onto the calling
+  thread, works, and pops it, under one lock, so the thread that runs inference (the
+  node's worker) has it current for the duration of each call;
 - ``close`` pushes it, drops the TensorRT objects and frees every buffer and the
-  stream while it is current, then detaches it while still current, which
-  destroys it (pycuda can only do that from a foreign thread while the context is
-  current). ``close`` is idempotent; ``infer`` after ``close`` is an
+  stream while it is current, and pops it. The primary context itself stays retained
+  until the process ends, as the CUDA runtime keeps it: pycuda's release of a primary
+  context (``cuDevicePrimaryCtxRelease``) pops nothing, so releasing it from a worker
+  thread would leave it on that thread's context stack. ``close`` is idempotent;
+  ``infer`` after ``close`` is an
   :class:`~leaf_disease_ros.perception.errors.InferenceError`.
+- on an error path (an engine that does not deserialise, a mismatch, an allocation
+  failure) the TensorRT objects still referenced by the traceback are dropped while
+  the context is current (:func:`drop_frames`), not later without it.
 
 ``tensorrt`` and ``pycuda`` are imported lazily, so importing this module costs
 nothing on a machine without them.
 """
 
 import contextlib
+import gc
 import os
 import threading
+import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from leaf_disease_ros.inference.base import Backend
 from leaf_disease_ros.inference.engine.commands import build_command, BUILD_TOOL, mismatch_message
-from leaf_disease_ros.inference.engine.machine import MachineInfo, sm_tag
+from leaf_disease_ros.inference.engine.machine import (L4T_RELEASE_FILE, MachineInfo,
+                                                       parse_l4t_release, parse_power_mode,
+                                                       POWER_MODE_FILE, read_text, sm_tag)
 from leaf_disease_ros.inference.engine.matching import engine_io_mismatches, verify_engine
 from leaf_disease_ros.inference.engine.sidecar import (EngineSidecar, onnx_path_for_engine,
                                                        TensorInfo)
@@ -58,6 +69,8 @@ from leaf_disease_ros.perception.errors import (BackendUnavailableError, EngineM
 from leaf_disease_ros.perception.model_card import ModelCard
 
 _LOGGER: Any = None
+_PRIMARY_CONTEXTS: Dict[int, Any] = {}
+_PRIMARY_LOCK = threading.Lock()
 
 
 def import_tensorrt() -> Any:
@@ -86,8 +99,10 @@ def import_pycuda_driver() -> Any:
         import pycuda.driver as driver
     except ImportError as exc:
         raise BackendUnavailableError(
-            'pycuda is not installed: pip3 install pycuda (needs the CUDA toolkit, '
-            'e.g. export PATH=/usr/local/cuda/bin:$PATH first on a Jetson)') from exc
+            'pycuda is not installed: pip3 install pycuda (it compiles: sudo apt install '
+            'build-essential python3-dev, and the CUDA toolkit on PATH: export '
+            'PATH=/usr/local/cuda/bin:$PATH; with CUDA 13 pycuda>=2025.1.2; on Ubuntu 24.04 '
+            'inside a virtual environment; docs/tensorrt.md has the steps)') from exc
     return driver
 
 
@@ -102,9 +117,11 @@ def tensorrt_installed() -> bool:
 
 def probe_machine(device_index: int = 0) -> MachineInfo:
     """
-    Return this machine's TensorRT version, GPU name and compute capability.
+    Return this machine's TensorRT version, GPU and module facts.
 
-    Initialises the CUDA driver but creates no context.
+    GPU name, compute capability, SM count and memory come from the CUDA driver; the
+    L4T release and power mode from Jetson Linux's files (absent on a PC). Initialises
+    the CUDA driver but creates no context.
 
     :raises BackendUnavailableError: tensorrt or pycuda is missing, or there is no
         usable CUDA GPU number ``device_index``.
@@ -121,9 +138,14 @@ def probe_machine(device_index: int = 0) -> MachineInfo:
         device = cuda.Device(device_index)
         major, minor = device.compute_capability()
         name = str(device.name())
+        sm_count = int(device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))
+        memory_mib = int(device.total_memory()) >> 20
     except cuda.Error as exc:
         raise BackendUnavailableError(f'no usable CUDA GPU: {exc}') from exc
-    return MachineInfo(str(trt.__version__), name, (int(major), int(minor)))
+    return MachineInfo(str(trt.__version__), name, (int(major), int(minor)),
+                       sm_count=sm_count, memory_mib=memory_mib,
+                       l4t_release=parse_l4t_release(read_text(L4T_RELEASE_FILE)),
+                       power_mode=parse_power_mode(read_text(POWER_MODE_FILE)))
 
 
 def trt_logger(trt: Any) -> Any:
@@ -158,30 +180,62 @@ def tensor_infos(trt: Any, engine: Any) -> List[TensorInfo]:
     return infos
 
 
+def primary_context(cuda: Any, device_index: int = 0) -> Any:
+    """
+    Return the primary CUDA context of GPU ``device_index``, retained once per process.
+
+    The primary context is the one the CUDA runtime (ONNX Runtime, TensorRT, torch,
+    VPI) uses; sharing it shares one memory pool. Retaining does not make it current.
+
+    :raises BackendUnavailableError: the driver cannot retain it (no GPU, no driver).
+    """
+    with _PRIMARY_LOCK:
+        context = _PRIMARY_CONTEXTS.get(device_index)
+        if context is None:
+            try:
+                cuda.init()
+                context = cuda.Device(device_index).retain_primary_context()
+            except cuda.Error as exc:
+                raise BackendUnavailableError(f'cannot use the CUDA context of GPU '
+                                              f'{device_index}: {exc}') from exc
+            _PRIMARY_CONTEXTS[device_index] = context
+        return context
+
+
+def drop_frames(exc: BaseException) -> None:
+    """
+    Drop what the frames of ``exc``'s traceback reference (TensorRT objects, buffers).
+
+    Call with the CUDA context current, before it is popped: otherwise a builder,
+    network, parser, runtime or engine kept alive by the traceback is destroyed
+    later, on whatever thread, without its context.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    context = exc.__context__
+    while context is not None:
+        traceback.clear_frames(context.__traceback__)
+        context = context.__context__
+    gc.collect()
+
+
 class CudaContext:
     """
-    One explicitly created CUDA context that is current only while in use.
+    The GPU's primary CUDA context, current on a thread only while in use.
 
-    Created (and popped) on the constructing thread; :meth:`active` pushes it on the
-    calling thread for the duration of a block; :meth:`release` destroys it from any
-    thread after running a clean-up while it is current.
+    :meth:`active` pushes it on the calling thread for the duration of a block;
+    :meth:`release` runs a clean-up with it current and ends this user's use of it
+    (the primary context itself stays retained for the process, see
+    :func:`primary_context`).
     """
 
     def __init__(self, cuda: Any, device_index: int = 0) -> None:
         """
-        Create the context on GPU ``device_index`` and leave it not current.
+        Take the primary context of GPU ``device_index``, not current.
 
-        :raises BackendUnavailableError: the driver cannot create it.
+        :raises BackendUnavailableError: the driver cannot provide it.
         """
         self._cuda = cuda
-        flags = getattr(getattr(cuda, 'ctx_flags', None), 'SCHED_BLOCKING_SYNC', 0)
-        try:
-            cuda.init()
-            self._context = cuda.Device(device_index).make_context(flags)
-        except cuda.Error as exc:
-            raise BackendUnavailableError(f'cannot create a CUDA context on GPU '
-                                          f'{device_index}: {exc}') from exc
-        cuda.Context.pop()
+        self._context: Any = primary_context(cuda, device_index)
 
     @property
     def alive(self) -> bool:
@@ -200,7 +254,7 @@ class CudaContext:
             self._cuda.Context.pop()
 
     def release(self, cleanup: Optional[Callable[[], None]] = None) -> None:
-        """Run ``cleanup`` with the context current, then destroy it; safe twice."""
+        """Run ``cleanup`` with the context current, then stop using it; safe twice."""
         context, self._context = self._context, None
         if context is None:
             return
@@ -209,7 +263,7 @@ class CudaContext:
             if cleanup is not None:
                 cleanup()
         finally:
-            context.detach()  # while current: destroys it and pops it, from any thread
+            self._cuda.Context.pop()
 
 
 def read_engine_bytes(engine_path: str) -> bytes:
@@ -237,6 +291,7 @@ def deserialize(trt: Any, engine_path: str, dla_core: Optional[int],
         runtime.DLA_core = int(dla_core)
     engine = runtime.deserialize_cuda_engine(read_engine_bytes(engine_path))
     if engine is None:
+        del runtime  # never kept alive by this traceback past the context
         raise EngineMismatchError(mismatch_message(
             engine_path, [f'TensorRT {trt.__version__} could not deserialise it (see the '
                           'TensorRT messages above: another TensorRT version or GPU built it, '
@@ -266,9 +321,13 @@ def inspect_engine(engine_path: str, dla_core: Optional[int] = None, device_inde
 
     try:
         with context.active():
-            holder['runtime'], holder['engine'] = deserialize(trt, engine_path, dla_core,
-                                                              rebuild)
-            return tensor_infos(trt, holder['engine'])
+            try:
+                holder['runtime'], holder['engine'] = deserialize(trt, engine_path, dla_core,
+                                                                  rebuild)
+                return tensor_infos(trt, holder['engine'])
+            except BaseException as exc:
+                drop_frames(exc)
+                raise
     finally:
         context.release(_drop)
 
@@ -309,9 +368,14 @@ class TensorRTBackend(Backend):
         self._context = CudaContext(self._cuda, device_index)
         try:
             with self._context.active():
-                self._setup(card)
+                try:
+                    self._setup(card)
+                except BaseException as exc:
+                    drop_frames(exc)  # while the context is still current
+                    self._free()
+                    raise
         except BaseException:
-            self._context.release(self._free)
+            self._context.release()
             raise
         profile = sidecar.batch_profile
         self._profile_min = profile.min_batch
@@ -436,6 +500,8 @@ class TensorRTBackend(Backend):
             'gpu': f'{self.sidecar.gpu_name} ({sm_tag(self.sidecar.compute_capability)})',
             'batch_profile': list(self.sidecar.batch_profile.as_tuple()),
             'dla_core': self.sidecar.dla_core,
+            'dla_placement': dict(self.sidecar.builder_options.get('dla') or {}),
+            'module': self.sidecar.machine.module_facts(),
         })
         return facts
 

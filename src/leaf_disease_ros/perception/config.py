@@ -133,7 +133,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     # --- map (replay) ------------------------------------------------------------
     ParamSpec('merge_radius_m', DOUBLE, 1.5,
               'Findings of one label closer than this are merged into one map feature '
-              '(replay maps).',
+              "(replay maps; the node's live map keeps the value it started with).",
               'map', min_value=0.0, max_value=1000.0),
     # --- evidence before a finding goes to navigation (node and replay) ----------
     ParamSpec('evidence_min_sightings', INT, 2,
@@ -148,6 +148,13 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Sightings of one disease closer than this count as one spot (the map merge '
               'rule); 0 = frames rule only.',
               'evidence', min_value=0.0, max_value=100.0, read_only=True),
+    ParamSpec('live_map_dir', STRING, '',
+              'Node only: folder where the node keeps findings.geojson, the merged findings '
+              'of the run (rewritten every live_map_period_s and at shutdown); empty = off.',
+              'map', read_only=True),
+    ParamSpec('live_map_period_s', DOUBLE, 10.0,
+              'Node only: how often findings.geojson is rewritten when it changed.',
+              'map', min_value=1.0, max_value=3600.0, read_only=True),
     # --- ROS interface (node) ----------------------------------------------------
     ParamSpec('image_transport', STRING, 'raw',
               "raw: subscribe to 'image' (sensor_msgs/Image); compressed: "

@@ -67,7 +67,31 @@ DEFAULT_WINDOW_S = 10.0
 CLOCK_MISMATCH_S = 30.0
 
 _NS_PER_S = 1_000_000_000
-_STATUS_NAMES = {-1: 'NO_FIX', 0: 'FIX', 1: 'SBAS_FIX', 2: 'GBAS_FIX'}
+# sensor_msgs/NavSatStatus; STATUS_UNKNOWN (-2, "status is not yet set") exists from
+# Jazzy on and is the default of the status field there.
+STATUS_UNKNOWN = -2
+_STATUS_NAMES = {STATUS_UNKNOWN: 'UNKNOWN', -1: 'NO_FIX', 0: 'FIX', 1: 'SBAS_FIX',
+                 2: 'GBAS_FIX'}
+
+
+def status_name(status: int) -> str:
+    """Return the NavSatStatus name of ``status`` (``NO_FIX``, ``FIX``...; the number if none)."""
+    return _STATUS_NAMES.get(status, str(status))
+
+
+def rejected_status_text(status: Optional[int]) -> str:
+    """
+    Return why the receiver's last fix was not used, from its NavSatStatus ``status``.
+
+    ``STATUS_UNKNOWN`` (-2, Jazzy's default) is a driver that has not set the status,
+    not a receiver without a fix, and is reported as such.
+    """
+    if status == STATUS_UNKNOWN:
+        return ('receiver status is STATUS_UNKNOWN (the GPS driver has not set '
+                'NavSatStatus.status): frames get no position')
+    if status is None or status == -1:
+        return 'receiver reports NO_FIX: frames get no position'
+    return f'receiver reports status {status} (not a fix): frames get no position'
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -348,17 +372,20 @@ class GpsStats:
         self.last_clear_reason = ''
         self._last_message_s: Optional[float] = None
         self._last_outcome = ''
+        self._last_status: Optional[int] = None
 
-    def fix_received(self, now_s: float, outcome: str) -> None:
+    def fix_received(self, now_s: float, outcome: str, status: Optional[int] = None) -> None:
         """
         Count a NavSatFix message and what the fix buffer did with it.
 
         :param outcome: the ``ADD_*`` constant returned by ``FixBuffer.add``.
+        :param status: the message's ``NavSatStatus.status`` (names a rejection).
         """
         with self._lock:
             self.received += 1
             self._last_message_s = float(now_s)
             self._last_outcome = outcome
+            self._last_status = status
             if outcome in (ADD_ACCEPTED, ADD_DUPLICATE):
                 self.accepted += 1
             elif outcome == ADD_REJECTED_NO_FIX:
@@ -391,6 +418,7 @@ class GpsStats:
             rejected_no_fix, rejected_nan = self.rejected_no_fix, self.rejected_nan
             clears, clear_reason = self.clears, self.last_clear_reason
             last_message, last_outcome = self._last_message_s, self._last_outcome
+            last_status = self._last_status
         age_s = None if newest_fix is None else (now_ns - newest_fix.stamp_ns) / _NS_PER_S
         reasons: List[Tuple[int, str]] = []
         if last_message is None:
@@ -404,7 +432,7 @@ class GpsStats:
             if silent_s > no_fix_warn_s:
                 reasons.append((WARN, f'no fix message on {fix_topic} for {silent_s:.1f} s'))
             if last_outcome == ADD_REJECTED_NO_FIX:
-                reasons.append((WARN, 'receiver reports NO_FIX: frames get no position'))
+                reasons.append((WARN, rejected_status_text(last_status)))
             elif last_outcome == ADD_REJECTED_NAN:
                 reasons.append((WARN, 'receiver sends NaN coordinates: frames get no position'))
             if age_s is not None and abs(age_s) > CLOCK_MISMATCH_S and silent_s <= no_fix_warn_s:
@@ -415,8 +443,7 @@ class GpsStats:
             elif age_s is not None and age_s > no_fix_warn_s:
                 reasons.append((WARN, f'newest usable fix is {age_s:.1f} s old '
                                       f'(no_fix_warn_s {no_fix_warn_s:g})'))
-        status = 'none' if newest_fix is None else _STATUS_NAMES.get(newest_fix.status,
-                                                                     str(newest_fix.status))
+        status = 'none' if newest_fix is None else status_name(newest_fix.status)
         default = f'{status} fix, {_fmt(age_s, 2)} s old'
         if all(level == OK for level, _ in reasons) and newest_fix is not None:
             reasons = [(OK, default)]

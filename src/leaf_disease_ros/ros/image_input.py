@@ -1,9 +1,9 @@
 """
-Checks around image decoding that are not decoding.
+Image input of the node: checks around decoding, and the decoding of compressed frames.
 
-Images are converted by ``cv_bridge`` in the node (and by rosbags-image in replay);
-nothing here knows an encoding. These checks only keep a malformed message from
-reaching the converter and a failed conversion from reaching the pipeline:
+Raw images are converted by ``cv_bridge`` in the node (and by rosbags-image in replay);
+these checks keep a malformed message from reaching the converter and a failed
+conversion from reaching the pipeline:
 
 - :func:`check_raw_layout`: a ``sensor_msgs/Image`` whose size fields contradict its
   data (empty, or fewer bytes than ``step * height``) would make the converter read
@@ -12,12 +12,19 @@ reaching the converter and a failed conversion from reaching the pipeline:
 - :func:`check_decoded`: the converter's result must be an ``(H, W, 3)`` uint8 array
   (a corrupt JPEG decodes to nothing).
 
+Compressed frames are decoded here (:func:`decode_compressed`), not by cv_bridge:
+``CvBridge.compressed_imgmsg_to_cv2`` decodes with ``IMREAD_ANYCOLOR`` (Humble) or
+``IMREAD_UNCHANGED`` (Jazzy) and then labels the result ``bgr8`` whatever it holds, so
+a mono JPEG comes back 2-D and an RGBA or 16-bit PNG with 4 channels or 16 bits.
+``cv2.imdecode(..., IMREAD_COLOR)`` always gives 8-bit BGR, whatever was encoded.
+
 Each raises :class:`~leaf_disease_ros.perception.errors.ImageDecodeError`, a FrameError the
 node counts as a failed frame.
 """
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 from leaf_disease_ros.perception.errors import ImageDecodeError
@@ -78,3 +85,34 @@ def check_decoded(image: Any, source: str) -> np.ndarray:
         raise ImageDecodeError(f'{source} decoded to shape {image.shape} {image.dtype}, '
                                'expected (H, W, 3) uint8 BGR')
     return image
+
+
+def _as_uint8(data: Any) -> np.ndarray:
+    """Return the bytes of a message's ``data`` field (bytes, array.array or list) as uint8."""
+    try:
+        return np.frombuffer(memoryview(data), dtype=np.uint8)
+    except TypeError:  # a list of ints (no buffer protocol)
+        return np.asarray(data, dtype=np.uint8)
+
+
+def decode_compressed(fmt: str, data: Any) -> np.ndarray:
+    """
+    Decode a ``sensor_msgs/CompressedImage`` payload to ``(H, W, 3)`` uint8 BGR.
+
+    Mono, colour, RGBA and 16-bit images all come back as 8-bit BGR
+    (``cv2.IMREAD_COLOR``), which is what the pipeline takes.
+
+    :param fmt: ``CompressedImage.format`` (for messages only; the bytes say what they are).
+    :param data: ``CompressedImage.data``.
+
+    :raises ImageDecodeError: no data, or bytes that do not decode (corrupt, truncated,
+        not an image).
+    """
+    buffer = _as_uint8(data)
+    check_compressed(fmt, int(buffer.size))
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageDecodeError(f'compressed image (format {fmt!r}) could not be decoded: '
+                               f'{exc}', fmt) from exc
+    return check_decoded(image, f'compressed image (format {fmt!r})')

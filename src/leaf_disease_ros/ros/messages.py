@@ -20,6 +20,7 @@ from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigE
                                                 EngineMismatchError, ModelCardError,
                                                 ModelLoadError)
 
+NODE_NAME = 'detector_node'
 READY_PREFIX = 'detector ready:'
 START_FAILURE_PREFIX = 'detector cannot start:'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'

@@ -8,19 +8,25 @@ limits, time jumps, statistics and status levels, debug drawing, operator messag
 
 Start, in this order (a failure is logged with its fix and the process exits 1):
 
+0. before this module is imported, ``ros/entry_point.py`` checks NumPy against the
+   ROS distribution (Humble's compiled modules need NumPy 1.x);
 1. declare every parameter of ``perception/config.py`` with its descriptor; validate;
 2. check cv_bridge (one conversion: catches the NumPy 2 / Humble mismatch);
 3. load the backend (``inference/factory.py``) and run one warm-up frame;
-4. publishers, the ``~/enable`` service, the worker thread, timers;
+4. publishers, the ``~/enable`` service, the live map (``live_map_dir``), the worker
+   thread, timers;
 5. subscribe to ``fix`` and ``image`` (or ``image/compressed``); log ``detector ready:``.
 
 Threads: a MultiThreadedExecutor runs the image callback, the fix callback and the
 control callbacks (service, timers) in separate callback groups. The image callback
 only puts the message into a one-slot mailbox; the worker thread takes the newest
-message, converts it with cv_bridge (bgr8), runs the pipeline and publishes, so GPS
+message, converts it (raw images with cv_bridge to bgr8, compressed ones with
+``cv2.imdecode``, see ``ros/image_input.py``), runs the pipeline and publishes, so GPS
 keeps flowing while a batch runs, and frames replaced in the mailbox are counted as
-dropped. A bad frame is counted, logged (throttled) and dropped; a bug in the worker
-stops the node with the traceback and exit code 1 rather than leaving it silent.
+dropped. A bad frame is counted, logged (throttled) and dropped; so is a frame whose
+messages cannot be built or published (a position outside UTM, a publisher failing):
+no exception from the publishing path ends the worker. A bug anywhere else in the
+worker stops the node with the traceback and exit code 1 rather than leaving it silent.
 
 Time: every output copies the input image header; latency is the node clock minus
 the image stamp, so ``use_sim_time`` with ``ros2 bag play --clock`` works; stamps
@@ -65,18 +71,18 @@ from leaf_disease_ros.ros.debug_image import draw_detections
 from leaf_disease_ros.ros.diagnostics import (DetectorStats, DetectorThresholds, domain_report,
                                               DomainWindow, GpsStats)
 from leaf_disease_ros.ros.frame_mailbox import LatestMailbox
-from leaf_disease_ros.ros.image_input import check_compressed, check_decoded, check_raw_layout
+from leaf_disease_ros.ros.image_input import check_decoded, check_raw_layout, decode_compressed
+from leaf_disease_ros.ros.live_map import LiveMap
 from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
                                            EndpointQos, IMAGE_TYPE, no_image_message,
-                                           ready_message, start_failure_message, time_jump_message,
-                                           unsupported_encoding_message)
+                                           NODE_NAME, ready_message, start_failure_message,
+                                           time_jump_message, unsupported_encoding_message)
 from leaf_disease_ros.ros.params import (descriptor_fields, EFFECT_DEBUG_RATE, EFFECT_DETECTOR,
                                          EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY, from_ros_value,
                                          live_effects, review_changes, ros_default, type_hint,
                                          unknown_parameters_message)
 from leaf_disease_ros.ros.timekeeping import BackwardJumpDetector, RateLimiter
 
-NODE_NAME = 'detector_node'
 WORKER_POLL_S = 0.2
 WORKER_JOIN_S = 10.0
 LOG_THROTTLE_S = 5.0
@@ -190,6 +196,7 @@ class DetectorNode(Node):
         self._mailbox: LatestMailbox[_Pending] = LatestMailbox()
         self._backend: Any = None
         self._worker: Optional[threading.Thread] = None
+        self._live_map: Optional[LiveMap] = None
         self.fatal_error = ''
         try:
             self._start()
@@ -232,6 +239,10 @@ class DetectorNode(Node):
         self._publish_label_info()
         self.create_service(SetBool, '~/enable', self._on_enable,
                             callback_group=self._control_group)
+        if values['live_map_dir']:
+            self._live_map = LiveMap(values['live_map_dir'], values['merge_radius_m'], {
+                'model': self._backend.card.name, 'model_id': self._backend.model_id,
+                'node': self.get_fully_qualified_name()})
 
         start_s = time.monotonic()
         self._stats = DetectorStats(start_s)
@@ -249,6 +260,10 @@ class DetectorNode(Node):
         self._no_image_timer = self.create_timer(
             values['no_image_warn_s'], self._on_no_image_check,
             callback_group=self._control_group, clock=steady)
+        if self._live_map is not None:
+            self._live_map_timer = self.create_timer(
+                values['live_map_period_s'], self._on_live_map,
+                callback_group=self._control_group, clock=steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         facts = self._backend.describe()
@@ -263,6 +278,11 @@ class DetectorNode(Node):
             self.get_logger().info(
                 'detection is paused (start_enabled false): resume with ros2 service call '
                 f"{self.resolve_service_name('~/enable')} std_srvs/srv/SetBool '{{data: true}}'")
+        if self._live_map is not None:
+            self.get_logger().info(
+                f'live map: merged findings (radius {self._live_map.merge_radius_m:g} m) go '
+                f"to {self._live_map.path} every {values['live_map_period_s']:g} s and at "
+                'shutdown')
 
     def _declare_parameters(self) -> Dict[str, Any]:
         """Declare the parameter table with descriptors; return the validated values."""
@@ -272,7 +292,7 @@ class DetectorNode(Node):
             descriptor = ParameterDescriptor(
                 name=spec.name, type=_ROS_TYPES[spec.type], description=fields.description,
                 additional_constraints=fields.additional_constraints,
-                read_only=fields.read_only)
+                read_only=fields.read_only, dynamic_typing=fields.dynamic_typing)
             if fields.integer_range is not None:
                 descriptor.integer_range = [IntegerRange(
                     from_value=fields.integer_range[0], to_value=fields.integer_range[1],
@@ -288,8 +308,10 @@ class DetectorNode(Node):
             except InvalidParameterValueException as exc:
                 raise ConfigError(spec.name, str(exc)) from exc
             values[spec.name] = from_ros_value(parameter.value)
-        # rclpy keeps the overrides it was given (params file, -p) in this attribute;
-        # ROS ignores those that name no declared parameter, so report typos.
+        # rclpy keeps the overrides it was given (params file, -p) in this attribute, the
+        # one declare_parameters() reads (rclpy/node.py on humble, jazzy and rolling; no
+        # public getter exists). ROS ignores overrides that name no declared parameter,
+        # so report typos; without the attribute the node only loses this warning.
         overrides = getattr(self, '_parameter_overrides', None) or {}
         warning = unknown_parameters_message(list(overrides))
         if warning:
@@ -363,7 +385,7 @@ class DetectorNode(Node):
         if jump_s is not None:
             self._forget_fixes('fix', jump_s)
         outcome = self._fixes.add(fix)
-        self._gps.fix_received(time.monotonic(), outcome)
+        self._gps.fix_received(time.monotonic(), outcome, fix.status)
 
     def _forget_fixes(self, stream: str, jump_s: float) -> None:
         text = time_jump_message(stream, jump_s)
@@ -409,7 +431,8 @@ class DetectorNode(Node):
         if EFFECT_LABEL_INFO in effects:
             self._publish_label_info()
         changed = ', '.join(f'{name}={value!r}' for name, value in sorted(updates.items()))
-        note = ' (used by the replay only)' if effects == {EFFECT_REPLAY_ONLY} else ''
+        note = (' (used by the replay; a live map keeps the radius it started with)'
+                if effects == {EFFECT_REPLAY_ONLY} else '')
         self.get_logger().info(f'parameters changed: {changed}{note}')
 
     def _on_no_image_check(self) -> None:
@@ -455,6 +478,20 @@ class DetectorNode(Node):
         header = Header(stamp=now.to_msg(), frame_id='')
         self._pub_diagnostics.publish(to_diagnostic_array(reports, header, self._types))
 
+    def _on_live_map(self) -> None:
+        """Rewrite findings.geojson when the merged findings changed (control thread)."""
+        self._write_live_map()
+
+    def _write_live_map(self) -> None:
+        live_map = self._live_map
+        if live_map is None:
+            return
+        try:
+            live_map.write()
+        except OSError as exc:
+            self.get_logger().warning(f'live map: cannot write {live_map.path}: {exc}; the '
+                                      'previous file stays', throttle_duration_sec=60.0)
+
     def _publish_label_info(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id='')
         self._pub_labels.publish(to_label_info(self._backend.card, header, self._types,
@@ -483,15 +520,16 @@ class DetectorNode(Node):
 
     def _decode(self, msg: Any) -> np.ndarray:
         """
-        Convert an image message to ``(H, W, 3)`` uint8 BGR with cv_bridge.
+        Convert an image message to ``(H, W, 3)`` uint8 BGR.
+
+        Compressed images are decoded with ``cv2.imdecode`` (any JPEG/PNG to 8-bit BGR;
+        cv_bridge would hand a mono JPEG back 2-D), raw ones with cv_bridge.
 
         :raises ImageDecodeError: malformed message or undecodable data.
         :raises CvBridgeError: cv_bridge cannot convert the encoding to bgr8.
         """
         if isinstance(msg, CompressedImage):
-            check_compressed(msg.format, len(msg.data))
-            image = self._bridge.compressed_imgmsg_to_cv2(msg, desired_encoding='bgr8')
-            return check_decoded(image, f'compressed image (format {msg.format!r})')
+            return decode_compressed(msg.format, msg.data)
         check_raw_layout(msg.height, msg.width, msg.step, len(msg.data), msg.encoding)
         image = self._bridge.imgmsg_to_cv2(msg, desired_encoding='bgr8')
         return check_decoded(image, f'image (encoding {msg.encoding!r})')
@@ -517,25 +555,51 @@ class DetectorNode(Node):
             if not self._enabled.is_set():
                 self._stats.frame_ignored()
                 return
-            self._publish(msg.header, frame, result)
+            if not self._publish_frame(msg.header, frame, result):
+                return
             latency_ms = (self.get_clock().now().nanoseconds - pending.stamp_ns) / 1e6
         self._stats.frame_processed(time.monotonic(), latency_ms, result.timings_ms['total'])
         self._domain.add_frame(result)
 
-    def _publish(self, header: Header, frame: np.ndarray, result: FrameResult) -> None:
+    def _publish_frame(self, header: Header, frame: np.ndarray, result: FrameResult) -> bool:
+        """
+        Build every output message of a frame, then publish them; return whether it worked.
+
+        Nothing from here may end the worker: the messages are built first (a position
+        the conversions reject, say a latitude outside UTM, publishes nothing), then
+        published; any failure drops the frame and counts it as failed.
+        """
         types = self._types
-        self._pub_detections.publish(to_detection2d_array(result, header, types))
-        self._pub_fix.publish(to_geotag_fix(result, header, types))
-        self._pub_geo.publish(to_detection3d_array(result, header, self._geo_frame_id, types,
-                                                   self._evidence.update(result)))
-        if (self._pub_debug.get_subscription_count() > 0
-                and self._debug_limiter.allow(result.stamp_ns)):
-            status = (f'{len(result.findings)} finding(s); GPS: {result.geotag.reason}; '
-                      f'{result.timings_ms["total"]:.0f} ms')
-            debug = self._bridge.cv2_to_imgmsg(draw_detections(frame, result.detections,
-                                                               status), encoding='bgr8')
-            debug.header = header
-            self._pub_debug.publish(debug)
+        stage = 'cannot build its messages'
+        try:
+            outputs = [
+                (self._pub_detections, to_detection2d_array(result, header, types)),
+                (self._pub_fix, to_geotag_fix(result, header, types)),
+                (self._pub_geo, to_detection3d_array(result, header, self._geo_frame_id,
+                                                     types, self._evidence.update(result))),
+            ]
+            if (self._pub_debug.get_subscription_count() > 0
+                    and self._debug_limiter.allow(result.stamp_ns)):
+                status = (f'{len(result.findings)} finding(s); GPS: {result.geotag.reason}; '
+                          f'{result.timings_ms["total"]:.0f} ms')
+                debug = self._bridge.cv2_to_imgmsg(draw_detections(frame, result.detections,
+                                                                   status), encoding='bgr8')
+                debug.header = header
+                outputs.append((self._pub_debug, debug))
+            stage = 'publishing failed'
+            for publisher, message in outputs:
+                publisher.publish(message)
+            if self._live_map is not None:
+                stage = 'the live map failed'
+                self._live_map.add(result)
+        except Exception as exc:  # the publishing path must never end the worker
+            if self._closing.is_set():
+                return False  # shutting down: publishers may already be gone
+            text = f'frame dropped: {stage}: {type(exc).__name__}: {exc}'
+            self._stats.frame_failed(time.monotonic(), text)
+            self.get_logger().warning(text, throttle_duration_sec=LOG_THROTTLE_S)
+            return False
+        return True
 
     # --- shutdown ----------------------------------------------------------------
 
@@ -554,6 +618,7 @@ class DetectorNode(Node):
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        self._write_live_map()  # the last findings, after the worker stopped
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -4,11 +4,16 @@ How the node presents the parameter table to ROS and reviews live changes.
 The table itself is :data:`leaf_disease_ros.perception.config.PARAMETERS`; this module adds
 what the node needs on top of it, testable without ROS:
 
-- :func:`ros_default` and :func:`ros_type_of`: ROS 2 parameters are statically typed
-  by their default (a double must be declared and set as ``1.0``, not ``1``);
+- :func:`ros_default` and :func:`ros_type_of`: rclpy types a parameter by its default
+  unless its descriptor allows dynamic typing;
 - :func:`descriptor_fields`: the content of each parameter's ``ParameterDescriptor``
-  (description, range, constraints text, read-only) that ``ros2 param describe``
-  shows; :func:`type_hint` completes a type error at start with how to write it;
+  (description, range, constraints text, read-only, dynamic typing) that ``ros2 param
+  describe`` shows. Doubles and double arrays are declared with ``dynamic_typing``, so
+  ``ros2 param set /detector_node debug_image_rate_hz 5`` (an integer) and ``5`` in a
+  params file are accepted: rclpy's static typing would reject them ("Wrong parameter
+  type", ``rclpy/node.py`` ``_apply_descriptor``), while :func:`review_changes` and
+  ``validate_parameters`` still reject anything that is not a number. Other types stay
+  static; :func:`type_hint` completes rclpy's type error at start with how to write it;
 - :func:`from_ros_value`: rclpy hands double arrays over as ``array.array``;
 - :func:`review_changes`: a ``set_parameters`` request is accepted with the coerced
   values, or rejected as a whole with the reason; parameters that are not in the
@@ -56,6 +61,7 @@ class DescriptorFields:
     read_only: bool
     integer_range: Optional[Tuple[int, int]] = None
     floating_point_range: Optional[Tuple[float, float]] = None
+    dynamic_typing: bool = False  # doubles: whole numbers accepted, the node checks types
 
 
 def ros_default(spec: ParamSpec) -> Any:
@@ -135,7 +141,8 @@ def descriptor_fields(spec: ParamSpec) -> DescriptorFields:
     return DescriptorFields(name=spec.name, type=spec.type, description=spec.description,
                             additional_constraints='; '.join(constraints),
                             read_only=spec.read_only, integer_range=integer_range,
-                            floating_point_range=floating_point_range)
+                            floating_point_range=floating_point_range,
+                            dynamic_typing=spec.type in (DOUBLE, DOUBLE_ARRAY))
 
 
 def from_ros_value(value: Any) -> Any:

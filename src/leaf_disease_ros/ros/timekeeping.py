@@ -6,12 +6,15 @@ robot, under ``use_sim_time`` and in a replayed bag:
 
 - :class:`RateLimiter` lets an event through at most ``rate_hz`` times per second of
   stamp time (the debug image). A stamp older than the last one let through (a bag
-  that loops) restarts the limiter instead of silencing it.
+  that loops) restarts the limiter instead of silencing it. It is thread-safe: the
+  node's worker asks it, a parameter change sets its rate and a time jump resets it,
+  each from its own thread.
 - :class:`BackwardJumpDetector` reports a stream's stamps jumping back by more than
   a threshold (``ros2 bag play --loop``, a restarted simulator), so the node can
   forget GPS fixes of the old timeline.
 """
 
+import threading
 from typing import Optional
 
 NS_PER_S = 1_000_000_000
@@ -20,9 +23,10 @@ TIME_JUMP_BACK_S = 3.0
 
 
 class RateLimiter:
-    """Let events through at most ``rate_hz`` times per second of stamp time."""
+    """Let events through at most ``rate_hz`` times per second of stamp time (thread-safe)."""
 
     def __init__(self, rate_hz: float) -> None:
+        self._lock = threading.Lock()
         self._period_ns = 0
         self._enabled = False
         self._last_ns: Optional[int] = None
@@ -31,7 +35,8 @@ class RateLimiter:
     @property
     def rate_hz(self) -> float:
         """The rate in force; 0 means never."""
-        return NS_PER_S / self._period_ns if self._enabled and self._period_ns else 0.0
+        with self._lock:
+            return NS_PER_S / self._period_ns if self._enabled and self._period_ns else 0.0
 
     def set_rate(self, rate_hz: float) -> None:
         """
@@ -39,22 +44,27 @@ class RateLimiter:
 
         :param rate_hz: events per second; 0 or less lets nothing through.
         """
-        self._enabled = rate_hz > 0.0
-        self._period_ns = int(round(NS_PER_S / rate_hz)) if self._enabled else 0
+        enabled = rate_hz > 0.0
+        period_ns = int(round(NS_PER_S / rate_hz)) if enabled else 0
+        with self._lock:
+            self._enabled = enabled
+            self._period_ns = period_ns
 
     def allow(self, stamp_ns: int) -> bool:
         """Return whether an event at ``stamp_ns`` may go through (and record it if so)."""
-        if not self._enabled:
+        with self._lock:
+            if not self._enabled:
+                return False
+            last = self._last_ns
+            if last is None or stamp_ns < last or stamp_ns - last >= self._period_ns:
+                self._last_ns = stamp_ns
+                return True
             return False
-        last = self._last_ns
-        if last is None or stamp_ns < last or stamp_ns - last >= self._period_ns:
-            self._last_ns = stamp_ns
-            return True
-        return False
 
     def reset(self) -> None:
         """Forget the last event: the next one goes through."""
-        self._last_ns = None
+        with self._lock:
+            self._last_ns = None
 
 
 class BackwardJumpDetector:

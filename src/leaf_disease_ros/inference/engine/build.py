@@ -12,17 +12,26 @@ the Jetson" has the whole story)::
 The engine goes beside the ONNX model as ``<model>.<precision>.<smXY>.trt<version>
 .engine``, followed (atomically, after the engine) by its sidecar ``<engine>.json``:
 ONNX sha256, TensorRT version, GPU name and compute capability, precision, batch
-profile, workspace, build time and builder options. The node's ``backend: auto``
-uses it when the sidecar matches the model card and the machine.
+profile, workspace, build time and builder options, and the module facts (SM count,
+memory, DLA cores, L4T release, power mode). The node's ``backend: auto`` uses it
+when the sidecar matches the model card and the machine.
 
 TensorRT 10 API: an explicit-batch network from ``trt.OnnxParser`` (every parser
 error printed with its node), one optimisation profile on the input (min/opt/max
 batch), a workspace memory-pool limit, a timing cache reused across builds on this
-GPU + TensorRT version, FP32/FP16/INT8 (entropy calibrator fed through the model
-card's preprocessing, with a calibration cache), optional DLA core with GPU
-fallback. Where the installed TensorRT deprecates or removed the weakly typed
-precision flags (10.12+ / 11), FP16 is built as a strongly typed network from an
-FP16 copy of the ONNX, and the tool says so.
+GPU + TensorRT version (a damaged one is replaced), FP32/FP16/INT8 (entropy
+calibrator fed through the model card's preprocessing; its cache is keyed by the
+ONNX sha256 and only used when no ``--calib-images`` are given; any error while
+feeding a batch fails the build instead of ending calibration early), optional DLA
+core with GPU fallback (DLA has no dynamic shapes, so it needs min = opt = max batch;
+how many layers TensorRT placed on the DLA is read from its build log, recorded in
+the sidecar, and a DLA build where nothing runs on the DLA fails). The network's
+input and output must be float32 (checked before building). Where the installed
+TensorRT deprecates or removed the weakly typed precision flags (10.12+ / 11), FP16 is
+built as a strongly typed network from an FP16 copy of the ONNX, and the tool says so.
+
+Every TensorRT object is created and dropped with the CUDA context current, on error
+paths too (:func:`~leaf_disease_ros.inference.tensorrt_backend.drop_frames`).
 
 Exit status: 0 built, or ``--check`` found no mismatch; 1 the build failed or
 ``--check`` found mismatches; 2 bad arguments or inputs, an engine that exists
@@ -37,7 +46,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -112,8 +121,13 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
     """
     Return an ``IInt8EntropyCalibrator2`` fed by ``batches`` (card preprocessing).
 
-    With ``batches`` None only the calibration cache can calibrate; if TensorRT
-    rejects it, calibration gets no batch and the build fails with that reason.
+    With ``batches`` the images calibrate and an existing cache is ignored (then
+    rewritten); with ``batches`` None only the calibration cache can calibrate; if
+    TensorRT rejects it, calibration gets no batch and the build fails with that
+    reason. TensorRT's Python wrapper takes any exception raised in ``get_batch`` as
+    "no more data", which would end calibration early and let the build succeed:
+    ``get_batch`` catches everything, records it in ``errors`` (the build then
+    fails), and ``exhausted`` tells whether every batch was delivered.
     """
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -122,6 +136,7 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches_done = 0
+            self.exhausted = batches is None
             self._iterator = iter(batches) if batches is not None else iter(())
             self._device = cuda.mem_alloc(int(np.prod(batch_shape)) * 4)
 
@@ -131,21 +146,28 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
         def get_batch(self, names: List[str]) -> Optional[List[int]]:
             try:
                 batch = next(self._iterator)
+                cuda.memcpy_htod(self._device, np.ascontiguousarray(batch))
             except StopIteration:
+                self.exhausted = True
                 if self.batches_done == 0:
                     errors.append(f'no calibration batch: the cache {cache_path} was not '
                                   'accepted and no --calib-images were given')
                 return None
-            except LeafDiseaseError as exc:  # an exception must not cross into TensorRT
-                errors.append(str(exc))
+            except Exception as exc:  # nothing may cross into TensorRT (it would stop)
+                errors.append(f'calibration batch {self.batches_done + 1} failed: '
+                              f'{type(exc).__name__}: {exc}')
                 return None
-            cuda.memcpy_htod(self._device, np.ascontiguousarray(batch))
             self.batches_done += 1
             say(f'  calibration batch {self.batches_done} '
                 f'({self.batches_done * batch_shape[0]} images)')
             return [int(self._device)]
 
         def read_calibration_cache(self) -> Optional[bytes]:
+            if batches is not None:
+                if os.path.isfile(cache_path):
+                    say(f'  calibrating from the images; the cache {cache_path} is '
+                        'rewritten')
+                return None
             if os.path.isfile(cache_path):
                 say(f'  using calibration cache {cache_path} (delete it to calibrate again)')
                 with open(cache_path, 'rb') as stream:
@@ -160,6 +182,46 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
             self._device.free()
 
     return EntropyCalibrator()
+
+
+def capturing_logger(trt: Any, verbose: bool) -> Any:
+    """
+    Return a TensorRT logger that keeps every message and shows warnings and errors.
+
+    The build log is where TensorRT says which layers run on a DLA core
+    (``Layers Running on DLA`` / ``[DlaLayer]`` lines at INFO); with ``verbose`` the
+    INFO messages are shown too.
+    """
+    class CapturingLogger(trt.ILogger):
+        """Keeps ``lines``; forwards WARNING and worse (INFO too when verbose)."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.lines: List[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = int(severity)
+            self.lines.append(str(msg))
+            if level <= 1:  # INTERNAL_ERROR, ERROR
+                _LOG.error('[TensorRT] %s', msg)
+            elif level == 2 or verbose:  # WARNING; INFO and VERBOSE when asked
+                _LOG.warning('[TensorRT] %s', msg)
+
+    return CapturingLogger()
+
+
+def dla_placement(lines: Sequence[str]) -> Tuple[Optional[int], Optional[int]]:
+    """
+    Return ``(DLA subgraphs, GPU layers)`` from TensorRT's build log (None when absent).
+
+    TensorRT logs at INFO, for a DLA build, one ``[DlaLayer] {ForeignNode[...]}`` line
+    per subgraph it placed on the DLA and one ``[GpuLayer] ...`` line per layer left on
+    the GPU, under ``Layers Running on DLA`` / ``on GPU`` headings.
+    """
+    if not any('layers running on' in line.lower() for line in lines):
+        return None, None
+    return (sum('[DlaLayer]' in line for line in lines),
+            sum('[GpuLayer]' in line for line in lines))
 
 
 def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: str,
@@ -185,9 +247,16 @@ def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: str,
     return network, parser
 
 
-def check_network(network: Any, card: ModelCard, profile: BatchProfile,
-                  onnx_path: str) -> None:
-    """Check the parsed network's input/output against the card and the batch profile."""
+def check_network(trt: Any, network: Any, card: ModelCard, profile: BatchProfile,
+                  onnx_path: str, flag: str = 'onnx') -> None:
+    """
+    Check the parsed network's input/output against the card and the batch profile.
+
+    Runs before the build: an FP16 input or output (a ``--fp16-onnx`` converted without
+    keeping float32 I/O) is refused here, not after minutes of building.
+
+    :param flag: the command-line option the ONNX came from (named in the error).
+    """
     where = card.path or '<card>'
     if network.num_inputs != 1:
         raise ConfigError('onnx', f'{onnx_path} has {network.num_inputs} inputs; the package '
@@ -207,6 +276,14 @@ def check_network(network: Any, card: ModelCard, profile: BatchProfile,
     if not out_shape or out_shape[-1] != card.num_classes:
         raise ConfigError('onnx', f'{onnx_path} output shape {out_shape}; card {where} lists '
                           f'{card.num_classes} labels')
+    float32 = getattr(trt, 'float32', None)
+    output = outputs[names.index(card.output_name)]
+    for kind, tensor in (('input', inp), ('output', output)):
+        if float32 is not None and tensor.dtype != float32:
+            raise ConfigError(flag, f'{onnx_path} {kind} {tensor.name!r} is {tensor.dtype}; '
+                              'the node feeds and reads float32: convert the model keeping '
+                              'float32 inputs and outputs (AutoCast --keep_io_types), or let '
+                              'the tool convert it (leave out --fp16-onnx)')
     if shape[0] != -1 and profile.as_tuple() != (shape[0],) * 3:
         raise ConfigError('max_batch', f'{onnx_path} has a fixed batch of {shape[0]}: re-export '
                           'it with a dynamic batch axis, or pass --min-batch/--opt-batch/'
@@ -218,11 +295,11 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
                  timing_cache: Optional[str], calib: Optional[CalibrationBatches],
                  calib_cache: Optional[str]) -> BuildResult:
     """Build and return the serialised engine; call with a CUDA context current."""
-    severity = trt.Logger.INFO if args.verbose else trt.Logger.WARNING
-    logger = trt.Logger(severity)
+    logger = capturing_logger(trt, bool(args.verbose))
     builder = trt.Builder(logger)
     network, _parser = parse_network(trt, builder, logger, network_onnx, plan.strongly_typed)
-    check_network(network, card, profile, network_onnx)
+    check_network(trt, network, card, profile, network_onnx,
+                  'fp16_onnx' if args.fp16_onnx and network_onnx == args.fp16_onnx else 'onnx')
     name = card.input_name
     chw = (3, card.input_height_px, card.input_width_px)
     config = builder.create_builder_config()
@@ -249,6 +326,8 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
         config.set_calibration_profile(calib_profile)
         calibrator = make_calibrator(trt, cuda, calib, shape, calib_cache, errors)
         config.int8_calibrator = calibrator
+    options['dla_cores_here'] = int(builder.num_DLA_cores)
+    eligible = 0
     if args.dla_core is not None:
         if builder.num_DLA_cores <= args.dla_core:
             raise ConfigError('dla_core', f'{args.dla_core} requested, this machine has '
@@ -257,6 +336,8 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
         config.DLA_core = int(args.dla_core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         options['gpu_fallback'] = True
+        eligible = sum(1 for index in range(network.num_layers)
+                       if config.can_run_on_DLA(network.get_layer(index)))
     cache = None
     if timing_cache:
         blob = b''
@@ -264,9 +345,13 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
             with open(timing_cache, 'rb') as stream:
                 blob = stream.read()
         cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):
+        if cache is None:  # TensorRT refuses a damaged (truncated, foreign) cache
+            say(f'note: timing cache {timing_cache} is damaged; starting a fresh one')
+        elif not config.set_timing_cache(cache, False):
             say(f'note: timing cache {timing_cache} was made by another TensorRT or GPU; '
                 'starting a fresh one')
+            cache = None
+        if cache is None:
             cache = config.create_timing_cache(b'')
             config.set_timing_cache(cache, False)
             blob = b''
@@ -284,6 +369,24 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
     seconds = time.monotonic() - start
     if errors:
         raise BuildFailed('calibration failed: ' + '; '.join(errors))
+    if calibrator is not None and calib is not None and not calibrator.exhausted:
+        raise BuildFailed(f'calibration stopped after {calibrator.batches_done} batch(es), '
+                          f'before the last of the (at most {calib.count_batches()}) batches '
+                          'of the images: TensorRT stopped asking (its messages are above)')
+    if args.dla_core is not None:
+        dla_subgraphs, gpu_layers = dla_placement(logger.lines)
+        options['dla'] = {'core': int(args.dla_core), 'network_layers': network.num_layers,
+                          'eligible_layers': eligible, 'dla_subgraphs': dla_subgraphs,
+                          'gpu_layers': gpu_layers}
+        if dla_subgraphs == 0 or (dla_subgraphs is None and eligible == 0):
+            raise BuildFailed(
+                f'nothing of {network_onnx} runs on DLA core {args.dla_core}: TensorRT '
+                f'placed every layer on the GPU ({eligible} of {network.num_layers} layers '
+                'could run on DLA). Build without --dla-core')
+        say(f'DLA core {args.dla_core}: '
+            + (f'{dla_subgraphs} DLA subgraph(s), {gpu_layers} layer(s) left on the GPU'
+               if dla_subgraphs is not None else 'placement not reported by TensorRT')
+            + f' ({eligible} of {network.num_layers} network layers can run on DLA)')
     if serialized is None:
         raise BuildFailed(
             f'TensorRT could not build the engine from {network_onnx} (its messages are above). '
@@ -334,6 +437,12 @@ def build(args: argparse.Namespace) -> int:
         raise ConfigError('workspace_mib', f'must be >= 1, got {args.workspace_mib}')
     if args.dla_core is not None and (args.dla_core < 0 or args.precision == 'fp32'):
         raise ConfigError('dla_core', 'DLA runs FP16 or INT8 only, on a core index >= 0')
+    if args.dla_core is not None and len(set(profile.as_tuple())) != 1:
+        raise ConfigError('dla_core', f'DLA has no dynamic shapes: with batch '
+                          f'{profile.min_batch}/{profile.opt_batch}/{profile.max_batch} every '
+                          'layer would silently run on the GPU. Give one batch size, e.g. '
+                          '--min-batch 8 --opt-batch 8 --max-batch 8 (the node pads smaller '
+                          'batches)')
     onnx_path = os.path.abspath(args.onnx)
     if not os.path.isfile(onnx_path):
         raise ModelLoadError(f'ONNX model {onnx_path} does not exist')
@@ -342,7 +451,8 @@ def build(args: argparse.Namespace) -> int:
     onnx_sha = check_model_file(card, onnx_path)
 
     trt, cuda, machine = runtime(args.device)
-    say(f'machine: {machine.describe()}')
+    facts = machine.module_facts()
+    say(f'machine: {machine.describe()}' + (f' ({facts})' if facts else ''))
     plan = precision_plan(machine.tensorrt_version, args.precision, args.typing)
     for note in plan.notes:
         say(f'note: {note}')
@@ -361,7 +471,7 @@ def build(args: argparse.Namespace) -> int:
     calib_record: Dict[str, Any] = {}
     if plan.calibrator:
         calib_cache = os.path.abspath(args.calib_cache or calibration_cache_path(
-            out_dir, model_stem(onnx_path), machine))
+            out_dir, model_stem(onnx_path), machine, onnx_sha))
         if args.calib_images:
             paths = list_calibration_images(args.calib_images, args.calib_max_images)
             calib = CalibrationBatches(paths, card, args.calib_batch)
@@ -382,8 +492,14 @@ def build(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix='leaf_engine_') as scratch:
             network_onnx, fp16_record = prepare_network_onnx(args, onnx_path, plan, scratch)
             with context.active():
-                result = build_engine(trt, cuda, args, card, network_onnx, plan, profile,
-                                      timing_cache, calib, calib_cache)
+                try:
+                    result = build_engine(trt, cuda, args, card, network_onnx, plan, profile,
+                                          timing_cache, calib, calib_cache)
+                except BaseException as exc:
+                    # the builder, network, parser and config in the traceback's frames go
+                    # now, with the context current
+                    tensorrt_backend.drop_frames(exc)
+                    raise
     finally:
         context.release()
     if calib is not None and calib_record.get('images_dir'):
@@ -419,6 +535,11 @@ def build(args: argparse.Namespace) -> int:
         built_at_utc=datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ'),
         dla_core=args.dla_core,
         builder_options=options,
+        sm_count=machine.sm_count,
+        memory_mib=machine.memory_mib,
+        dla_cores=options.get('dla_cores_here'),
+        l4t_release=machine.l4t_release,
+        power_mode=machine.power_mode,
     )
     problems = engine_io_mismatches(result.tensors, card, sidecar)
     if problems:

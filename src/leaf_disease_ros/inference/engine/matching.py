@@ -12,7 +12,7 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from leaf_disease_ros.inference.engine.commands import build_command, BUILD_TOOL, mismatch_message
-from leaf_disease_ros.inference.engine.machine import MachineInfo, sm_tag
+from leaf_disease_ros.inference.engine.machine import MachineInfo, module_mismatches, sm_tag
 from leaf_disease_ros.inference.engine.naming import (engine_candidates, engine_file_name,
                                                       model_stem, parse_engine_file_name,
                                                       sidecar_path_for_engine)
@@ -44,7 +44,9 @@ def sidecar_mismatches(sidecar: EngineSidecar, card: ModelCard, machine: Machine
     Return every reason why the engine of ``sidecar`` may not serve ``card`` here.
 
     An empty list means the engine was built from the card's model (sha256, tensor
-    names, input size, class count) by this TensorRT version on this GPU model.
+    names, input size, class count) by this TensorRT version on this GPU model, and,
+    where the sidecar recorded them, on this kind of module (SM count, memory; the
+    DLA core it needs exists here).
     ``expected_onnx_sha256`` is the card's ``onnx_sha256`` (or the hash of the ONNX
     file beside it when the card records none); empty means it cannot be verified,
     which is itself a mismatch.
@@ -77,6 +79,11 @@ def sidecar_mismatches(sidecar: EngineSidecar, card: ModelCard, machine: Machine
                      f'this GPU is {sm_tag(machine.compute_capability)}')
     if sidecar.gpu_name != machine.gpu_name:
         found.append(f'built on GPU {sidecar.gpu_name!r}, this GPU is {machine.gpu_name!r}')
+    found += module_mismatches(sidecar.machine, machine)
+    if sidecar.dla_core is not None and machine.dla_cores is not None \
+            and sidecar.dla_core >= machine.dla_cores:
+        found.append(f'built for DLA core {sidecar.dla_core}, this machine has '
+                     f'{machine.dla_cores} DLA core(s)')
     return found
 
 

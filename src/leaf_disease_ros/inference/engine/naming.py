@@ -68,9 +68,15 @@ def timing_cache_path(folder: str, machine: MachineInfo) -> str:
     return os.path.join(folder, name)
 
 
-def calibration_cache_path(folder: str, model: str, machine: MachineInfo) -> str:
-    """Return ``<folder>/<model>.int8.<smXY>.trt<version>.calib_cache``."""
-    name = (f'{model}.int8.{sm_tag(machine.compute_capability)}.'
+def calibration_cache_path(folder: str, model: str, machine: MachineInfo,
+                           onnx_sha256: str) -> str:
+    """
+    Return ``<folder>/<model>.<sha12>.int8.<smXY>.trt<version>.calib_cache``.
+
+    The name carries the first 12 hex digits of the ONNX file's sha256: a retrained
+    model exported under the same name never picks up the ranges of the old one.
+    """
+    name = (f'{model}.{onnx_sha256[:12]}.int8.{sm_tag(machine.compute_capability)}.'
             f'trt{machine.tensorrt_version}.calib_cache')
     return os.path.join(folder, name)
 

@@ -4,7 +4,10 @@ The engine sidecar: the JSON record written beside an engine, its schema, readin
 An engine is only valid for the model it was built from, the TensorRT version that
 built it and the GPU it was built on. The sidecar (:class:`EngineSidecar`) records
 these: ONNX sha256, TensorRT version, GPU name and compute capability, precision,
-batch profile, tensor names and shapes, workspace, build time and builder options.
+batch profile, tensor names and shapes, workspace, build time and builder options,
+and the module facts that tell Jetson modules with the same GPU name apart (SM count,
+memory, DLA cores, L4T release, power mode; a ``machine`` object, absent from sidecars
+written before it existed).
 It is written atomically after the engine (:func:`write_sidecar`) and validated
 when read (:func:`read_sidecar`). What this machine is (:class:`MachineInfo`) is
 probed by :func:`leaf_disease_ros.inference.tensorrt_backend.probe_machine`; the
@@ -76,11 +79,19 @@ class EngineSidecar:
     dla_core: Optional[int] = None
     builder_options: Mapping[str, Any] = field(default_factory=dict)
     path: Optional[str] = None  # where it was read from; not serialised
+    sm_count: Optional[int] = None
+    memory_mib: Optional[int] = None
+    dla_cores: Optional[int] = None
+    l4t_release: str = ''
+    power_mode: str = ''
 
     @property
     def machine(self) -> MachineInfo:
-        """Return the machine the engine was built on."""
-        return MachineInfo(self.tensorrt_version, self.gpu_name, self.compute_capability)
+        """Return the machine the engine was built on (module facts where recorded)."""
+        return MachineInfo(self.tensorrt_version, self.gpu_name, self.compute_capability,
+                           sm_count=self.sm_count, memory_mib=self.memory_mib,
+                           dla_cores=self.dla_cores, l4t_release=self.l4t_release,
+                           power_mode=self.power_mode)
 
 
 def sidecar_to_dict(sidecar: EngineSidecar) -> Dict[str, Any]:
@@ -109,6 +120,9 @@ def sidecar_to_dict(sidecar: EngineSidecar) -> Dict[str, Any]:
         'build_seconds': sidecar.build_seconds,
         'built_at_utc': sidecar.built_at_utc,
         'builder_options': dict(sidecar.builder_options),
+        'machine': {'sm_count': sidecar.sm_count, 'memory_mib': sidecar.memory_mib,
+                    'dla_cores': sidecar.dla_cores, 'l4t_release': sidecar.l4t_release,
+                    'power_mode': sidecar.power_mode},
     }
 
 
@@ -118,10 +132,12 @@ def sidecar_from_dict(doc: Any, path: str = '<sidecar>') -> EngineSidecar:
 
     :raises ModelLoadError: naming ``path`` and the first malformed field.
     """
+    def error(key: str, reason: str) -> ModelLoadError:
+        return ModelLoadError(f'engine sidecar {path}: field {key!r}: {reason}; rebuild the '
+                              f'engine with {BUILD_TOOL}')
+
     fields = FieldReader(
-        doc, lambda key, reason: ModelLoadError(
-            f'engine sidecar {path}: field {key!r}: {reason}; rebuild the engine with '
-            f'{BUILD_TOOL}'),
+        doc, error,
         missing=lambda key: ModelLoadError(
             f'engine sidecar {path}: field {key!r} is missing; rebuild the engine with '
             f'{BUILD_TOOL} (it writes the sidecar)'))
@@ -139,6 +155,7 @@ def sidecar_from_dict(doc: Any, path: str = '<sidecar>') -> EngineSidecar:
         raise fields.fail('batch_profile', exc.reason) from exc
     chw = fields.integers('input_shape_chw', 3)
     major, minor = fields.integers('compute_capability', 2)
+    module = FieldReader(fields.mapping('machine'), error, 'machine.')
     return EngineSidecar(
         engine_file=fields.text('engine_file'),
         engine_sha256=fields.sha256('engine_sha256'),
@@ -161,6 +178,11 @@ def sidecar_from_dict(doc: Any, path: str = '<sidecar>') -> EngineSidecar:
         dla_core=fields.optional_integer('dla_core'),
         builder_options=fields.mapping('builder_options'),
         path=path,
+        sm_count=module.optional_integer('sm_count', minimum=1),
+        memory_mib=module.optional_integer('memory_mib', minimum=1),
+        dla_cores=module.optional_integer('dla_cores'),
+        l4t_release=module.text('l4t_release', '', allow_empty=True),
+        power_mode=module.text('power_mode', '', allow_empty=True),
     )
 
 
