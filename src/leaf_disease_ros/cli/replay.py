@@ -181,16 +181,21 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                      f"truth); unknown {100 * tiles['unknown_rate']:.1f} %")
     missing = {k: v for k, v in geo['by_reason'].items()
                if v and k not in ('interpolated', 'nearest')}
+    rejected = geo.get('fixes_rejected', {})
     lines.append(f"geotag coverage {100 * geo['coverage']:.1f} %"
                  + (f" (no position: {', '.join(f'{k} {v}' for k, v in missing.items())})"
                     if missing else '')
-                 + ('' if geo['gps_topic'] else ' - the bag has no GPS'))
+                 + ('' if geo['gps_topic'] else ' - the bag has no GPS')
+                 + (f"; fixes rejected: {', '.join(f'{k[9:]} {v}' for k, v in rejected.items())}"
+                    if rejected else ''))
     lines.append(f"findings: {findings['sightings']} diseased tiles -> {findings['features']} "
                  'map features'
                  + (f" ({', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())})"
                     if findings['features_by_label'] else '')
                  + (f"; {findings['without_position']} without position"
-                    if findings['without_position'] else ''))
+                    if findings['without_position'] else '')
+                 + (f"; {findings['outside_utm']} beyond UTM (not in geo_detections)"
+                    if findings.get('outside_utm') else ''))
     if latency.get('count'):
         lines.append(f"pipeline latency per frame p50 {latency['p50']:.1f} ms, p95 "
                      f"{latency['p95']:.1f} ms, p99 {latency['p99']:.1f} ms")

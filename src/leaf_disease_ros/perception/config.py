@@ -115,6 +115,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Otherwise use the nearest fix when it is at most this far from the image '
               'stamp; else the frame has no position.',
               'gps', min_value=0.0, max_value=60.0),
+    ParamSpec('max_fix_speed_mps', DOUBLE, 10.0,
+              'A fix implying a faster move from its neighbours (beyond 3 sigma of their '
+              'covariances) is rejected as a glitch and counted; 0 = no check.',
+              'gps', min_value=0.0, max_value=1000.0, read_only=True),
     ParamSpec('fix_buffer_size', INT, 512,
               'Fixes kept, newest first (512 = 100 s at 5 Hz).',
               'gps', min_value=2, max_value=1000000, read_only=True),

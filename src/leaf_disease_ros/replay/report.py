@@ -36,7 +36,8 @@ KML_FILE = 'findings.kml'
 REPORTED_PARAMETERS = (
     'model_path', 'backend', 'tiling', 'tile_size_px', 'tile_stride_px',
     'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
-    'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'lever_arm_m',
+    'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'max_fix_speed_mps',
+    'lever_arm_m',
     'merge_radius_m', 'max_batch')
 
 
@@ -108,11 +109,15 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
                           for reason in (REASON_INTERPOLATED, REASON_NEAREST)
                           + NO_POSITION_REASONS},
             'positions_by_fix_status': dict(sorted(state.positions_by_status.items())),
+            'fixes_rejected': {k: v for k, v in state.fix_buffer_stats.items()
+                               if k.startswith('rejected_') and v},
+            'frames_outside_utm': state.frames_outside_utm,
         },
         'findings': {
             'sightings': state.findings,
             'with_position': state.findings - state.findings_without_position,
             'without_position': state.findings_without_position,
+            'outside_utm': state.findings_outside_utm,
             'by_label': dict(sorted(state.findings_by_label.items())),
             'merge_radius_m': state.merger.merge_radius_m,
             'features': len(features),
@@ -231,6 +236,16 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                   + '; positions by status: '
                   + (', '.join(f'{k}: {v}' for k, v in geo['positions_by_fix_status'].items())
                      or 'none')]
+    if geo['fixes_rejected']:
+        lines += ['', 'Fixes rejected where they entered (never used for a position): '
+                  + ', '.join(f'{k[len("rejected_"):]}: {v}'
+                              for k, v in geo['fixes_rejected'].items())
+                  + ' (jump: faster than max_fix_speed_mps '
+                  f"{metrics['parameters']['max_fix_speed_mps']:g} m/s)."]
+    if geo['frames_outside_utm']:
+        lines += ['', f"{geo['frames_outside_utm']} frames have a position beyond UTM "
+                  '(-80..84 degrees): their findings are on the map and in the GeoJSON/KML, '
+                  'but not in `geo_detections` (UTM metres) of the output bag.']
     lines += ['', '## Findings', '',
               f"{findings['sightings']} diseased tiles with score >= "
               f"{metrics['parameters']['disease_score_threshold']} "

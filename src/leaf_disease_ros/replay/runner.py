@@ -28,7 +28,8 @@ import struct
 import time
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from leaf_disease_ros.geo.geotag import ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer
+from leaf_disease_ros.geo.geodesy import in_utm_domain
+from leaf_disease_ros.geo.geotag import FixBuffer, OUTAGES
 from leaf_disease_ros.geo.mapping import FindingMerger, Sighting, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
@@ -141,6 +142,8 @@ class ReplayState:
     tiles_by_label: Dict[str, int] = field(default_factory=dict)
     findings: int = 0
     findings_without_position: int = 0
+    findings_outside_utm: int = 0  # positioned, but beyond UTM: not in geo_detections
+    frames_outside_utm: int = 0
     findings_by_label: Dict[str, int] = field(default_factory=dict)
     geotag_reasons: Dict[str, int] = field(default_factory=dict)
     positions_by_status: Dict[str, int] = field(default_factory=dict)
@@ -233,7 +236,8 @@ class _Replay:
         self.store = typestore
         self.progress = progress
         params = state.parameters
-        self.fixes = FixBuffer(params['fix_buffer_size']) if topics.fix else None
+        self.fixes = (FixBuffer(params['fix_buffer_size'], params['max_fix_speed_mps'])
+                      if topics.fix else None)
         hold_s = max(params['max_fix_gap_s'], params['max_fix_age_s']) + FIX_HOLD_SLACK_S
         self.hold_ns = int(hold_s * _NS_PER_S)
         self.pending: Deque[_PendingFrame] = collections.deque()
@@ -278,10 +282,7 @@ class _Replay:
             self._process(self.pending.popleft())
         state.truncated_reason = self.bag.truncated_reason
         if self.fixes is not None:
-            state.fix_buffer_stats = {
-                'accepted': self.fixes.accepted, 'duplicates': self.fixes.duplicates,
-                'rejected_no_fix': self.fixes.rejected_no_fix,
-                'rejected_nan': self.fixes.rejected_nan, 'evicted': self.fixes.evicted}
+            state.fix_buffer_stats = self.fixes.stats()
         state.wall_s = time.perf_counter() - self.start
 
     def _on_fix(self, message: BagMessage) -> None:
@@ -296,11 +297,13 @@ class _Replay:
         state.fixes_read += 1
         name = STATUS_NAMES.get(fix.status, str(fix.status))
         state.fixes_by_status[name] = state.fixes_by_status.get(name, 0) + 1
-        outcome = self.fixes.add(fix) if self.fixes is not None else ADD_REJECTED_NO_FIX
-        if outcome in (ADD_REJECTED_NO_FIX, ADD_REJECTED_NAN):
-            self.state.track.break_segment()
-        else:
-            self.state.track.add(fix.latitude_deg, fix.longitude_deg)
+        if self.fixes is not None:
+            admission = self.fixes.admit(fix)
+            if admission.outcome in OUTAGES:
+                self.state.track.break_segment()
+            elif admission.fix is not None:  # validated and normalised (glitches left out)
+                stored = admission.fix
+                self.state.track.add(stored.latitude_deg, stored.longitude_deg, stored.stamp_ns)
         if self.output is not None:
             self.output.write_fix(message.log_time_ns, message.data)
 
@@ -391,9 +394,11 @@ class _Replay:
         reason = result.geotag.reason
         state.geotag_reasons[reason] = state.geotag_reasons.get(reason, 0) + 1
         tag = result.geotag.geotag
+        outside_utm = tag is not None and not in_utm_domain(tag.latitude_deg)
         if tag is not None:
             status = STATUS_NAMES.get(tag.status, str(tag.status))
             state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
+            state.frames_outside_utm += outside_utm
         for detection in result.detections:
             state.tiles_by_label[detection.label] = \
                 state.tiles_by_label.get(detection.label, 0) + 1
@@ -407,6 +412,7 @@ class _Replay:
             if tag is None:
                 state.findings_without_position += 1
             else:
+                state.findings_outside_utm += outside_utm
                 state.merger.add(Sighting(detection.label, detection.score, tag.latitude_deg,
                                           tag.longitude_deg, result.stamp_ns))
         if state.evaluator is not None:
@@ -451,7 +457,10 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 model=dict(backend.describe()), bag_path=os.path.abspath(options.bag_path),
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
-                merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
+                merger=FindingMerger(params['merge_radius_m']),
+                # a silence longer than this leaves some frame in it without a position
+                track=TrackRecorder(max_gap_s=max(params['max_fix_gap_s'],
+                                                  2.0 * params['max_fix_age_s'])),
                 notes=list(bag.notes) + list(topics.notes))
             if options.write_bag:
                 output = OutputBag(os.path.join(options.out_dir, 'detections.mcap'), store,

@@ -212,7 +212,7 @@ class DetectorNode(Node):
                                   DetectorConfig.from_parameters(values))
         warmup_ms = self._warm_up()
 
-        self._fixes = FixBuffer(values['fix_buffer_size'])
+        self._fixes = FixBuffer(values['fix_buffer_size'], values['max_fix_speed_mps'])
         self._fix_jump = BackwardJumpDetector()
         self._image_jump = BackwardJumpDetector()
         self._debug_limiter = RateLimiter(values['debug_image_rate_hz'])
@@ -350,7 +350,7 @@ class DetectorNode(Node):
         self._mailbox.put(_Pending(msg, stamp_ns))
 
     def _on_fix(self, msg: NavSatFix) -> None:
-        """Add a fix to the buffer (NO_FIX and NaN fixes are counted, not stored)."""
+        """Add a fix to the buffer (it validates: rejected fixes are counted, not stored)."""
         fix = navsatfix_to_fix(msg)
         jump_s = self._fix_jump.update(fix.stamp_ns)
         if jump_s is not None:
