@@ -189,3 +189,70 @@ def test_case1_a_polar_robot_maps_its_findings_without_utm(tmp_path, capsys, mod
     assert all(abs(lat - 88.0) < 1e-3 for _, lat in geojson_points(out))
     with open(os.path.join(out, 'report.md'), encoding='utf-8') as stream:
         assert 'beyond UTM' in stream.read()
+
+
+# --- 2. typos ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('layout,key', [
+    ('/**:\n  ros__parameters:\n    {}\n', 'tile_sise_px'),
+    ('detector_node:\n  ros__parameters:\n    {}\n', 'tile_sise_px'),
+    ('robot1:\n  detector_node:\n    ros__parameters:\n      {}\n', 'tile_sise_px'),
+    ('{}\n', 'tile_sise_px'),
+    ('detector_node:\n  ros__parameters:\n    tile:\n      size_px: 128\n', 'tile.size_px'),
+], ids=['wildcard', 'node', 'namespaced', 'flat', 'nested'])
+def test_case2_a_typo_in_the_params_file_is_an_error(tmp_path, capsys, model, frame_image,
+                                                     layout, key):
+    params = tmp_path / 'p.yaml'
+    params.write_text(layout.format('tile_sise_px: 128'))
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    out = tmp_path / 'out'
+    code, _, err = run([bag, '--params-file', str(params), '--out', str(out)], capsys, model)
+    assert code == cli.EXIT_ERROR
+    assert f"parameter '{key}': unknown parameter in params file" in err
+    assert 'did you mean tile_size_px?' in err
+    assert not out.exists()
+
+
+def test_case2_other_nodes_and_ros_parameters_are_not_typos(tmp_path, capsys, model,
+                                                            frame_image):
+    params = tmp_path / 'p.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    use_sim_time: true\n'
+                      'camera_driver:\n  ros__parameters:\n    fps: 30\n'
+                      'detector_node:\n  ros__parameters:\n    top_k: 2\n')
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    out = str(tmp_path / 'out')
+    code, _, _ = run([bag, '--params-file', str(params), '--out', out], capsys, model)
+    assert code == cli.EXIT_OK
+    assert metrics_of(out)['parameters']['top_k'] == 2
+
+
+def test_case2_a_typo_in_param_names_the_closest(tmp_path, capsys, model, frame_image):
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    code, _, err = run([bag, '--param', 'max_fix_gap=2.0', '--out', str(tmp_path / 'o')],
+                       capsys, model)
+    assert code == cli.EXIT_ERROR
+    assert "'max_fix_gap': unknown parameter in --param (did you mean max_fix_gap_s?)" in err
+
+
+@pytest.mark.parametrize('option,wrong,right,listed', [
+    ('--fix-topic', '/gps/fixx', '/gps/fix', '/gps/fix (sensor_msgs/msg/NavSatFix, 21 msgs)'),
+    ('--ground-truth-topic', '/ground_truht', '/ground_truth',
+     '/ground_truth (vision_msgs/msg/Detection2DArray, 1 msgs)'),
+    ('--image-topic', '/camera/image_raw/compresed', '/camera/image_raw/compressed',
+     '/camera/image_raw/compressed (sensor_msgs/msg/CompressedImage, 1 msgs)'),
+])
+def test_case2_every_topic_option_is_checked_against_the_bag(tmp_path, capsys, model,
+                                                             frame_image, option, wrong,
+                                                             right, listed):
+    from bag_builder import Truth
+
+    frames = frames_at(frame_image, [1.0])
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, track_fixes(4.0),
+                    [Truth(frames[0].stamp_ns, [((0.0, 0.0, 256.0, 256.0), 'esca')])])
+    out = tmp_path / 'out'
+    code, _, err = run([bag, option, wrong, '--out', str(out)], capsys, model)
+    assert code == cli.EXIT_ERROR
+    assert 'the bag has no' in err and f'{wrong} (did you mean {right}?)' in err
+    assert listed in err and option in err
+    assert not out.exists()

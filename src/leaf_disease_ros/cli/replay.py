@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from leaf_disease_ros.perception.config import load_params_file, PARAMETERS_BY_NAME
+from leaf_disease_ros.perception.config import load_params_file, strict_parameters
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.report import REPORT_FILE, write_report
@@ -119,22 +119,27 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     """
     Return the parameter values: params file, then ``--param``, then the flags.
 
-    :raises ConfigError: unreadable params file or a malformed ``--param``.
+    Both go through the parameter table's one strict reader: an unknown name is an
+    error naming the closest known one.
+
+    :raises ConfigError: unreadable params file, a malformed ``--param``, or a name
+        that is not a parameter.
     """
     import yaml
 
     values: Dict[str, Any] = {}
     if args.params_file:
-        loaded = load_params_file(args.params_file, args.params_node or args.node_name)
-        values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
+        values.update(load_params_file(args.params_file, args.params_node or args.node_name))
+    given: Dict[str, Any] = {}
     for item in args.param:
         name, sep, text = item.partition('=')
-        if not sep or not name:
+        if not sep or not name.strip():
             raise ConfigError(item, 'expected --param NAME=VALUE')
         try:
-            values[name.strip()] = yaml.safe_load(text)
+            given[name.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(name, f'value {text!r} is not valid YAML: {exc}') from exc
+    values.update(strict_parameters(given, '--param'))
     for flag, name in FLAG_PARAMETERS.items():
         value = getattr(args, flag)
         if value is not None:

@@ -23,6 +23,7 @@ track (:mod:`leaf_disease_ros.geo.mapping`). :mod:`.report` writes the files.
 
 import collections
 from dataclasses import dataclass, field
+import difflib
 import os
 import struct
 import time
@@ -168,26 +169,41 @@ class ReplayState:
     output_bag_messages: int = 0
 
 
+def _closest_topic(bag: BagReader, wanted: str, types: Tuple[str, ...]) -> str:
+    names = [t.name for t in bag.topics.values() if t.msgtype in types]
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.5)
+    return f' (did you mean {close[0]}?)' if close else ''
+
+
 def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
-                what: str, required: bool, notes: List[str]) -> Optional[str]:
-    """Return the topic to read for one input (see ReplayOptions)."""
+                what: str, option: str, required: bool, notes: List[str],
+                by_type: bool = True) -> Optional[str]:
+    """
+    Return the topic to read for one input (see ReplayOptions).
+
+    A topic given by name must be in the bag with the right type: a typo is an error
+    listing the bag's topics, never a silently missing input. A default topic the bag
+    lacks is replaced by the bag's only topic of the type (``by_type``), or is absent
+    (None) when the input is optional.
+    """
     wanted = name or default
     info = bag.topics.get(wanted)
     if info is not None:
         if info.msgtype not in types:
             raise BagError(f'{what} topic {wanted} has type {info.msgtype}, expected '
-                           f'{" or ".join(types)}; choose another with the topic option '
+                           f'{" or ".join(types)}; choose another with {option} '
                            f'(topics: {describe_topics(bag.topics)})')
         return wanted
-    if not name:
+    if not name and by_type:
         candidates = [t.name for t in bag.topics.values() if t.msgtype in types]
         if len(candidates) == 1:
             notes.append(f'{what} topic {default} is not in the bag; using {candidates[0]} '
                          f'(its only {" / ".join(types)} topic)')
             return candidates[0]
-    if required:
-        raise BagError(f'the bag has no {what} topic {wanted}; its topics: '
-                       f'{describe_topics(bag.topics)}. Choose one with --image-topic')
+    if required or name:
+        raise BagError(f'the bag has no {what} topic {wanted}'
+                       f'{_closest_topic(bag, wanted, types)}; its topics: '
+                       f'{describe_topics(bag.topics)}. Choose one with {option}')
     return None
 
 
@@ -195,27 +211,26 @@ def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
     """
     Return the image, GPS and ground-truth topics to read from ``bag``.
 
-    :raises BagError: no image topic (the message lists the bag's topics), or a topic
-        of the wrong type.
+    Every topic option is checked against the bag before anything is processed.
+
+    :raises BagError: no image topic, a topic given by name that the bag lacks, or a
+        topic of the wrong type (the message lists the bag's topics and types).
     """
     notes: List[str] = []
     image = _find_topic(bag, options.image_topic, DEFAULT_IMAGE_TOPIC, IMAGE_TYPES, 'image',
-                        True, notes) or ''
+                        '--image-topic', True, notes) or ''
     fix = _find_topic(bag, options.fix_topic, DEFAULT_FIX_TOPIC, (NAVSATFIX_TYPE,), 'GPS',
-                      False, notes)
+                      '--fix-topic', False, notes)
     if fix is None:
-        notes.append(f'no GPS: the bag has no NavSatFix topic '
-                     f'{options.fix_topic or DEFAULT_FIX_TOPIC}; findings have no position')
-    wanted_truth = options.ground_truth_topic or DEFAULT_GROUND_TRUTH_TOPIC
-    truth: Optional[str] = wanted_truth
-    truth_info = bag.topics.get(wanted_truth)
-    if truth_info is None:
-        notes.append(f'no ground truth: the bag has no topic {wanted_truth}; no accuracy '
-                     'figures')
-        truth = None
-    elif truth_info.msgtype != GROUND_TRUTH_TYPE:
-        raise BagError(f'ground-truth topic {truth} has type {truth_info.msgtype}, expected '
-                       f'{GROUND_TRUTH_TYPE}')
+        notes.append(f'no GPS: the bag has no NavSatFix topic {DEFAULT_FIX_TOPIC}; findings '
+                     'have no position')
+    truth_types = (GROUND_TRUTH_TYPE,)
+    truth = _find_topic(bag, options.ground_truth_topic, DEFAULT_GROUND_TRUTH_TOPIC,
+                        truth_types, 'ground-truth', '--ground-truth-topic', False, [],
+                        by_type=False)  # detections of a replayed output bag are no truth
+    if truth is None:
+        notes.append(f'no ground truth: the bag has no topic {DEFAULT_GROUND_TRUTH_TOPIC}; no '
+                     'accuracy figures')
     return Topics(image=image, image_type=bag.topics[image].msgtype, fix=fix,
                   ground_truth=truth, notes=tuple(notes))
 

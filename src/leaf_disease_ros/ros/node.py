@@ -68,10 +68,10 @@ from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_fail
                                            EndpointQos, IMAGE_TYPE, no_image_message,
                                            ready_message, start_failure_message, time_jump_message,
                                            unsupported_encoding_message)
-from leaf_disease_ros.ros.params import (descriptor_fields, EFFECT_DEBUG_RATE, EFFECT_DETECTOR,
-                                         EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY, from_ros_value,
-                                         live_effects, review_changes, ros_default, type_hint,
-                                         unknown_parameters_message)
+from leaf_disease_ros.ros.params import (check_overrides, descriptor_fields, EFFECT_DEBUG_RATE,
+                                         EFFECT_DETECTOR, EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY,
+                                         from_ros_value, live_effects, review_changes,
+                                         ros_default, type_hint)
 from leaf_disease_ros.ros.timekeeping import BackwardJumpDetector, RateLimiter
 
 NODE_NAME = 'detector_node'
@@ -282,11 +282,9 @@ class DetectorNode(Node):
                 raise ConfigError(spec.name, str(exc)) from exc
             values[spec.name] = from_ros_value(parameter.value)
         # rclpy keeps the overrides it was given (params file, -p) in this attribute;
-        # ROS ignores those that name no declared parameter, so report typos.
+        # ROS ignores those that name no declared parameter: a typo is an error here.
         overrides = getattr(self, '_parameter_overrides', None) or {}
-        warning = unknown_parameters_message(list(overrides))
-        if warning:
-            self.get_logger().warning(warning)
+        check_overrides(list(overrides))
         return validate_parameters(values)
 
     def _warm_up(self) -> float:
