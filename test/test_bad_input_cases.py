@@ -256,3 +256,292 @@ def test_case2_every_topic_option_is_checked_against_the_bag(tmp_path, capsys, m
     assert 'the bag has no' in err and f'{wrong} (did you mean {right}?)' in err
     assert listed in err and option in err
     assert not out.exists()
+
+
+# --- 3. grey cameras -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('kind,encoding,expected', [
+    ('raw', 'mono8', 'carries mono8 images'),
+    ('png', '', 'carries grey png images'),
+    ('jpeg', '', 'carries grey jpeg images'),
+])
+def test_case3_a_grey_camera_is_refused_at_start(tmp_path, capsys, model, frame_image, kind,
+                                                 encoding, expected):
+    grey = cv2.cvtColor(frame_image, cv2.COLOR_BGR2GRAY)
+    frames = frames_at(frame_image, [1.0, 2.0], kind=kind)
+    raw = kind == 'raw'
+    for frame in frames:
+        if raw:
+            frame.encoding = encoding
+        else:
+            ok, buffer = cv2.imencode('.png' if kind == 'png' else '.jpg', grey)
+            frame.data = buffer.tobytes()
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, track_fixes(3.0), raw=raw)
+    out = tmp_path / 'out'
+    code, _, err = run([bag, '--out', str(out)], capsys, model)
+    assert code == cli.EXIT_ERROR  # was exit 0 with "tile accuracy 0.000 (0 tiles)"
+    assert expected in err and 'the model classifies colour photos of leaves' in err
+    assert not out.exists()
+
+
+def test_case3_grey_frames_in_a_colour_recording_are_skipped_and_counted(tmp_path, capsys,
+                                                                         model, frame_image):
+    frames = frames_at(frame_image, [1.0, 2.0, 3.0], kind='raw')
+    frames[1].image_bgr = cv2.cvtColor(cv2.cvtColor(frame_image, cv2.COLOR_BGR2GRAY),
+                                       cv2.COLOR_GRAY2BGR)
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, track_fixes(4.0), raw=True)
+    out = str(tmp_path / 'out')
+    code, _, err = run([bag, '--out', out], capsys, model)
+    assert code == cli.EXIT_OK
+    metrics = metrics_of(out)
+    assert metrics['frames']['skipped'] == {'no_colour': 1}
+    assert metrics['frames']['processed'] == 2
+    assert 'has no colour' in err
+
+
+# --- 4. the input is never touched ---------------------------------------------------------
+
+
+def test_case4_the_replay_never_writes_over_its_input(tmp_path, capsys, model, frame_image,
+                                                      monkeypatch):
+    # A first run writes replay_report/ with detections.mcap; replaying that output
+    # with the default --out renamed the input to .old and deleted it.
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run([bag, '--image-topic', '/camera/image_raw/compressed'], capsys, model)
+    assert code == cli.EXIT_OK
+    output_bag = os.path.join('replay_report', 'detections.mcap')
+    before = sorted(os.listdir(output_bag))
+    sizes = [os.path.getsize(os.path.join(output_bag, n)) for n in before]
+    code, _, err = run([output_bag, '--image-topic', '/camera/image_raw/compressed'], capsys,
+                       model)
+    assert code == cli.EXIT_ERROR
+    assert 'holds the input' in err
+    assert sorted(os.listdir(output_bag)) == before
+    assert [os.path.getsize(os.path.join(output_bag, n)) for n in before] == sizes
+    # and the report folder is never put inside the recording either
+    code, _, err = run([bag, '--out', os.path.join(bag, 'report')], capsys, model)
+    assert code == cli.EXIT_ERROR and 'is inside the input' in err
+    assert not os.path.exists(os.path.join(bag, 'report'))
+
+
+def test_case4_a_folder_that_is_not_a_report_is_not_replaced(tmp_path, capsys, model,
+                                                             frame_image):
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    home = tmp_path / 'home'
+    home.mkdir()
+    (home / 'thesis.tex').write_text('precious')
+    code, _, err = run([bag, '--out', str(home)], capsys, model)
+    assert code == cli.EXIT_ERROR and 'is not a replay report' in err
+    assert (home / 'thesis.tex').read_text() == 'precious'
+
+
+# --- 5. interrupted and failed runs --------------------------------------------------------
+
+
+def _snapshot(folder):
+    """Return {relative path: bytes} of every file under ``folder``."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as stream:
+                found[os.path.relpath(path, folder)] = stream.read()
+    return found
+
+
+def _hidden_entries(folder):
+    return [n for n in os.listdir(folder) if n.startswith('.')]
+
+
+@pytest.fixture()
+def earlier_report(tmp_path, capsys, model, frame_image):
+    """Return (bag, out) where out holds the report of an earlier, complete run."""
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0, 2.0, 3.0]),
+                    track_fixes(4.0))
+    out = str(tmp_path / 'out')
+    code, _, _ = run([bag, '--out', out, '--max-frames', '1'], capsys, model)
+    assert code == cli.EXIT_OK
+    return bag, out
+
+
+_INTERRUPTED_RUN = """
+import os, signal, sys
+from leaf_disease_ros.cli import replay as cli
+
+class Interrupting:
+    # a progress bar that signals this process at the second frame
+    def __init__(self, stream):
+        self.frames = 0
+    def __call__(self, progress):
+        self.frames += 1
+        if self.frames == 2:
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    def close(self):
+        pass
+
+cli.ProgressBar = Interrupting
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize('signum', ['SIGTERM', 'SIGINT'])
+def test_case5_an_interrupted_run_leaves_no_debris_and_the_old_report(tmp_path, model,
+                                                                      earlier_report, signum):
+    import subprocess
+    import sys
+
+    bag, out = earlier_report
+    before = _snapshot(out)
+    done = subprocess.run([sys.executable, '-c', _INTERRUPTED_RUN, signum, bag, '--out', out,
+                           '--model', model], capture_output=True, text=True, timeout=120)
+    assert done.returncode == cli.EXIT_ERROR, done.stderr  # SIGTERM killed it: -15
+    assert 'Traceback' not in done.stderr
+    assert ('terminated (SIGTERM)' if signum == 'SIGTERM' else 'interrupted') in done.stderr
+    assert _snapshot(out) == before  # all of the earlier run, untouched
+    assert _hidden_entries(str(tmp_path)) == []  # no .out.partial-*, no .detections.mcap.*
+
+
+def test_case5_a_full_disk_leaves_the_old_report_whole(tmp_path, capsys, model,
+                                                       earlier_report, monkeypatch):
+    import errno
+
+    from leaf_disease_ros.replay import report
+
+    bag, out = earlier_report
+    before = _snapshot(out)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    # the confusion matrix would already be written when the map fails
+    monkeypatch.setattr(report, 'write_map_png', disk_full)
+    code, _, err = run([bag, '--out', out], capsys, model)
+    assert code == cli.EXIT_ERROR
+    assert 'No space left on device' in err and 'nothing was written' in err
+    assert _snapshot(out) == before
+    assert _hidden_entries(str(tmp_path)) == []
+
+
+def test_case5_a_new_report_replaces_the_old_one_as_a_whole(tmp_path, capsys, model,
+                                                            earlier_report):
+    bag, out = earlier_report
+    code, _, _ = run([bag, '--out', out, '--no-output-bag'], capsys, model)
+    assert code == cli.EXIT_OK
+    assert metrics_of(out)['frames']['processed'] == 3
+    assert not os.path.exists(os.path.join(out, 'detections.mcap'))  # not the old run's
+    assert _hidden_entries(str(tmp_path)) == []
+
+
+# --- 7. the smaller lies (replay) --------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['', 'a b', '1bad', 'node/x', 'détecteur'])
+def test_case7_node_names_are_ros_names(tmp_path, capsys, model, name):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(['bag', '--node-name', name, '--model', model, '--out', str(tmp_path / 'o')])
+    assert caught.value.code == cli.EXIT_ERROR
+    assert 'is not a ROS node name' in capsys.readouterr().err
+
+
+def test_case7_negative_max_frames_is_an_error(tmp_path, capsys, model):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(['bag', '--max-frames', '-1', '--model', model])
+    assert caught.value.code == cli.EXIT_ERROR
+    assert '--max-frames must be >= 0' in capsys.readouterr().err
+
+
+def test_case7_frames_stamped_zero_are_said_and_never_joined(tmp_path, capsys, model,
+                                                             frame_image):
+    from bag_builder import Truth
+
+    frames = [Frame(stamp_ns=0, image_bgr=frame_image, log_time_ns=int((1 + k) * NS))
+              for k in range(4)]
+    truth = [Truth(0, [((0.0, 0.0, 256.0, 256.0), 'esca')], log_time_ns=int((1 + k) * NS) + 1)
+             for k in range(4)]
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, track_fixes(6.0), truth)
+    out = str(tmp_path / 'out')
+    code, _, err = run([bag, '--out', out] + FINDINGS, capsys, model)
+    assert code == cli.EXIT_OK
+    metrics = metrics_of(out)
+    assert metrics['frames']['unstamped'] == 4
+    assert metrics['geotag']['by_reason']['no_image_stamp'] == 4
+    assert metrics['accuracy']['count'] == 0  # not scored against some other frame's truth
+    assert metrics['accuracy']['frames_unstamped_not_scored'] == 4
+    assert 'have header stamp 0' in err
+
+
+def test_case7_fixes_logged_late_still_interpolate(tmp_path, capsys, model, frame_image):
+    fixes = track_fixes(6.0, delay_s=1.5)  # the GPS driver publishes 1.5 s late
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.1, 2.1, 3.1]),
+                    fixes)
+    out = str(tmp_path / 'out')
+    code, _, err = run([bag, '--out', out], capsys, model)
+    assert code == cli.EXIT_OK
+    metrics = metrics_of(out)
+    assert metrics['geotag']['by_reason']['interpolated'] == 3
+    assert metrics['geotag']['fixes_late'] == 0
+    assert metrics['geotag']['max_fix_delay_s'] == pytest.approx(1.5)
+    assert 'frames waited' in err
+
+
+def test_case7_a_gps_silence_splits_the_track(tmp_path, capsys, model, frame_image):
+    fixes = [f for f in track_fixes(80.0) if not 10 * NS < f.stamp_ns < 70 * NS]
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [5.0, 75.0]), fixes)
+    out = str(tmp_path / 'out')
+    code, _, _ = run([bag, '--out', out], capsys, model)
+    assert code == cli.EXIT_OK
+    tree = ElementTree.parse(os.path.join(out, 'findings.kml'))
+    lines = list(tree.iter('{http://www.opengis.net/kml/2.2}LineString'))
+    assert len(lines) == 2  # one line before the 60 s silence, one after
+
+
+def test_case7_padded_rows_are_valid_images(tmp_path, capsys, model, frame_image):
+    import numpy as np
+
+    height, width = frame_image.shape[:2]
+    step = width * 3 + 64  # each row padded by 64 bytes, as some drivers align rows
+    padded = np.zeros((height, step), dtype=np.uint8)
+    padded[:, :width * 3] = frame_image.reshape(height, width * 3)
+    frames = frames_at(frame_image, [1.0, 2.0], kind='raw')
+    frames[1].data = padded.tobytes()
+    frames[1].raw_shape = (height, width, step)
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, raw=True)
+    out = str(tmp_path / 'out')
+    code, _, _ = run([bag, '--out', out], capsys, model)
+    assert code == cli.EXIT_OK
+    metrics = metrics_of(out)
+    assert metrics['frames']['processed'] == 2 and metrics['frames']['skipped'] == {}
+    assert metrics['tiles']['by_label']  # both frames classified alike
+    assert all(count % 2 == 0 for count in metrics['tiles']['by_label'].values())
+
+
+def test_case7_an_unwritable_out_is_found_before_the_run(tmp_path, capsys, model,
+                                                         frame_image, monkeypatch):
+    from leaf_disease_ros.replay import runner
+
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    (tmp_path / 'a_file').write_text('x')
+
+    def never(*args, **kwargs):
+        raise AssertionError('the replay ran although its output cannot be written')
+
+    monkeypatch.setattr(runner, 'run_replay', never)
+    monkeypatch.setattr(cli, 'run_replay', never)
+    code, _, err = run([bag, '--out', str(tmp_path / 'a_file' / 'out'), '--no-output-bag'],
+                       capsys, model)
+    assert code == cli.EXIT_ERROR and 'cannot write the report folder' in err
+
+
+def test_case7_an_old_detections_file_leaves_nothing_behind(tmp_path, capsys, model,
+                                                            frame_image):
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'detections.mcap').write_text('an old file of that name')
+    code, _, _ = run([bag, '--out', str(out)], capsys, model)
+    assert code == cli.EXIT_OK
+    assert os.path.isdir(out / 'detections.mcap')
+    assert not [n for n in os.listdir(out) if n.endswith('.old') or n.startswith('.')]
+    assert _hidden_entries(str(tmp_path)) == []

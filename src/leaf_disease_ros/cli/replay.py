@@ -13,23 +13,31 @@ logic lives in :mod:`leaf_disease_ros.replay`; this module parses, shows progres
 stderr and prints a summary.
 
 Exit status: 0 report written; 1 report written but no frame could be processed;
-2 usage, bag, model or parameter error (nothing written); 3 report written from a
-bag that ended early (truncated: the figures cover what was read).
+2 usage, bag, model, parameter or output error, or interrupted (Ctrl-C, SIGTERM):
+nothing written, ``--out`` is as it was; 3 report written from a bag that ended
+early (truncated: the figures cover what was read). The report is built in a staging
+folder beside ``--out`` and swapped in complete (:mod:`leaf_disease_ros.replay.report_folder`).
 """
 
 import argparse
 import os
+import re
+import signal
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from leaf_disease_ros.perception.config import load_params_file, strict_parameters
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.report import REPORT_FILE, write_report
+from leaf_disease_ros.replay.report_folder import ReportFolder
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
                                             DEFAULT_OUT_DIR, Progress, ReplayOptions, run_replay)
 
+#: a ROS 2 node name: the output bag's topics are /<name>/detections...
+ROS_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*')
 EXIT_OK = 0
 EXIT_NOTHING_PROCESSED = 1
 EXIT_ERROR = 2
@@ -56,8 +64,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     'detector and write a report: accuracy against ground truth, geotag '
                     'coverage, latency, a disease map (PNG, GeoJSON, KML) and an MCAP bag '
                     'of the detections.',
-        epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model or '
-               'parameter error; 3 the bag ended early (report covers what was read).')
+        epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model, '
+               'parameter or output error, or interrupted (nothing written, --out is as it '
+               'was); 3 the bag ended early (report covers what was read).')
     parser.add_argument('bag', nargs='?', default='',
                         help='rosbag2 folder or .mcap/.db3 file (default: the shipped demo)')
     parser.add_argument('--out', default=DEFAULT_OUT_DIR,
@@ -112,7 +121,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run.add_argument('--no-output-bag', action='store_true',
                      help='do not write detections.mcap')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_frames < 0:
+        parser.error(f'--max-frames must be >= 0 (0: all frames), got {args.max_frames}')
+    for option, name in (('--node-name', args.node_name), ('--params-node', args.params_node)):
+        if (name or option == '--node-name') and not ROS_NAME.fullmatch(name):
+            parser.error(f'{option} {name!r} is not a ROS node name: letters, digits and '
+                         'underscores, not starting with a digit (e.g. detector_node)')
+    return args
 
 
 def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
@@ -211,39 +227,64 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     return lines
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the run cleans up as after Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``leaf-disease-replay``; returns the exit status."""
     args = parse_args(argv)
     out, err = sys.stdout, sys.stderr
-    progress = None if args.no_progress else ProgressBar(err)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        err.write(f'leaf-disease-replay: error: --out {args.out} exists and is not a folder\n')
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args, out, err)
+    except KeyboardInterrupt as exc:
+        what = 'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'
+        err.write(f'leaf-disease-replay: {what}; no report written, {args.out} is as it '
+                  'was\n')
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    folder: Optional[ReportFolder] = None
     try:
         bag = args.bag or demo_bag_path()
         if not args.bag:
             err.write(f'no bag given: replaying the demo recording {bag}\n')
+        parameters = collect_parameters(args)
+        folder = ReportFolder(args.out, inputs=[bag])  # refused or unwritable: now, not later
         options = ReplayOptions(
-            bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
+            bag_path=bag, out_dir=folder.staging, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
-            parameters=collect_parameters(args), max_frames=max(0, args.max_frames),
+            parameters=parameters, max_frames=args.max_frames,
             node_name=args.node_name, write_bag=not args.no_output_bag)
+        progress = None if args.no_progress else ProgressBar(err)
         try:
             state = run_replay(options, progress=progress)
         finally:
             if progress is not None:
                 progress.close()
-        metrics = write_report(state, args.out)
+        metrics = write_report(state, folder.staging)
+        folder.commit()
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-replay: error: {exc}\n')
         return EXIT_ERROR
     except OSError as exc:
         err.write(f'leaf-disease-replay: error: cannot write the report in {args.out}: '
-                  f'{exc}\n')
+                  f'{exc}; nothing was written, {args.out} is as it was\n')
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        err.write('leaf-disease-replay: interrupted; no report written\n')
-        return EXIT_ERROR
+    finally:
+        if folder is not None:
+            folder.discard()
     for note in metrics['notes']:
         err.write(f'note: {note}\n')
     for example in metrics['frames']['examples']:

@@ -62,6 +62,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
     accuracy = state.evaluator.report() if state.evaluator is not None else None
     if accuracy is not None:
         accuracy['frames_without_ground_truth'] = state.frames_without_ground_truth
+        accuracy['frames_unstamped_not_scored'] = state.frames_unstamped_without_ground_truth
         accuracy['ground_truth_messages'] = state.ground_truth_messages
     return {
         'bag': {
@@ -87,6 +88,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'skipped_total': sum(state.skipped.values()),
             'examples': list(state.skipped_examples),
             'processed_before_fix_window': state.frames_queued_early,
+            'unstamped': state.frames_unstamped,
         },
         'tiles': {
             'total': state.tiles_total,
@@ -112,6 +114,8 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'fixes_rejected': {k: v for k, v in state.fix_buffer_stats.items()
                                if k.startswith('rejected_') and v},
             'frames_outside_utm': state.frames_outside_utm,
+            'fixes_late': state.fixes_late,
+            'max_fix_delay_s': state.max_fix_delay_ns / 1e9,
         },
         'findings': {
             'sightings': state.findings,

@@ -36,12 +36,13 @@ from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
 from leaf_disease_ros.perception.errors import (BagError, FrameError, ImageDecodeError,
                                                 InferenceError, UnsupportedEncodingError)
+from leaf_disease_ros.perception.image_checks import has_colour, NO_COLOUR_REASON
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
 from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
                                                    STATUS_SBAS_FIX)
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
-from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
+from leaf_disease_ros.replay.images import decode_image, grey_source, IMAGE_TYPES
 from leaf_disease_ros.replay.output_bag import OutputBag
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.typestore import make_typestore
@@ -56,6 +57,8 @@ DEFAULT_OUT_DIR = 'replay_report'
 NAVSATFIX_TYPE = 'sensor_msgs/msg/NavSatFix'
 GROUND_TRUTH_TYPE = 'vision_msgs/msg/Detection2DArray'
 FIX_HOLD_SLACK_S = 0.25
+#: log time - header stamp beyond this is another time base, not a transport delay
+MAX_TRANSPORT_DELAY_NS = 10 * 1_000_000_000
 MAX_PENDING_FRAMES = 32
 MAX_EXAMPLES = 5
 STATUS_NAMES = {STATUS_NO_FIX: 'NO_FIX', STATUS_FIX: 'FIX', STATUS_SBAS_FIX: 'SBAS_FIX',
@@ -87,6 +90,10 @@ class ReplayOptions:
     node_name: str = DEFAULT_NODE_NAME
     write_bag: bool = True
     max_pending_frames: int = MAX_PENDING_FRAMES
+
+
+class _NoColour(FrameError):
+    """A frame without colour: skipped, not classified (perception/image_checks.py)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,11 @@ class ReplayState:
     ground_truth_undecodable: int = 0
     frames_without_ground_truth: int = 0
     frames_queued_early: int = 0
+    frames_unstamped: int = 0  # header stamp 0: not placed in time, not joined
+    frames_unstamped_without_ground_truth: int = 0
+    ground_truth_unstamped: int = 0
+    fixes_late: int = 0  # fixes older than a frame that was already geotagged
+    max_fix_delay_ns: int = 0
     latency_pipeline: LatencyHistogram = field(default_factory=LatencyHistogram)
     latency_decode: LatencyHistogram = field(default_factory=LatencyHistogram)
     latency_frame: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -235,6 +247,39 @@ def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
                   ground_truth=truth, notes=tuple(notes))
 
 
+def refuse_grey_camera(bag: BagReader, topics: Topics, typestore: Any) -> None:
+    """
+    Refuse a recording whose camera is grey (mono), before anything is processed.
+
+    The model classifies colour leaves: a mono8 camera, or grey PNG / JPEG frames,
+    would be "evaluated" as nothing (every tile fails the vegetation gate). The first
+    image message decides; frames without colour later in a colour recording are
+    skipped and counted (``no_colour``).
+
+    :raises BagError: naming the topic, its encoding and what to record instead.
+    """
+    messages = bag.messages([topics.image])
+    try:
+        first = next(messages, None)
+    finally:
+        close = getattr(messages, 'close', None)
+        if close is not None:
+            close()
+    if first is None:
+        return
+    try:
+        msg = typestore.deserialize_cdr(first.data, first.msgtype)
+    except _DESERIALIZE_ERRORS:
+        return  # counted as undecodable when the frame is processed
+    kind = grey_source(msg, topics.image_type)
+    if kind:
+        raise BagError(f'the image topic {topics.image} carries {kind} images: the model '
+                       'classifies colour photos of leaves (the vegetation gate and the '
+                       'disease symptoms are colours), so a grey camera cannot be evaluated. '
+                       'Record the colour stream of the camera (bgr8 / rgb8, or its debayered '
+                       'colour topic) and choose it with --image-topic')
+
+
 class _Replay:
     """One run: the loop over the bag's messages and the per-frame work."""
 
@@ -254,7 +299,12 @@ class _Replay:
         self.fixes = (FixBuffer(params['fix_buffer_size'], params['max_fix_speed_mps'])
                       if topics.fix else None)
         hold_s = max(params['max_fix_gap_s'], params['max_fix_age_s']) + FIX_HOLD_SLACK_S
-        self.hold_ns = int(hold_s * _NS_PER_S)
+        self.base_hold_ns = int(hold_s * _NS_PER_S)
+        # transport delays (log time - header stamp) seen so far, to hold frames long
+        # enough for fixes that are logged late (see hold_ns)
+        self.fix_delay_ns = 0
+        self.image_delay_ns: Optional[int] = None
+        self.newest_tagged_stamp_ns: Optional[int] = None
         self.pending: Deque[_PendingFrame] = collections.deque()
         self.truth: 'collections.OrderedDict[int, List[GroundTruthBox]]' = \
             collections.OrderedDict()
@@ -264,6 +314,18 @@ class _Replay:
             self.expected = min(self.expected, options.max_frames) if self.expected \
                 else options.max_frames
         self.start = time.perf_counter()
+
+    @property
+    def hold_ns(self) -> int:
+        """
+        How long (log time) a frame waits for the fixes around its stamp.
+
+        ``max(max_fix_gap_s, max_fix_age_s)`` + :data:`FIX_HOLD_SLACK_S`, plus how much
+        later fixes are logged after their stamps than images are (a GPS driver that
+        publishes 1.5 s late must not cost the frames their interpolation).
+        """
+        extra = self.fix_delay_ns - (self.image_delay_ns or 0)
+        return self.base_hold_ns + max(0, extra)
 
     def _deserialize(self, message: BagMessage) -> Any:
         return self.store.deserialize_cdr(message.data, message.msgtype)
@@ -298,6 +360,7 @@ class _Replay:
         state.truncated_reason = self.bag.truncated_reason
         if self.fixes is not None:
             state.fix_buffer_stats = self.fixes.stats()
+        self._closing_notes()
         state.wall_s = time.perf_counter() - self.start
 
     def _on_fix(self, message: BagMessage) -> None:
@@ -310,6 +373,12 @@ class _Replay:
                           f'deserialize: {exc}')
             return
         state.fixes_read += 1
+        delay_ns = message.log_time_ns - fix.stamp_ns
+        if 0 < delay_ns <= MAX_TRANSPORT_DELAY_NS:  # beyond it: another time base, not a delay
+            self.fix_delay_ns = max(self.fix_delay_ns, delay_ns)
+            state.max_fix_delay_ns = max(state.max_fix_delay_ns, delay_ns)
+        if self.newest_tagged_stamp_ns is not None and fix.stamp_ns < self.newest_tagged_stamp_ns:
+            state.fixes_late += 1  # a frame after it was already tagged without it
         name = STATUS_NAMES.get(fix.status, str(fix.status))
         state.fixes_by_status[name] = state.fixes_by_status.get(name, 0) + 1
         if self.fixes is not None:
@@ -334,6 +403,9 @@ class _Replay:
                           f'deserialize: {exc}')
             return
         state.ground_truth_messages += 1
+        if stamp_ns <= 0:  # cannot be joined to a frame by stamp
+            state.ground_truth_unstamped += 1
+            return
         self.truth[stamp_ns] = boxes
         while len(self.truth) > self.max_truth:
             self.truth.popitem(last=False)
@@ -348,8 +420,13 @@ class _Replay:
                        f'{message.log_time_ns} does not deserialize: {exc}')
             return
         state.frames_read += 1
-        self.pending.append(_PendingFrame(message.log_time_ns, stamp_to_ns(msg.header.stamp),
-                                          msg.header, msg, message.data))
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        delay_ns = message.log_time_ns - stamp_ns
+        if 0 <= delay_ns <= MAX_TRANSPORT_DELAY_NS:
+            self.image_delay_ns = (delay_ns if self.image_delay_ns is None
+                                   else min(self.image_delay_ns, delay_ns))
+        self.pending.append(_PendingFrame(message.log_time_ns, stamp_ns, msg.header, msg,
+                                          message.data))
         if len(self.pending) > self.options.max_pending_frames:
             state.frames_queued_early += 1
             self._process(self.pending.popleft())
@@ -357,6 +434,26 @@ class _Replay:
     def _release(self, now_ns: int) -> None:
         while self.pending and now_ns >= self.pending[0].log_time_ns + self.hold_ns:
             self._process(self.pending.popleft())
+
+    def _closing_notes(self) -> None:
+        state = self.state
+        if state.frames_unstamped:
+            state.notes.append(
+                f'{state.frames_unstamped} of {state.frames_read} frames have header stamp 0 '
+                '(the camera driver does not stamp them): they cannot be placed in time, so '
+                'they have no position (no_image_stamp) and are not joined with ground truth')
+        if state.ground_truth_unstamped:
+            state.notes.append(f'{state.ground_truth_unstamped} ground-truth messages have '
+                               'header stamp 0: not joined with any frame')
+        extra_s = (self.hold_ns - self.base_hold_ns) / _NS_PER_S
+        if extra_s > FIX_HOLD_SLACK_S:
+            state.notes.append(f'fixes are logged up to {state.max_fix_delay_ns / 1e9:.2f} s '
+                               f'after their stamps: frames waited {extra_s:.2f} s longer so '
+                               'the fixes around them were known')
+        if state.fixes_late:
+            state.notes.append(f'{state.fixes_late} fixes arrived after frames later than them '
+                               'had been geotagged (logged late): those frames may have '
+                               'missed an interpolation')
 
     def _example(self, text: str) -> None:
         if len(self.state.skipped_examples) < MAX_EXAMPLES:
@@ -369,13 +466,21 @@ class _Replay:
     def _process(self, frame: _PendingFrame) -> None:
         state = self.state
         result: Optional[FrameResult] = None
-        truth = self.truth.pop(frame.stamp_ns, None)
+        unstamped = frame.stamp_ns <= 0
+        state.frames_unstamped += unstamped
+        truth = None if unstamped else self.truth.pop(frame.stamp_ns, None)
         start = time.perf_counter()
         where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
         try:
             image = decode_image(frame.msg, self.topics.image_type)
             decoded = time.perf_counter()
+            if not has_colour(image):
+                raise _NoColour(NO_COLOUR_REASON)
             result = self.detector.process(image, frame.stamp_ns, self.fixes)
+            if self.newest_tagged_stamp_ns is None or frame.stamp_ns > self.newest_tagged_stamp_ns:
+                self.newest_tagged_stamp_ns = frame.stamp_ns
+        except _NoColour as exc:
+            self._skip('no_colour', f'{where}: {exc}')
         except UnsupportedEncodingError as exc:
             self._skip('unsupported_encoding', f'{where}: {exc}')
         except ImageDecodeError as exc:
@@ -431,7 +536,9 @@ class _Replay:
                 state.merger.add(Sighting(detection.label, detection.score, tag.latitude_deg,
                                           tag.longitude_deg, result.stamp_ns))
         if state.evaluator is not None:
-            if truth is None:
+            if truth is None and result.stamp_ns <= 0:
+                state.frames_unstamped_without_ground_truth += 1
+            elif truth is None:
                 state.frames_without_ground_truth += 1
             else:
                 state.evaluator.add_frame(result.detections, truth)
@@ -456,6 +563,8 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         raise ValueError('max_pending_frames must be >= 1')
     with BagReader(options.bag_path) as bag:
         topics = resolve_topics(bag, options)
+        store = make_typestore()
+        refuse_grey_camera(bag, topics, store)
         own_backend = backend is None
         if own_backend:
             backend = load_backend(params['model_path'], params['backend'],
@@ -466,7 +575,6 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         try:
             card = backend.card
             detector = Detector(backend, card, DetectorConfig.from_parameters(params))
-            store = make_typestore()
             state = ReplayState(
                 parameters=params, topics=topics, labels=tuple(card.labels),
                 model=dict(backend.describe()), bag_path=os.path.abspath(options.bag_path),
