@@ -545,3 +545,103 @@ def test_case7_an_old_detections_file_leaves_nothing_behind(tmp_path, capsys, mo
     assert os.path.isdir(out / 'detections.mcap')
     assert not [n for n in os.listdir(out) if n.endswith('.old') or n.startswith('.')]
     assert _hidden_entries(str(tmp_path)) == []
+
+
+# --- 6. classify never drops an image silently ---------------------------------------------
+
+
+def _classify(args, capsys, model):
+    from leaf_disease_ros.cli import classify
+
+    code = classify.main(list(args) + ['--model', model])
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.err
+    return code, captured.out, captured.err
+
+
+def test_case6_nested_and_loose_images_are_counted(tmp_path, capsys, tiny_model_path,
+                                                   leaf_images):
+    import shutil
+
+    data = tmp_path / 'data'
+    for label, paths in leaf_images.items():
+        (data / label).mkdir(parents=True)
+        shutil.copy(paths[0], data / label / 'a.jpg')
+        nested = data / label / '2024' / 'row3'
+        nested.mkdir(parents=True)
+        shutil.copy(paths[1], nested / 'b.jpg')  # deeper than one level: was ignored
+    shutil.copy(leaf_images['esca'][2], data / 'loose.jpg')  # next to the class folders
+    code, out, err = _classify([str(data), '--json'], capsys, tiny_model_path)
+    assert code == 0
+    report = json.loads(out)['evaluations'][0]
+    assert report['count'] == 8  # was 4: the nested images were silently left out
+    assert report['files_found'] == 9
+    assert [os.path.basename(p) for p in report['skipped']] == ['loose.jpg']
+    assert 'loose.jpg: an image next to the class folders has no class' in err
+    code, out, _ = _classify([str(data)], capsys, tiny_model_path)
+    assert 'images: 8' in out and 'not evaluated: 1 of 9 files' in out
+
+
+def test_case6_tiny_and_grey_images_get_no_confident_label(tmp_path, capsys, tiny_model_path,
+                                                           leaf_images):
+    import numpy as np
+
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'dot.png'), np.full((1, 1, 3), (30, 140, 40), np.uint8))
+    leaf = cv2.imread(leaf_images['esca'][0])
+    cv2.imwrite(str(folder / 'grey.png'), cv2.cvtColor(leaf, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / 'leaf.png'), leaf)
+    code, out, err = _classify([str(folder), '--json'], capsys, tiny_model_path)
+    assert code == 0
+    document = json.loads(out)
+    assert [os.path.basename(f['path']) for f in document['files']] == ['leaf.png']
+    assert sorted(os.path.basename(p) for p in document['not_classified']) == ['dot.png',
+                                                                               'grey.png']
+    assert 'dot.png: 1x1 px is too small' in err and 'grey.png: has no colour' in err
+
+
+@pytest.mark.parametrize('make', ['folder', 'no_parent'])
+def test_case6_an_unwritable_json_is_refused_before_the_work(tmp_path, capsys,
+                                                             tiny_model_path, leaf_images,
+                                                             monkeypatch, make):
+    from leaf_disease_ros.cli import classify
+
+    target = tmp_path / 'out'
+    if make == 'folder':
+        target.mkdir()
+    else:
+        target = tmp_path / 'missing' / 'metrics.json'
+
+    def never(*args, **kwargs):
+        raise AssertionError('classified although the result cannot be written')
+
+    monkeypatch.setattr(classify.Classifier, 'run', never)
+    code, _, err = _classify([leaf_images['esca'][0], '--json', str(target)], capsys,
+                             tiny_model_path)
+    assert code == 2 and '--json' in err
+
+
+# --- 7. the smaller lies (model card, classify) --------------------------------------------
+
+
+def test_case7_a_card_without_sha256_is_refused(tmp_path, capsys, tiny_model_copy,
+                                                leaf_images):
+    card_path = tiny_model_copy[:-5] + '.json'
+    with open(card_path, encoding='utf-8') as stream:
+        card = json.load(stream)
+    del card['onnx_sha256']
+    with open(card_path, 'w', encoding='utf-8') as stream:
+        json.dump(card, stream)
+    code, _, err = _classify([leaf_images['esca'][0]], capsys, tiny_model_copy)
+    assert code == 2
+    assert 'onnx_sha256' in err and 'leaf-disease-export' in err
+
+
+def test_case7_a_missing_path_is_exit_2_in_classify_as_in_replay(tmp_path, capsys,
+                                                                 tiny_model_path):
+    code, _, err = _classify([str(tmp_path / 'nothing.jpg')], capsys, tiny_model_path)
+    assert code == 2 and 'no such file or folder' in err
+    code, _, _ = run([str(tmp_path / 'nothing.mcap'), '--out', str(tmp_path / 'o')], capsys,
+                     tiny_model_path)
+    assert code == cli.EXIT_ERROR
