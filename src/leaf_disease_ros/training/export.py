@@ -45,6 +45,7 @@ from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_fo
 from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.calibration import calibrate
+from leaf_disease_ros.training.checkpoint import load_checkpoint
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
 
 try:
@@ -63,7 +64,7 @@ def load_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any],
         if not os.path.isfile(path):
             raise LeafDiseaseError(
                 f'{path} does not exist; is {args.run} a leaf-disease-train run?')
-    checkpoint = torch.load(checkpoint_path, map_location='cpu', weights_only=False)
+    checkpoint = load_checkpoint(checkpoint_path)  # weights_only: refuses code
     with open(split_path, 'r', encoding='utf-8') as stream:
         split = json.load(stream)
     metrics_path = os.path.join(args.run, 'metrics.json')
