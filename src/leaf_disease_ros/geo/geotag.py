@@ -16,8 +16,9 @@ counted with its reason and never raises:
   this way but agree with each other, the buffer was wrong (its first fix was the
   glitch, or the robot was carried elsewhere): the stored fixes they contradict are
   discarded and the new ones accepted (``reanchored``);
-- a longitude outside [-180, 180] is wrapped (``longitude_wrapped``), a non-finite
-  altitude becomes NaN (unknown), a non-finite covariance becomes "unknown".
+- a longitude outside [-180, 180] is wrapped (``longitude_wrapped``; 180 is stored as
+  -180: every stored longitude is in [-180, 180)), a non-finite altitude becomes NaN
+  (unknown), a non-finite covariance becomes "unknown".
 
 :meth:`FixBuffer.lookup` gives the position at an image stamp:
 
@@ -116,8 +117,9 @@ def sanitize_fix(fix: Fix) -> Tuple[Optional[Fix], str, bool]:
         return None, ADD_REJECTED_LATITUDE, False
     wrapped = not -180.0 <= fix.longitude_deg <= 180.0
     clean = fix
-    if wrapped:
-        clean = replace(clean, longitude_deg=normalize_longitude(fix.longitude_deg))
+    longitude = normalize_longitude(fix.longitude_deg)  # 180 is written as -180
+    if longitude != fix.longitude_deg:
+        clean = replace(clean, longitude_deg=longitude)
     if math.isinf(fix.altitude_m):
         clean = replace(clean, altitude_m=math.nan)
     covariance = tuple(fix.covariance_m2)

@@ -27,7 +27,7 @@ import difflib
 import os
 import struct
 import time
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple, Type
 
 from leaf_disease_ros.geo.geodesy import in_utm_domain
 from leaf_disease_ros.geo.geotag import FixBuffer, OUTAGES
@@ -64,9 +64,20 @@ MAX_EXAMPLES = 5
 STATUS_NAMES = {STATUS_NO_FIX: 'NO_FIX', STATUS_FIX: 'FIX', STATUS_SBAS_FIX: 'SBAS_FIX',
                 STATUS_GBAS_FIX: 'GBAS_FIX'}
 _NS_PER_S = 1_000_000_000
-# What rosbags' CDR deserialiser raises on bytes that are not the declared type.
+
+
+def _serde_errors() -> Tuple[Type[BaseException], ...]:
+    try:
+        from rosbags.serde import SerdeError
+    except ImportError:  # pragma: no cover - rosbags is the replay extra
+        return ()
+    return (SerdeError,)
+
+
+# What rosbags' CDR deserialiser raises on bytes that are not the declared type (a bad
+# encapsulation header is its own SerdeError).
 _DESERIALIZE_ERRORS = (ValueError, KeyError, IndexError, struct.error, AssertionError,
-                       TypeError)
+                       TypeError, OverflowError) + _serde_errors()
 
 
 @dataclass
