@@ -208,7 +208,9 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                     if missing else '')
                  + ('' if geo['gps_topic'] else ' - the bag has no GPS')
                  + (f"; fixes rejected: {', '.join(f'{k[9:]} {v}' for k, v in rejected.items())}"
-                    if rejected else ''))
+                    if rejected else '')
+                 + (f"; {geo['frames_outside_utm']} positions beyond UTM (84 N / 80 S)"
+                    if geo.get('frames_outside_utm') else ''))
     lines.append(f"findings: {findings['sightings']} diseased tiles -> {findings['features']} "
                  'map features'
                  + (f" ({', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())})"
