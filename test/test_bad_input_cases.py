@@ -645,3 +645,19 @@ def test_case7_a_missing_path_is_exit_2_in_classify_as_in_replay(tmp_path, capsy
     code, _, _ = run([str(tmp_path / 'nothing.mcap'), '--out', str(tmp_path / 'o')], capsys,
                      tiny_model_path)
     assert code == cli.EXIT_ERROR
+
+
+def test_case5_the_swap_without_an_atomic_exchange(tmp_path, monkeypatch):
+    # Where the kernel has no renameat2 exchange, two renames; the old report goes.
+    from leaf_disease_ros.replay import report_folder
+
+    monkeypatch.setattr(report_folder, '_exchange', lambda a, b: False)
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'metrics.json').write_text('{"old": true}')
+    with report_folder.ReportFolder(str(out)) as folder:
+        with open(os.path.join(folder.staging, 'metrics.json'), 'w') as stream:
+            stream.write('{"new": true}')
+        folder.commit()
+    assert json.loads((out / 'metrics.json').read_text()) == {'new': True}
+    assert _hidden_entries(str(tmp_path)) == []
