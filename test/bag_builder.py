@@ -36,6 +36,7 @@ class Frame:
     log_time_ns: Optional[int] = None
     data: Optional[bytes] = None  # overrides the encoded bytes (corrupt frames)
     raw_shape: Optional[Tuple[int, int, int]] = None  # (height, width, step) override
+    cdr: Optional[bytes] = None  # overrides the whole serialised message (undecodable)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class GpsFix:
     longitude_deg: float
     status: int = STATUS_GBAS_FIX
     log_time_ns: Optional[int] = None
+    altitude_m: Optional[float] = None  # default: 30 m, NaN with NaN coordinates
+    covariance_m2: Optional[Sequence[float]] = None  # default: 2 cm / 4 cm sigma, type 2
+    cdr: Optional[bytes] = None  # overrides the whole serialised message (undecodable)
 
 
 @dataclass
@@ -109,19 +113,25 @@ def write_bag(path: str, storage: str = 'mcap', frames: Sequence[Frame] = (),
             msg = T['sensor_msgs/msg/CompressedImage'](
                 header=header, format=frame.kind, data=np.frombuffer(data, dtype=np.uint8))
         log = frame.log_time_ns if frame.log_time_ns is not None else frame.stamp_ns
-        events.append((log, 0, 'image', store.serialize_cdr(msg, image_type)))
+        data = frame.cdr if frame.cdr is not None else store.serialize_cdr(msg, image_type)
+        events.append((log, 0, 'image', data))
     for fix in fixes:
         nan = math.isnan(fix.latitude_deg)
         cov = np.zeros(9, dtype=np.float64)
         cov[[0, 4, 8]] = [0.0004, 0.0004, 0.0016]
+        if fix.covariance_m2 is not None:
+            cov = np.asarray(fix.covariance_m2, dtype=np.float64)
+        altitude = fix.altitude_m if fix.altitude_m is not None else (math.nan if nan else 30.0)
         msg = types.NavSatFix(
             header=make_header(fix.stamp_ns, 'gps', types),
             status=types.NavSatStatus(status=fix.status, service=1),
             latitude=fix.latitude_deg, longitude=fix.longitude_deg,
-            altitude=math.nan if nan else 30.0, position_covariance=cov,
+            altitude=altitude, position_covariance=cov,
             position_covariance_type=2)
         log = fix.log_time_ns if fix.log_time_ns is not None else fix.stamp_ns
-        events.append((log, 1, 'fix', store.serialize_cdr(msg, 'sensor_msgs/msg/NavSatFix')))
+        data = (fix.cdr if fix.cdr is not None
+                else store.serialize_cdr(msg, 'sensor_msgs/msg/NavSatFix'))
+        events.append((log, 1, 'fix', data))
     for item in truth:
         header = make_header(item.stamp_ns, frame_id, types)
         detections = []

@@ -15,7 +15,9 @@ from leaf_disease_ros.perception.model_card import card_from_dict, ModelCard
 from tiny_model import tiny_card_dict
 
 COLOURS_BGR = {'black_rot': (0, 0, 255), 'esca': (0, 255, 0), 'healthy': (255, 0, 0),
-               'grey': (128, 128, 128)}
+               # not quite grey: the replay skips a colourless frame as a grey camera
+               # ('no_colour'); a faint tint still gives (nearly) equal logits
+               'grey': (128, 128, 131)}
 
 
 class ColourBackend:

@@ -106,11 +106,14 @@ def test_the_four_commands(recording, tiny_model_path, leaves_dir, capsys):
                            '4', '--workers', '0', '--no-progress', '--val-fraction', '0.3',
                            '--background-labels', 'background', '--seed', '1']) == 0
     for name in ('train.log', 'metrics.json', 'curves.png', 'confusion_matrix.png',
-                 'split.json', 'checkpoint_best.pt', 'checkpoint_best.json',
+                 'split.json', 'checkpoint_best.pt',
                  'base_model.onnx', 'base_model.json'):
         assert (run / name).is_file(), name
     state = torch.load(str(run / 'checkpoint_best.pt'), weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state['format'] == 'leaf_disease_ros.checkpoint/1'
+    assert all(isinstance(v, torch.Tensor) for v in state['state']['model'].values())
+    assert json.loads(state['metadata_json'])['head']['base_labels'] == [
+        'black_rot', 'esca', 'healthy', 'leaf_blight']
     log = (run / 'train.log').read_text()
     assert '1 tiles in' in log and 'are ignored: nobody labelled them' in log
     assert 'head Gemm replaced (kept black_rot, esca, healthy, leaf_blight; new background' \

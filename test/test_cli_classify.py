@@ -49,13 +49,20 @@ def test_bad_files_are_reported_and_skipped(leaf_images, tiny_model_path, tmp_pa
     (folder / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not really a jpeg')
     (folder / 'notes.txt').write_text('field notes')
     (folder / 'empty.png').write_bytes(b'')
-    assert main([str(folder), str(tmp_path / 'missing.jpg'), '--model', tiny_model_path,
-                 '--json']) == 0
+    assert main([str(folder), '--model', tiny_model_path, '--json']) == 0
     captured = capsys.readouterr()
-    files = json.loads(captured.out)['files']
+    document = json.loads(captured.out)
+    files = document['files']
     assert [os.path.basename(f['path']) for f in files] == ['good.jpg']
-    for name in ('corrupt.jpg', 'notes.txt', 'empty.png', 'missing.jpg'):
+    for name in ('corrupt.jpg', 'notes.txt', 'empty.png'):
         assert name in captured.err
+    assert sorted(os.path.basename(p) for p in document['not_classified']) == [
+        'corrupt.jpg', 'empty.png', 'notes.txt']
+    # a path that does not exist is a usage error (exit 2, as in the replay), up front
+    assert main([str(folder), str(tmp_path / 'missing.jpg'), '--model', tiny_model_path]) == 2
+    captured = capsys.readouterr()
+    assert 'no such file or folder' in captured.err and 'missing.jpg' in captured.err
+    assert captured.out == ''
 
 
 def test_nothing_classified_is_exit_1(tmp_path, tiny_model_path, capsys):

@@ -227,3 +227,19 @@ def test_typestore_without_vision_msgs_is_reported():
     from rosbags.typesys import get_typestore, Stores
     with pytest.raises(KeyError, match='vision_msgs/msg/Detection2D'):
         conv.MessageTypes.from_typestore(get_typestore(Stores.ROS2_HUMBLE))
+
+
+@pytest.mark.parametrize('latitude', [88.0, 84.5, -80.5, 90.0, -90.0])
+def test_detection3d_array_beyond_utm_is_empty_not_an_exception(store, types, result,
+                                                                latitude):
+    # Case 1 of issue 11: a position UTM does not cover (a valid 88 N fix) raised
+    # ValueError here, outside the node's per-frame try: the node died (FATAL).
+    from dataclasses import replace
+
+    tag = replace(result.geotag.geotag, latitude_deg=latitude)
+    polar = replace(result, geotag=replace(result.geotag, geotag=tag))
+    header = conv.make_header(result.stamp_ns, 'camera', types)
+    msg = roundtrip(store, conv.to_detection3d_array(polar, header, 'utm', types))
+    assert msg.detections == [] and msg.header.frame_id == 'utm'
+    fix = roundtrip(store, conv.to_geotag_fix(polar, header, types))
+    assert fix.latitude == latitude  # the position itself is still published

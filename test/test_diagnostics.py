@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from leaf_disease_ros.geo.geotag import ADD_ACCEPTED, ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX
+from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_REJECTED_JUMP, ADD_REJECTED_LATITUDE,
+                                         ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX)
 from leaf_disease_ros.perception.positions import Fix, STATUS_FIX
 from leaf_disease_ros.ros.diagnostics import (CLOCK_MISMATCH_S, DetectorStats, DetectorThresholds,
                                               ERROR, GpsStats, OK, percentile, SlidingWindow,
@@ -214,6 +215,25 @@ def test_gps_no_fix_and_nan_are_reported():
     assert rep.level == WARN and 'NaN' in rep.message
     values = rep.value_dict()
     assert (values['fixes_rejected_no_fix'], values['fixes_rejected_nan']) == ('1', '1')
+
+
+def test_gps_glitches_and_polar_positions_are_reported():
+    stats = GpsStats(start_s=0.0)
+    stats.fix_received(10.0, ADD_ACCEPTED)
+    stats.fix_received(10.2, ADD_REJECTED_JUMP)
+    rep = gps_report(stats, 10.3, 100 * S, fix(100 * S - S // 10))
+    assert rep.level == WARN and 'rejected as a glitch' in rep.message
+    stats.fix_received(10.4, ADD_REJECTED_LATITUDE)
+    rep = gps_report(stats, 10.5, 100 * S, fix(100 * S - S // 10))
+    assert rep.level == WARN and 'beyond +-90 degrees' in rep.message
+    values = rep.value_dict()
+    assert (values['fixes_rejected_jump'], values['fixes_rejected_latitude']) == ('1', '1')
+    assert values['utm_position'] == 'yes'
+    stats.fix_received(10.6, ADD_ACCEPTED)
+    polar = Fix(100 * S, 88.0, 7.0, 0.0, STATUS_FIX)
+    rep = gps_report(stats, 10.7, 100 * S + S // 10, polar)
+    assert rep.level == WARN and 'beyond UTM' in rep.message
+    assert rep.value_dict()['utm_position'] == 'none: beyond UTM'
 
 
 def test_gps_silence_warns():

@@ -108,6 +108,20 @@ def test_track_is_bounded_and_split_at_outages():
     assert len(still) == 1
 
 
+def test_track_splits_at_a_gps_silence():
+    # Case 7 of issue 11: 60 s without any fix drew one line across the silence.
+    track = TrackRecorder(max_gap_s=1.0)
+    for k in range(5):
+        track.add(*offset_latlon(LAT0, LON0, 1.0 * k, 0.0), stamp_ns=k * NS)
+    for k in range(5):  # 60 s later, 60 m on
+        track.add(*offset_latlon(LAT0, LON0, 64.0 + k, 0.0), stamp_ns=(64 + k) * NS)
+    assert [len(segment) for segment in track.segments()] == [5, 5]
+    steady = TrackRecorder(max_gap_s=1.0)
+    for k in range(10):  # exactly max_gap_s apart: one line
+        steady.add(*offset_latlon(LAT0, LON0, 1.0 * k, 0.0), stamp_ns=k * NS)
+    assert len(steady.segments()) == 1
+
+
 def _features():
     return merge_sightings([at(0, 0, 'black_rot', 1), at(0.5, 0, 'black_rot', 3),
                             at(10, 5, 'esca', 5, 0.7)], 1.5)

@@ -10,7 +10,7 @@ from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.errors import ModelCardError, ModelLoadError
 from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
                                                     card_to_dict, check_model_file, load_card,
-                                                    write_card)
+                                                    sha256_file, write_card)
 from tiny_model import build_tiny_onnx, tiny_card_dict
 
 
@@ -122,7 +122,7 @@ def test_backend_missing_or_garbage_model(tmp_path, tiny_card):
     garbage = tmp_path / 'garbage.onnx'
     garbage.write_bytes(b'not a model')
     doc = card_to_dict(tiny_card)
-    doc['onnx_sha256'] = ''
+    doc['onnx_sha256'] = sha256_file(str(garbage))  # the card matches: the bytes are bad
     with pytest.raises(ModelLoadError, match='not a loadable ONNX model'):
         OnnxRuntimeBackend(str(garbage), card_from_dict(doc))
     assert os.path.exists(garbage)

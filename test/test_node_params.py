@@ -7,11 +7,11 @@ import pytest
 
 from leaf_disease_ros.perception.config import (DOUBLE, DOUBLE_ARRAY, INT, PARAMETERS,
                                                 PARAMETERS_BY_NAME, STRING, validate_parameters)
-from leaf_disease_ros.ros.params import (descriptor_fields, EFFECT_DEBUG_RATE, EFFECT_DETECTOR,
-                                         EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY, from_ros_value,
-                                         live_effects, READ_AT_EACH_REPORT, review_changes,
-                                         ros_default, ros_type_of, type_hint,
-                                         unknown_parameters_message)
+from leaf_disease_ros.perception.errors import ConfigError
+from leaf_disease_ros.ros.params import (check_overrides, descriptor_fields, EFFECT_DEBUG_RATE,
+                                         EFFECT_DETECTOR, EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY,
+                                         from_ros_value, live_effects, READ_AT_EACH_REPORT,
+                                         review_changes, ros_default, ros_type_of, type_hint)
 
 CURRENT = validate_parameters({})
 
@@ -124,14 +124,17 @@ def test_every_live_parameter_has_an_effect(spec):
     assert live_effects({spec.name: spec.default}) or spec.name in READ_AT_EACH_REPORT
 
 
-def test_unknown_overrides_are_reported_with_the_closest_name():
-    text = unknown_parameters_message(['tile_sise_px', 'use_sim_time', 'frobnicate',
-                                       'qos_overrides./image.subscription.depth', 'top_k'])
-    assert text.startswith('ignoring parameter(s) this node does not have: ')
-    assert 'tile_sise_px (did you mean tile_size_px?)' in text
-    assert 'frobnicate' in text
-    assert 'use_sim_time' not in text and 'qos_overrides' not in text and 'top_k,' not in text
-    assert unknown_parameters_message(['use_sim_time', 'top_k']) == ''
+def test_unknown_overrides_are_errors_with_the_closest_name():
+    # Case 2 of issue 11: a typo in the node's params file was only a warning (the
+    # default stayed in force); it is now an error at start, like --param in the replay.
+    with pytest.raises(ConfigError) as caught:
+        check_overrides(['use_sim_time', 'qos_overrides./image.subscription.depth', 'top_k',
+                         'tile_sise_px'])
+    assert caught.value.parameter == 'tile_sise_px'
+    assert 'did you mean tile_size_px?' in str(caught.value)
+    with pytest.raises(ConfigError, match='frobnicate'):
+        check_overrides(['frobnicate'])
+    check_overrides(['use_sim_time', 'top_k', 'qos_overrides./fix.subscription.depth'])
 
 
 @pytest.mark.parametrize('spec', PARAMETERS, ids=lambda spec: spec.name)

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO_DIR
 from leaf_disease_ros.inference.engine.commands import build_command, mismatch_message
 from leaf_disease_ros.perception.config import PARAMETERS, PARAMETERS_BY_NAME
-from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError, ModelCardError,
-                                                ModelLoadError)
+from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError,
+                                                LeafDiseaseError, ModelCardError, ModelLoadError)
 from leaf_disease_ros.ros.diagnostics import domain_report, DomainShares
 from leaf_disease_ros.ros.diagnostics import rejected_status_text
 from leaf_disease_ros.ros.environment import numpy_problem
@@ -17,7 +17,7 @@ from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_fail
                                            EndpointQos, IMAGE_TYPE, no_image_message,
                                            ready_message, start_failure_message, time_jump_message,
                                            unsupported_encoding_message)
-from leaf_disease_ros.ros.params import type_hint, unknown_parameters_message
+from leaf_disease_ros.ros.params import check_overrides, type_hint
 
 DOCS = os.path.join(REPO_DIR, 'docs')
 PARAMETER_DOC = os.path.join(DOCS, 'parameters.md')
@@ -85,6 +85,15 @@ def test_the_tool_prints_the_table_and_the_params_file(tool, capsys):
     assert '    max_fix_gap_s: 1.0\n' in out
 
 
+def _error_of(function, *args):
+    """Return the LeafDiseaseError ``function(*args)`` raises."""
+    try:
+        function(*args)
+    except LeafDiseaseError as exc:
+        return exc
+    raise AssertionError(f'{function.__name__} raised nothing')
+
+
 EXAMPLES = [
     ready_message(model_id='leaf_resnet18@0123456789ab', backend='onnxruntime',
                   providers=['CPUExecutionProvider'], warmup_ms=41.0,
@@ -113,7 +122,7 @@ EXAMPLES = [
     'detector cannot start: ' + numpy_problem(
         'humble', '2.2.6', '/home/robot/.local/lib/python3.10/site-packages/numpy'),
     rejected_status_text(-2),
-    unknown_parameters_message(['tile_sise_px']),
+    start_failure_message(_error_of(check_overrides, ['tile_sise_px'])),
     start_failure_message(ModelCardError(
         '/data/models/mine.json', '<file>', 'does not exist; every model needs its card '
         '(<model>.json, written by leaf-disease-export)')),

@@ -147,7 +147,7 @@ def test_known_answers(tmp_path, leaves, predicted, tiny_card, model_path, stora
     # it and be interpolated, not tagged from the fix at 1.0 s alone.
     assert metrics['geotag']['by_reason'] == {
         'interpolated': 1, 'nearest': 1, 'gps_no_fix': 1, 'stale_fix': 1,
-        'no_fix_received': 0}
+        'no_fix_received': 0, 'no_image_stamp': 0}
     assert metrics['geotag']['coverage'] == pytest.approx(0.5)
 
     diseased = [label != 'healthy' for label in predicted]

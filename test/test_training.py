@@ -160,3 +160,63 @@ def test_gradcam_from_the_training_checkpoint(tiny_run, leaf_images, tmp_path, c
     assert 0.0 <= maps[0].heat.min() and maps[0].heat.max() <= 1.0
     assert explain.main([leaf_images['esca'][0], '--method', 'gradcam', '--checkpoint',
                          str(tmp_path / 'missing.pt'), '--out', str(out)]) == 2
+# --- case 8 of issue 11: a checkpoint must never run code ---------------------------------
+
+
+def test_checkpoints_load_with_weights_only(tiny_run):
+    run, _ = tiny_run
+    for name in ('checkpoint_best.pt', 'checkpoint_last.pt'):
+        loaded = torch.load(str(run / name), map_location='cpu', weights_only=True)
+        assert loaded['format'] == 'leaf_disease_ros.checkpoint/1'
+        assert 'fc.weight' in loaded['state']['model']
+        assert isinstance(json.loads(loaded['metadata_json']), dict)
+
+
+class _RunsCode:
+    """A pickled object that creates a folder when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture()
+def booby_trapped(tmp_path):
+    """Return (a checkpoint that runs code when unpickled, the folder it would create)."""
+    marker = str(tmp_path / 'code_ran')
+    path = tmp_path / 'evil.pt'
+    torch.save({'model': {'fc.weight': torch.zeros(4, 2)}, 'arch': 'resnet18',
+                'payload': _RunsCode(marker)}, str(path))
+    return path, marker
+
+
+def test_export_refuses_a_checkpoint_that_runs_code(tiny_run, tmp_path, capsys,
+                                                    booby_trapped):
+    run, _ = tiny_run
+    evil, marker = booby_trapped
+    export = _tool('export')
+    code = export.main([str(run), '--checkpoint', str(evil), '--out',
+                        str(tmp_path / 'm.onnx')])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert 'is not a safe checkpoint' in err and 'weights_only' in err
+    assert not os.path.exists(marker)  # weights_only=False would have run it
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_train_refuses_unsafe_weights_and_resume(tiny_run, tmp_path, booby_trapped):
+    _, data = tiny_run
+    evil, marker = booby_trapped
+    train = _tool('train')
+    run = tmp_path / 'r'
+    common = [str(data), '--out', str(run), '--input-size', '64', '--epochs', '1',
+              '--batch-size', '4', '--workers', '0', '--no-progress']
+    assert train.main(common + ['--weights', str(evil)]) == 2
+    assert 'is not a safe checkpoint' in (run / 'train.log').read_text()
+    run.mkdir(exist_ok=True)
+    shutil.copy(str(evil), str(run / 'checkpoint_last.pt'))
+    assert train.main(common + ['--resume']) == 2
+    assert 'is not a safe checkpoint' in (run / 'train.log').read_text()
+    assert not os.path.exists(marker)

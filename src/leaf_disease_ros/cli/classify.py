@@ -10,22 +10,29 @@ Usage::
 - a folder of images (no subfolders) classifies each image;
 - a folder of class subfolders (named by the model's labels) prints accuracy,
   macro-F1, per-class precision/recall/F1 and the confusion matrix, plus what the
-  ``unknown`` rejection does at the card's threshold; ``--json`` prints the same as
-  JSON, ``--json OUT.json`` writes it to a file (atomically);
+  ``unknown`` rejection does at the card's threshold; a class's images are every
+  image below its folder, at any depth; images lying next to the class folders have
+  no class and are reported, not scored. ``--json`` prints the same as JSON,
+  ``--json OUT.json`` writes it to a file (atomically; the destination is checked
+  before anything is classified);
 - ``--explain DIR`` also writes a saliency picture of every classified image into
   DIR (``<folder>/<name>.saliency.png``: occlusion through the same backend, see
   ``leaf-disease-explain``).
 
 Each photo is classified whole: it is one crop through the card's preprocessing,
-exactly as in training and export. Unreadable or non-image files are reported on
-stderr and skipped. Exit status: 0 when something was classified, 1 when nothing
-could be, 2 for a usage, model or dataset error.
+exactly as in training and export. A file is never dropped silently: unreadable or
+non-image files, images without colour (grey, black) and images too small for the
+model's input are reported on stderr with the reason, counted, and not classified
+(a confident label on them would be a lie). Exit status: 0 when something was
+classified, 1 when nothing could be, 2 for a usage error (a path that does not
+exist, an unwritable ``--json``), a model or a dataset error.
 """
 
 import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -34,7 +41,9 @@ import numpy as np
 from leaf_disease_ros.inference.base import Backend
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
-from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError
+from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError, OutputError
+from leaf_disease_ros.perception.image_checks import (has_colour, min_side_px, NO_COLOUR_REASON,
+                                                      too_small)
 from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
 from leaf_disease_ros.perception.metrics import classification_report, format_report
 from leaf_disease_ros.perception.postprocess import Classification, classify, softmax
@@ -97,10 +106,20 @@ class Classifier:
         skipped: List[str] = []
         batch_paths: List[str] = []
         batch_images: List[np.ndarray] = []
+        height, width = self.card.input_hw_px
         for path in paths:
             image = read_image(path)
+            problem = ''
             if image is None:
-                _err(f'skipped {path}: not a readable image')
+                problem = 'not a readable image'
+            elif too_small(image, self.card.input_hw_px):
+                problem = (f'{image.shape[1]}x{image.shape[0]} px is too small for the '
+                           f"model's {width}x{height} input (at least "
+                           f'{min_side_px(self.card.input_hw_px)} px a side), not classified')
+            elif not has_colour(image):
+                problem = NO_COLOUR_REASON
+            if problem or image is None:
+                _err(f'skipped {path}: {problem}')
                 skipped.append(path)
                 continue
             batch_paths.append(path)
@@ -139,6 +158,12 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     labels, samples, not_images = list_class_folders(folder, folders)
     for path in not_images:
         _err(f'skipped {path}: not an image file')
+    loose = sorted(entry.path for entry in os.scandir(folder)
+                   if entry.is_file() and not entry.name.startswith('.')
+                   and is_image_file(entry.name))
+    for path in loose:
+        _err(f'skipped {path}: an image next to the class folders has no class; move it '
+             'into its class folder to evaluate it')
     index_of = {label: card.labels.index(label) for label in labels}
     truth = {s.path: index_of[labels[s.label_index]] for s in samples}
     done, skipped = classifier.run([s.path for s in samples])
@@ -155,8 +180,31 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     }
     report['folder'] = os.path.abspath(folder)
     report['model'] = classifier.backend.describe()
-    report['skipped'] = skipped + not_images
+    report['skipped'] = skipped + not_images + loose
+    report['files_found'] = len(samples) + len(not_images) + len(loose)
     return report
+
+
+def check_json_destination(path: Optional[str]) -> None:
+    """
+    Refuse a ``--json`` file that could not be written, before any work is done.
+
+    :raises OutputError: the path is a folder, its folder does not exist, or nothing
+        can be created there.
+    """
+    if path is None or path == '-':
+        return
+    if os.path.isdir(path):
+        raise OutputError(f'--json {path} is a folder; give a file name (e.g. {path}/'
+                          'metrics.json)')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f'--json {path}: the folder {folder} does not exist')
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(f'--json {path}: cannot write in {folder} ({exc.strerror})') from exc
 
 
 def _format_file(path: str, result: Classification) -> str:
@@ -196,6 +244,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LeafDiseaseError as exc:
         _err(f'error: {exc}')
         return 2
+    missing = [path for path in args.paths if not os.path.exists(path)]
+    try:
+        if missing:
+            raise OutputError('no such file or folder: ' + ', '.join(missing))
+        check_json_destination(args.json)
+    except OutputError as exc:
+        backend.close()
+        _err(f'error: {exc}')
+        return 2
     classifier = Classifier(backend, args.top_k)
     evaluations: List[Dict[str, Any]] = []
     files: List[Dict[str, Any]] = []
@@ -214,17 +271,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     _out(f"unknown rejection at {rej['threshold']:.3f}: "
                          f"{rej['unknown_rate']:.2%} of images rejected, accuracy of the rest "
                          f"{rej['accepted_accuracy']:.4f}")
+                    if report['skipped']:
+                        _out(f"not evaluated: {len(report['skipped'])} of "
+                             f"{report['files_found']} files (reasons on stderr)")
             elif os.path.isdir(path):
                 entries = sorted(os.path.join(path, n) for n in os.listdir(path))
                 loose += [p for p in entries if os.path.isfile(p)]
-            elif os.path.exists(path):
-                loose.append(path)
             else:
-                _err(f'skipped {path}: no such file or folder')
+                loose.append(path)
         candidates = [p for p in loose if is_image_file(p) or not os.path.splitext(p)[1]]
         for path in sorted(set(loose) - set(candidates)):
             _err(f'skipped {path}: not an image file')
         done, _ = classifier.run(candidates)
+        not_classified = len(loose) - len(done)
+        if not_classified and args.json is None and done:
+            _out(f'not classified: {not_classified} of {len(loose)} files (reasons on stderr)')
         classified += len(done)
         for path, result in done:
             files.append({'path': path, 'label': result.label, 'score': result.score,
@@ -240,11 +301,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         backend.close()
     if args.json is not None:
-        document = {'files': files, 'evaluations': evaluations}
+        document = {'files': files, 'evaluations': evaluations,
+                    'not_classified': sorted(set(loose) - {f['path'] for f in files})}
         if args.json == '-':
             _out(json.dumps(document, indent=2))
         else:
-            atomic_write_json(args.json, document)
+            try:
+                atomic_write_json(args.json, document)
+            except OSError as exc:
+                _err(f'error: cannot write --json {args.json}: {exc}')
+                return 2
             _err(f'wrote {args.json}')
     if classified == 0:
         _err('error: nothing was classified')

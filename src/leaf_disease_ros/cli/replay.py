@@ -18,17 +18,22 @@ model and adds a comparison to the report (:mod:`leaf_disease_ros.replay.compare
 last step).
 
 Exit status: 0 report written; 1 report written but no frame could be processed;
-2 usage, bag, model or parameter error (nothing written); 3 report written from a
-bag that ended early (truncated: the figures cover what was read).
+2 usage, bag, model, parameter or output error, or interrupted (Ctrl-C, SIGTERM):
+nothing written, ``--out`` is as it was; 3 report written from a bag that ended
+early (truncated: the figures cover what was read). The report is built in a staging
+folder beside ``--out`` and swapped in complete (:mod:`leaf_disease_ros.replay.report_folder`).
 """
 
 import argparse
 import os
+import re
+import signal
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from leaf_disease_ros.inference.factory import load_backend
-from leaf_disease_ros.perception.config import (load_params_file, PARAMETERS_BY_NAME,
+from leaf_disease_ros.perception.config import (load_params_file, strict_parameters,
                                                 validate_parameters)
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.replay.compare import ModelComparison
@@ -36,12 +41,15 @@ from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE
 from leaf_disease_ros.replay.harvest import DEFAULT_HARVEST_MAX, harvest_lines, TileHarvester
 from leaf_disease_ros.replay.report import REPORT_FILE, ReportSection, write_report
+from leaf_disease_ros.replay.report_folder import ReportFolder
 from leaf_disease_ros.replay.report_html import REPORT_HTML_FILE
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
                                             DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
                                             DEFAULT_OUT_DIR, FrameObserver, Progress,
                                             ReplayOptions, run_replay)
 
+#: a ROS 2 node name: the output bag's topics are /<name>/detections...
+ROS_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*')
 EXIT_OK = 0
 EXIT_NOTHING_PROCESSED = 1
 EXIT_ERROR = 2
@@ -68,8 +76,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     'detector and write a report: accuracy against ground truth, geotag '
                     'coverage, latency, a disease map (PNG, GeoJSON, KML), an MCAP bag '
                     'of the detections and report.html (map, gallery with saliency).',
-        epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model or '
-               'parameter error; 3 the bag ended early (report covers what was read).')
+        epilog='Exit status: 0 done; 1 no frame could be processed; 2 usage, bag, model, '
+               'parameter or output error, or interrupted (nothing written, --out is as it '
+               'was); 3 the bag ended early (report covers what was read).')
     parser.add_argument('bag', nargs='?', default='',
                         help='rosbag2 folder or .mcap/.db3 file (default: the shipped demo)')
     parser.add_argument('--out', default=DEFAULT_OUT_DIR,
@@ -140,29 +149,45 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run.add_argument('--save-tiles', type=int, default=0, metavar='N',
                      help='keep a sample of N tiles per label in OUT/tiles/<label>/ '
                           '(ground-truth label when the bag has one) for leaf-disease-embed')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_frames < 0:
+        parser.error(f'--max-frames must be >= 0 (0: all frames), got {args.max_frames}')
+    for option, name in (('--node-name', args.node_name), ('--params-node', args.params_node)):
+        if (name or option == '--node-name') and not ROS_NAME.fullmatch(name):
+            parser.error(f'{option} {name!r} is not a ROS node name: letters, digits and '
+                         'underscores, not starting with a digit (e.g. detector_node)')
+    for option, value in (('--harvest-max', args.harvest_max), ('--gallery', args.gallery),
+                          ('--save-tiles', args.save_tiles)):
+        if value < 0:
+            parser.error(f'{option} must be >= 0, got {value}')
+    return args
 
 
 def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     """
     Return the parameter values: params file, then ``--param``, then the flags.
 
-    :raises ConfigError: unreadable params file or a malformed ``--param``.
+    Both go through the parameter table's one strict reader: an unknown name is an
+    error naming the closest known one.
+
+    :raises ConfigError: unreadable params file, a malformed ``--param``, or a name
+        that is not a parameter.
     """
     import yaml
 
     values: Dict[str, Any] = {}
     if args.params_file:
-        loaded = load_params_file(args.params_file, args.params_node or args.node_name)
-        values.update({k: v for k, v in loaded.items() if k in PARAMETERS_BY_NAME})
+        values.update(load_params_file(args.params_file, args.params_node or args.node_name))
+    given: Dict[str, Any] = {}
     for item in args.param:
         name, sep, text = item.partition('=')
-        if not sep or not name:
+        if not sep or not name.strip():
             raise ConfigError(item, 'expected --param NAME=VALUE')
         try:
-            values[name.strip()] = yaml.safe_load(text)
+            given[name.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(name, f'value {text!r} is not valid YAML: {exc}') from exc
+    values.update(strict_parameters(given, '--param'))
     for flag, name in FLAG_PARAMETERS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -209,10 +234,15 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                      f"truth); unknown {100 * tiles['unknown_rate']:.1f} %")
     missing = {k: v for k, v in geo['by_reason'].items()
                if v and k not in ('interpolated', 'nearest')}
+    rejected = geo.get('fixes_rejected', {})
     lines.append(f"geotag coverage {100 * geo['coverage']:.1f} %"
                  + (f" (no position: {', '.join(f'{k} {v}' for k, v in missing.items())})"
                     if missing else '')
-                 + ('' if geo['gps_topic'] else ' - the bag has no GPS'))
+                 + ('' if geo['gps_topic'] else ' - the bag has no GPS')
+                 + (f"; fixes rejected: {', '.join(f'{k[9:]} {v}' for k, v in rejected.items())}"
+                    if rejected else '')
+                 + (f"; {geo['frames_outside_utm']} positions beyond UTM (84 N / 80 S)"
+                    if geo.get('frames_outside_utm') else ''))
     lines.append(f"findings: {findings['sightings']} diseased tiles -> {findings['features']} "
                  'map features'
                  + (f" ({', '.join(f'{k} {v}' for k, v in findings['features_by_label'].items())})"
@@ -220,7 +250,9 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                  + (f"; {findings['without_position']} without position"
                     if findings['without_position'] else '')
                  + (f"; {findings['features_confirmed']} confirmed by repeated evidence"
-                    if findings['features'] else ''))
+                    if findings['features'] else '')
+                 + (f"; {findings['outside_utm']} beyond UTM (not in geo_detections)"
+                    if findings.get('outside_utm') else ''))
     if latency.get('count'):
         lines.append(f"pipeline latency per frame p50 {latency['p50']:.1f} ms, p95 "
                      f"{latency['p95']:.1f} ms, p99 {latency['p99']:.1f} ms")
@@ -232,14 +264,35 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     return lines
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the run cleans up as after Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``leaf-disease-replay``; returns the exit status."""
     args = parse_args(argv)
     out, err = sys.stdout, sys.stderr
-    progress = None if args.no_progress else ProgressBar(err)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        err.write(f'leaf-disease-replay: error: --out {args.out} exists and is not a folder\n')
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args, out, err)
+    except KeyboardInterrupt as exc:
+        what = 'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'
+        err.write(f'leaf-disease-replay: {what}; no report written, {args.out} is as it '
+                  'was\n')
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    folder: Optional[ReportFolder] = None
     harvester: Optional[TileHarvester] = None
     harvest: Optional[Dict[str, Any]] = None
     comparison: Optional[ModelComparison] = None
@@ -249,6 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.bag:
             err.write(f'no bag given: replaying the demo recording {bag}\n')
         parameters = collect_parameters(args)
+        folder = ReportFolder(args.out, inputs=[bag])  # refused or unwritable: now, not later
         observers: List[FrameObserver] = []
         if args.harvest_tiles:
             harvester = TileHarvester(args.harvest_tiles, args.harvest_max,
@@ -264,11 +318,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                               main_backend.card.labels, with_truth=True)
             observers.append(comparison)
         options = ReplayOptions(
-            bag_path=bag, out_dir=args.out, image_topic=args.image_topic,
+            bag_path=bag, out_dir=folder.staging, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
-            parameters=parameters, max_frames=max(0, args.max_frames),
+            parameters=parameters, max_frames=args.max_frames,
             node_name=args.node_name, write_bag=not args.no_output_bag, observers=observers,
-            gallery_size=max(0, args.gallery), save_tiles=max(0, args.save_tiles))
+            gallery_size=args.gallery, save_tiles=args.save_tiles)
+        progress = None if args.no_progress else ProgressBar(err)
         try:
             state = run_replay(options, backend=main_backend, progress=progress)
         finally:
@@ -282,16 +337,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             harvest = harvester.commit()
             harvester = None
             sections.append(ReportSection('harvest', harvest, tuple(harvest_lines(harvest))))
-        metrics = write_report(state, args.out, sections)
+        metrics = write_report(state, folder.staging, sections)
+        folder.commit()
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-replay: error: {exc}\n')
         return EXIT_ERROR
     except OSError as exc:
         err.write(f'leaf-disease-replay: error: cannot write the report in {args.out}: '
-                  f'{exc}\n')
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        err.write('leaf-disease-replay: interrupted; no report written\n')
+                  f'{exc}; nothing was written, {args.out} is as it was\n')
         return EXIT_ERROR
     finally:
         if harvester is not None:
@@ -299,6 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for resource in (comparison, main_backend):
             if resource is not None:
                 resource.close()
+        if folder is not None:
+            folder.discard()
     for note in metrics['notes']:
         err.write(f'note: {note}\n')
     for example in metrics['frames']['examples']:

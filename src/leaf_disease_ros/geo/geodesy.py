@@ -6,7 +6,11 @@ onnxruntime (pyproj brings PROJ and its data). The formulas are textbook:
 
 - local east/north offsets use the meridian and prime-vertical radii of curvature
   at the reference latitude: exact to millimetres over the few hundred metres of a
-  vineyard block;
+  vineyard block. Results are always valid coordinates: longitudes in [-180, 180)
+  (an offset across the antimeridian wraps), latitudes in [-90, 90] (an offset over
+  a pole comes down the other side), and no division by zero at the poles;
+- :func:`great_circle_m` (haversine on the mean Earth radius) measures any distance,
+  short or across the globe, for plausibility checks;
 - UTM uses the Krueger series to 4th order in ``n`` (Karney 2011, "Transverse
   Mercator with an accuracy of a few nanometres"), sub-millimetre within a zone, with
   the Norway and Svalbard zone exceptions.
@@ -14,7 +18,7 @@ onnxruntime (pyproj brings PROJ and its data). The formulas are textbook:
 
 from dataclasses import dataclass
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 WGS84_A_M = 6378137.0
 WGS84_F = 1.0 / 298.257223563
@@ -31,6 +35,28 @@ _ALPHA = (
     49561.0 * _N ** 4 / 161280.0,
 )
 _BAND_LETTERS = 'CDEFGHJKLMNPQRSTUVWX'
+#: the latitudes UTM covers; beyond them (the polar caps) a position has no UTM coordinate
+UTM_MIN_LATITUDE_DEG = -80.0
+UTM_MAX_LATITUDE_DEG = 84.0
+MEAN_EARTH_RADIUS_M = 6371008.8
+# cos(latitude) below this counts as the pole (about 1e-7 degrees from it)
+_MIN_COS_LATITUDE = 1e-9
+
+
+def normalize_longitude(longitude_deg: float) -> float:
+    """Return a longitude in [-180, 180) (180 and -180 are the same meridian)."""
+    if -180.0 <= longitude_deg < 180.0:
+        return longitude_deg
+    return (longitude_deg + 180.0) % 360.0 - 180.0
+
+
+def _fold_latitude(latitude_deg: float, longitude_deg: float) -> Tuple[float, float]:
+    """Bring a latitude past a pole back into [-90, 90] (and turn the longitude round)."""
+    if latitude_deg > 90.0:
+        return 180.0 - latitude_deg, normalize_longitude(longitude_deg + 180.0)
+    if latitude_deg < -90.0:
+        return -180.0 - latitude_deg, normalize_longitude(longitude_deg + 180.0)
+    return latitude_deg, normalize_longitude(longitude_deg)
 
 
 def radii_of_curvature_m(latitude_deg: float) -> Tuple[float, float]:
@@ -42,12 +68,19 @@ def radii_of_curvature_m(latitude_deg: float) -> Tuple[float, float]:
 
 def offset_latlon(latitude_deg: float, longitude_deg: float, east_m: float,
                   north_m: float) -> Tuple[float, float]:
-    """Return the (latitude, longitude) in degrees ``east_m``/``north_m`` away."""
+    """
+    Return the (latitude, longitude) in degrees ``east_m``/``north_m`` away.
+
+    The longitude is normalised to [-180, 180); a latitude past a pole is folded back.
+    At a pole itself "east" has no direction: only the northing moves the point.
+    """
     meridian, prime = radii_of_curvature_m(latitude_deg)
     lat = latitude_deg + math.degrees(north_m / meridian)
-    lon = longitude_deg + math.degrees(
-        east_m / (prime * math.cos(math.radians(latitude_deg))))
-    return lat, lon
+    cos_lat = math.cos(math.radians(latitude_deg))
+    lon = longitude_deg
+    if abs(cos_lat) >= _MIN_COS_LATITUDE:
+        lon = longitude_deg + math.degrees(east_m / (prime * cos_lat))
+    return _fold_latitude(lat, lon)
 
 
 def local_east_north_m(latitude_deg: float, longitude_deg: float, ref_latitude_deg: float,
@@ -63,6 +96,22 @@ def distance_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: floa
     """Return the ground distance in metres between two nearby points (local plane)."""
     east, north = local_east_north_m(lat2_deg, lon2_deg, lat1_deg, lon1_deg)
     return math.hypot(east, north)
+
+
+def great_circle_m(lat1_deg: float, lon1_deg: float, lat2_deg: float,
+                   lon2_deg: float) -> float:
+    """Return the great-circle distance in metres (haversine, any two points, 0.5 % accurate)."""
+    phi1, phi2 = math.radians(lat1_deg), math.radians(lat2_deg)
+    dphi = phi2 - phi1
+    dlam = math.radians((lon2_deg - lon1_deg + 540.0) % 360.0 - 180.0)
+    h = math.sin(dphi / 2.0) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2.0) ** 2
+    return 2.0 * MEAN_EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def in_utm_domain(latitude_deg: float, longitude_deg: float = 0.0) -> bool:
+    """Return whether UTM covers the position (-80 to 84 degrees, finite longitude)."""
+    return (UTM_MIN_LATITUDE_DEG <= latitude_deg <= UTM_MAX_LATITUDE_DEG
+            and math.isfinite(longitude_deg))
 
 
 @dataclass(frozen=True)
@@ -109,7 +158,7 @@ def latlon_to_utm(latitude_deg: float, longitude_deg: float, zone: int = 0) -> U
 
     :raises ValueError: latitude outside UTM's domain, or a bad zone.
     """
-    if not -80.0 <= latitude_deg <= 84.0 or not math.isfinite(longitude_deg):
+    if not in_utm_domain(latitude_deg, longitude_deg):
         raise ValueError(f'latitude {latitude_deg} is outside UTM (-80..84 degrees)')
     if zone == 0:
         zone = utm_zone(latitude_deg, longitude_deg)
@@ -134,3 +183,10 @@ def latlon_to_utm(latitude_deg: float, longitude_deg: float, zone: int = 0) -> U
         northing += _FALSE_NORTHING_SOUTH_M
     band_index = min(int((latitude_deg + 80.0) // 8.0), len(_BAND_LETTERS) - 1)
     return UtmPoint(zone, _BAND_LETTERS[band_index], northern, easting, northing)
+
+
+def utm_or_none(latitude_deg: float, longitude_deg: float) -> Optional[UtmPoint]:
+    """Return the UTM position, or None where UTM does not reach (polar caps, bad input)."""
+    if not in_utm_domain(latitude_deg, longitude_deg):
+        return None
+    return latlon_to_utm(latitude_deg, longitude_deg)

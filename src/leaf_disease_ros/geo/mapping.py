@@ -24,7 +24,9 @@ over a vineyard block. A grid of cells ``merge_radius_m`` wide indexes the
 features, so adding a sighting costs O(1) and memory grows with the number of
 distinct diseased spots, never with the number of frames. :class:`TrackRecorder`
 keeps the robot's track for the map in bounded memory (points closer than a step
-are skipped; past a maximum the track is thinned by half and the step doubled).
+are skipped; past a maximum the track is thinned by half and the step doubled) and
+splits it at GPS outages: a reported outage, or a silence longer than ``max_gap_s``
+between two fixes (no line is drawn where the robot's path is not known).
 
 Writers: :func:`write_geojson` (RFC 7946: a FeatureCollection of Points,
 ``[longitude, latitude]`` order, WGS84, no ``crs`` member), :func:`write_kml` (KML
@@ -221,20 +223,30 @@ class TrackRecorder:
 
     A point closer than ``min_step_m`` to the last kept one is skipped; beyond
     ``max_points`` every second point is dropped and the step doubled. A call to
-    :meth:`break_segment` (a frame without position) starts a new segment so the
-    map does not draw a line across a GPS outage.
+    :meth:`break_segment` (a fix reporting an outage) starts a new segment so the
+    map does not draw a line across a GPS outage; so does a point whose stamp is
+    more than ``max_gap_s`` from the previous point's (a silent receiver).
     """
 
-    def __init__(self, min_step_m: float = 0.25, max_points: int = 5000) -> None:
+    def __init__(self, min_step_m: float = 0.25, max_points: int = 5000,
+                 max_gap_s: float = math.inf) -> None:
         if max_points < 4:
             raise ValueError(f'max_points must be >= 4, got {max_points}')
         self._min_step_m = float(min_step_m)
         self._max_points = max_points
+        self._max_gap_ns = max_gap_s * 1e9
         self._points: List[Tuple[float, float, bool]] = []  # lat, lon, starts a segment
         self._new_segment = True
+        self._last_stamp_ns: Optional[int] = None
 
-    def add(self, latitude_deg: float, longitude_deg: float) -> None:
-        """Add a position (degrees)."""
+    def add(self, latitude_deg: float, longitude_deg: float,
+            stamp_ns: Optional[int] = None) -> None:
+        """Add a position (degrees) at its fix stamp (ns; None: no gap check)."""
+        if stamp_ns is not None:
+            if (self._last_stamp_ns is not None
+                    and abs(stamp_ns - self._last_stamp_ns) > self._max_gap_ns):
+                self._new_segment = True
+            self._last_stamp_ns = stamp_ns
         if self._points and not self._new_segment:
             last_lat, last_lon, _ = self._points[-1]
             east, north = local_east_north_m(latitude_deg, longitude_deg, last_lat, last_lon)

@@ -12,11 +12,19 @@ rules applied; the node's live changes go through it too, see
 :func:`leaf_disease_ros.ros.params.review_changes`). Each raises
 :class:`~leaf_disease_ros.perception.errors.ConfigError` naming the parameter and the
 reason.
+
+Names are read strictly, in one place: :func:`strict_parameters` is what the
+replay's ``--params-file`` (:func:`load_params_file`) and ``--param``, and the node's
+overrides (params file, ``-p``) go through. A name that is not in the table is an
+error naming it and the closest known name (a typo must not leave the default in
+force silently); the parameters ROS itself declares on every node
+(``use_sim_time``, ``qos_overrides.*``) are accepted and left to ROS.
 """
 
 from dataclasses import dataclass
+import difflib
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from leaf_disease_ros.perception.errors import ConfigError
 
@@ -116,6 +124,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Otherwise use the nearest fix when it is at most this far from the image '
               'stamp; else the frame has no position.',
               'gps', min_value=0.0, max_value=60.0),
+    ParamSpec('max_fix_speed_mps', DOUBLE, 10.0,
+              'A fix implying a faster move from its neighbours (beyond 3 sigma of their '
+              'covariances) is rejected as a glitch and counted; 0 = no check.',
+              'gps', min_value=0.0, max_value=1000.0, read_only=True),
     ParamSpec('fix_buffer_size', INT, 512,
               'Fixes kept, newest first (512 = 100 s at 5 Hz).',
               'gps', min_value=2, max_value=1000000, read_only=True),
@@ -200,6 +212,54 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
 
 PARAMETERS_BY_NAME: Dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 
+#: parameters ROS declares on every node (not typos: accepted, left to ROS)
+ROS_OWN_PARAMETERS = frozenset(('use_sim_time', 'start_type_description_service'))
+ROS_OWN_PREFIXES = ('qos_overrides.',)
+
+
+def is_ros_own(name: str) -> bool:
+    """Return whether ``name`` is a parameter ROS itself gives every node."""
+    return name in ROS_OWN_PARAMETERS or name.startswith(ROS_OWN_PREFIXES)
+
+
+def closest_parameter(name: str) -> Optional[str]:
+    """Return the table's parameter name closest to ``name`` (a likely typo), or None."""
+    close = difflib.get_close_matches(str(name), list(PARAMETERS_BY_NAME), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_parameter_error(name: str, where: str = '') -> ConfigError:
+    """Return the error for a name that is not in the table (with the closest name)."""
+    close = closest_parameter(name)
+    return ConfigError(str(name), 'unknown parameter' + (f' in {where}' if where else '')
+                       + (f' (did you mean {close}?)' if close else '')
+                       + '; every parameter is listed in docs/parameters.md and '
+                       'config/detector.yaml')
+
+
+def strict_parameters(values: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """
+    Return the table's parameters of ``values``; any other name is an error.
+
+    :param values: name -> value (a params file section, ``--param``, node overrides).
+    :param where: where the names come from, for the message (e.g. the file).
+
+    :raises ConfigError: the first unknown name, with the closest known one; the
+        parameters ROS declares itself (``use_sim_time``...) are dropped, not errors.
+    """
+    out: Dict[str, Any] = {}
+    for name, value in values.items():
+        if name in PARAMETERS_BY_NAME:
+            out[name] = value
+        elif not is_ros_own(str(name)):
+            raise unknown_parameter_error(name, where)
+    return out
+
+
+def check_parameter_names(names: Iterable[str], where: str) -> None:
+    """Raise ConfigError for the first name that is neither in the table nor ROS's own."""
+    strict_parameters(dict.fromkeys(names), where)
+
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass in Python; a YAML 'true' must not pass as 1.
@@ -224,7 +284,7 @@ def validate_value(name: str, value: Any) -> Any:
     """
     spec = PARAMETERS_BY_NAME.get(name)
     if spec is None:
-        raise ConfigError(name, 'unknown parameter; see config/detector.yaml for the list')
+        raise unknown_parameter_error(name)
     if spec.type == BOOL:
         if not isinstance(value, bool):
             raise ConfigError(name, f'expected true or false, got {value!r}')
@@ -297,7 +357,7 @@ def validate_parameters(values: Mapping[str, Any], *,
         if name not in PARAMETERS_BY_NAME:
             if ignore_unknown:
                 continue
-            raise ConfigError(name, 'unknown parameter; see config/detector.yaml for the list')
+            raise unknown_parameter_error(name)
         result[name] = validate_value(name, value)
     _cross_check(result)
     _cross_check_evidence(result)
@@ -306,12 +366,27 @@ def validate_parameters(values: Mapping[str, Any], *,
 
 def load_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, Any]:
     """
-    Read the parameters of ``node_name`` from a ROS 2 params YAML file.
+    Read the parameters of ``node_name`` from a ROS 2 params YAML file, strictly.
+
+    The sections that apply to the node (see :func:`read_params_file`) may only hold
+    parameters of the table (and ROS's own, which are dropped): anything else is an
+    error naming the key and the closest known name. Values are checked later by
+    :func:`validate_parameters`.
+
+    :raises ConfigError: unreadable file, invalid YAML, or an unknown key.
+    """
+    return strict_parameters(read_params_file(path, node_name),
+                             f'params file {path} (the {node_name} or /** sections)')
+
+
+def read_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, Any]:
+    """
+    Read the parameters of ``node_name`` from a ROS 2 params YAML file, as written.
 
     Accepts the ROS 2 layout (``<node or /**>: ros__parameters: {...}``), also under a
     namespace, and a flat mapping of parameter names. Nested dictionaries are
-    flattened with dots as ROS does. Only the syntax is checked here; pass the
-    result to :func:`validate_parameters`.
+    flattened with dots as ROS does. Sections of other nodes are ignored. Only the
+    syntax is checked here: :func:`load_params_file` checks the names.
     """
     import yaml  # local: pyyaml is only needed when a file is read
 
@@ -320,17 +395,21 @@ def load_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, A
             document = yaml.safe_load(stream)
     except OSError as exc:
         raise ConfigError('params_file', f'cannot read {path}: {exc.strerror}') from exc
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError('params_file', f'{path} is not valid YAML: {exc}') from exc
     if not isinstance(document, dict):
         raise ConfigError('params_file', f'{path} does not hold a mapping of parameters')
 
-    if not _has_ros_parameters(document):
-        # A flat mapping of parameter names (the replay's own shorthand).
-        return _flatten(document)
-    wildcard: Dict[str, Any] = {}
-    exact: Dict[str, Any] = {}
-    _collect(document, (), node_name, wildcard, exact)
+    try:
+        if not _has_ros_parameters(document):
+            # A flat mapping of parameter names (the replay's own shorthand).
+            return _flatten(document)
+        wildcard: Dict[str, Any] = {}
+        exact: Dict[str, Any] = {}
+        _collect(document, (), node_name, wildcard, exact, path)
+    except RecursionError as exc:  # YAML aliases can make a mapping contain itself
+        raise ConfigError('params_file', f'{path} nests too deep (or refers to itself)'
+                          ) from exc
     # A section naming the node overrides wildcard sections, as in rcl.
     wildcard.update(exact)
     return wildcard
@@ -342,22 +421,25 @@ def _has_ros_parameters(section: Mapping[str, Any]) -> bool:
                for key, value in section.items())
 
 
-def _collect(section: Mapping[str, Any], path: Tuple[str, ...], node_name: str,
-             wildcard: Dict[str, Any], exact: Dict[str, Any]) -> None:
+def _collect(section: Mapping[Any, Any], path: Tuple[str, ...], node_name: str,
+             wildcard: Dict[str, Any], exact: Dict[str, Any], file_path: str) -> None:
     for key, value in section.items():
-        if not isinstance(value, dict):
-            continue
         if key == 'ros__parameters':
             node = path[-1].strip('/').split('/')[-1] if path else ''
+            ours = node == node_name or any('*' in part for part in path)
+            if ours and not isinstance(value, dict):
+                raise ConfigError('params_file', f'{file_path}: ros__parameters of '
+                                  f'{"/".join(path) or "the file"} is not a mapping of '
+                                  'parameters')
             if node == node_name:
                 exact.update(_flatten(value))
-            elif any('*' in part for part in path):
+            elif ours:
                 wildcard.update(_flatten(value))
-        else:
-            _collect(value, path + (key,), node_name, wildcard, exact)
+        elif isinstance(value, dict):
+            _collect(value, path + (str(key),), node_name, wildcard, exact, file_path)
 
 
-def _flatten(section: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+def _flatten(section: Mapping[Any, Any], prefix: str = '') -> Dict[str, Any]:
     flat: Dict[str, Any] = {}
     for key, value in section.items():
         name = f'{prefix}{key}'

@@ -76,3 +76,7 @@ class BagError(LeafDiseaseError):
 
 class MissingDependencyError(LeafDiseaseError):
     """An optional Python package a command needs is not installed (the message says how)."""
+
+
+class OutputError(LeafDiseaseError):
+    """An output (report folder, JSON file) cannot be written where it was asked for."""

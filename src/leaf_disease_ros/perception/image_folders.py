@@ -1,8 +1,10 @@
 """
-Image folders: which files are images, and class-folder datasets (``root/<label>/*.jpg``).
+Image folders: which files are images, and class-folder datasets (``root/<label>/...``).
 
-The class list is the sorted subfolder names unless given. The classify CLI, the
-INT8 calibrator and training list their images through here.
+The class list is the sorted subfolder names unless given. A class's images are every
+image file below its folder, at any depth (``esca/2024/row3/a.jpg`` is an esca image);
+hidden files and folders are left out. The classify CLI, the INT8 calibrator and
+training list their images through here.
 """
 
 from dataclasses import dataclass
@@ -28,6 +30,16 @@ def is_image_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+def files_below(folder: str) -> List[str]:
+    """Return every non-hidden file below ``folder`` (any depth), sorted by path."""
+    found: List[str] = []
+    for current, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        found += [os.path.join(current, n) for n in names
+                  if not n.startswith('.') and os.path.isfile(os.path.join(current, n))]
+    return sorted(found)
+
+
 def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
                        ) -> Tuple[Tuple[str, ...], List[Sample], List[str]]:
     """
@@ -38,8 +50,8 @@ def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
         given label without a subfolder is an error; subfolders not listed are
         ignored.
 
-    :returns: ``(labels, samples, skipped)``: samples sorted by class then file name
-        (group keys empty), and the files skipped for not being images.
+    :returns: ``(labels, samples, skipped)``: samples sorted by class then path (group
+        keys empty), and the files skipped for not being images.
 
     :raises DatasetError: the root is missing, has no class folders, or a class is empty.
     """
@@ -61,11 +73,8 @@ def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
     for index, label in enumerate(labels):
         folder = os.path.join(root, label)
         count = 0
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path) or name.startswith('.'):
-                continue
-            if not is_image_file(name):
+        for path in files_below(folder):
+            if not is_image_file(path):
                 skipped.append(path)
                 continue
             samples.append(Sample(path, index))

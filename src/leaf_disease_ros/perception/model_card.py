@@ -287,11 +287,18 @@ def check_model_file(card: ModelCard, model_path: str) -> str:
     """
     Check that ``model_path`` is the model ``card`` describes; return its sha256.
 
-    :raises ModelCardError: when the card records another hash (the model was re-exported
-        without its card, or the card belongs to another model).
+    :raises ModelCardError: when the card records no hash (nothing would tell a swapped
+        model from the right one) or another hash (the model was re-exported without
+        its card, or the card belongs to another model).
     """
     actual = sha256_file(model_path)
-    if card.onnx_sha256 and actual != card.onnx_sha256:
+    if not card.onnx_sha256:
+        raise ModelCardError(
+            card.path or '<card>', 'onnx_sha256',
+            'is missing, so nothing checks that the model is the one this card describes; '
+            'export the model and its card together with leaf-disease-export, or add '
+            f'"onnx_sha256": "{actual}" if you know this is the right model')
+    if actual != card.onnx_sha256:
         raise ModelCardError(
             card.path or '<card>', 'onnx_sha256',
             f'records {card.onnx_sha256[:12]}... but {model_path} has {actual[:12]}...; '

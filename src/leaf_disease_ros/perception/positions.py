@@ -21,7 +21,9 @@ REASON_NEAREST = 'nearest'
 REASON_GPS_NO_FIX = 'gps_no_fix'
 REASON_STALE_FIX = 'stale_fix'
 REASON_NO_FIX_RECEIVED = 'no_fix_received'
-NO_POSITION_REASONS = (REASON_GPS_NO_FIX, REASON_STALE_FIX, REASON_NO_FIX_RECEIVED)
+REASON_NO_IMAGE_STAMP = 'no_image_stamp'  # the image header stamp is 0: not placed in time
+NO_POSITION_REASONS = (REASON_GPS_NO_FIX, REASON_STALE_FIX, REASON_NO_FIX_RECEIVED,
+                       REASON_NO_IMAGE_STAMP)
 _ZERO_COVARIANCE = (0.0,) * 9
 
 

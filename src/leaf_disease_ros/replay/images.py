@@ -10,6 +10,7 @@ encoding the replay does not take (16-bit, float, depth), :class:`ImageDecodeErr
 for bytes that do not decode; the replay skips and counts such frames.
 """
 
+import dataclasses
 from typing import Any, Tuple
 
 import cv2
@@ -44,6 +45,32 @@ def _to_bgr(image: Any) -> np.ndarray:
     raise ImageDecodeError(f'decoded image has shape {array.shape}, expected (H, W, 3)')
 
 
+#: 8-bit raw encodings that carry one grey channel (Bayer patterns are colour)
+MONO_ENCODINGS = ('mono8', '8UC1')  # 16-bit ones are unsupported_encoding anyway
+
+
+def grey_source(msg: Any, msgtype: str) -> str:
+    """
+    Return what kind of grey image a message holds ('' for colour or undecidable).
+
+    Raw: a mono encoding. Compressed: the PNG / JPEG decodes to one channel.
+    """
+    if msgtype == IMAGE_TYPE:
+        encoding = str(getattr(msg, 'encoding', ''))
+        return encoding if encoding in MONO_ENCODINGS else ''
+    if msgtype == COMPRESSED_IMAGE_TYPE:
+        data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+        if data.size == 0:
+            return ''
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            return ''
+        if image is not None and (image.ndim == 2 or image.shape[2] == 1):
+            return f'grey {msg.format or "compressed"}'
+    return ''
+
+
 def _check_raw(msg: Any) -> Tuple[int, int]:
     encoding = str(msg.encoding)
     if encoding not in EIGHT_BIT_ENCODINGS:
@@ -55,9 +82,9 @@ def _check_raw(msg: Any) -> Tuple[int, int]:
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f'image is empty ({width}x{height})', encoding)
     row_bytes = width * EIGHT_BIT_ENCODINGS[encoding]
-    if step != row_bytes:
-        raise ImageDecodeError(f'{encoding} image of width {width} has step {step}, expected '
-                               f'{row_bytes} (padded rows are not supported)', encoding)
+    if step < row_bytes:
+        raise ImageDecodeError(f'{encoding} image of width {width} has step {step}, less than '
+                               f'its {row_bytes} bytes per row', encoding)
     if len(msg.data) < step * height:
         raise ImageDecodeError(f'{encoding} image {width}x{height} has {len(msg.data)} bytes, '
                                f'expected {step * height}', encoding)
@@ -90,8 +117,15 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
         return _to_bgr(image)
     if msgtype != IMAGE_TYPE:
         raise UnsupportedEncodingError(f'{msgtype} is not an image message type')
-    _check_raw(msg)
+    height, width = _check_raw(msg)
     encoding = str(msg.encoding)
+    row_bytes = width * EIGHT_BIT_ENCODINGS[encoding]
+    if int(msg.step) != row_bytes or len(msg.data) != row_bytes * height:
+        # padded rows (step > width x bytes per pixel) or trailing bytes: keep the pixels
+        rows = np.asarray(msg.data, dtype=np.uint8)[:int(msg.step) * height]
+        pixels = rows.reshape(height, int(msg.step))[:, :row_bytes]
+        msg = dataclasses.replace(msg, step=row_bytes,
+                                  data=np.ascontiguousarray(pixels).reshape(-1))
     try:
         if encoding.startswith('8UC'):
             image = message_to_cvimage(msg)  # generic: channels taken as mono/BGR/BGRA

@@ -130,15 +130,11 @@ class OutputBag:
         except self._errors as exc:
             raise BagError(f'cannot write the output bag {self.path}: {exc}') from exc
         old = None
-        if os.path.exists(self.path):
-            old = self.path + '.old'
-            if os.path.isdir(old):
-                shutil.rmtree(old)
+        if os.path.lexists(self.path):  # an older bag, or a file of that name
+            old = os.path.join(self._tmp_dir, 'old')
             os.replace(self.path, old)
         os.replace(self._bag_dir, self.path)
-        shutil.rmtree(self._tmp_dir, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self._tmp_dir, ignore_errors=True)  # with the old one inside
 
     def abort(self) -> None:
         """Drop the unfinished bag."""

@@ -39,9 +39,10 @@ KML_FILE = 'findings.kml'
 REPORTED_PARAMETERS = (
     'model_path', 'backend', 'tiling', 'tile_size_px', 'tile_stride_px',
     'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
-    'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'lever_arm_m',
-    'merge_radius_m', 'max_batch', 'evidence_min_sightings', 'evidence_window_frames',
-    'evidence_radius_m', 'domain_window_tiles', 'domain_unknown_warn_fraction')
+    'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'max_fix_speed_mps',
+    'lever_arm_m', 'merge_radius_m', 'max_batch', 'evidence_min_sightings',
+    'evidence_window_frames', 'evidence_radius_m', 'domain_window_tiles',
+    'domain_unknown_warn_fraction')
 
 
 def _share(part: float, whole: float) -> float:
@@ -68,6 +69,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
     accuracy = state.evaluator.report() if state.evaluator is not None else None
     if accuracy is not None:
         accuracy['frames_without_ground_truth'] = state.frames_without_ground_truth
+        accuracy['frames_unstamped_not_scored'] = state.frames_unstamped_without_ground_truth
         accuracy['ground_truth_messages'] = state.ground_truth_messages
     return {
         'bag': {
@@ -93,6 +95,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'skipped_total': sum(state.skipped.values()),
             'examples': list(state.skipped_examples),
             'processed_before_fix_window': state.frames_queued_early,
+            'unstamped': state.frames_unstamped,
         },
         'tiles': {
             'total': state.tiles_total,
@@ -119,11 +122,17 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
                           for reason in (REASON_INTERPOLATED, REASON_NEAREST)
                           + NO_POSITION_REASONS},
             'positions_by_fix_status': dict(sorted(state.positions_by_status.items())),
+            'fixes_rejected': {k: v for k, v in state.fix_buffer_stats.items()
+                               if k.startswith('rejected_') and v},
+            'frames_outside_utm': state.frames_outside_utm,
+            'fixes_late': state.fixes_late,
+            'max_fix_delay_s': state.max_fix_delay_ns / 1e9,
         },
         'findings': {
             'sightings': state.findings,
             'with_position': state.findings - state.findings_without_position,
             'without_position': state.findings_without_position,
+            'outside_utm': state.findings_outside_utm,
             'by_label': dict(sorted(state.findings_by_label.items())),
             'merge_radius_m': state.merger.merge_radius_m,
             'features': len(features),
@@ -305,6 +314,16 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                   + '; positions by status: '
                   + (', '.join(f'{k}: {v}' for k, v in geo['positions_by_fix_status'].items())
                      or 'none')]
+    if geo['fixes_rejected']:
+        lines += ['', 'Fixes rejected where they entered (never used for a position): '
+                  + ', '.join(f'{k[len("rejected_"):]}: {v}'
+                              for k, v in geo['fixes_rejected'].items())
+                  + ' (jump: faster than max_fix_speed_mps '
+                  f"{metrics['parameters']['max_fix_speed_mps']:g} m/s)."]
+    if geo['frames_outside_utm']:
+        lines += ['', f"{geo['frames_outside_utm']} frames have a position beyond UTM "
+                  '(-80..84 degrees): their findings are on the map and in the GeoJSON/KML, '
+                  'but not in `geo_detections` (UTM metres) of the output bag.']
     lines += ['', '## Findings', '',
               f"{findings['sightings']} diseased tiles with score >= "
               f"{metrics['model']['finding_threshold']:g} "

@@ -32,28 +32,31 @@ track (:mod:`leaf_disease_ros.geo.mapping`). :mod:`.report` writes the files.
 
 import collections
 from dataclasses import dataclass, field
+import difflib
 import os
 import struct
 import time
 from typing import (AbstractSet, Any, Callable, Deque, Dict, List, Mapping, Optional, Protocol,
-                    Sequence, Tuple)
+                    Sequence, Tuple, Type)
 
 import numpy as np
 
 from leaf_disease_ros.geo.evidence import EvidenceTracker
-from leaf_disease_ros.geo.geotag import ADD_REJECTED_NAN, ADD_REJECTED_NO_FIX, FixBuffer
+from leaf_disease_ros.geo.geodesy import in_utm_domain
+from leaf_disease_ros.geo.geotag import FixBuffer, OUTAGES
 from leaf_disease_ros.geo.mapping import FindingMerger, Sighting, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
 from leaf_disease_ros.perception.errors import (BagError, FrameError, ImageDecodeError,
                                                 InferenceError, UnsupportedEncodingError)
+from leaf_disease_ros.perception.image_checks import has_colour, NO_COLOUR_REASON
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
 from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
                                                    STATUS_SBAS_FIX)
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
-from leaf_disease_ros.replay.images import decode_image, IMAGE_TYPES
+from leaf_disease_ros.replay.images import decode_image, grey_source, IMAGE_TYPES
 from leaf_disease_ros.replay.output_bag import OutputBag
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.tile_sample import TileSample
@@ -70,14 +73,27 @@ DEFAULT_OUT_DIR = 'replay_report'
 NAVSATFIX_TYPE = 'sensor_msgs/msg/NavSatFix'
 GROUND_TRUTH_TYPE = 'vision_msgs/msg/Detection2DArray'
 FIX_HOLD_SLACK_S = 0.25
+#: log time - header stamp beyond this is another time base, not a transport delay
+MAX_TRANSPORT_DELAY_NS = 10 * 1_000_000_000
 MAX_PENDING_FRAMES = 32
 MAX_EXAMPLES = 5
 STATUS_NAMES = {STATUS_NO_FIX: 'NO_FIX', STATUS_FIX: 'FIX', STATUS_SBAS_FIX: 'SBAS_FIX',
                 STATUS_GBAS_FIX: 'GBAS_FIX'}
 _NS_PER_S = 1_000_000_000
-# What rosbags' CDR deserialiser raises on bytes that are not the declared type.
+
+
+def _serde_errors() -> Tuple[Type[BaseException], ...]:
+    try:
+        from rosbags.serde import SerdeError
+    except ImportError:  # pragma: no cover - rosbags is the replay extra
+        return ()
+    return (SerdeError,)
+
+
+# What rosbags' CDR deserialiser raises on bytes that are not the declared type (a bad
+# encapsulation header is its own SerdeError).
 _DESERIALIZE_ERRORS = (ValueError, KeyError, IndexError, struct.error, AssertionError,
-                       TypeError)
+                       TypeError, OverflowError) + _serde_errors()
 
 
 class FrameObserver(Protocol):
@@ -113,6 +129,10 @@ class ReplayOptions:
     observers: Sequence[FrameObserver] = ()
     gallery_size: int = GALLERY_SIZE  # report.html gallery per section; 0: none
     save_tiles: int = 0  # tiles kept per label in OUT/tiles/<label>/ (embedding map); 0: none
+
+
+class _NoColour(FrameError):
+    """A frame without colour: skipped, not classified (perception/image_checks.py)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +190,8 @@ class ReplayState:
     tiles_by_label: Dict[str, int] = field(default_factory=dict)
     findings: int = 0
     findings_without_position: int = 0
+    findings_outside_utm: int = 0  # positioned, but beyond UTM: not in geo_detections
+    frames_outside_utm: int = 0
     findings_by_label: Dict[str, int] = field(default_factory=dict)
     evidence: Optional[EvidenceTracker] = None
     findings_confirmed: int = 0
@@ -188,6 +210,11 @@ class ReplayState:
     ground_truth_undecodable: int = 0
     frames_without_ground_truth: int = 0
     frames_queued_early: int = 0
+    frames_unstamped: int = 0  # header stamp 0: not placed in time, not joined
+    frames_unstamped_without_ground_truth: int = 0
+    ground_truth_unstamped: int = 0
+    fixes_late: int = 0  # fixes older than a frame that was already geotagged
+    max_fix_delay_ns: int = 0
     latency_pipeline: LatencyHistogram = field(default_factory=LatencyHistogram)
     latency_decode: LatencyHistogram = field(default_factory=LatencyHistogram)
     latency_frame: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -203,26 +230,41 @@ class ReplayState:
     tile_sample: Optional[TileSample] = None
 
 
+def _closest_topic(bag: BagReader, wanted: str, types: Tuple[str, ...]) -> str:
+    names = [t.name for t in bag.topics.values() if t.msgtype in types]
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.5)
+    return f' (did you mean {close[0]}?)' if close else ''
+
+
 def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
-                what: str, required: bool, notes: List[str]) -> Optional[str]:
-    """Return the topic to read for one input (see ReplayOptions)."""
+                what: str, option: str, required: bool, notes: List[str],
+                by_type: bool = True) -> Optional[str]:
+    """
+    Return the topic to read for one input (see ReplayOptions).
+
+    A topic given by name must be in the bag with the right type: a typo is an error
+    listing the bag's topics, never a silently missing input. A default topic the bag
+    lacks is replaced by the bag's only topic of the type (``by_type``), or is absent
+    (None) when the input is optional.
+    """
     wanted = name or default
     info = bag.topics.get(wanted)
     if info is not None:
         if info.msgtype not in types:
             raise BagError(f'{what} topic {wanted} has type {info.msgtype}, expected '
-                           f'{" or ".join(types)}; choose another with the topic option '
+                           f'{" or ".join(types)}; choose another with {option} '
                            f'(topics: {describe_topics(bag.topics)})')
         return wanted
-    if not name:
+    if not name and by_type:
         candidates = [t.name for t in bag.topics.values() if t.msgtype in types]
         if len(candidates) == 1:
             notes.append(f'{what} topic {default} is not in the bag; using {candidates[0]} '
                          f'(its only {" / ".join(types)} topic)')
             return candidates[0]
-    if required:
-        raise BagError(f'the bag has no {what} topic {wanted}; its topics: '
-                       f'{describe_topics(bag.topics)}. Choose one with --image-topic')
+    if required or name:
+        raise BagError(f'the bag has no {what} topic {wanted}'
+                       f'{_closest_topic(bag, wanted, types)}; its topics: '
+                       f'{describe_topics(bag.topics)}. Choose one with {option}')
     return None
 
 
@@ -230,29 +272,61 @@ def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
     """
     Return the image, GPS and ground-truth topics to read from ``bag``.
 
-    :raises BagError: no image topic (the message lists the bag's topics), or a topic
-        of the wrong type.
+    Every topic option is checked against the bag before anything is processed.
+
+    :raises BagError: no image topic, a topic given by name that the bag lacks, or a
+        topic of the wrong type (the message lists the bag's topics and types).
     """
     notes: List[str] = []
     image = _find_topic(bag, options.image_topic, DEFAULT_IMAGE_TOPIC, IMAGE_TYPES, 'image',
-                        True, notes) or ''
+                        '--image-topic', True, notes) or ''
     fix = _find_topic(bag, options.fix_topic, DEFAULT_FIX_TOPIC, (NAVSATFIX_TYPE,), 'GPS',
-                      False, notes)
+                      '--fix-topic', False, notes)
     if fix is None:
-        notes.append(f'no GPS: the bag has no NavSatFix topic '
-                     f'{options.fix_topic or DEFAULT_FIX_TOPIC}; findings have no position')
-    wanted_truth = options.ground_truth_topic or DEFAULT_GROUND_TRUTH_TOPIC
-    truth: Optional[str] = wanted_truth
-    truth_info = bag.topics.get(wanted_truth)
-    if truth_info is None:
-        notes.append(f'no ground truth: the bag has no topic {wanted_truth}; no accuracy '
-                     'figures')
-        truth = None
-    elif truth_info.msgtype != GROUND_TRUTH_TYPE:
-        raise BagError(f'ground-truth topic {truth} has type {truth_info.msgtype}, expected '
-                       f'{GROUND_TRUTH_TYPE}')
+        notes.append(f'no GPS: the bag has no NavSatFix topic {DEFAULT_FIX_TOPIC}; findings '
+                     'have no position')
+    truth_types = (GROUND_TRUTH_TYPE,)
+    truth = _find_topic(bag, options.ground_truth_topic, DEFAULT_GROUND_TRUTH_TOPIC,
+                        truth_types, 'ground-truth', '--ground-truth-topic', False, [],
+                        by_type=False)  # detections of a replayed output bag are no truth
+    if truth is None:
+        notes.append(f'no ground truth: the bag has no topic {DEFAULT_GROUND_TRUTH_TOPIC}; no '
+                     'accuracy figures')
     return Topics(image=image, image_type=bag.topics[image].msgtype, fix=fix,
                   ground_truth=truth, notes=tuple(notes))
+
+
+def refuse_grey_camera(bag: BagReader, topics: Topics, typestore: Any) -> None:
+    """
+    Refuse a recording whose camera is grey (mono), before anything is processed.
+
+    The model classifies colour leaves: a mono8 camera, or grey PNG / JPEG frames,
+    would be "evaluated" as nothing (every tile fails the vegetation gate). The first
+    image message decides; frames without colour later in a colour recording are
+    skipped and counted (``no_colour``).
+
+    :raises BagError: naming the topic, its encoding and what to record instead.
+    """
+    messages = bag.messages([topics.image])
+    try:
+        first = next(messages, None)
+    finally:
+        close = getattr(messages, 'close', None)
+        if close is not None:
+            close()
+    if first is None:
+        return
+    try:
+        msg = typestore.deserialize_cdr(first.data, first.msgtype)
+    except _DESERIALIZE_ERRORS:
+        return  # counted as undecodable when the frame is processed
+    kind = grey_source(msg, topics.image_type)
+    if kind:
+        raise BagError(f'the image topic {topics.image} carries {kind} images: the model '
+                       'classifies colour photos of leaves (the vegetation gate and the '
+                       'disease symptoms are colours), so a grey camera cannot be evaluated. '
+                       'Record the colour stream of the camera (bgr8 / rgb8, or its debayered '
+                       'colour topic) and choose it with --image-topic')
 
 
 class _Replay:
@@ -271,9 +345,15 @@ class _Replay:
         self.store = typestore
         self.progress = progress
         params = state.parameters
-        self.fixes = FixBuffer(params['fix_buffer_size']) if topics.fix else None
+        self.fixes = (FixBuffer(params['fix_buffer_size'], params['max_fix_speed_mps'])
+                      if topics.fix else None)
         hold_s = max(params['max_fix_gap_s'], params['max_fix_age_s']) + FIX_HOLD_SLACK_S
-        self.hold_ns = int(hold_s * _NS_PER_S)
+        self.base_hold_ns = int(hold_s * _NS_PER_S)
+        # transport delays (log time - header stamp) seen so far, to hold frames long
+        # enough for fixes that are logged late (see hold_ns)
+        self.fix_delay_ns = 0
+        self.image_delay_ns: Optional[int] = None
+        self.newest_tagged_stamp_ns: Optional[int] = None
         self.pending: Deque[_PendingFrame] = collections.deque()
         self.truth: 'collections.OrderedDict[int, List[GroundTruthBox]]' = \
             collections.OrderedDict()
@@ -283,6 +363,18 @@ class _Replay:
             self.expected = min(self.expected, options.max_frames) if self.expected \
                 else options.max_frames
         self.start = time.perf_counter()
+
+    @property
+    def hold_ns(self) -> int:
+        """
+        How long (log time) a frame waits for the fixes around its stamp.
+
+        ``max(max_fix_gap_s, max_fix_age_s)`` + :data:`FIX_HOLD_SLACK_S`, plus how much
+        later fixes are logged after their stamps than images are (a GPS driver that
+        publishes 1.5 s late must not cost the frames their interpolation).
+        """
+        extra = self.fix_delay_ns - (self.image_delay_ns or 0)
+        return self.base_hold_ns + max(0, extra)
 
     def _deserialize(self, message: BagMessage) -> Any:
         return self.store.deserialize_cdr(message.data, message.msgtype)
@@ -316,10 +408,8 @@ class _Replay:
             self._process(self.pending.popleft())
         state.truncated_reason = self.bag.truncated_reason
         if self.fixes is not None:
-            state.fix_buffer_stats = {
-                'accepted': self.fixes.accepted, 'duplicates': self.fixes.duplicates,
-                'rejected_no_fix': self.fixes.rejected_no_fix,
-                'rejected_nan': self.fixes.rejected_nan, 'evicted': self.fixes.evicted}
+            state.fix_buffer_stats = self.fixes.stats()
+        self._closing_notes()
         state.wall_s = time.perf_counter() - self.start
 
     def _on_fix(self, message: BagMessage) -> None:
@@ -332,13 +422,21 @@ class _Replay:
                           f'deserialize: {exc}')
             return
         state.fixes_read += 1
+        delay_ns = message.log_time_ns - fix.stamp_ns
+        if 0 < delay_ns <= MAX_TRANSPORT_DELAY_NS:  # beyond it: another time base, not a delay
+            self.fix_delay_ns = max(self.fix_delay_ns, delay_ns)
+            state.max_fix_delay_ns = max(state.max_fix_delay_ns, delay_ns)
+        if self.newest_tagged_stamp_ns is not None and fix.stamp_ns < self.newest_tagged_stamp_ns:
+            state.fixes_late += 1  # a frame after it was already tagged without it
         name = STATUS_NAMES.get(fix.status, str(fix.status))
         state.fixes_by_status[name] = state.fixes_by_status.get(name, 0) + 1
-        outcome = self.fixes.add(fix) if self.fixes is not None else ADD_REJECTED_NO_FIX
-        if outcome in (ADD_REJECTED_NO_FIX, ADD_REJECTED_NAN):
-            self.state.track.break_segment()
-        else:
-            self.state.track.add(fix.latitude_deg, fix.longitude_deg)
+        if self.fixes is not None:
+            admission = self.fixes.admit(fix)
+            if admission.outcome in OUTAGES:
+                self.state.track.break_segment()
+            elif admission.fix is not None:  # validated and normalised (glitches left out)
+                stored = admission.fix
+                self.state.track.add(stored.latitude_deg, stored.longitude_deg, stored.stamp_ns)
         if self.output is not None:
             self.output.write_fix(message.log_time_ns, message.data)
 
@@ -354,6 +452,9 @@ class _Replay:
                           f'deserialize: {exc}')
             return
         state.ground_truth_messages += 1
+        if stamp_ns <= 0:  # cannot be joined to a frame by stamp
+            state.ground_truth_unstamped += 1
+            return
         self.truth[stamp_ns] = boxes
         while len(self.truth) > self.max_truth:
             self.truth.popitem(last=False)
@@ -368,8 +469,13 @@ class _Replay:
                        f'{message.log_time_ns} does not deserialize: {exc}')
             return
         state.frames_read += 1
-        self.pending.append(_PendingFrame(message.log_time_ns, stamp_to_ns(msg.header.stamp),
-                                          msg.header, msg, message.data))
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        delay_ns = message.log_time_ns - stamp_ns
+        if 0 <= delay_ns <= MAX_TRANSPORT_DELAY_NS:
+            self.image_delay_ns = (delay_ns if self.image_delay_ns is None
+                                   else min(self.image_delay_ns, delay_ns))
+        self.pending.append(_PendingFrame(message.log_time_ns, stamp_ns, msg.header, msg,
+                                          message.data))
         if len(self.pending) > self.options.max_pending_frames:
             state.frames_queued_early += 1
             self._process(self.pending.popleft())
@@ -377,6 +483,26 @@ class _Replay:
     def _release(self, now_ns: int) -> None:
         while self.pending and now_ns >= self.pending[0].log_time_ns + self.hold_ns:
             self._process(self.pending.popleft())
+
+    def _closing_notes(self) -> None:
+        state = self.state
+        if state.frames_unstamped:
+            state.notes.append(
+                f'{state.frames_unstamped} of {state.frames_read} frames have header stamp 0 '
+                '(the camera driver does not stamp them): they cannot be placed in time, so '
+                'they have no position (no_image_stamp) and are not joined with ground truth')
+        if state.ground_truth_unstamped:
+            state.notes.append(f'{state.ground_truth_unstamped} ground-truth messages have '
+                               'header stamp 0: not joined with any frame')
+        extra_s = (self.hold_ns - self.base_hold_ns) / _NS_PER_S
+        if extra_s > FIX_HOLD_SLACK_S:
+            state.notes.append(f'fixes are logged up to {state.max_fix_delay_ns / 1e9:.2f} s '
+                               f'after their stamps: frames waited {extra_s:.2f} s longer so '
+                               'the fixes around them were known')
+        if state.fixes_late:
+            state.notes.append(f'{state.fixes_late} fixes arrived after frames later than them '
+                               'had been geotagged (logged late): those frames may have '
+                               'missed an interpolation')
 
     def _example(self, text: str) -> None:
         if len(self.state.skipped_examples) < MAX_EXAMPLES:
@@ -389,13 +515,21 @@ class _Replay:
     def _process(self, frame: _PendingFrame) -> None:
         state = self.state
         result: Optional[FrameResult] = None
-        truth = self.truth.pop(frame.stamp_ns, None)
+        unstamped = frame.stamp_ns <= 0
+        state.frames_unstamped += unstamped
+        truth = None if unstamped else self.truth.pop(frame.stamp_ns, None)
         start = time.perf_counter()
         where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
         try:
             image = decode_image(frame.msg, self.topics.image_type)
             decoded = time.perf_counter()
+            if not has_colour(image):
+                raise _NoColour(NO_COLOUR_REASON)
             result = self.detector.process(image, frame.stamp_ns, self.fixes)
+            if self.newest_tagged_stamp_ns is None or frame.stamp_ns > self.newest_tagged_stamp_ns:
+                self.newest_tagged_stamp_ns = frame.stamp_ns
+        except _NoColour as exc:
+            self._skip('no_colour', f'{where}: {exc}')
         except UnsupportedEncodingError as exc:
             self._skip('unsupported_encoding', f'{where}: {exc}')
         except ImageDecodeError as exc:
@@ -439,9 +573,11 @@ class _Replay:
         reason = result.geotag.reason
         state.geotag_reasons[reason] = state.geotag_reasons.get(reason, 0) + 1
         tag = result.geotag.geotag
+        outside_utm = tag is not None and not in_utm_domain(tag.latitude_deg)
         if tag is not None:
             status = STATUS_NAMES.get(tag.status, str(tag.status))
             state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
+            state.frames_outside_utm += outside_utm
         self._judge_domain(result)
         background = self.detector.card.background_labels
         for index, detection in enumerate(result.detections):
@@ -464,10 +600,13 @@ class _Replay:
             if tag is None:
                 state.findings_without_position += 1
             else:
+                state.findings_outside_utm += outside_utm
                 state.merger.add(Sighting(detection.label, detection.score, tag.latitude_deg,
                                           tag.longitude_deg, result.stamp_ns, is_confirmed))
         if state.evaluator is not None:
-            if truth is None:
+            if truth is None and result.stamp_ns <= 0:
+                state.frames_unstamped_without_ground_truth += 1
+            elif truth is None:
                 state.frames_without_ground_truth += 1
             else:
                 state.evaluator.add_frame(result.detections, truth)
@@ -507,6 +646,8 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         raise ValueError('max_pending_frames must be >= 1')
     with BagReader(options.bag_path) as bag:
         topics = resolve_topics(bag, options)
+        store = make_typestore()
+        refuse_grey_camera(bag, topics, store)
         own_backend = backend is None
         if own_backend:
             backend = load_backend(params['model_path'], params['backend'],
@@ -517,7 +658,6 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         try:
             card = backend.card
             detector = Detector(backend, card, DetectorConfig.from_parameters(params))
-            store = make_typestore()
             state = ReplayState(
                 parameters=params, topics=topics, labels=tuple(card.labels),
                 model=dict(backend.describe(), unknown_threshold=detector.unknown_threshold(),
@@ -525,7 +665,10 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 bag_path=os.path.abspath(options.bag_path),
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
-                merger=FindingMerger(params['merge_radius_m']), track=TrackRecorder(),
+                merger=FindingMerger(params['merge_radius_m']),
+                # a silence longer than this leaves some frame in it without a position
+                track=TrackRecorder(max_gap_s=max(params['max_fix_gap_s'],
+                                                  2.0 * params['max_fix_age_s'])),
                 domain=DomainWindow(params['domain_window_tiles'], card.background_labels),
                 evidence=EvidenceTracker(params['evidence_min_sightings'],
                                          params['evidence_window_frames'],

@@ -19,7 +19,10 @@ Conventions of the published messages:
 - ``id`` is ``<sec>.<nanosec>:<tile index>``, the same in the 2D and 3D arrays so a
   geo finding can be joined with its tile;
 - geo detections are in UTM metres (the zone of the position itself), with the
-  fix's ENU position covariance; orientation is unknown (variance
+  fix's ENU position covariance; a position UTM does not cover (beyond 84 N or
+  80 S) has no UTM coordinate, so its findings are left out of the array (the
+  frame's ``~/detections/fix`` still carries the latitude and longitude, and the
+  replay and the diagnostics count it); orientation is unknown (variance
   :data:`UNKNOWN_ROTATION_VARIANCE_RAD2`), and a fix without covariance gets
   :data:`UNKNOWN_POSITION_VARIANCE_M2` so a consumer never reads it as exact.
 """
@@ -30,7 +33,7 @@ from typing import AbstractSet, Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.geo.geodesy import latlon_to_utm
+from leaf_disease_ros.geo.geodesy import utm_or_none
 from leaf_disease_ros.perception.model_card import ModelCard, UNKNOWN_LABEL
 from leaf_disease_ros.perception.pipeline import Detection, FrameResult
 from leaf_disease_ros.perception.positions import COVARIANCE_TYPE_UNKNOWN, Fix, STATUS_NO_FIX
@@ -225,7 +228,8 @@ def to_detection3d_array(result: FrameResult, header: Any, frame_id: str,
     Return the frame's disease findings in UTM metres as a ``Detection3DArray``.
 
     The header keeps the image stamp with ``frame_id`` (the geo frame). Without a
-    position, or without findings, the array is empty.
+    position, with a position UTM does not cover (polar caps), or without findings,
+    the array is empty.
 
     :param confirmed: indices (in ``result.detections``) of the findings that passed
         the evidence rule (``geo/evidence.py``); only those are included. None
@@ -234,8 +238,8 @@ def to_detection3d_array(result: FrameResult, header: Any, frame_id: str,
     out_header = _with_frame(header, frame_id, types)
     tag = result.geotag.geotag
     detections = []
-    if tag is not None:
-        utm = latlon_to_utm(tag.latitude_deg, tag.longitude_deg)
+    utm = None if tag is None else utm_or_none(tag.latitude_deg, tag.longitude_deg)
+    if tag is not None and utm is not None:
         altitude = 0.0 if math.isnan(tag.altitude_m) else tag.altitude_m
         pose = types.PoseWithCovariance(
             pose=_identity_pose(types, utm.easting_m, utm.northing_m, altitude),

@@ -10,8 +10,8 @@ without ROS:
 - :class:`SlidingWindow`: time-stamped samples of the last seconds (rate, p50, p99);
 - :class:`DetectorStats`: the image path (received, processed, dropped, failed,
   unsupported encodings, latency from image stamp to publish) and its status rules;
-- :class:`GpsStats`: the fix stream (received, rejected, age of the newest usable fix,
-  buffer clears) and its status rules;
+- :class:`GpsStats`: the fix stream (received, rejected by reason, age of the newest
+  usable fix, buffer clears, positions UTM does not cover) and its status rules;
 - :class:`DomainWindow` and :func:`domain_report`: over the last classified tiles, the
   share that falls to unknown, to background labels and to the vegetation gate, and
   the out-of-domain rule (WARN with the adaptation workflow as the fix). The replay
@@ -26,8 +26,10 @@ from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_NAN,
-                                         ADD_REJECTED_NO_FIX)
+from leaf_disease_ros.geo.geodesy import in_utm_domain
+from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_JUMP,
+                                         ADD_REJECTED_LATITUDE, ADD_REJECTED_NAN,
+                                         ADD_REJECTED_NO_FIX, REJECTIONS)
 from leaf_disease_ros.perception.pipeline import FrameResult
 from leaf_disease_ros.perception.positions import Fix
 
@@ -368,6 +370,7 @@ class GpsStats:
         self.accepted = 0
         self.rejected_no_fix = 0
         self.rejected_nan = 0
+        self.rejected: Dict[str, int] = dict.fromkeys(REJECTIONS, 0)
         self.clears = 0
         self.last_clear_reason = ''
         self._last_message_s: Optional[float] = None
@@ -392,6 +395,8 @@ class GpsStats:
                 self.rejected_no_fix += 1
             elif outcome == ADD_REJECTED_NAN:
                 self.rejected_nan += 1
+            if outcome in self.rejected:
+                self.rejected[outcome] += 1
 
     def buffer_cleared(self, reason: str) -> None:
         """Count a clearing of the fix buffer (time jumped back)."""
@@ -408,14 +413,17 @@ class GpsStats:
         WARN when no fix arrived (after a grace of ``no_fix_warn_s`` from start), when
         the receiver reports NO_FIX, when no fix message arrived for ``no_fix_warn_s``,
         when the newest usable fix is older than ``no_fix_warn_s`` by the node clock,
-        or when fix stamps and the node clock disagree by more than
-        :data:`CLOCK_MISMATCH_S`; OK otherwise.
+        when fix stamps and the node clock disagree by more than
+        :data:`CLOCK_MISMATCH_S`, when the last fix was rejected as implausible (a
+        jump or a corrupt latitude), or when the newest position is beyond what UTM
+        covers (``~/geo_detections`` stays empty there); OK otherwise.
 
         :param newest_fix: the newest valid fix in the buffer (``FixBuffer.newest()``).
         """
         with self._lock:
             received, accepted = self.received, self.accepted
             rejected_no_fix, rejected_nan = self.rejected_no_fix, self.rejected_nan
+            rejected = dict(self.rejected)
             clears, clear_reason = self.clears, self.last_clear_reason
             last_message, last_outcome = self._last_message_s, self._last_outcome
             last_status = self._last_status
@@ -435,6 +443,13 @@ class GpsStats:
                 reasons.append((WARN, rejected_status_text(last_status)))
             elif last_outcome == ADD_REJECTED_NAN:
                 reasons.append((WARN, 'receiver sends NaN coordinates: frames get no position'))
+            elif last_outcome == ADD_REJECTED_JUMP:
+                reasons.append((WARN, f'last fix rejected as a glitch: it implies a jump faster '
+                                      f'than max_fix_speed_mps ({rejected[ADD_REJECTED_JUMP]} '
+                                      'so far)'))
+            elif last_outcome == ADD_REJECTED_LATITUDE:
+                reasons.append((WARN, 'receiver sends latitudes beyond +-90 degrees: '
+                                      f'{rejected[ADD_REJECTED_LATITUDE]} fixes rejected'))
             if age_s is not None and abs(age_s) > CLOCK_MISMATCH_S and silent_s <= no_fix_warn_s:
                 side = 'behind' if age_s > 0 else 'ahead of'
                 reasons.append((WARN, f'fix stamps are {abs(age_s):.0f} s {side} the node '
@@ -443,6 +458,11 @@ class GpsStats:
             elif age_s is not None and age_s > no_fix_warn_s:
                 reasons.append((WARN, f'newest usable fix is {age_s:.1f} s old '
                                       f'(no_fix_warn_s {no_fix_warn_s:g})'))
+        outside_utm = newest_fix is not None and not in_utm_domain(newest_fix.latitude_deg)
+        if newest_fix is not None and outside_utm:
+            reasons.append((WARN, f'position at latitude {newest_fix.latitude_deg:.3f} is beyond '
+                                  'UTM (-80..84 degrees): ~/geo_detections stays empty, '
+                                  '~/detections/fix carries the positions'))
         status = 'none' if newest_fix is None else status_name(newest_fix.status)
         default = f'{status} fix, {_fmt(age_s, 2)} s old'
         if all(level == OK for level, _ in reasons) and newest_fix is not None:
@@ -456,6 +476,10 @@ class GpsStats:
             ('fixes_accepted', str(accepted)),
             ('fixes_rejected_no_fix', str(rejected_no_fix)),
             ('fixes_rejected_nan', str(rejected_nan)),
+            ('fixes_rejected_latitude', str(rejected[ADD_REJECTED_LATITUDE])),
+            ('fixes_rejected_jump', str(rejected[ADD_REJECTED_JUMP])),
+            ('utm_position', 'n/a' if newest_fix is None
+             else ('none: beyond UTM' if outside_utm else 'yes')),
             ('buffer_fixes', str(buffer_len)),
             ('buffer_clears', str(clears)),
             ('last_clear_reason', clear_reason or 'none'),

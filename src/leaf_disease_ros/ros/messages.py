@@ -56,7 +56,10 @@ def start_failure_message(exc: Exception) -> str:
     """
     text = str(exc)
     hint = ''
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError) and exc.reason.startswith('unknown parameter'):
+        hint = (f'correct or remove {exc.parameter} in the params file (launch argument '
+                'params_file:=...) or in --ros-args -p')
+    elif isinstance(exc, ConfigError):
         hint = (f'set a valid {exc.parameter} in the params file (launch argument '
                 f'params_file:=...) or with --ros-args -p {exc.parameter}:=VALUE; the '
                 'parameter table is in docs/parameters.md')

@@ -77,10 +77,10 @@ from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_fail
                                            EndpointQos, IMAGE_TYPE, no_image_message,
                                            NODE_NAME, ready_message, start_failure_message,
                                            time_jump_message, unsupported_encoding_message)
-from leaf_disease_ros.ros.params import (descriptor_fields, EFFECT_DEBUG_RATE, EFFECT_DETECTOR,
-                                         EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY, from_ros_value,
-                                         live_effects, review_changes, ros_default, type_hint,
-                                         unknown_parameters_message)
+from leaf_disease_ros.ros.params import (check_overrides, descriptor_fields, EFFECT_DEBUG_RATE,
+                                         EFFECT_DETECTOR, EFFECT_LABEL_INFO, EFFECT_REPLAY_ONLY,
+                                         from_ros_value, live_effects, review_changes,
+                                         ros_default, type_hint)
 from leaf_disease_ros.ros.timekeeping import BackwardJumpDetector, RateLimiter
 
 WORKER_POLL_S = 0.2
@@ -221,7 +221,7 @@ class DetectorNode(Node):
                                   DetectorConfig.from_parameters(values))
         warmup_ms = self._warm_up()
 
-        self._fixes = FixBuffer(values['fix_buffer_size'])
+        self._fixes = FixBuffer(values['fix_buffer_size'], values['max_fix_speed_mps'])
         self._fix_jump = BackwardJumpDetector()
         self._image_jump = BackwardJumpDetector()
         self._debug_limiter = RateLimiter(values['debug_image_rate_hz'])
@@ -310,12 +310,10 @@ class DetectorNode(Node):
             values[spec.name] = from_ros_value(parameter.value)
         # rclpy keeps the overrides it was given (params file, -p) in this attribute, the
         # one declare_parameters() reads (rclpy/node.py on humble, jazzy and rolling; no
-        # public getter exists). ROS ignores overrides that name no declared parameter,
-        # so report typos; without the attribute the node only loses this warning.
+        # public getter exists). ROS ignores overrides that name no declared parameter:
+        # a typo is an error here.
         overrides = getattr(self, '_parameter_overrides', None) or {}
-        warning = unknown_parameters_message(list(overrides))
-        if warning:
-            self.get_logger().warning(warning)
+        check_overrides(list(overrides))
         return validate_parameters(values)
 
     def _warm_up(self) -> float:
@@ -379,7 +377,7 @@ class DetectorNode(Node):
         self._mailbox.put(_Pending(msg, stamp_ns))
 
     def _on_fix(self, msg: NavSatFix) -> None:
-        """Add a fix to the buffer (NO_FIX and NaN fixes are counted, not stored)."""
+        """Add a fix to the buffer (it validates: rejected fixes are counted, not stored)."""
         fix = navsatfix_to_fix(msg)
         jump_s = self._fix_jump.update(fix.stamp_ns)
         if jump_s is not None:

@@ -19,17 +19,19 @@ what the node needs on top of it, testable without ROS:
   values, or rejected as a whole with the reason; parameters that are not in the
   table (``use_sim_time``, QoS overrides) are accepted untouched;
 - :func:`live_effects`: which parts of the running node an accepted change touches;
-- :func:`unknown_parameters_message`: overrides (params file, ``-p``) that name no
-  parameter of the table, with the closest name (ROS ignores them silently).
+- :func:`check_overrides`: overrides (params file, ``-p``) that name no parameter of
+  the table are an error at start, with the closest name (ROS would ignore them
+  silently and leave the default in force); the rule is the parameter table's own
+  strict reader, :func:`leaf_disease_ros.perception.config.strict_parameters`.
 """
 
 from dataclasses import dataclass, fields
-import difflib
 from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple
 
-from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
-                                                PARAMETERS_BY_NAME, ParamSpec, STRING,
-                                                validate_parameters, validate_value)
+from leaf_disease_ros.perception.config import (BOOL, check_parameter_names, DetectorConfig,
+                                                DOUBLE, DOUBLE_ARRAY, INT, PARAMETERS_BY_NAME,
+                                                ParamSpec, STRING, validate_parameters,
+                                                validate_value)
 from leaf_disease_ros.perception.errors import ConfigError
 
 #: live-change effects
@@ -211,27 +213,14 @@ def live_effects(updates: Mapping[str, Any]) -> FrozenSet[str]:
     return frozenset(effects)
 
 
-#: parameters ROS itself declares on every node (not typos)
-_ROS_OWN_PARAMETERS = frozenset(('use_sim_time', 'start_type_description_service'))
-_ROS_OWN_PREFIXES = ('qos_overrides.',)
-
-
-def unknown_parameters_message(names: Iterable[str]) -> str:
+def check_overrides(names: Iterable[str]) -> None:
     """
-    Return a warning for parameter overrides the node will never read ('' if none).
+    Refuse parameter overrides the node would never read (a typo in a params file).
 
-    ROS ignores an override whose name no parameter is declared with, so a typo in a
-    params file silently leaves the default in force. Names ROS itself declares
-    (``use_sim_time``, ``qos_overrides.*``) are not reported.
+    ROS ignores an override whose name no parameter is declared with, so a typo would
+    silently leave the default in force. Names ROS itself declares (``use_sim_time``,
+    ``qos_overrides.*``) are fine.
+
+    :raises ConfigError: naming the first unknown parameter and the closest known one.
     """
-    unknown = sorted(name for name in names
-                     if name not in PARAMETERS_BY_NAME and name not in _ROS_OWN_PARAMETERS
-                     and not name.startswith(_ROS_OWN_PREFIXES))
-    if not unknown:
-        return ''
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, list(PARAMETERS_BY_NAME), n=1, cutoff=0.7)
-        parts.append(f'{name} (did you mean {close[0]}?)' if close else name)
-    return ('ignoring parameter(s) this node does not have: ' + ', '.join(parts)
-            + '; the parameter table is in docs/parameters.md')
+    check_parameter_names(names, "the node's parameters (params file or -p)")

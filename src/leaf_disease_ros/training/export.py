@@ -32,8 +32,7 @@ separates validation from those images better than the softmax score (AUROC,
 
 Validation images go through :func:`leaf_disease_ros.perception.preprocess.preprocess`,
 the runtime's own preprocessing. A fine-tuning run (``leaf-disease-train --init-from``)
-has a weights-only checkpoint (``checkpoint_best.pt`` + ``checkpoint_best.json``) and its
-network is rebuilt from the ONNX model it started from
+has the same weights-only checkpoint and its network is rebuilt from the ONNX model it started from
 (:func:`leaf_disease_ros.training.finetune.rebuild_model`); its card keeps the base
 card's labels, healthy and background labels and finding threshold.
 """
@@ -64,6 +63,7 @@ from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_fo
 from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.calibration import calibrate
+from leaf_disease_ros.training.checkpoint import load_checkpoint
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
 
 try:
@@ -82,15 +82,8 @@ def load_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any],
         if not os.path.isfile(path):
             raise LeafDiseaseError(
                 f'{path} does not exist; is {args.run} a leaf-disease-train run?')
-    meta_path = os.path.splitext(checkpoint_path)[0] + '.json'
-    if os.path.isfile(meta_path):  # a weights-only checkpoint: state dict + JSON metadata
-        with open(meta_path, 'r', encoding='utf-8') as stream:
-            checkpoint = json.load(stream)
-        checkpoint['model'] = torch.load(checkpoint_path, map_location='cpu',
-                                         weights_only=True)
-        checkpoint['run_dir'] = args.run
-    else:
-        checkpoint = torch.load(checkpoint_path, map_location='cpu', weights_only=False)
+    checkpoint = load_checkpoint(checkpoint_path)  # weights_only: refuses code
+    checkpoint['run_dir'] = args.run
     with open(split_path, 'r', encoding='utf-8') as stream:
         split = json.load(stream)
     metrics_path = os.path.join(args.run, 'metrics.json')

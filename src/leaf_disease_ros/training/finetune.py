@@ -36,9 +36,9 @@ What it does:
 - **run folder**: as :mod:`.train` writes it (``train.log``, ``metrics.json`` with the
   accuracy per source, ``curves.png``, ``confusion_matrix.png``, ``split.json``),
   plus ``base_model.onnx`` and ``base_model.json`` (the model it started from, so the
-  run exports on its own); the checkpoint is weights-only-safe:
-  ``checkpoint_best.pt`` holds the state dict alone (``torch.load(..., weights_only=True)``)
-  and ``checkpoint_best.json`` what rebuilds the network around it.
+  run exports on its own); the checkpoint ``checkpoint_best.pt`` is the package's
+  weights-only format (:mod:`.checkpoint`: tensors plus the JSON metadata that rebuilds
+  the network around them).
 """
 
 import argparse
@@ -62,6 +62,7 @@ from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_fo
                                                     ModelCard, UNKNOWN_LABEL)
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.preprocess import preprocess
+from leaf_disease_ros.training.checkpoint import save_checkpoint
 from leaf_disease_ros.training.dataset import build_split, grouped_split
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
 from leaf_disease_ros.training.train import (choose_device, EpochSampler, evaluate, LeafDataset,
@@ -74,7 +75,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError(f'fine-tuning needs PyTorch: {TRAIN_EXTRA_HINT}') from exc
 
 ARCH = 'onnx2torch'
-CHECKPOINT_FORMAT = 'state_dict+json'
 BASE_MODEL = 'base_model.onnx'
 STAMP_BLOCK_S = 10
 HARVEST_INDEX = 'index.csv'
@@ -500,16 +500,16 @@ def finetune(args: argparse.Namespace) -> Dict[str, Any]:
         if improved:
             best_f1, best_epoch, best_report, best_sources = (report['macro_f1'], epoch + 1,
                                                               report, sources)
-            with atomic_path(best_path) as tmp:
-                torch.save(module.state_dict(), tmp)  # tensors only: weights_only-safe
-            atomic_write_json(os.path.splitext(best_path)[0] + '.json', {
-                'format': CHECKPOINT_FORMAT, 'arch': ARCH, 'base_model': BASE_MODEL,
-                'init_from': {'file': os.path.abspath(args.init_from),
-                              'name': base_card.name, 'onnx_sha256': base_card.onnx_sha256},
-                'head': head, 'card': card_to_dict(card), 'epoch': epoch + 1,
-                'val_report': report, 'val_sources': sources,
-                'data': os.path.abspath(args.data),
-                'base_data': os.path.abspath(args.base_data) if args.base_data else None})
+            with atomic_path(best_path) as tmp:  # tensors + JSON: loads with weights_only
+                save_checkpoint(tmp, {'model': module.state_dict()}, {
+                    'arch': ARCH, 'base_model': BASE_MODEL,
+                    'init_from': {'file': os.path.abspath(args.init_from),
+                                  'name': base_card.name,
+                                  'onnx_sha256': base_card.onnx_sha256},
+                    'head': head, 'card': card_to_dict(card), 'epoch': epoch + 1,
+                    'val_report': report, 'val_sources': sources,
+                    'data': os.path.abspath(args.data),
+                    'base_data': os.path.abspath(args.base_data) if args.base_data else None})
         LOG.info('epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f macro-F1 '
                  '%.4f (field %s, base %s)%s | %.0f s', epoch + 1, args.epochs,
                  record['train_loss'], record['train_accuracy'], val_loss, report['accuracy'],

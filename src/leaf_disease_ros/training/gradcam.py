@@ -13,6 +13,7 @@ The preprocessing is the runtime's (:func:`~leaf_disease_ros.perception.preproce
 with the checkpoint's own card.
 """
 
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -23,6 +24,7 @@ from leaf_disease_ros.perception.errors import LeafDiseaseError, MissingDependen
 from leaf_disease_ros.perception.model_card import card_from_dict, ModelCard
 from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.preprocess import preprocess
+from leaf_disease_ros.training.checkpoint import load_checkpoint
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
 
 try:
@@ -38,12 +40,11 @@ def load_checkpoint_model(path: str) -> Tuple[Any, ModelCard]:
 
     :raises LeafDiseaseError: the file is missing or is not a leaf-disease-train checkpoint.
     """
-    try:
-        checkpoint: Dict[str, Any] = torch.load(path, map_location='cpu', weights_only=False)
-    except FileNotFoundError as exc:
+    if not os.path.isfile(path):
         raise LeafDiseaseError(f'checkpoint {path} does not exist; Grad-CAM needs '
-                               'RUN/checkpoint_best.pt of a leaf-disease-train run') from exc
-    if not isinstance(checkpoint, dict) or not {'model', 'arch', 'card'} <= set(checkpoint):
+                               'RUN/checkpoint_best.pt of a leaf-disease-train run')
+    checkpoint: Dict[str, Any] = load_checkpoint(path)  # weights_only: refuses code
+    if not {'model', 'arch', 'card'} <= set(checkpoint):
         raise LeafDiseaseError(f'{path} is not a leaf-disease-train checkpoint (it needs the '
                                'keys model, arch and card)')
     card = card_from_dict(checkpoint['card'], f'{path} (card)')

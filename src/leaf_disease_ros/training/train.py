@@ -23,9 +23,12 @@ What it does:
 - AdamW, one-cycle schedule, label smoothing, early stopping on validation macro-F1,
   best checkpoint kept, ``--resume``, mixed precision on a GPU, CPU otherwise.
 - the run folder gets ``train.log``, ``metrics.json``, ``curves.png``,
-  ``confusion_matrix.png``, ``split.json``, ``checkpoint_last.pt``, ``checkpoint_best.pt``.
+  ``confusion_matrix.png``, ``split.json``, ``checkpoint_last.pt``, ``checkpoint_best.pt``
+  (tensors + JSON metadata: they load with ``weights_only=True``, see
+  :mod:`leaf_disease_ros.training.checkpoint`).
 
-Nothing is downloaded: ``--weights PATH`` starts from a local state dict.
+Nothing is downloaded: ``--weights PATH`` starts from a local state dict (loaded with
+``weights_only=True``: a file that would run code is refused).
 """
 
 import argparse
@@ -49,6 +52,7 @@ from leaf_disease_ros.perception.model_card import card_from_dict, card_to_dict,
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.augment import augment, AugmentConfig, sample_rng
+from leaf_disease_ros.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from leaf_disease_ros.training.dataset import build_split
 from leaf_disease_ros.training.recipe import IMAGENET_MEAN, IMAGENET_STD, TRAIN_EXTRA_HINT
 
@@ -170,9 +174,7 @@ def build_model(arch: str, num_classes: int, weights: Optional[str]) -> nn.Modul
     """Return a torchvision ResNet with ``num_classes`` outputs (no download)."""
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if weights:
-        state = torch.load(weights, map_location='cpu', weights_only=True)
-        if 'model' in state and isinstance(state['model'], dict):
-            state = state['model']
+        state = load_weights(weights)  # weights_only: a shared file cannot run code
         fc_weight = state.get('fc.weight')
         if fc_weight is not None and fc_weight.shape[0] != num_classes:
             LOG.info('--weights has %d classes, this run %d: fc re-initialised',
@@ -314,7 +316,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     if args.resume:
         if not os.path.exists(last_path):
             raise LeafDiseaseError(f'--resume: {last_path} does not exist')
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
@@ -367,20 +369,23 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         if improved:
             best_f1, best_epoch = report['macro_f1'], epoch + 1
             with atomic_path(best_path) as tmp:
-                torch.save({'model': model.state_dict(), 'arch': args.arch,
-                            'card': card_to_dict(card), 'epoch': epoch + 1,
-                            'val_report': report, 'data': os.path.abspath(args.data)}, tmp)
+                save_checkpoint(tmp, {'model': model.state_dict()},
+                                {'arch': args.arch, 'card': card_to_dict(card),
+                                 'epoch': epoch + 1, 'val_report': report,
+                                 'data': os.path.abspath(args.data)})
         LOG.info('epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f '
                  'macro-F1 %.4f%s | %.0f s', epoch + 1, args.epochs, record['train_loss'],
                  record['train_accuracy'], val_loss, report['accuracy'], report['macro_f1'],
                  '  (best)' if improved else '', record['seconds'])
         with atomic_path(last_path) as tmp:
-            torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                        'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
-                        'history': history, 'best_f1': best_f1, 'best_epoch': best_epoch,
-                        'epoch': epoch, 'args': vars(args)}, tmp)
+            save_checkpoint(tmp, {'model': model.state_dict(),
+                                  'optimizer': optimizer.state_dict(),
+                                  'scheduler': scheduler.state_dict(),
+                                  'scaler': scaler.state_dict()},
+                            {'history': history, 'best_f1': best_f1, 'best_epoch': best_epoch,
+                             'epoch': epoch, 'args': vars(args)})
 
-    best = torch.load(best_path, map_location='cpu', weights_only=False)
+    best = load_checkpoint(best_path)
     final = best['val_report']
     elapsed = time.monotonic() - started
     LOG.info('best epoch %d:\n%s', best_epoch, format_report(final))

@@ -1,0 +1,506 @@
+"""
+docs/bad-input.md is true: every row is run as written and gives what the table says.
+
+Each row of the table names a case (``replay.missing_bag``...) that a function below
+builds (the input and the command line); the test runs the command's ``main`` and
+checks the exit status in the table and that every quoted (backticked) text of the
+row's last column is in what the command printed. Rows without a case, and cases
+without a row, fail: the table cannot drift from the code.
+"""
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+from typing import Callable, Dict, List, NamedTuple, Tuple
+
+import cv2
+import numpy as np
+import pytest
+
+from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
+from conftest import REPO_DIR
+from leaf_disease_ros.cli import classify as classify_cli
+from leaf_disease_ros.cli import replay as replay_cli
+from leaf_disease_ros.geo.geodesy import offset_latlon
+
+TABLE = os.path.join(REPO_DIR, 'docs', 'bad-input.md')
+ROW = re.compile(r'^\| `([a-z_]+\.[a-z_]+)` \| (.+) \| (\d) \| (.+) \|$')
+LAT0, LON0 = 46.0, 7.0
+
+
+class Row(NamedTuple):
+    """One row of the table."""
+
+    case: str
+    exit_status: int
+    quotes: Tuple[str, ...]
+
+
+def table_rows() -> List[Row]:
+    """Return the rows of docs/bad-input.md."""
+    rows = []
+    with open(TABLE, encoding='utf-8') as stream:
+        for line in stream:
+            match = ROW.match(line.rstrip('\n'))
+            if match:
+                rows.append(Row(match.group(1), int(match.group(3)),
+                                tuple(re.findall(r'`([^`]+)`', match.group(4)))))
+    return rows
+
+
+class Context:
+    """What a case needs to build its input."""
+
+    def __init__(self, tmp_path, model, leaf_images, monkeypatch):
+        self.tmp = tmp_path
+        self.model = model
+        self.leaves = leaf_images
+        self.monkeypatch = monkeypatch
+        self.image = mosaic([cv2.imread(leaf_images[label][0])
+                             for label in ('black_rot', 'esca', 'leaf_blight')], 3)
+
+    def path(self, name: str) -> str:
+        return str(self.tmp / name)
+
+    def frames(self, count=2, **kwargs) -> List[Frame]:
+        return [Frame(stamp_ns=(k + 1) * NS, image_bgr=self.image,
+                      log_time_ns=(k + 1) * NS + 15_000_000, **kwargs) for k in range(count)]
+
+    def fixes(self, count=20, **kwargs) -> List[GpsFix]:
+        out = []
+        for k in range(count):
+            lat, lon = offset_latlon(kwargs.get('lat0', LAT0), LON0, 0.2 * k, 0.0)
+            out.append(GpsFix(int(round(0.2 * k * NS)), lat, lon, kwargs.get('status', 2),
+                              int(round((0.2 * k + kwargs.get('delay', 0.025)) * NS))))
+        return out
+
+    def bag(self, frames=None, fixes=None, truth=(), raw=False, storage='mcap',
+            name='bag') -> str:
+        frames = self.frames() if frames is None else frames
+        fixes = self.fixes() if fixes is None else fixes
+        return write_bag(self.path(name), storage, frames, fixes, truth, raw=raw)
+
+    def replay(self, *args: str) -> Tuple[str, List[str]]:
+        argv = list(args)
+        if '--out' not in argv:
+            argv += ['--out', self.path('out')]
+        return 'replay', argv + ['--model', self.model, '--no-progress']
+
+    def classify(self, *args: str, model: str = '') -> Tuple[str, List[str]]:
+        return 'classify', list(args) + ['--model', model or self.model]
+
+    def card_without_sha(self) -> str:
+        folder = self.tmp / 'nosha'
+        folder.mkdir()
+        shutil.copy(self.model, folder / 'tiny.onnx')
+        with open(self.model[:-5] + '.json', encoding='utf-8') as stream:
+            card = json.load(stream)
+        del card['onnx_sha256']
+        (folder / 'tiny.json').write_text(json.dumps(card))
+        return str(folder / 'tiny.onnx')
+
+
+CASES: Dict[str, Callable[[Context], Tuple[str, List[str]]]] = {}
+
+
+def case(name: str):
+    """Register the builder of one row."""
+    def register(function):
+        CASES[name] = function
+        return function
+    return register
+
+
+# --- leaf-disease-replay -------------------------------------------------------------------
+
+
+@case('replay.missing_bag')
+def _(ctx):
+    return ctx.replay(ctx.path('nothing_here'))
+
+
+@case('replay.not_a_bag')
+def _(ctx):
+    (ctx.tmp / 'notes.txt').write_text('not a bag')
+    return ctx.replay(ctx.path('notes.txt'))
+
+
+@case('replay.garbage_mcap')
+def _(ctx):
+    (ctx.tmp / 'broken.mcap').write_bytes(b'not mcap at all' * 20)
+    return ctx.replay(ctx.path('broken.mcap'))
+
+
+@case('replay.damaged_sqlite')
+def _(ctx):
+    bag = ctx.bag(storage='sqlite3')
+    data = os.path.join(bag, 'bag.db3')
+    with open(data, 'r+b') as stream:
+        stream.truncate(os.path.getsize(data) // 2)
+    return ctx.replay(bag)
+
+
+@case('replay.cut_mcap')
+def _(ctx):
+    pytest.importorskip('mcap')
+    bag = ctx.bag(ctx.frames(12, kind='raw'), ctx.fixes(70), raw=True)
+    data = os.path.join(bag, 'bag.mcap')
+    with open(data, 'r+b') as stream:
+        stream.truncate(os.path.getsize(data) * 6 // 10)
+    return ctx.replay(bag)
+
+
+@case('replay.no_image_topic')
+def _(ctx):
+    return ctx.replay(ctx.bag(frames=[]))
+
+
+@case('replay.fix_topic_typo')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--fix-topic', '/gps/fixx')
+
+
+@case('replay.truth_topic_typo')
+def _(ctx):
+    frames = ctx.frames()
+    truth = [Truth(f.stamp_ns, [((0.0, 0.0, 256.0, 256.0), 'esca')]) for f in frames]
+    return ctx.replay(ctx.bag(frames, truth=truth), '--ground-truth-topic', '/ground_truht')
+
+
+@case('replay.wrong_topic_type')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--image-topic', '/gps/fix')
+
+
+@case('replay.no_gps')
+def _(ctx):
+    return ctx.replay(ctx.bag(fixes=[]))
+
+
+@case('replay.no_ground_truth')
+def _(ctx):
+    return ctx.replay(ctx.bag())
+
+
+@case('replay.corrupt_jpeg')
+def _(ctx):
+    frames = ctx.frames(3, kind='jpeg')
+    frames[1].data = b'\xff\xd8\xff\xe0 not really a jpeg'
+    return ctx.replay(ctx.bag(frames))
+
+
+@case('replay.only_unsupported')
+def _(ctx):
+    return ctx.replay(ctx.bag(ctx.frames(kind='raw', encoding='mono16'), raw=True))
+
+
+@case('replay.grey_camera')
+def _(ctx):
+    return ctx.replay(ctx.bag(ctx.frames(kind='raw', encoding='mono8'), raw=True))
+
+
+@case('replay.colourless_frame')
+def _(ctx):
+    frames = ctx.frames(3)
+    frames[1].image_bgr = np.zeros_like(ctx.image)
+    return ctx.replay(ctx.bag(frames))
+
+
+@case('replay.padded_rows')
+def _(ctx):
+    height, width = ctx.image.shape[:2]
+    step = width * 3 + 32
+    padded = np.zeros((height, step), np.uint8)
+    padded[:, :width * 3] = ctx.image.reshape(height, width * 3)
+    frames = ctx.frames(kind='raw')
+    for frame in frames:
+        frame.data, frame.raw_shape = padded.tobytes(), (height, width, step)
+    return ctx.replay(ctx.bag(frames, raw=True))
+
+
+@case('replay.unstamped_frames')
+def _(ctx):
+    frames = ctx.frames()
+    for frame in frames:
+        frame.stamp_ns = 0
+    return ctx.replay(ctx.bag(frames))
+
+
+@case('replay.late_fixes')
+def _(ctx):
+    return ctx.replay(ctx.bag(fixes=ctx.fixes(30, delay=1.5)))
+
+
+@case('replay.latitude_glitch')
+def _(ctx):
+    fixes = ctx.fixes()
+    fixes.append(GpsFix(int(0.95 * NS), 95.0, LON0, log_time_ns=NS))
+    return ctx.replay(ctx.bag(fixes=fixes))
+
+
+@case('replay.jump_glitch')
+def _(ctx):
+    fixes = ctx.fixes()
+    fixes.append(GpsFix(int(1.05 * NS), LAT0 + 0.5, LON0, log_time_ns=int(1.1 * NS)))
+    return ctx.replay(ctx.bag(fixes=fixes))
+
+
+@case('replay.no_fix')
+def _(ctx):
+    fixes = ctx.fixes(status=-1)
+    for fix in fixes:
+        fix.latitude_deg = fix.longitude_deg = float('nan')
+    return ctx.replay(ctx.bag(fixes=fixes))
+
+
+@case('replay.polar')
+def _(ctx):
+    return ctx.replay(ctx.bag(fixes=ctx.fixes(lat0=88.0)), '--disease-threshold', '0',
+                      '--unknown-threshold', '0')
+
+
+@case('replay.params_file_typo')
+def _(ctx):
+    (ctx.tmp / 'p.yaml').write_text('/**:\n  ros__parameters:\n    tile_sise_px: 128\n')
+    return ctx.replay(ctx.bag(), '--params-file', ctx.path('p.yaml'))
+
+
+@case('replay.param_typo')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--param', 'max_fix_gap=2.0')
+
+
+@case('replay.bad_value')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--tile-size', '128', '--tile-stride', '256')
+
+
+@case('replay.params_not_yaml')
+def _(ctx):
+    (ctx.tmp / 'p.yaml').write_text('detector_node: [1, 2\n')
+    return ctx.replay(ctx.bag(), '--params-file', ctx.path('p.yaml'))
+
+
+@case('replay.missing_model')
+def _(ctx):
+    tool, argv = ctx.replay(ctx.bag())
+    return tool, argv + ['--model', ctx.path('none.onnx')]
+
+
+@case('replay.card_without_sha')
+def _(ctx):
+    tool, argv = ctx.replay(ctx.bag())
+    return tool, argv + ['--model', ctx.card_without_sha()]
+
+
+@case('replay.out_holds_input')
+def _(ctx):
+    ctx.monkeypatch.chdir(ctx.tmp)
+    assert replay_cli.main([ctx.bag(), '--model', ctx.model, '--no-progress']) == 0
+    return ctx.replay('replay_report/detections.mcap', '--out', 'replay_report')
+
+
+@case('replay.out_inside_input')
+def _(ctx):
+    bag = ctx.bag()
+    return ctx.replay(bag, '--out', os.path.join(bag, 'report'))
+
+
+@case('replay.out_is_file')
+def _(ctx):
+    (ctx.tmp / 'out').write_text('a file')
+    return ctx.replay(ctx.bag())
+
+
+@case('replay.out_not_a_report')
+def _(ctx):
+    (ctx.tmp / 'out').mkdir()
+    (ctx.tmp / 'out' / 'thesis.tex').write_text('precious')
+    return ctx.replay(ctx.bag())
+
+
+@case('replay.out_unwritable')
+def _(ctx):
+    (ctx.tmp / 'a_file').write_text('x')
+    return ctx.replay(ctx.bag(), '--out', ctx.path('a_file/out'), '--no-output-bag')
+
+
+@case('replay.bad_node_name')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--node-name', '1bad')
+
+
+@case('replay.negative_max_frames')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--max-frames', '-1')
+
+
+@case('replay.sigterm')
+def _(ctx):
+    class Terminating:
+        """A progress bar that sends this process SIGTERM at the first frame."""
+
+        def __init__(self, stream):
+            pass
+
+        def __call__(self, progress):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def close(self):
+            pass
+
+    ctx.monkeypatch.setattr(replay_cli, 'ProgressBar', Terminating)
+    tool, argv = ctx.replay(ctx.bag())
+    return tool, [a for a in argv if a != '--no-progress']
+
+
+@case('replay.disk_full')
+def _(ctx):
+    from leaf_disease_ros.replay import report
+
+    bag = ctx.bag()
+    assert replay_cli.main([bag, '--out', ctx.path('out'), '--model', ctx.model,
+                            '--no-progress']) == 0
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    ctx.monkeypatch.setattr(report, 'write_map_png', disk_full)
+    return ctx.replay(bag)
+
+
+# --- leaf-disease-classify -----------------------------------------------------------------
+
+
+@case('classify.missing_path')
+def _(ctx):
+    return ctx.classify(ctx.path('missing.jpg'))
+
+
+@case('classify.not_an_image')
+def _(ctx):
+    (ctx.tmp / 'notes.txt').write_text('field notes')
+    return ctx.classify(ctx.path('notes.txt'))
+
+
+@case('classify.corrupt_image')
+def _(ctx):
+    folder = ctx.tmp / 'photos'
+    folder.mkdir()
+    shutil.copy(ctx.leaves['esca'][0], folder / 'good.jpg')
+    (folder / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
+    return ctx.classify(str(folder))
+
+
+@case('classify.grey_image')
+def _(ctx):
+    grey = cv2.cvtColor(cv2.imread(ctx.leaves['esca'][0]), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(ctx.path('grey.png'), grey)
+    shutil.copy(ctx.leaves['esca'][0], ctx.path('leaf.jpg'))
+    return ctx.classify(ctx.path('grey.png'), ctx.path('leaf.jpg'))
+
+
+@case('classify.tiny_image')
+def _(ctx):
+    cv2.imwrite(ctx.path('dot.png'), np.full((1, 1, 3), (30, 140, 40), np.uint8))
+    shutil.copy(ctx.leaves['esca'][0], ctx.path('leaf.jpg'))
+    return ctx.classify(ctx.path('dot.png'), ctx.path('leaf.jpg'))
+
+
+@case('classify.loose_image')
+def _(ctx):
+    data = ctx.tmp / 'data'
+    for label, paths in ctx.leaves.items():
+        (data / label).mkdir(parents=True)
+        shutil.copy(paths[0], data / label / 'a.jpg')
+    shutil.copy(ctx.leaves['esca'][1], data / 'loose.jpg')
+    return ctx.classify(str(data))
+
+
+@case('classify.unknown_class_folder')
+def _(ctx):
+    data = ctx.tmp / 'data'
+    for label in ('esca', 'powdery_mildew'):
+        (data / label).mkdir(parents=True)
+        shutil.copy(ctx.leaves['esca'][0], data / label / 'a.jpg')
+    return ctx.classify(str(data))
+
+
+@case('classify.json_is_folder')
+def _(ctx):
+    return ctx.classify(ctx.leaves['esca'][0], '--json', str(ctx.tmp))
+
+
+@case('classify.json_no_folder')
+def _(ctx):
+    return ctx.classify(ctx.leaves['esca'][0], '--json', ctx.path('missing/out.json'))
+
+
+@case('classify.card_without_sha')
+def _(ctx):
+    return ctx.classify(ctx.leaves['esca'][0], model=ctx.card_without_sha())
+
+
+# --- leaf-disease-export -------------------------------------------------------------------
+
+
+@case('export.unsafe_checkpoint')
+def _(ctx):
+    torch = pytest.importorskip('torch')
+    run = ctx.tmp / 'run'
+    run.mkdir()
+    (run / 'split.json').write_text('{}')
+    torch.save({'model': {}, 'payload': _RunsCode(ctx.path('code_ran'))},
+               str(run / 'checkpoint_best.pt'))
+    return 'export', [str(run), '--out', ctx.path('m.onnx')]
+
+
+class _RunsCode:
+    """An object whose unpickling creates a folder (it must never be unpickled)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+# --- the check -----------------------------------------------------------------------------
+
+
+def _main(tool):
+    if tool == 'replay':
+        return replay_cli.main
+    if tool == 'classify':
+        return classify_cli.main
+    from leaf_disease_ros.cli import export
+    return export.main
+
+
+def test_every_row_has_a_case_and_every_case_a_row():
+    names = [row.case for row in table_rows()]
+    assert len(names) == len(set(names)), 'a case is in the table twice'
+    assert sorted(names) == sorted(CASES)
+    assert all(row.quotes for row in table_rows()), 'every row quotes what the user gets'
+
+
+@pytest.mark.parametrize('row', table_rows(), ids=lambda row: row.case)
+def test_the_table_row_is_what_the_user_gets(row, tmp_path, tiny_model_path, leaf_images,
+                                             monkeypatch, capsys):
+    ctx = Context(tmp_path, tiny_model_path, leaf_images, monkeypatch)
+    tool, argv = CASES[row.case](ctx)
+    capsys.readouterr()
+    try:
+        code = _main(tool)(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    captured = capsys.readouterr()
+    printed = ' '.join((captured.out + captured.err).split())
+    assert 'Traceback' not in printed
+    assert code == row.exit_status, printed
+    for quote in row.quotes:
+        assert ' '.join(quote.split()) in printed, f'{quote!r} not in: {printed}'
+    assert not os.path.exists(tmp_path / 'code_ran')
