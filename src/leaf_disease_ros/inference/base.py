@@ -15,7 +15,7 @@ features ``(N, D)`` from the same run; backends that cannot raise InferenceError
 """
 
 import abc
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -104,3 +104,19 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class NamedOutputsBackend(Backend):
+    """A backend that runs the model for a list of output tensor names (ORT, TensorRT)."""
+
+    @abc.abstractmethod
+    def _run_outputs(self, batch: np.ndarray, names: List[str]) -> List[np.ndarray]:
+        """Run on a checked batch; return the outputs ``names`` in that order."""
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._run_outputs(batch, [self.card.output_name])[0]
+
+    def _run_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = self._run_outputs(
+            batch, [self.card.output_name, self.card.embedding_name])
+        return logits, embeddings

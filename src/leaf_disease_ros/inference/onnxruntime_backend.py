@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple, Type
 
 import numpy as np
 
-from leaf_disease_ros.inference.base import Backend
+from leaf_disease_ros.inference.base import NamedOutputsBackend
 from leaf_disease_ros.perception.errors import (BackendUnavailableError, InferenceError,
                                                 ModelCardError, ModelLoadError)
 from leaf_disease_ros.perception.model_card import check_model_file, ModelCard
@@ -53,7 +53,7 @@ def choose_providers(requested: str, available: List[str]) -> List[str]:
     return [_CUDA, _CPU] if _CUDA in available else [_CPU]
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(NamedOutputsBackend):
     """Runs an ONNX model with onnxruntime."""
 
     name = 'onnxruntime'
@@ -134,14 +134,6 @@ class OnnxRuntimeBackend(Backend):
                                  f'outputs {names}')
         batch_dim = shape[0]
         return batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._run_outputs(batch, [self.card.output_name])[0]
-
-    def _run_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        logits, embeddings = self._run_outputs(
-            batch, [self.card.output_name, self.card.embedding_name])
-        return logits, embeddings
 
     def _run_outputs(self, batch: np.ndarray, names: List[str]) -> List[np.ndarray]:
         if self._session is None:

@@ -56,7 +56,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.inference.base import Backend
+from leaf_disease_ros.inference.base import NamedOutputsBackend
 from leaf_disease_ros.inference.engine.commands import build_command, BUILD_TOOL, mismatch_message
 from leaf_disease_ros.inference.engine.machine import (L4T_RELEASE_FILE, MachineInfo,
                                                        parse_l4t_release, parse_power_mode,
@@ -332,7 +332,7 @@ def inspect_engine(engine_path: str, dla_core: Optional[int] = None, device_inde
         context.release(_drop)
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(NamedOutputsBackend):
     """Runs a TensorRT engine (built by leaf-disease-build-engine) on one CUDA GPU."""
 
     name = 'tensorrt'
@@ -448,14 +448,6 @@ class TensorRTBackend(Backend):
                 base.free()
         self._host = {}
         self._stream = None
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._run_outputs(batch, [self.card.output_name])[0]
-
-    def _run_with_embedding(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        logits, embeddings = self._run_outputs(
-            batch, [self.card.output_name, self.card.embedding_name])
-        return logits, embeddings
 
     def _run_outputs(self, batch: np.ndarray, names: List[str]) -> List[np.ndarray]:
         count = batch.shape[0]

@@ -66,7 +66,7 @@ from leaf_disease_ros.training.checkpoint import save_checkpoint
 from leaf_disease_ros.training.dataset import build_split, grouped_split
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
 from leaf_disease_ros.training.train import (choose_device, EpochSampler, evaluate, LeafDataset,
-                                             LOG, save_curves, setup_logging)
+                                             LOG, save_curves, setup_logging, train_epoch)
 
 try:
     import torch
@@ -467,24 +467,10 @@ def finetune(args: argparse.Namespace) -> Dict[str, Any]:
             break
         epoch_start = time.monotonic()
         sampler.epoch = epoch
-        module.train()
-        total_loss, correct, seen = 0.0, 0, 0
         batches = loader if progress is None else progress(
             loader, desc=f'epoch {epoch + 1}/{args.epochs}', unit='batch', leave=False)
-        for inputs, targets in batches:
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                outputs = module(inputs)
-                loss = criterion(outputs, targets)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += loss.item() * targets.shape[0]
-            correct += int((outputs.argmax(1) == targets).sum())
-            seen += targets.shape[0]
+        total_loss, correct, seen = train_epoch(module, batches, criterion, optimizer,
+                                                scheduler, scaler, device, amp)
         logits, val_loss = evaluate(module, val_inputs, val_targets, device, batch_size * 2,
                                     amp)
         report = classification_report(val_targets.numpy(), logits.argmax(1), labels)

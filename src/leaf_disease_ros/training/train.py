@@ -196,6 +196,36 @@ def choose_device(name: str) -> torch.device:
     return device
 
 
+def train_epoch(model: nn.Module, batches: Any, criterion: nn.Module, optimizer: Any,
+                scheduler: Any, scaler: Any, device: torch.device, amp: bool,
+                channels_last: bool = False) -> Tuple[float, int, int]:
+    """
+    Run one training epoch over ``batches``; return ``(summed loss, correct, seen)``.
+
+    One optimiser and scheduler step per batch, mixed precision through ``scaler``
+    when ``amp``; the loss sum is per sample, so ``loss / seen`` is the epoch mean.
+    """
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, targets in batches:
+        inputs = inputs.to(device, non_blocking=True)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=amp):
+            outputs = model(inputs)
+            loss = criterion(outputs, targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += loss.item() * targets.shape[0]
+        correct += int((outputs.argmax(1) == targets).sum())
+        seen += targets.shape[0]
+    return total_loss, correct, seen
+
+
 def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
              device: torch.device, batch_size: int, amp: bool) -> Tuple[np.ndarray, float]:
     """Return ``(logits (N, C) float32, mean cross-entropy)`` of a preprocessed set."""
@@ -337,25 +367,11 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             break
         epoch_start = time.monotonic()
         sampler.epoch = epoch
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
         batches = loader if progress is None else progress(
             loader, desc=f'epoch {epoch + 1}/{args.epochs}', unit='batch', leave=False)
-        for inputs, targets in batches:
-            inputs = inputs.to(device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last)
-            targets = targets.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                outputs = model(inputs)
-                loss = criterion(outputs, targets)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += loss.item() * targets.shape[0]
-            correct += int((outputs.argmax(1) == targets).sum())
-            seen += targets.shape[0]
+        total_loss, correct, seen = train_epoch(model, batches, criterion, optimizer,
+                                                scheduler, scaler, device, amp,
+                                                channels_last=True)
         logits, val_loss = evaluate(model, val_inputs, val_targets, device,
                                     args.batch_size * 2, amp)
         report = classification_report(val_targets.numpy(), logits.argmax(1), labels)
