@@ -1,0 +1,667 @@
+"""
+Field simulation: PlantVillage leaves cut out and composited into vine-row tiles.
+
+Owns everything that turns lab photos (one detached leaf on a plain background) into
+tiles that look like what the node classifies in a vineyard:
+
+- :func:`segment_leaf`: leaf mask of a PlantVillage photo (saturation / colour distance
+  to the border colour, Otsu, morphology, largest component, hole filling, then a short
+  GrabCut refinement at half resolution).
+- procedural, licence-clean backgrounds: soil, dry grass, sky gradients with clouds,
+  wooden or metal posts with wires, grape bunches, and canopy built from *other healthy
+  leaves*; plus crops of real field photos used only as backgrounds / negatives.
+- :func:`field_photometry`: sun and shade (global gain, gamma, dappled shadow), white
+  balance, saturation, blur, motion blur, sensor noise, JPEG.
+- tile kinds at the node's scales (a 256-px tile of a ~1280-px frame): a leaf filling
+  the tile, several leaves, a leaf edge, healthy canopy, and non-leaf background.
+- :func:`build_cache`: pre-generates composites into one ``uint8`` array
+  ``(N, S, S, 3)`` BGR at the model input size (resized from 256 px with the runtime's
+  own :func:`leaf_disease_ros.perception.preprocess.resize_to_input`, as the node does), with
+  targets, tile kinds and the source leaf of every tile, so training costs no CPU on
+  compositing.
+
+Targets: the four PlantVillage classes plus ``background`` (index 4) for non-leaf
+tiles; the pipeline treats ``background`` like ``healthy`` (a non-finding).
+
+Splits: leaves are split by PlantVillage photo-number blocks (``build_split``, block 40,
+seed 0); backgrounds are split by source: validation uses other random seeds, canopy
+from validation healthy leaves only, and held-out field photos (see
+:data:`FIELD_NEGATIVES`).
+"""
+from dataclasses import dataclass, field
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from leaf_disease_ros.perception.image_folders import Sample
+from leaf_disease_ros.perception.model_card import card_from_dict
+from leaf_disease_ros.perception.preprocess import resize_to_input
+from leaf_disease_ros.training.dataset import build_split
+
+Log = Callable[[str], None]
+
+TILE_PX = 256
+FRAME_WIDTH_PX = 1280
+LABELS: Tuple[str, ...] = ('black_rot', 'esca', 'healthy', 'leaf_blight', 'background')
+HEALTHY_LABELS: Tuple[str, ...] = ('healthy', 'background')
+BACKGROUND = 4
+HEALTHY = 2
+DISEASES: Tuple[int, ...] = (0, 1, 3)
+
+# Tile kinds (stored per cached tile; the field-like measures are split by them).
+KINDS: Tuple[str, ...] = ('leaf_fill', 'several_leaves', 'leaf_edge', 'canopy',
+                          'background', 'field_crop', 'pv_plain')
+
+# Field photos of ../shared/datasets/field_grape_small used as backgrounds / negatives
+# only (never esca, never a disease). Validation photos are never used in training.
+FIELD_NEGATIVES: Dict[str, Tuple[str, ...]] = {
+    'train': ('healthy/esca_alessandrini_ThePebblesFr__healthy_1.jpg',
+              'autumn_senescence/matheli_vineleaf__Rote_Herbstfaerbung.jpg',
+              'unlabeled_field/mareseestern_vineleaf__example.jpg'),
+    'val': ('healthy/matheli_vineleaf__Gesundes_Weinblatt.jpg',
+            'autumn_senescence/matheli_vineleaf__Gelbe_Herbstfaerbung.jpg'),
+}
+# Field-photo folders whose vegetation tiles count as healthy leaves (others: background).
+_HEALTHY_FIELD_FOLDERS = ('healthy', 'unlabeled_field')
+
+
+# --------------------------------------------------------------------------- leaves
+def read_bgr(path: str) -> np.ndarray:
+    """Return the BGR uint8 image of ``path``; raise ValueError when it cannot be read."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f'{path}: not a readable image')
+    return np.asarray(image)
+
+
+@dataclass
+class Leaf:
+    """A segmented leaf: BGR crop ``(h, w, 3)`` uint8 and alpha ``(h, w)`` float32 [0, 1]."""
+
+    bgr: np.ndarray
+    alpha: np.ndarray
+    label: int
+    source: str
+
+
+def _border_colour(image: np.ndarray, width_px: int = 6) -> np.ndarray:
+    """Median BGR colour of the image border, ``(3,)`` float32."""
+    border = np.concatenate([image[:width_px].reshape(-1, 3), image[-width_px:].reshape(-1, 3),
+                             image[:, :width_px].reshape(-1, 3),
+                             image[:, -width_px:].reshape(-1, 3)])
+    return np.median(border, axis=0).astype(np.float32)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of a binary ``uint8`` mask (flood fill from the border)."""
+    h, w = mask.shape
+    flood = mask.copy()
+    ff = np.zeros((h + 2, w + 2), np.uint8)
+    # Seed from every border pixel that is background.
+    for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
+        if flood[y, x] == 0:
+            cv2.floodFill(flood, ff, (x, y), 255)
+    holes = cv2.bitwise_not(flood)
+    return cv2.bitwise_or(mask, holes)
+
+
+def segment_leaf(image_bgr: np.ndarray, grabcut_iterations: int = 2) -> Tuple[np.ndarray, float]:
+    """
+    Return ``(mask, area_fraction)`` of the leaf in a PlantVillage photo.
+
+    The background of a PlantVillage photo is a plain, weakly saturated board, so the
+    leaf is what is far (in colour and saturation) from the border colour. Otsu picks
+    the cut, morphology closes lesions and veins, the largest component is kept and
+    its holes filled; GrabCut at half resolution, initialised from that mask, refines
+    the outline.
+
+    :param image_bgr: ``(H, W, 3)`` uint8.
+    :param grabcut_iterations: 0 disables GrabCut.
+    :returns: ``mask`` ``(H, W)`` float32 in [0, 1] (soft edge), and its mean.
+    """
+    h, w = image_bgr.shape[:2]
+    img = image_bgr.astype(np.float32)
+    border = _border_colour(image_bgr)
+    distance = np.sqrt(((img - border) ** 2).sum(axis=2))
+    hsv = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2HSV)
+    sat = hsv[..., 1].astype(np.float32)
+    score = 0.3 * distance + 1.0 * sat
+    score = cv2.GaussianBlur(score, (5, 5), 0)
+    score_u8 = np.clip(score / max(score.max(), 1.0) * 255, 0, 255).astype(np.uint8)
+    _, mask = cv2.threshold(score_u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count > 1:
+        biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        mask = np.where(comp == biggest, 255, 0).astype(np.uint8)
+    mask = _fill_holes(mask)
+    if grabcut_iterations > 0 and 0.05 < mask.mean() / 255 < 0.97:
+        small = cv2.resize(image_bgr, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        m_small = cv2.resize(mask, (w // 2, h // 2), interpolation=cv2.INTER_NEAREST)
+        sure_fg = cv2.erode(m_small, kernel, iterations=2)
+        maybe = cv2.dilate(m_small, kernel, iterations=2)
+        gc = np.full(m_small.shape, cv2.GC_BGD, np.uint8)
+        gc[maybe > 0] = cv2.GC_PR_BGD
+        gc[m_small > 0] = cv2.GC_PR_FGD
+        gc[sure_fg > 0] = cv2.GC_FGD
+        bgd = np.zeros((1, 65), np.float64)
+        fgd = np.zeros((1, 65), np.float64)
+        try:
+            cv2.grabCut(small, gc, (0, 0, 0, 0), bgd, fgd, grabcut_iterations,
+                        cv2.GC_INIT_WITH_MASK)
+            refined: np.ndarray = np.where((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD),
+                                           255, 0).astype(np.uint8)
+            refined = cv2.resize(refined, (w, h), interpolation=cv2.INTER_LINEAR)
+            refined = np.where(refined > 127, 255, 0).astype(np.uint8)
+            count, comp, stats, _ = cv2.connectedComponentsWithStats(refined, connectivity=8)
+            if count > 1:
+                biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+                refined = np.where(comp == biggest, 255, 0).astype(np.uint8)
+                refined = _fill_holes(refined)
+                # Keep GrabCut only when it did not collapse or explode the mask.
+                ratio = refined.mean() / max(mask.mean(), 1e-6)
+                if 0.8 < ratio < 1.15:
+                    mask = refined
+        except cv2.error:
+            pass
+    # Pull the edge in by 1 px and feather it, so no board colour leaks into composites.
+    mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (5, 5), 1.2)
+    return soft, float(soft.mean())
+
+
+def leaf_from_image(image_bgr: np.ndarray, label: int, source: str) -> Optional[Leaf]:
+    """Segment and crop a leaf to its bounding box; None when segmentation failed."""
+    alpha, area = segment_leaf(image_bgr)
+    if not 0.08 < area < 0.95:
+        return None
+    ys, xs = np.nonzero(alpha > 0.5)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return Leaf(image_bgr[y0:y1, x0:x1].copy(), alpha[y0:y1, x0:x1].copy(), label, source)
+
+
+# ---------------------------------------------------------------------- backgrounds
+def _noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth value noise ``(size, size)`` float32 in about [-1, 1]."""
+    base = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _fractal(rng: np.random.Generator, size: int, octaves: Sequence[int] = (3, 8, 24, 64)
+             ) -> np.ndarray:
+    """Sum of value-noise octaves, ``(size, size)`` float32, roughly unit variance."""
+    out = np.zeros((size, size), np.float32)
+    amp = 1.0
+    for cells in octaves:
+        out += amp * _noise(rng, size, cells)
+        amp *= 0.6
+    return out / 1.6
+
+
+def soil(rng: np.random.Generator, size: int = TILE_PX) -> np.ndarray:
+    """Bare soil: brown-grey base, fractal texture, pebbles and clods."""
+    base = np.array([rng.uniform(40, 110), rng.uniform(60, 130), rng.uniform(80, 160)],
+                    np.float32)  # BGR, brownish
+    if rng.random() < 0.3:
+        base = np.full(3, rng.uniform(80, 170), np.float32) * np.array([0.9, 1.0, 1.05])
+    tex = _fractal(rng, size)[..., None]
+    img = base + tex * rng.uniform(12, 35)
+    for _ in range(rng.integers(5, 60)):
+        c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+        ax = (int(rng.integers(1, 8)), int(rng.integers(1, 6)))
+        shade = base * rng.uniform(0.5, 1.5)
+        cv2.ellipse(img, c, ax, float(rng.uniform(0, 180)), 0, 360, shade.tolist(), -1)
+    return np.clip(img, 0, 255)
+
+
+def dry_grass(rng: np.random.Generator, size: int = TILE_PX) -> np.ndarray:
+    """Dry grass / straw: tan base with many thin strokes (some still green)."""
+    img = soil(rng, size) * rng.uniform(0.7, 1.0)
+    for _ in range(int(rng.integers(150, 500))):
+        x = float(rng.uniform(-10, size + 10))
+        y = float(rng.uniform(-10, size + 10))
+        angle = rng.normal(np.pi / 2, 0.5)
+        length = rng.uniform(15, 90)
+        x2, y2 = x + length * np.cos(angle), y - length * np.sin(angle)
+        if rng.random() < 0.15:
+            colour = [rng.uniform(30, 80), rng.uniform(100, 160), rng.uniform(70, 120)]
+        else:
+            v = rng.uniform(120, 230)
+            colour = [v * rng.uniform(0.45, 0.7), v * rng.uniform(0.8, 0.95), v]
+        cv2.line(img, (int(x), int(y)), (int(x2), int(y2)), colour,
+                 int(rng.integers(1, 3)), cv2.LINE_AA)
+    return np.clip(img, 0, 255)
+
+
+def sky(rng: np.random.Generator, size: int = TILE_PX) -> np.ndarray:
+    """Sky: vertical blue-to-haze gradient, optional clouds, optional overexposure."""
+    top = np.array([rng.uniform(160, 255), rng.uniform(110, 200), rng.uniform(60, 150)],
+                   np.float32)
+    bottom = np.array([rng.uniform(200, 255), rng.uniform(190, 250), rng.uniform(170, 240)],
+                      np.float32)
+    if rng.random() < 0.25:  # overcast
+        grey = rng.uniform(170, 250)
+        top = bottom = np.array([grey, grey, grey * rng.uniform(0.95, 1.02)], np.float32)
+    t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None] * rng.uniform(0.3, 1.0)
+    img = top * (1 - t) + bottom * t
+    img = np.broadcast_to(img, (size, size, 3)).copy()
+    if rng.random() < 0.6:
+        cloud = np.clip(_fractal(rng, size, (2, 5, 12)) * 0.8 + rng.uniform(-0.6, 0.4), 0, 1)
+        img = img * (1 - cloud[..., None]) + rng.uniform(220, 255) * cloud[..., None]
+    return np.clip(img, 0, 255)
+
+
+def posts_and_wires(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Draw a trellis post and/or wires over ``img`` (float32 BGR, modified copy)."""
+    img = img.copy()
+    size = img.shape[0]
+    if rng.random() < 0.7:
+        width = int(rng.uniform(0.1, 0.5) * size)
+        x0 = int(rng.uniform(-0.2, 0.9) * size)
+        if rng.random() < 0.6:  # wood
+            base = np.array([rng.uniform(40, 110), rng.uniform(60, 130), rng.uniform(70, 150)])
+        else:  # galvanised metal or concrete
+            base = np.full(3, rng.uniform(90, 200))
+        post = np.zeros((size, size, 3), np.float32) + base.astype(np.float32)
+        grain = _noise(rng, size, 4)
+        streaks = cv2.resize(rng.standard_normal((size, 6)).astype(np.float32), (size, size))
+        post += (grain * 15 + streaks * 12)[..., None]
+        ramp = np.linspace(-1, 1, max(width, 1), dtype=np.float32)
+        shading = (1.0 - 0.35 * ramp ** 2 + rng.uniform(-0.15, 0.15) * ramp)
+        lo, hi = max(x0, 0), min(x0 + width, size)
+        if hi > lo:
+            tilt = rng.uniform(-0.15, 0.15)
+            sl = slice(lo - x0, hi - x0)
+            img[:, lo:hi] = post[:, lo:hi] * shading[sl][None, :, None]
+            if abs(tilt) > 0.05:
+                m = cv2.getRotationMatrix2D((size / 2, size / 2), tilt * 30, 1.0)
+                img = cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT)
+    for _ in range(int(rng.integers(0, 4))):
+        y = rng.uniform(0, size)
+        slope = rng.uniform(-0.15, 0.15)
+        v = rng.uniform(20, 200)
+        cv2.line(img, (0, int(y)), (size, int(y + slope * size)), (v, v, v * 1.02),
+                 int(rng.integers(1, 4)), cv2.LINE_AA)
+    return img
+
+
+def bunches(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Return ``img`` with one or two shaded grape clusters drawn over it."""
+    img = img.copy()
+    size = img.shape[0]
+    for _ in range(int(rng.integers(1, 3))):
+        cx, cy = rng.uniform(0.1, 0.9) * size, rng.uniform(0.0, 0.7) * size
+        red = rng.random() < 0.5
+        berry_r = rng.uniform(6, 16)
+        for _ in range(int(rng.integers(20, 70))):
+            dy = abs(rng.normal(0, 1)) * size * 0.25
+            dx = rng.normal(0, 1) * size * 0.12 * max(0.2, 1 - dy / (size * 0.6))
+            centre = (int(cx + dx), int(cy + dy))
+            if red:
+                col = np.array([rng.uniform(40, 90), rng.uniform(10, 40), rng.uniform(30, 80)])
+            else:
+                col = np.array([rng.uniform(60, 110), rng.uniform(150, 200),
+                                rng.uniform(130, 180)])
+            cv2.circle(img, centre, int(berry_r), (col * 0.6).tolist(), -1, cv2.LINE_AA)
+            cv2.circle(img, centre, int(berry_r * 0.8), col.tolist(), -1, cv2.LINE_AA)
+            hl = (int(centre[0] - berry_r * 0.3), int(centre[1] - berry_r * 0.3))
+            cv2.circle(img, hl, max(1, int(berry_r * 0.2)), (col * 1.6 + 40).clip(0, 255).tolist(),
+                       -1, cv2.LINE_AA)
+    return img
+
+
+# ------------------------------------------------------------------- compositing
+def paste_leaf(canvas: np.ndarray, leaf: Leaf, rng: np.random.Generator, scale: float,
+               centre: Tuple[float, float], gain: float = 1.0,
+               blur_sigma: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Alpha-composite ``leaf`` onto ``canvas`` (float32 BGR ``(S, S, 3)``).
+
+    :param scale: leaf bounding-box long side as a fraction of the canvas side.
+    :param centre: leaf centre in canvas pixels ``(x, y)``.
+    :param gain: brightness factor for the leaf (shade depth).
+    :returns: ``(canvas, alpha_on_canvas (S, S) float32)``.
+    """
+    size = canvas.shape[0]
+    h, w = leaf.alpha.shape
+    zoom = scale * size / max(h, w)
+    angle = float(rng.uniform(0, 360))
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+    m[0, 2] += centre[0] - w / 2
+    m[1, 2] += centre[1] - h / 2
+    interp = cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR
+    bgr: np.ndarray = cv2.warpAffine(leaf.bgr, m, (size, size), flags=interp,
+                                     borderMode=cv2.BORDER_CONSTANT).astype(np.float32)
+    alpha: np.ndarray = cv2.warpAffine(leaf.alpha, m, (size, size), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if blur_sigma > 0:
+        bgr = cv2.GaussianBlur(bgr, (0, 0), blur_sigma)
+        alpha = cv2.GaussianBlur(alpha, (0, 0), blur_sigma)
+    # Per-leaf light: lab light -> field light (gain and a colour tint).
+    tint = np.array([rng.uniform(0.9, 1.08), 1.0, rng.uniform(0.92, 1.1)], np.float32)
+    bgr = bgr * gain * tint
+    a = alpha[..., None]
+    return canvas * (1 - a) + bgr * a, alpha
+
+
+def canopy(rng: np.random.Generator, healthy: Sequence[Leaf], size: int = TILE_PX,
+           count: Optional[int] = None) -> np.ndarray:
+    """Dense canopy: a dark green-brown depth base with layers of healthy leaves."""
+    base = np.array([rng.uniform(10, 50), rng.uniform(30, 80), rng.uniform(15, 55)], np.float32)
+    img = base + _fractal(rng, size)[..., None] * rng.uniform(5, 20)
+    if rng.random() < 0.3:  # sky or soil gaps through the canopy
+        gap = sky(rng, size) if rng.random() < 0.5 else soil(rng, size)
+        holes: np.ndarray = (_fractal(rng, size, (3, 6))
+                             > rng.uniform(0.6, 1.2)).astype(np.float32)
+        holes = cv2.GaussianBlur(holes, (0, 0), 3)[..., None]
+        img = img * (1 - holes) + gap * holes
+    n = int(count if count is not None else rng.integers(5, 14))
+    for i in range(n):
+        depth = i / max(n - 1, 1)  # 0 = far back, 1 = front
+        leaf = healthy[int(rng.integers(len(healthy)))]
+        img, _ = paste_leaf(img, leaf, rng, scale=rng.uniform(0.35, 1.0),
+                            centre=(rng.uniform(-0.1, 1.1) * size, rng.uniform(-0.1, 1.1) * size),
+                            gain=rng.uniform(0.35, 0.7) + 0.5 * depth,
+                            blur_sigma=float(rng.uniform(0, 2.0) * (1 - depth)))
+    return img
+
+
+class FieldPhotos:
+    """Real field frames (resized to the node's frame width), cropped like tiles."""
+
+    def __init__(self, root: str, relpaths: Sequence[str]) -> None:
+        self.frames: List[np.ndarray] = []
+        self.healthy: List[bool] = []
+        for rel in relpaths:
+            image = cv2.imread(os.path.join(root, rel), cv2.IMREAD_COLOR)
+            if image is None:
+                continue
+            h, w = image.shape[:2]
+            image = cv2.resize(image, (FRAME_WIDTH_PX, int(round(h * FRAME_WIDTH_PX / w))),
+                               interpolation=cv2.INTER_AREA)
+            self.frames.append(image)
+            self.healthy.append(rel.split('/')[0] in _HEALTHY_FIELD_FOLDERS)
+
+    def crop(self, rng: np.random.Generator, size: int = TILE_PX) -> Tuple[np.ndarray, bool]:
+        """Return a random tile-like crop ``(size, size, 3)`` float32 and healthy-source flag."""
+        if not self.frames:
+            return soil(rng, size), False
+        index = int(rng.integers(len(self.frames)))
+        frame = self.frames[index]
+        h, w = frame.shape[:2]
+        side = int(min(h, w, size * rng.uniform(0.7, 1.5)))
+        y = int(rng.integers(0, h - side + 1))
+        x = int(rng.integers(0, w - side + 1))
+        tile = cv2.resize(frame[y:y + side, x:x + side], (size, size),
+                          interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+        return tile.astype(np.float32), self.healthy[index]
+
+
+def vegetation_fraction(tile_bgr: np.ndarray, exg_threshold: float = 0.05) -> float:
+    """Share of excess-green pixels (the node's vegetation gate test) of a tile."""
+    c = tile_bgr.astype(np.float32)
+    total = c.sum(axis=2)
+    exg = 2 * c[..., 1] - c[..., 0] - c[..., 2]
+    return float(((exg > exg_threshold * total) & (total > 0)).mean())
+
+
+# ---------------------------------------------------------------------- photometry
+def field_photometry(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """
+    Field light and camera on a float32 BGR tile; returns uint8 BGR.
+
+    Sun or shade (gain, gamma), dappled shadow, white balance, saturation, defocus or
+    motion blur, sensor noise and JPEG compression, each drawn at random.
+    """
+    size = img.shape[0]
+    img = img * rng.uniform(0.5, 1.45)
+    if rng.random() < 0.45:  # dappled shade / hard shadow
+        shade = _noise(rng, size, int(rng.integers(2, 6)))
+        shade = cv2.GaussianBlur((shade > rng.uniform(-0.5, 0.5)).astype(np.float32),
+                                 (0, 0), rng.uniform(2, 12))
+        depth = rng.uniform(0.35, 0.8)
+        img = img * (depth + (1 - depth) * shade)[..., None]
+    wb = np.array([rng.uniform(0.8, 1.2), 1.0, rng.uniform(0.8, 1.2)], np.float32)
+    img = img * wb
+    if rng.random() < 0.5:
+        grey = img.mean(axis=2, keepdims=True)
+        img = grey + (img - grey) * rng.uniform(0.6, 1.35)
+    img = np.clip(img, 0, 255)
+    if rng.random() < 0.5:
+        gamma = rng.uniform(0.7, 1.4)
+        img = 255.0 * (img / 255.0) ** gamma
+    r = rng.random()
+    if r < 0.25:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
+    elif r < 0.40:
+        k = int(rng.integers(3, 10))
+        kernel: np.ndarray = np.zeros((k, k), np.float32)
+        kernel[k // 2] = 1.0 / k
+        m = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1)
+        kernel = cv2.warpAffine(kernel, m, (k, k))
+        kernel = (kernel / max(float(kernel.sum()), 1e-6)).astype(np.float32)
+        img = cv2.filter2D(img, -1, kernel)
+    if rng.random() < 0.6:
+        img = img + rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(1, 8)
+    out = np.clip(img, 0, 255).astype(np.uint8)
+    if rng.random() < 0.8:
+        ok, buf = cv2.imencode('.jpg', out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 96))])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return out
+
+
+# --------------------------------------------------------------------- tile makers
+@dataclass
+class Banks:
+    """Material of one side of the split (train or val)."""
+
+    leaves: Dict[int, List[Leaf]]
+    healthy: List[Leaf]
+    photos: FieldPhotos
+    plain: List[Tuple[np.ndarray, int]] = field(default_factory=list)
+
+
+def random_background(rng: np.random.Generator, banks: Banks, size: int = TILE_PX
+                      ) -> Tuple[np.ndarray, bool]:
+    """
+    Return ``(background float32 BGR, is_leafy)`` of a random kind.
+
+    ``is_leafy`` is True when it is healthy canopy (a field crop of healthy foliage or
+    procedural canopy), which matters only when the tile has no focal leaf.
+    """
+    r = rng.random()
+    leafy = False
+    if r < 0.30:
+        img = canopy(rng, banks.healthy, size)
+        leafy = True
+    elif r < 0.45:
+        img = soil(rng, size)
+    elif r < 0.58:
+        img = dry_grass(rng, size)
+    elif r < 0.70:
+        img = sky(rng, size)
+    else:
+        img, healthy_src = banks.photos.crop(rng, size)
+        leafy = healthy_src and vegetation_fraction(img) > 0.3
+    if rng.random() < 0.25:
+        img = posts_and_wires(rng, img)
+    if rng.random() < 0.12:
+        img = bunches(rng, img)
+    return img, leafy
+
+
+def _pick_leaf(rng: np.random.Generator, banks: Banks, label: int) -> Leaf:
+    """Return a random leaf of class ``label`` (any leaf when that class has none)."""
+    bank = banks.leaves.get(label) or [leaf for leaves in banks.leaves.values() for leaf in leaves]
+    if not bank:
+        raise ValueError('no leaf was segmented: the composites need leaves')
+    return bank[int(rng.integers(len(bank)))]
+
+
+def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
+              ) -> Tuple[np.ndarray, int, str]:
+    """
+    Make one 256-px tile of ``kind``; returns ``(uint8 BGR tile, target, leaf source)``.
+
+    ``label`` is the focal leaf's class for leaf kinds (ignored otherwise).
+    """
+    size = TILE_PX
+    source = ''
+    if kind in ('leaf_fill', 'several_leaves', 'leaf_edge'):
+        img, _ = random_background(rng, banks, size)
+        if kind == 'several_leaves':
+            n_other = int(rng.integers(1, 4))
+            for _ in range(n_other):
+                other = banks.healthy[int(rng.integers(len(banks.healthy)))] \
+                    if rng.random() < 0.7 else _pick_leaf(rng, banks, label)
+                img, _ = paste_leaf(img, other, rng, scale=rng.uniform(0.35, 0.6),
+                                    centre=(rng.uniform(0, 1) * size, rng.uniform(0, 1) * size),
+                                    gain=rng.uniform(0.5, 1.1))
+        leaf = _pick_leaf(rng, banks, label)
+        source = leaf.source
+        for _attempt in range(4):
+            if kind == 'leaf_fill':
+                scale = rng.uniform(0.65, 1.25)
+                centre = (size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65))
+            elif kind == 'several_leaves':
+                scale = rng.uniform(0.45, 0.75)
+                centre = (size * rng.uniform(0.25, 0.75), size * rng.uniform(0.25, 0.75))
+            else:  # leaf edge: a large leaf, off-centre
+                scale = rng.uniform(1.2, 2.0)
+                centre = (size * rng.uniform(-0.3, 1.3), size * rng.uniform(-0.3, 1.3))
+            out, alpha = paste_leaf(img, leaf, rng, scale, centre, gain=rng.uniform(0.75, 1.15))
+            if alpha.mean() >= (0.25 if kind == 'leaf_edge' else 0.15):
+                img = out
+                break
+        else:
+            img = out
+        return field_photometry(img, rng), label, source
+    if kind == 'canopy':
+        img = canopy(rng, banks.healthy, size, count=int(rng.integers(8, 18)))
+        if rng.random() < 0.15:
+            img = posts_and_wires(rng, img)
+        if rng.random() < 0.15:
+            img = bunches(rng, img)
+        return field_photometry(img, rng), HEALTHY, source
+    if kind == 'field_crop':
+        img, healthy_src = banks.photos.crop(rng, size)
+        target = HEALTHY if healthy_src and vegetation_fraction(img) > 0.3 else BACKGROUND
+        return field_photometry(img, rng), target, source
+    # 'background': non-leaf material
+    r = rng.random()
+    if r < 0.3:
+        img = soil(rng, size)
+    elif r < 0.55:
+        img = dry_grass(rng, size)
+    else:
+        img = sky(rng, size)
+    img = posts_and_wires(rng, img) if rng.random() < 0.6 else img
+    if rng.random() < 0.35:
+        img = bunches(rng, img)
+    return field_photometry(img, rng), BACKGROUND, source
+
+
+# --------------------------------------------------------------------- the cache
+def load_banks(pv_root: str, field_root: str, side: str, seed: int = 0,
+               log: Optional[Log] = None, field_photos: Optional[Sequence[str]] = None
+               ) -> Tuple[Banks, List[Sample]]:
+    """
+    Segment the ``side`` (``train`` or ``val``) leaves of the leaf-grouped split.
+
+    :param field_photos: photos of ``field_root`` (relative paths) used as backgrounds;
+        default :data:`FIELD_NEGATIVES` of ``side``. Missing photos are skipped (field
+        crops then fall back to procedural soil).
+
+    :returns: the material banks and the PlantVillage samples of that side.
+    """
+    labels, train, val, _ = build_split(pv_root, None, 'photo-blocks', 40, None, 0.2, seed)
+    if tuple(labels) != LABELS[:4]:
+        raise ValueError(f'unexpected PlantVillage classes {labels}')
+    samples = train if side == 'train' else val
+    leaves: Dict[int, List[Leaf]] = {i: [] for i in range(4)}
+    plain: List[Tuple[np.ndarray, int]] = []
+    failed = 0
+    for i, sample in enumerate(samples):
+        image = read_bgr(sample.path)
+        plain.append((image, sample.label_index))
+        leaf = leaf_from_image(image, sample.label_index, os.path.basename(sample.path))
+        if leaf is None:
+            failed += 1
+        else:
+            leaves[sample.label_index].append(leaf)
+        if log and i % 500 == 0:
+            log(f'{side}: segmented {i}/{len(samples)}')
+    if log:
+        log(f'{side}: {sum(len(v) for v in leaves.values())} leaves segmented, {failed} rejected')
+    photos = FieldPhotos(field_root, FIELD_NEGATIVES[side] if field_photos is None
+                         else field_photos)
+    healthy = leaves[HEALTHY] or [leaf for bank in leaves.values() for leaf in bank]
+    return Banks(leaves, healthy, photos, plain), samples
+
+
+def kind_plan(count: int, rng: np.random.Generator) -> List[Tuple[str, int]]:
+    """
+    Return the (kind, focal label) list of ``count`` tiles.
+
+    Shares: 55 % leaf tiles (leaf fill 30 %, several leaves 13 %, leaf edge 12 %),
+    balanced over the four classes; 13 % canopy; 22 % background; 10 % field crops.
+    """
+    plan: List[Tuple[str, int]] = []
+    shares = (('leaf_fill', 0.30), ('several_leaves', 0.13), ('leaf_edge', 0.12),
+              ('canopy', 0.13), ('background', 0.22), ('field_crop', 0.10))
+    for kind, share in shares:
+        n = int(round(share * count))
+        for j in range(n):
+            plan.append((kind, j % 4 if kind in ('leaf_fill', 'several_leaves', 'leaf_edge')
+                         else -1))
+    order = rng.permutation(len(plan))
+    return [plan[i] for i in order]
+
+
+def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
+                include_plain: bool, log: Optional[Log] = None) -> Dict[str, np.ndarray]:
+    """
+    Generate ``count`` composites (+ the plain PlantVillage images when asked) and save.
+
+    The array file ``path`` (``.npz``, uncompressed) holds ``x`` ``(N, S, S, 3)`` uint8
+    BGR at the model input size, ``y`` ``(N,)`` targets, ``kind`` ``(N,)`` indices into
+    :data:`KINDS`, and ``source`` (leaf file name, '' for no leaf).
+    """
+    card = card_from_dict({
+        'schema_version': 1, 'name': 'cache', 'labels': list(LABELS),
+        'healthy_labels': list(HEALTHY_LABELS),
+        'input': {'name': 'input', 'height_px': input_px, 'width_px': input_px,
+                  'layout': 'NCHW', 'color_order': 'RGB'},
+        'preprocessing': {'resize': 'stretch', 'interpolation': 'area', 'scale': 1 / 255,
+                          'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]},
+        'output': {'name': 'logits'}, 'calibration': {'temperature': 1.0,
+                                                      'unknown_threshold': 0.0}})
+    rng = np.random.default_rng(seed)
+    plan = kind_plan(count, rng)
+    total = len(plan) + (len(banks.plain) if include_plain else 0)
+    x = np.empty((total, input_px, input_px, 3), np.uint8)
+    y = np.empty(total, np.int64)
+    kinds = np.empty(total, np.int64)
+    sources: List[str] = []
+    for i, (kind, label) in enumerate(plan):
+        tile, target, source = make_tile(kind, label, rng, banks)
+        x[i] = resize_to_input(tile, card)
+        y[i] = target
+        kinds[i] = KINDS.index(kind)
+        sources.append(source)
+        if log and i % 1000 == 0:
+            log(f'{os.path.basename(path)}: {i}/{len(plan)} composites')
+    if include_plain:
+        for j, (image, label) in enumerate(banks.plain):
+            i = len(plan) + j
+            x[i] = resize_to_input(image, card)
+            y[i] = label
+            kinds[i] = KINDS.index('pv_plain')
+            sources.append('')
+    np.savez(path, x=x, y=y, kind=kinds, source=np.array(sources))
+    return {'x': x, 'y': y, 'kind': kinds}
