@@ -177,7 +177,9 @@ def test_recipe_card_and_detector(recipe: Dict[str, str]) -> None:
 def test_recipe_evaluate_json(recipe: Dict[str, str]) -> None:
     """``evaluate`` writes the field measures of the model as JSON."""
     with open(recipe['results'], encoding='utf-8') as stream:
-        results = json.load(stream)
+        text = stream.read()
+    assert 'NaN' not in text  # strict JSON: an undefined AUROC is null
+    results = json.loads(text)
     entry = results[os.path.basename(card_path_for_model(recipe['onnx']))]
     assert 0.0 <= entry['plantvillage_validation']['accuracy'] <= 1.0
     assert 'healthy_tile_finding_rate' in entry['field_validation_B']

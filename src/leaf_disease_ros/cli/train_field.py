@@ -28,6 +28,7 @@ Exit status: 0 done, 2 bad data or arguments, or PyTorch / timm missing.
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -131,6 +132,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _strict(value: Any) -> Any:
+    """Return ``value`` with NaN and infinities as None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def _run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run one subcommand (imports PyTorch); return a summary for stdout."""
     started = time.monotonic()
@@ -168,7 +180,7 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         for card in args.cards}
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as stream:
-            json.dump(results, stream, indent=1)
+            json.dump(_strict(results), stream, indent=1)
         return {'out': args.out, 'models': list(results)}
     return results
 
@@ -187,5 +199,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (LeafDiseaseError, ValueError, OSError) as exc:
         sys.stderr.write(f'error: {exc}\n')
         return 2
-    sys.stdout.write(json.dumps(summary, indent=1, default=str) + '\n')
+    sys.stdout.write(json.dumps(_strict(summary), indent=1, default=str) + '\n')
     return 0
