@@ -39,7 +39,7 @@ def generate_launch_description() -> LaunchDescription:
             'model', default_value='',
             description='ONNX model (.onnx, with its .json card beside it) or TensorRT engine '
                         '(.engine); empty: model_path of params_file (default: the shipped '
-                        'engines/leaf_resnet18.onnx)'),
+                        'engines/leaf_lite0_field.onnx)'),
         DeclareLaunchArgument(
             'backend', default_value='', choices=['', 'auto', 'onnxruntime', 'tensorrt'],
             description='auto: a matching TensorRT engine, else ONNX Runtime; onnxruntime '

@@ -27,8 +27,8 @@ from leaf_disease_ros.perception.model_card import ModelCard
 # --- naming -----------------------------------------------------------------------
 
 def test_engine_file_name_follows_the_documented_pattern() -> None:
-    name = engine_file_name('leaf_resnet18', 'fp16', (8, 7), '10.3.0')
-    assert name == 'leaf_resnet18.fp16.sm87.trt10.3.0.engine'
+    name = engine_file_name('leaf_lite0_field', 'fp16', (8, 7), '10.3.0')
+    assert name == 'leaf_lite0_field.fp16.sm87.trt10.3.0.engine'
     assert (engine_file_name('m', 'int8', (7, 2), '10.12.0.36')
             == 'm.int8.sm72.trt10.12.0.36.engine')
 

@@ -83,7 +83,7 @@ def test_a_model_without_a_linear_head_is_refused(finetune):
 def test_the_model_file_must_exist_and_match_its_card(finetune, tmp_path, tiny_model_copy):
     with pytest.raises(ModelLoadError) as info:
         finetune.load_onnx_model(str(tmp_path / 'missing.onnx'))
-    assert 'engines/leaf_resnet18.onnx' in str(info.value)
+    assert 'engines/leaf_lite0_field.onnx' in str(info.value)
     with open(tiny_model_copy, 'ab') as stream:
         stream.write(b'\0')
     with pytest.raises(ModelCardError):

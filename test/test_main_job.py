@@ -75,7 +75,7 @@ def test_the_readme_main_job_reproduces_the_documented_figures(tmp_path):
     with open(tmp_path / 'replay_report' / 'metrics.json', encoding='utf-8') as stream:
         metrics = json.load(stream)
     shipped = load_card(os.path.splitext(metrics['model']['model_path'])[0] + '.json')
-    assert metrics['model']['model'] == shipped.name == 'leaf_resnet18'  # not a test model
+    assert metrics['model']['model'] == shipped.name == 'leaf_lite0_field'  # not a test model
     assert metrics['model']['model_id'] == model_id, (
         f"the shipped model is now {metrics['model']['model_id']}: run leaf-disease-replay and "
         'update the figures:demo-summary block of docs/replay.md (figures and model id)')

@@ -18,13 +18,13 @@ TOPIC = '/camera/image_raw'
 
 
 def test_ready_message_exact_text():
-    text = ready_message(model_id='leaf_resnet18@0123456789ab', backend='onnxruntime',
+    text = ready_message(model_id='leaf_lite0_field@0123456789ab', backend='onnxruntime',
                          providers=['CPUExecutionProvider'], warmup_ms=41.2,
                          image_topic=TOPIC, image_type=IMAGE_TYPE, reliability='best_effort',
                          depth=1, fix_topic='/fix',
                          detections_topic='/detector_node/detections')
     assert text == (
-        'detector ready: model leaf_resnet18@0123456789ab on onnxruntime '
+        'detector ready: model leaf_lite0_field@0123456789ab on onnxruntime '
         '(CPUExecutionProvider), warm-up 41 ms; images sensor_msgs/msg/Image on '
         '/camera/image_raw (best_effort, depth 1), fixes on /fix; detections on '
         '/detector_node/detections')

@@ -95,7 +95,7 @@ def _error_of(function, *args):
 
 
 EXAMPLES = [
-    ready_message(model_id='leaf_resnet18@0123456789ab', backend='onnxruntime',
+    ready_message(model_id='leaf_lite0_field@0123456789ab', backend='onnxruntime',
                   providers=['CPUExecutionProvider'], warmup_ms=41.0,
                   image_topic='/camera/image_raw', image_type=IMAGE_TYPE,
                   reliability='best_effort', depth=1, fix_topic='/gps/fix',
@@ -127,9 +127,9 @@ EXAMPLES = [
         '/data/models/mine.json', '<file>', 'does not exist; every model needs its card '
         '(<model>.json, written by leaf-disease-export)')),
     start_failure_message(EngineMismatchError(mismatch_message(
-        f'{ENGINES}/leaf_resnet18.fp16.sm87.trt8.6.2.engine',
+        f'{ENGINES}/leaf_lite0_field.fp16.sm87.trt8.6.2.engine',
         ['built with TensorRT 8.6.2, this machine has TensorRT 10.3.0'],
-        build_command(f'{ENGINES}/leaf_resnet18.onnx')))),
+        build_command(f'{ENGINES}/leaf_lite0_field.onnx')))),
     start_failure_message(ModelLoadError(
         'model file /data/models/mine.onnx does not exist; set model_path to an ONNX model '
         'with its card beside it (or leave it empty for the shipped model)')),

@@ -303,10 +303,10 @@ def test_no_argument_replays_the_installed_demo(tmp_path, capsys, monkeypatch,
     share = tmp_path / 'share'
     (share / 'engines').mkdir(parents=True)
     for ext in ('.onnx', '.json'):
-        shutil.copy(tiny_model_path[:-5] + ext, share / 'engines' / ('leaf_resnet18' + ext))
-    card = json.loads((share / 'engines' / 'leaf_resnet18.json').read_text())
-    card['model_file'] = 'leaf_resnet18.onnx'
-    (share / 'engines' / 'leaf_resnet18.json').write_text(json.dumps(card))
+        shutil.copy(tiny_model_path[:-5] + ext, share / 'engines' / ('leaf_lite0_field' + ext))
+    card = json.loads((share / 'engines' / 'leaf_lite0_field.json').read_text())
+    card['model_file'] = 'leaf_lite0_field.onnx'
+    (share / 'engines' / 'leaf_lite0_field.json').write_text(json.dumps(card))
     (share / 'demo').mkdir()
     write_bag(str(share / 'demo' / 'vineyard_demo'), 'mcap', _frames(frame_image, 3),
               _fixes())

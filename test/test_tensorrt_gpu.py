@@ -318,7 +318,7 @@ def test_embedding_output_and_saliency_through_an_engine(tmp_path, leaf_batch: n
 
 # --- the shipped model, memory, corruption, DLA (issue 12) ------------------------------
 
-SHIPPED = os.path.join(REPO, 'engines', 'leaf_resnet18.onnx')
+SHIPPED = os.path.join(REPO, 'engines', 'leaf_lite0_field.onnx')
 SHARED_LEAVES = os.path.join(REPO, '..', 'shared', 'datasets', 'plantvillage_grape')
 AGREEMENT_IMAGES = 400  # spread over the shared dataset when present, else test/data/leaves
 
@@ -335,7 +335,7 @@ def _image_paths(limit: int) -> List[str]:
 def shipped_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Return a private copy of the shipped model and card that engines are built into."""
     folder = str(tmp_path_factory.mktemp('shipped'))
-    for name in ('leaf_resnet18.onnx', 'leaf_resnet18.json'):
+    for name in ('leaf_lite0_field.onnx', 'leaf_lite0_field.json'):
         shutil.copy(os.path.join(REPO, 'engines', name), os.path.join(folder, name))
     return folder
 
@@ -343,16 +343,16 @@ def shipped_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope='module')
 def shipped_batches(shipped_dir: str) -> List[np.ndarray]:
     """Return real leaf photos preprocessed with the shipped card, in batches of 16."""
-    card = load_card(os.path.join(shipped_dir, 'leaf_resnet18.json'))
+    card = load_card(os.path.join(shipped_dir, 'leaf_lite0_field.json'))
     images = [cv2.imread(path) for path in _image_paths(AGREEMENT_IMAGES)]
     images = [image for image in images if image is not None]
     return [preprocess(images[i:i + 16], card) for i in range(0, len(images), 16)]
 
 
 def _shipped_engine(shipped_dir: str, precision: str, *extra: str) -> str:
-    onnx_path = os.path.join(shipped_dir, 'leaf_resnet18.onnx')
+    onnx_path = os.path.join(shipped_dir, 'leaf_lite0_field.onnx')
     info = machine()
-    engine = os.path.join(shipped_dir, engine_file_name('leaf_resnet18', precision,
+    engine = os.path.join(shipped_dir, engine_file_name('leaf_lite0_field', precision,
                                                         info.compute_capability,
                                                         info.tensorrt_version))
     if not os.path.isfile(engine):
@@ -373,8 +373,8 @@ def test_shipped_model_top1_agrees_with_onnxruntime(shipped_dir: str, precision:
         calib = SHARED_LEAVES if os.path.isdir(SHARED_LEAVES) else LEAVES
         extra = ['--calib-images', calib, '--calib-max-images', '256']
     engine = _shipped_engine(shipped_dir, precision, *extra)
-    card = load_card(os.path.join(shipped_dir, 'leaf_resnet18.json'))
-    reference = OnnxRuntimeBackend(os.path.join(shipped_dir, 'leaf_resnet18.onnx'), card,
+    card = load_card(os.path.join(shipped_dir, 'leaf_lite0_field.json'))
+    reference = OnnxRuntimeBackend(os.path.join(shipped_dir, 'leaf_lite0_field.onnx'), card,
                                    provider='cpu')
     backend = load_engine_backend(engine)
     try:
@@ -399,7 +399,7 @@ def test_shipped_model_throughput_against_onnxruntime_is_recorded(
     from leaf_disease_ros.inference.tensorrt_backend import load_engine_backend
 
     engine = _shipped_engine(shipped_dir, 'fp16')
-    card = load_card(os.path.join(shipped_dir, 'leaf_resnet18.json'))
+    card = load_card(os.path.join(shipped_dir, 'leaf_lite0_field.json'))
     batch = shipped_batches[0][:6]  # the tiles of one 768x512 frame
 
     def images_per_s(backend: Any, seconds: float = 3.0) -> float:
@@ -415,7 +415,7 @@ def test_shipped_model_throughput_against_onnxruntime_is_recorded(
         trt_rate = images_per_s(trt_backend)
     finally:
         trt_backend.close()
-    ort_backend = OnnxRuntimeBackend(os.path.join(shipped_dir, 'leaf_resnet18.onnx'), card)
+    ort_backend = OnnxRuntimeBackend(os.path.join(shipped_dir, 'leaf_lite0_field.onnx'), card)
     try:
         ort_rate = images_per_s(ort_backend)
         ort_provider = ','.join(ort_backend.describe().get('providers', []))
@@ -423,7 +423,7 @@ def test_shipped_model_throughput_against_onnxruntime_is_recorded(
         ort_backend.close()
     info = machine()
     record = {'machine': info.describe(), 'module': info.module_facts(),
-              'platform': platform.platform(), 'model': 'leaf_resnet18 (128 px)',
+              'platform': platform.platform(), 'model': 'leaf_lite0_field (128 px)',
               'batch': len(batch), 'tensorrt_fp16_images_per_s': round(trt_rate, 1),
               'onnxruntime_images_per_s': round(ort_rate, 1),
               'onnxruntime_providers': ort_provider, 'speedup': round(trt_rate / ort_rate, 2)}

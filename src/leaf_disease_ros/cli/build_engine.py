@@ -3,10 +3,10 @@ r"""
 
 Run it on the Jetson that will run the node (docs/tensorrt.md has the whole story)::
 
-    leaf-disease-build-engine engines/leaf_resnet18.onnx                 # FP16
-    leaf-disease-build-engine engines/leaf_resnet18.onnx --precision int8 \\
+    leaf-disease-build-engine engines/leaf_lite0_field.onnx                 # FP16
+    leaf-disease-build-engine engines/leaf_lite0_field.onnx --precision int8 \\
         --calib-images ../shared/datasets/plantvillage_grape
-    leaf-disease-build-engine --check engines/leaf_resnet18.fp16.sm87.trt10.3.0.engine
+    leaf-disease-build-engine --check engines/leaf_lite0_field.fp16.sm87.trt10.3.0.engine
 
 The build itself is :mod:`leaf_disease_ros.inference.engine.build`; this module
 parses the command line, sends progress lines to stdout and errors to stderr.

@@ -3,7 +3,7 @@
 
 Usage::
 
-    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_resnet18.onnx
+    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_lite0_field.onnx
 
 The steps (parity, calibration, card) are :mod:`leaf_disease_ros.training.export`;
 PyTorch is imported only after the arguments are parsed. Exit status: 0 written,

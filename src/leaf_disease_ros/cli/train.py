@@ -5,10 +5,10 @@ Usage (the shipped model's command is in engines/README.md)::
 
     leaf-disease-train ../shared/datasets/plantvillage_grape --out runs/leaf_resnet18 \\
         --arch resnet18 --input-size 128 --epochs 36 --seed 0
-    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_resnet18.onnx
+    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_lite0_field.onnx
 
     # fine-tune the shipped model on harvested, corrected tiles (docs/adaptation.md)
-    leaf-disease-train harvest/ --init-from engines/leaf_resnet18.onnx \\
+    leaf-disease-train harvest/ --init-from engines/leaf_lite0_field.onnx \\
         --base-data ../shared/datasets/plantvillage_grape --out runs/mine
 
 The recipe is :mod:`leaf_disease_ros.training.train`, fine-tuning from an ONNX model
@@ -74,7 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'preprocessing and labels; --arch and --input-size do not apply')
     tune.add_argument('--init-from', metavar='MODEL.onnx',
                       help='start from this ONNX model (its card beside it), e.g. '
-                           'engines/leaf_resnet18.onnx; DATA is then a harvest whose '
+                           'engines/leaf_lite0_field.onnx; DATA is then a harvest whose '
                            'unknown/ folder is ignored')
     tune.add_argument('--base-data', metavar='DIR',
                       help='class folders mixed in so the model keeps what it knew, e.g. '

@@ -67,7 +67,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     # --- model and backend (read once at start) --------------------------------
     ParamSpec('model_path', STRING, '',
               'ONNX model (.onnx) or TensorRT engine (.engine); empty = the shipped '
-              'engines/leaf_resnet18.onnx. The model card is the .json beside the ONNX.',
+              'engines/leaf_lite0_field.onnx. The model card is the .json beside the ONNX.',
               'model', read_only=True),
     ParamSpec('backend', STRING, 'auto',
               'auto: a TensorRT engine matching the card and this GPU, else ONNX Runtime; '

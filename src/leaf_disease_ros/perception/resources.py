@@ -15,7 +15,7 @@ from typing import List, Optional
 from leaf_disease_ros.perception.errors import ModelLoadError
 
 PACKAGE_NAME = 'leaf_disease_ros'
-SHIPPED_MODEL_NAME = 'leaf_resnet18'
+SHIPPED_MODEL_NAME = 'leaf_lite0_field'
 SHARE_ENV = 'LEAF_DISEASE_ROS_SHARE'
 
 

@@ -36,7 +36,7 @@ def ready_message(*, model_id: str, backend: str, providers: Sequence[str], warm
     """
     Return the INFO line logged once the node subscribes.
 
-    Example: ``detector ready: model leaf_resnet18@0123456789ab on onnxruntime
+    Example: ``detector ready: model leaf_lite0_field@0123456789ab on onnxruntime
     (CPUExecutionProvider), warm-up 41 ms; images sensor_msgs/msg/Image on
     /camera/image_raw (best_effort, depth 1), fixes on /fix; detections on
     /detector_node/detections``.
@@ -77,7 +77,7 @@ def start_failure_message(exc: Exception) -> str:
         if 'leaf-disease-' not in text and 'install' not in text:
             hint = ('set model_path (launch argument model:=/path/to/model.onnx) to an '
                     'existing model, or leave it empty for the shipped '
-                    'engines/leaf_resnet18.onnx (rebuild the package with colcon build '
+                    'engines/leaf_lite0_field.onnx (rebuild the package with colcon build '
                     '--packages-select leaf_disease_ros if it is missing)')
     return f'{START_FAILURE_PREFIX} {text}' + (f' -- fix: {hint}' if hint else '')
 

@@ -3,7 +3,7 @@ Export a training run to ONNX and write its model card (PyTorch, ``train`` extra
 
 Usage::
 
-    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_resnet18.onnx
+    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_lite0_field.onnx
 
 Steps, all on the run's leaf-grouped validation split (``RUN/split.json``):
 

@@ -3,7 +3,7 @@ Fine-tuning a shipped model on a vineyard's own tiles (PyTorch + onnx2torch, ``t
 
 Usage (step 3 of docs/adaptation.md)::
 
-    leaf-disease-train harvest/ --init-from engines/leaf_resnet18.onnx \\
+    leaf-disease-train harvest/ --init-from engines/leaf_lite0_field.onnx \\
         --base-data ../shared/datasets/plantvillage_grape --out runs/mine
     leaf-disease-export runs/mine --out engines/mine.onnx
 
@@ -92,7 +92,7 @@ def load_onnx_model(onnx_path: str) -> Tuple[nn.Module, ModelCard]:
     """
     if not os.path.isfile(onnx_path):
         raise ModelLoadError(f'--init-from {onnx_path} does not exist; give an ONNX model '
-                             'with its card beside it (e.g. engines/leaf_resnet18.onnx)')
+                             'with its card beside it (e.g. engines/leaf_lite0_field.onnx)')
     card = load_card(card_path_for_model(onnx_path))
     check_model_file(card, onnx_path)
     try:

@@ -5,7 +5,7 @@ Usage (the shipped model's command is in engines/README.md)::
 
     leaf-disease-train ../shared/datasets/plantvillage_grape --out runs/leaf_resnet18 \\
         --arch resnet18 --input-size 128 --epochs 36 --seed 0
-    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_resnet18.onnx
+    leaf-disease-export runs/leaf_resnet18 --out engines/leaf_lite0_field.onnx
 
 What it does:
 

@@ -4,10 +4,10 @@ Build (or check) the TensorRT engine of a leaf_disease_ros ONNX model on this ma
 Run it on the Jetson that will run the node (docs/tensorrt.md, "Build the engine on
 the Jetson" has the whole story)::
 
-    leaf-disease-build-engine engines/leaf_resnet18.onnx                 # FP16
-    leaf-disease-build-engine engines/leaf_resnet18.onnx --precision int8 \
+    leaf-disease-build-engine engines/leaf_lite0_field.onnx                 # FP16
+    leaf-disease-build-engine engines/leaf_lite0_field.onnx --precision int8 \
         --calib-images ../shared/datasets/plantvillage_grape
-    leaf-disease-build-engine --check engines/leaf_resnet18.fp16.sm87.trt10.3.0.engine
+    leaf-disease-build-engine --check engines/leaf_lite0_field.fp16.sm87.trt10.3.0.engine
 
 The engine goes beside the ONNX model as ``<model>.<precision>.<smXY>.trt<version>
 .engine``, followed (atomically, after the engine) by its sidecar ``<engine>.json``:
