@@ -1,8 +1,8 @@
 """
 Where the shipped demo recording lives (installed share folder or source checkout).
 
-The demo is a rosbag2 folder, ``demo/vineyard_demo``, made by
-``tools/make_demo_bag.py`` and installed by ``setup.py`` to
+The demo is a rosbag2 folder, ``demo/vineyard_demo``, made by the source tree's
+demo-bag maker (a developer script, not installed) and installed by ``setup.py`` to
 ``share/leaf_disease_ros/demo/vineyard_demo``; ``demo/README.md`` says what it is
 made of.
 """

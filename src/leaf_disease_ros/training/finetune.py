@@ -60,13 +60,12 @@ from leaf_disease_ros.perception.metrics import classification_report, format_re
 from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
                                                     card_to_dict, check_model_file, load_card,
                                                     ModelCard, UNKNOWN_LABEL)
-from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.checkpoint import save_checkpoint
 from leaf_disease_ros.training.dataset import build_split, grouped_split
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
 from leaf_disease_ros.training.train import (choose_device, EpochSampler, evaluate, LeafDataset,
-                                             LOG, save_curves, setup_logging, train_epoch)
+                                             LOG, setup_logging, train_epoch, write_run_record)
 
 try:
     import torch
@@ -516,11 +515,7 @@ def finetune(args: argparse.Namespace) -> Dict[str, Any]:
                'training_seconds_this_session': elapsed,
                'training_seconds_total': sum(h['seconds'] for h in history),
                'final': best_report}
-    atomic_write_json(os.path.join(args.out, 'metrics.json'), metrics)
-    write_confusion_matrix_png(best_report['confusion_matrix'], list(labels),
-                               os.path.join(args.out, 'confusion_matrix.png'),
-                               title=f'{args.name} validation (epoch {best_epoch})')
-    save_curves(history, os.path.join(args.out, 'curves.png'))
+    write_run_record(args.out, args.name, labels, metrics, best_report, history, best_epoch)
     return metrics
 
 

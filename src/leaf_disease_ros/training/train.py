@@ -414,9 +414,16 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                'training_seconds_this_session': elapsed,
                'training_seconds_total': sum(h['seconds'] for h in history),
                'final': final}
-    atomic_write_json(os.path.join(args.out, 'metrics.json'), metrics)
-    write_confusion_matrix_png(final['confusion_matrix'], list(labels),
-                               os.path.join(args.out, 'confusion_matrix.png'),
-                               title=f'{args.name} validation (epoch {best_epoch})')
-    save_curves(history, os.path.join(args.out, 'curves.png'))
+    write_run_record(args.out, args.name, labels, metrics, final, history, best_epoch)
     return metrics
+
+
+def write_run_record(out_dir: str, name: str, labels: Sequence[str], metrics: Dict[str, Any],
+                     final: Dict[str, Any], history: List[Dict[str, float]],
+                     best_epoch: int) -> None:
+    """Write a run's ``metrics.json``, ``confusion_matrix.png`` and ``curves.png``."""
+    atomic_write_json(os.path.join(out_dir, 'metrics.json'), metrics)
+    write_confusion_matrix_png(final['confusion_matrix'], list(labels),
+                               os.path.join(out_dir, 'confusion_matrix.png'),
+                               title=f'{name} validation (epoch {best_epoch})')
+    save_curves(history, os.path.join(out_dir, 'curves.png'))
