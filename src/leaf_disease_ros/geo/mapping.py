@@ -279,6 +279,17 @@ class TrackRecorder:
 # --- writers --------------------------------------------------------------------
 
 
+def features_per_label(features: Sequence[MapFeature]) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """Return ``(features per label, confirmed features per label)``."""
+    every: Dict[str, int] = {}
+    confirmed: Dict[str, int] = {}
+    for feature in features:
+        every[feature.label] = every.get(feature.label, 0) + 1
+        if feature.confirmed:
+            confirmed[feature.label] = confirmed.get(feature.label, 0) + 1
+    return every, confirmed
+
+
 def iso_utc(stamp_ns: int) -> str:
     """Return a stamp (ns since the epoch) as ISO 8601 UTC with millisecond precision."""
     moment = datetime.datetime.fromtimestamp(stamp_ns / 1e9, tz=datetime.timezone.utc)

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from leaf_disease_ros.geo.evidence import EvidenceTracker
-from leaf_disease_ros.geo.mapping import FindingMerger, Sighting
+from leaf_disease_ros.geo.mapping import features_per_label, FindingMerger, Sighting
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.model_card import UNKNOWN_LABEL
@@ -78,12 +78,7 @@ class _ModelTally:
 
     def summary(self) -> Dict[str, Any]:
         features = self.merger.features()
-        by_label: Dict[str, int] = {}
-        confirmed: Dict[str, int] = {}
-        for feature in features:
-            by_label[feature.label] = by_label.get(feature.label, 0) + 1
-            if feature.confirmed:
-                confirmed[feature.label] = confirmed.get(feature.label, 0) + 1
+        by_label, confirmed = features_per_label(features)
         accuracy = None
         if self.evaluator is not None and self.evaluator.pair_counts.sum():
             report = self.evaluator.report()

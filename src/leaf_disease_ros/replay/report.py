@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
-from leaf_disease_ros.geo.mapping import write_geojson, write_kml, write_map_png
+from leaf_disease_ros.geo.mapping import (features_per_label, write_geojson, write_kml,
+                                          write_map_png)
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.positions import (NO_POSITION_REASONS, REASON_INTERPOLATED,
@@ -58,12 +59,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
     if state.first_log_time_ns is not None and state.last_log_time_ns is not None:
         duration_s = (state.last_log_time_ns - state.first_log_time_ns) / 1e9
     features = state.merger.features()
-    features_by_label: Dict[str, int] = {}
-    confirmed_by_label: Dict[str, int] = {}
-    for feature in features:
-        features_by_label[feature.label] = features_by_label.get(feature.label, 0) + 1
-        if feature.confirmed:
-            confirmed_by_label[feature.label] = confirmed_by_label.get(feature.label, 0) + 1
+    features_by_label, confirmed_by_label = features_per_label(features)
     stage_means = {stage: (total / processed if processed else 0.0)
                    for stage, total in state.stage_totals_ms.items()}
     accuracy = state.evaluator.report() if state.evaluator is not None else None
