@@ -79,5 +79,7 @@ def test_the_report_compares_two_models_on_the_same_tiles(tmp_path):
         text = stream.read()
     assert '## Comparison: colour (`main@111111111111`) (main) and colour' in text
     assert '| esca | 3 | 0 | 0 | 0 | 0 |' in text
+    assert '| finding score | top_label | top_label |' in text  # cards without one
+    assert compared['models']['compared']['finding_score'] == 'top_label'
     with open(os.path.join(out, 'metrics.json'), encoding='utf-8') as stream:
         assert json.load(stream)['comparison']['same_label'] == 9

@@ -1,5 +1,6 @@
 """The field recipe (leaf-disease-train-field) end to end at a tiny scale, and its parts."""
 
+import glob
 import json
 import os
 from typing import Dict, List
@@ -60,6 +61,71 @@ def test_segment_leaf_known_gap(leaf_images: Dict[str, List[str]], label: str) -
     _check_leaf_mask(leaf_images[label][0])
 
 
+def _hue_share(bgr: np.ndarray, alpha: np.ndarray, low: int, high: int) -> float:
+    """Share of leaf pixels (alpha > 0.5) whose OpenCV hue is in [low, high)."""
+    hue = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 0]
+    inside = alpha > 0.5
+    return float(((hue >= low) & (hue < high))[inside].mean())
+
+
+def test_painted_field_esca(leaf_images: Dict[str, List[str]]) -> None:
+    """Painted esca: a green leaf gets 20-80 % non-green zones, stays green along veins."""
+    from leaf_disease_ros.training.field_sim import (esca_field_symptoms, ESCA,
+                                                     leaf_from_image, read_bgr)
+    for path in leaf_images['healthy'][1:4]:
+        leaf = leaf_from_image(read_bgr(path), 2, os.path.basename(path))
+        assert leaf is not None
+        assert _hue_share(leaf.bgr, leaf.alpha, 36, 90) > 0.9  # a green leaf
+        painted = esca_field_symptoms(leaf, np.random.default_rng(3))
+        assert painted is not None and painted.label == ESCA and painted.source == leaf.source
+        assert painted.alpha is leaf.alpha and painted.bgr.shape == leaf.bgr.shape
+        green = _hue_share(painted.bgr, painted.alpha, 36, 90)
+        assert 0.2 < green < 0.8, green  # both: symptoms and green tissue
+        again = esca_field_symptoms(leaf, np.random.default_rng(3))
+        assert again is not None and np.array_equal(again.bgr, painted.bgr)  # seeded
+    tiny = leaf_from_image(read_bgr(leaf_images['healthy'][1]), 2, 'x')
+    assert tiny is not None
+    tiny.alpha = np.zeros_like(tiny.alpha)  # no leaf pixels: cannot paint
+    assert esca_field_symptoms(tiny, np.random.default_rng(0)) is None
+
+
+def test_autumn_colouring_is_healthy_and_not_green(leaf_images: Dict[str, List[str]]) -> None:
+    """Autumn colouring recolours most of the blade yellow-red and keeps it healthy."""
+    from leaf_disease_ros.training.field_sim import (autumn_colouring, HEALTHY,
+                                                     leaf_from_image, read_bgr)
+    leaf = leaf_from_image(read_bgr(leaf_images['healthy'][1]), 2, 'x')
+    assert leaf is not None
+    for seed in range(4):
+        coloured = autumn_colouring(leaf, np.random.default_rng(seed))
+        assert coloured.label == HEALTHY
+        assert _hue_share(coloured.bgr, coloured.alpha, 36, 90) < 0.3
+
+
+def test_findings_rules() -> None:
+    """top_label compares the top score, disease_mass the sum over diseases."""
+    from leaf_disease_ros.training.field_eval import findings
+    labels = ['black_rot', 'esca', 'healthy', 'background']
+    probs = np.array([[0.55, 0.43, 0.01, 0.01],   # split between two diseases
+                      [0.95, 0.03, 0.01, 0.01],   # one clear disease
+                      [0.30, 0.20, 0.45, 0.05],   # healthy on top
+                      [0.40, 0.35, 0.15, 0.10]])  # top below the unknown threshold
+    non_disease = ['healthy', 'background']
+    top = findings(probs, labels, non_disease, 0.5, 0.9, 'top_label')
+    mass = findings(probs, labels, non_disease, 0.5, 0.9, 'disease_mass')
+    assert top.tolist() == [False, True, False, False]
+    assert mass.tolist() == [True, True, False, False]
+
+
+def test_cache_parts_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cache --parts 0`` is refused with a message naming the option."""
+    from leaf_disease_ros.cli.train_field import main
+    with pytest.raises(SystemExit) as stop:
+        main(['cache', '--plantvillage', 'x', '--field-photos', 'y', '--out', 'z',
+              '--parts', '0'])
+    assert stop.value.code == 2
+    assert '--parts must be at least 1' in capsys.readouterr().err
+
+
 def test_kd_loss() -> None:
     """KD loss: zero for equal logits, T^2 times the KL divergence otherwise."""
     torch = pytest.importorskip('torch')
@@ -111,7 +177,8 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     cache = os.path.join(work, 'cache')
     common = ['--plantvillage', leaves]
     assert main(['cache', *common, '--field-photos', FIELD_PHOTOS, '--out', cache,
-                 '--train-count', '24', '--val-count', '24', '--input-px', '32']) == 0
+                 '--train-count', '24', '--val-count', '24', '--input-px', '32',
+                 '--field-symptoms', '--parts', '2', '--train-seed', '2']) == 0
     train_cache = os.path.join(cache, 'train_32.npz')
     val_cache = os.path.join(cache, 'val_32.npz')
     teacher_run = os.path.join(work, 'runs', 'teacher')
@@ -126,7 +193,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
                  '--threads', '1']) == 0
     onnx_path = os.path.join(work, 'models', 'leaf_student_field.onnx')
     assert main(['export', student_run, '--out', onnx_path, '--val-cache', val_cache,
-                 *common, '--threads', '1']) == 0
+                 *common, '--threads', '1', '--finding-score', 'disease_mass']) == 0
     results = os.path.join(work, 'results.json')
     assert main(['evaluate', card_path_for_model(onnx_path), '--val-cache', val_cache,
                  *common, '--field-photos', FIELD_PHOTOS, '--out', results,
@@ -144,6 +211,16 @@ def test_recipe_cache_and_runs(recipe: Dict[str, str]) -> None:
     assert abs(len(val['y']) - 24) <= 1  # the kind shares are rounded
     assert len(train['y']) > 24  # + the plain training photos
     assert set(np.unique(val['y'])) <= set(range(5)) and 4 in set(val['y'].tolist())
+    # two parts merged (seeds 2 and 3): 24 composites, the plain photos once
+    from leaf_disease_ros.training.field_sim import kind_plan, KINDS
+    plain = train['kind'] == KINDS.index('pv_plain')
+    per_part = len(kind_plan(12, np.random.default_rng(0)))  # the shares are rounded
+    from leaf_disease_ros.training.dataset import build_split
+    _, train_side, _, _ = build_split(os.path.join(REPO_DIR, 'test', 'data', 'leaves'), None,
+                                      'photo-blocks', 40, None, 0.2, 0)
+    assert (~plain).sum() == 2 * per_part and plain.sum() == len(train_side) > 0
+    assert not glob.glob(os.path.join(os.path.dirname(recipe['train_cache']), '*.part*'))
+    assert len(train['variant']) == len(train['y']) and len(val['variant']) == len(val['y'])
     from leaf_disease_ros.training.checkpoint import load_checkpoint
     meta = load_checkpoint(os.path.join(recipe['student_run'], 'model.pt'))
     assert meta['arch'] == 'resnet18' and meta['args']['teacher_logits'] == recipe['logits']
@@ -159,7 +236,7 @@ def test_recipe_card_and_detector(recipe: Dict[str, str]) -> None:
     assert card.background_labels == ('background',)
     assert card.healthy_labels == ('healthy',)
     assert 0.0 <= card.finding_threshold <= 1.0
-    assert card.finding_threshold >= card.unknown_threshold
+    assert card.finding_score == 'disease_mass'  # as asked at export
     assert 'half A' in card.calibration_extra['operating_point_material']
     assert card.embedding_name == 'embedding' and card.embedding_size == 512
     assert card.metrics['field_validation']['tiles'] >= 1
@@ -183,4 +260,7 @@ def test_recipe_evaluate_json(recipe: Dict[str, str]) -> None:
     entry = results[os.path.basename(card_path_for_model(recipe['onnx']))]
     assert 0.0 <= entry['plantvillage_validation']['accuracy'] <= 1.0
     assert 'healthy_tile_finding_rate' in entry['field_validation_B']
+    assert entry['finding_score'] == 'disease_mass'
+    assert set(entry['field_validation_B']['per_variant']) == {'esca_field_symptoms',
+                                                               'autumn_colouring'}
     assert entry['field_photos']['per_photo']

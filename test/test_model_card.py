@@ -44,6 +44,8 @@ def test_roundtrip(doc, tmp_path):
     (lambda d: d['calibration'].update(finding_threshold=1.5), 'calibration.finding_threshold'),
     (lambda d: d['calibration'].update(finding_threshold='high'),
      'calibration.finding_threshold'),
+    (lambda d: d['calibration'].update(finding_score='max'), 'calibration.finding_score'),
+    (lambda d: d['calibration'].update(finding_score=1), 'calibration.finding_score'),
     (lambda d: d.update(schema_version=2), 'schema_version'),
     (lambda d: d['input'].update(height_px=0), 'input.height_px'),
     (lambda d: d['input'].update(width_px='32'), 'input.width_px'),
@@ -144,5 +146,16 @@ def test_background_labels_and_finding_threshold_roundtrip(doc):
 def test_old_cards_get_the_default_operating_point(doc):
     doc.pop('background_labels', None)
     doc['calibration'].pop('finding_threshold', None)
+    doc['calibration'].pop('finding_score', None)
     card = card_from_dict(doc, 'x.json')
     assert card.background_labels == () and card.finding_threshold == 0.5
+    assert card.finding_score == 'top_label'
+
+
+def test_finding_score_roundtrip(doc):
+    doc['calibration']['finding_score'] = 'disease_mass'
+    card = card_from_dict(doc, 'x.json')
+    assert card.finding_score == 'disease_mass'
+    assert 'finding_score' not in card.calibration_extra
+    assert card_to_dict(card)['calibration']['finding_score'] == 'disease_mass'
+    assert card_from_dict(card_to_dict(card), 'x.json') == card

@@ -129,6 +129,36 @@ def test_finding_threshold_from_card_or_parameter(backend, frame):
     assert overridden.process(frame, S).findings == loose.findings
 
 
+class FixedBackend:
+    """Stand-in backend: the same logits for every tile (to pin the decision rule)."""
+
+    def __init__(self, card, logits):
+        self.card = card
+        self.max_batch = 64
+        self.logits = np.asarray(logits, np.float32)
+
+    def infer(self, batch):
+        """Return the fixed logits for each tile of ``batch``."""
+        return np.repeat(self.logits[None], len(batch), axis=0)
+
+
+@pytest.mark.parametrize('rule, is_finding', [('top_label', False), ('disease_mass', True)])
+def test_finding_score_rule_from_card(backend, frame, rule, is_finding):
+    # black_rot 0.55, esca 0.43, healthy 0.02: surely diseased, unsure which disease.
+    labels = backend.card.labels
+    probs = np.full(len(labels), 1e-4)
+    probs[labels.index('black_rot')] = 0.55
+    probs[labels.index('esca')] = 0.43
+    probs[labels.index('healthy')] = 0.02
+    card = replace(backend.card, temperature=1.0, unknown_threshold=0.5,
+                   finding_threshold=0.9, finding_score=rule)
+    result = Detector(FixedBackend(card, np.log(probs)), card).process(frame, S)
+    assert result.detections and all(d.label == 'black_rot' for d in result.detections)
+    assert all(d.is_finding == is_finding for d in result.detections)
+    expected = 0.98 if rule == 'disease_mass' else 0.55
+    assert all(abs(d.finding_score - expected) < 1e-3 for d in result.detections)
+
+
 def test_background_labels_are_never_diseases(backend, frame):
     config = DetectorConfig(unknown_threshold=0.0, disease_score_threshold=0.0)
     plain = Detector(backend, backend.card, config).process(frame, S)

@@ -35,6 +35,7 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from leaf_disease_ros.perception.errors import LeafDiseaseError
+from leaf_disease_ros.perception.model_card import FINDING_SCORES
 
 ARCHS = ('resnet18', 'resnet34', 'efficientnet_lite0')  # training/backbones.ARCHS
 
@@ -66,6 +67,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cache.add_argument('--train-count', type=int, default=9000, help='training composites')
     cache.add_argument('--val-count', type=int, default=3000, help='validation composites')
     cache.add_argument('--input-px', type=int, default=128, help='model input side, px')
+    cache.add_argument('--field-symptoms', action='store_true',
+                       help='paint field esca (tiger stripes) on healthy leaves and autumn '
+                            'colours (still healthy) into the composites')
+    cache.add_argument('--train-seed', type=int, default=1,
+                       help='random seed of the training composites (validation: 1001)')
+    cache.add_argument('--parts', type=int, default=1,
+                       help='make the training composites in this many processes (seeds '
+                            'train-seed, train-seed + 1, ...)')
     cache.add_argument('--preview', metavar='PNG',
                        help='write a contact sheet of validation composites instead')
 
@@ -117,6 +126,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='max |PyTorch - onnxruntime| logit difference')
     export.add_argument('--no-embedding', action='store_true',
                         help='export the logits only (no embedding output)')
+    export.add_argument('--finding-score', choices=FINDING_SCORES, default='top_label',
+                        help='what the finding threshold is compared with: the top '
+                             "label's probability, or that of all diseases together")
     export.add_argument('--threads', type=int, default=2)
 
     evaluate = sub.add_parser('evaluate', formatter_class=fmt,
@@ -129,6 +141,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command == 'train' and not args.budget_min and not args.epochs:
         parser.error('train: give --budget-min or --epochs')
+    if args.command == 'cache' and args.parts < 1:
+        parser.error(f'cache: --parts must be at least 1 (got {args.parts})')
     return args
 
 
@@ -152,7 +166,9 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
             field_train.preview(args.plantvillage, args.field_photos, args.preview)
             return {'preview': args.preview}
         paths = field_train.build_caches(args.plantvillage, args.field_photos, args.out,
-                                         args.train_count, args.val_count, args.input_px)
+                                         args.train_count, args.val_count, args.input_px,
+                                         field_symptoms=args.field_symptoms,
+                                         train_seed=args.train_seed, parts=args.parts)
         return dict(paths, seconds=round(time.monotonic() - started, 1))
     if args.command == 'train':
         from leaf_disease_ros.training import field_train
@@ -167,13 +183,14 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.command == 'export':
         from leaf_disease_ros.training import field_export
         doc = field_export.export_field(args.run, args.out, args.val_cache, args.plantvillage,
-                                        args.tolerance, args.threads, not args.no_embedding)
-        return {'model': args.out, 'calibration': {
-            k: v for k, v in doc['calibration'].items()
-            if k in ('temperature', 'unknown_threshold', 'finding_threshold')},
-            'pv_accuracy': doc['metrics']['validation']['accuracy'],
-            'field_validation_B': {k: v for k, v in doc['metrics']['field_validation'].items()
-                                   if k != 'per_kind'}}
+                                        args.tolerance, args.threads, not args.no_embedding,
+                                        args.finding_score)
+        kept = ('temperature', 'unknown_threshold', 'finding_threshold', 'finding_score')
+        return {'model': args.out,
+                'calibration': {k: v for k, v in doc['calibration'].items() if k in kept},
+                'pv_accuracy': doc['metrics']['validation']['accuracy'],
+                'field_validation_B': {k: v for k, v in doc['metrics']['field_validation'].items()
+                                       if k not in ('per_kind', 'per_variant')}}
     from leaf_disease_ros.training import field_eval
     results = {os.path.basename(card): field_eval.evaluate_model(
         card, args.val_cache, args.plantvillage, args.field_photos, args.threads)

@@ -112,8 +112,9 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'classification', min_value=-1.0, max_value=1.0),
     ParamSpec('disease_score_threshold', DOUBLE, -1.0,
               'Minimum calibrated score for a diseased tile to become a finding '
-              "(geo_detections, maps); negative = the model card's operating point "
-              '(0.5 for cards without one).',
+              "(geo_detections, maps); the score is the card's calibration.finding_score "
+              "(the top label's probability, or that of all diseases together); negative "
+              "= the model card's operating point (0.5 for cards without one).",
               'classification', min_value=-1.0, max_value=1.0),
     # --- GPS tagging (live) ------------------------------------------------------
     ParamSpec('max_fix_gap_s', DOUBLE, 1.0,

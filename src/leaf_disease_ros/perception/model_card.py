@@ -32,7 +32,9 @@ Example::
 ``background_labels`` (optional) are outputs for what is not a leaf (sky, soil,
 posts, wires): like healthy labels they are never a disease. ``finding_threshold``
 (optional, default 0.5) is the operating point: the calibrated score a disease tile
-needs to be a finding; ``operating_point_material`` says what it was chosen on.
+needs to be a finding; ``finding_score`` (optional, ``top_label`` or ``disease_mass``)
+says which score: the top label's probability, or the probability of all disease
+labels together; ``operating_point_material`` says what it was chosen on.
 ``training``, ``metrics`` and the other keys of ``calibration`` are free-form
 records of how the model was made and scored; the runtime ignores them.
 
@@ -62,6 +64,10 @@ RESIZE_RULES = ('stretch', 'center_crop')
 INTERPOLATIONS = ('area', 'linear', 'cubic')
 COLOR_ORDERS = ('RGB', 'BGR')
 LAYOUTS = ('NCHW',)
+# What a disease tile's finding threshold is compared with: the top label's calibrated
+# probability, or the calibrated probability of all disease labels together (a tile
+# split between two diseases is still surely diseased).
+FINDING_SCORES = ('top_label', 'disease_mass')
 _LABEL_RE = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 
@@ -86,6 +92,7 @@ class ModelCard:
     temperature: float = 1.0
     unknown_threshold: float = 0.0
     finding_threshold: float = DEFAULT_FINDING_THRESHOLD
+    finding_score: str = 'top_label'
     background_labels: Tuple[str, ...] = ()
     model_file: str = ''
     onnx_sha256: str = ''
@@ -201,12 +208,13 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
         unknown_threshold=cal.number('unknown_threshold', minimum=0.0, maximum=1.0),
         finding_threshold=cal.number('finding_threshold', DEFAULT_FINDING_THRESHOLD,
                                      minimum=0.0, maximum=1.0),
+        finding_score=cal.choice('finding_score', FINDING_SCORES, 'top_label'),
         background_labels=tuple(background),
         model_file=model_file,
         onnx_sha256=sha,
         calibration_extra={k: v for k, v in cal.doc.items()
                            if k not in ('temperature', 'unknown_threshold',
-                                        'finding_threshold')},
+                                        'finding_threshold', 'finding_score')},
         training=card.mapping('training'),
         metrics=card.mapping('metrics'),
         path=path,
@@ -220,7 +228,8 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
     """Return the JSON document of ``card`` (the inverse of :func:`card_from_dict`)."""
     calibration: Dict[str, Any] = {'temperature': card.temperature,
                                    'unknown_threshold': card.unknown_threshold,
-                                   'finding_threshold': card.finding_threshold}
+                                   'finding_threshold': card.finding_threshold,
+                                   'finding_score': card.finding_score}
     calibration.update(card.calibration_extra)
     output: Dict[str, Any] = {'name': card.output_name}
     if card.embedding_name:

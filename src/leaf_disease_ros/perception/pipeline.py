@@ -60,8 +60,10 @@ class Detection:
 
     ``box_xyxy_px`` is ``(x0, y0, x1, y1)`` in frame pixels, x1/y1 exclusive.
     ``is_disease``: the label is neither healthy nor unknown. ``is_finding``: a
-    disease with ``score >=`` the finding threshold (what maps and
-    ``~/geo_detections`` report).
+    disease whose ``finding_score`` clears the finding threshold (what maps and
+    ``~/geo_detections`` report). ``finding_score`` is the card's choice
+    (``calibration.finding_score``): the top label's score, or the calibrated
+    probability of all disease labels together.
     """
 
     box_xyxy_px: Tuple[int, int, int, int]
@@ -74,6 +76,7 @@ class Detection:
     is_finding: bool
     vegetation_fraction: float
     distance: Optional[float] = None  # to the training data (card's embedding_distance)
+    finding_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class Detector:
         self._config = config or DetectorConfig()
         self._check(self._config)
         self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
+        non_disease = set(card.non_disease_labels)
+        self._disease_columns = np.array(
+            [i for i, label in enumerate(card.labels) if label not in non_disease], np.int64)
         distance = card.embedding_distance
         with_embedding = getattr(backend, 'infer_with_embedding', None)
         #: the embedding distance in use for unknown (None: softmax score only)
@@ -146,6 +152,12 @@ class Detector:
         """Return the finding threshold in force: the parameter, or the card's when negative."""
         value = self._config.disease_score_threshold
         return self._card.finding_threshold if value < 0 else value
+
+    def _finding_scores(self, probs: np.ndarray) -> np.ndarray:
+        """Return ``(N,)`` the score each tile's finding threshold is compared with."""
+        if self._card.finding_score == 'disease_mass':
+            return np.asarray(probs[:, self._disease_columns].sum(axis=1), dtype=np.float64)
+        return np.asarray(probs.max(axis=1), dtype=np.float64)
 
     def _input_buffer(self, count: int) -> np.ndarray:
         height, width = self._card.input_hw_px
@@ -216,14 +228,17 @@ class Detector:
             results = classify(probs, self._card.labels, self._card.non_disease_labels,
                                config.top_k, self.unknown_threshold(), far)
             finding_threshold = self.finding_threshold()
+            finding_scores = self._finding_scores(probs)
             detections = tuple(
                 Detection(box_xyxy_px=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
                           label=r.label,
                           label_index=r.label_index, score=r.score, top_k=r.top_k,
                           is_unknown=r.is_unknown, is_disease=r.is_disease,
-                          is_finding=r.is_disease and r.score >= finding_threshold,
+                          is_finding=(r.is_disease
+                                      and finding_scores[row] >= finding_threshold),
                           vegetation_fraction=float(fractions[i]),
-                          distance=None if distances is None else float(distances[row]))
+                          distance=None if distances is None else float(distances[row]),
+                          finding_score=float(finding_scores[row]))
                 for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
                                                       keep.tolist())))
             t_post = clock()

@@ -122,7 +122,8 @@ class ModelComparison:
                       'model_id': facts.get('model_id', ''),
                       'model_path': os.path.abspath(model_path) if model_path else '',
                       'unknown_threshold': self.detector.unknown_threshold(),
-                      'finding_threshold': self.detector.finding_threshold()}
+                      'finding_threshold': self.detector.finding_threshold(),
+                      'finding_score': backend.card.finding_score}
         self._main = _ModelTally(main_card_labels, params, with_truth)
         self._other = _ModelTally(backend.card.labels, params, with_truth)
         self._rows = tuple(main_card_labels) + (UNKNOWN_LABEL,)
@@ -183,7 +184,7 @@ class ModelComparison:
         return {
             'models': {'main': {key: main_model.get(key) for key in
                                 ('model', 'model_id', 'model_path', 'unknown_threshold',
-                                 'finding_threshold')},
+                                 'finding_threshold', 'finding_score')},
                        'compared': dict(self.model)},
             'frames': self.frames,
             'tiles_compared': compared,
@@ -222,7 +223,9 @@ def comparison_lines(metrics: Mapping[str, Any]) -> List[str]:
              '| | main | compared |', '|---|---|---|',
              f"| thresholds (unknown / finding) | {main['unknown_threshold']:.3g} / "
              f"{main['finding_threshold']:.3g} | {other['unknown_threshold']:.3g} / "
-             f"{other['finding_threshold']:.3g} |"]
+             f"{other['finding_threshold']:.3g} |",
+             f"| finding score | {main.get('finding_score') or 'top_label'} | "
+             f"{other.get('finding_score') or 'top_label'} |"]
     rows = (('tiles per label', lambda s: _counts(s['tiles_by_label'])),
             ('unknown', lambda s: f"{s['unknown']} ({100 * s['unknown_rate']:.1f} %)"),
             ('findings (diseased tiles) per label', lambda s: _counts(s['findings_by_label'])),

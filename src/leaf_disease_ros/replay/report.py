@@ -215,6 +215,13 @@ def _latency_row(name: str, summary: Dict[str, float]) -> str:
             f"| {summary['mean']:.1f} | {summary['max']:.1f} |")
 
 
+def _finding_score_words(model: Dict[str, Any]) -> str:
+    """Say what the finding threshold of the run's model card is compared with."""
+    if model.get('finding_score') == 'disease_mass':
+        return 'a disease probability (all diseases together)'
+    return 'score'
+
+
 def _evidence_sentence(findings: Dict[str, Any]) -> str:
     evidence = findings['evidence']
     return ('Evidence before navigation: a finding is confirmed (sent on `geo_detections`) '
@@ -321,7 +328,8 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                   '(-80..84 degrees): their findings are on the map and in the GeoJSON/KML, '
                   'but not in `geo_detections` (UTM metres) of the output bag.']
     lines += ['', '## Findings', '',
-              f"{findings['sightings']} diseased tiles with score >= "
+              f"{findings['sightings']} diseased tiles with "
+              f"{_finding_score_words(metrics['model'])} >= "
               f"{metrics['model']['finding_threshold']:g} "
               f"({findings['without_position']} without position), merged within "
               f"{findings['merge_radius_m']} m into {findings['features']} map features: "

@@ -16,9 +16,11 @@ ones are measured by one code path) is scored on:
   (frame resized to 1280 px wide, 256-px tiles every 256 px, excess-green vegetation
   gate with the node's default values): counts per label per photo and per folder.
 
-A tile is a *finding* when its top label is a disease and its calibrated score is at
-least ``max(unknown_threshold, finding_threshold)`` (the node's rule: below the unknown
-threshold it is ``unknown``, and ``disease_score_threshold`` gates findings).
+A tile is a *finding* when its top label is a disease whose calibrated score clears the
+unknown threshold, and its finding score clears the finding threshold (the node's rule:
+below the unknown threshold it is ``unknown``, and ``disease_score_threshold`` gates
+findings). The finding score is the card's ``calibration.finding_score``: the top
+label's probability (``top_label``) or that of all diseases together (``disease_mass``).
 """
 from dataclasses import dataclass
 import glob
@@ -37,7 +39,7 @@ from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.calibration import choose_unknown_threshold, fit_temperature
 from leaf_disease_ros.training.dataset import build_split
-from leaf_disease_ros.training.field_sim import KINDS, LABELS, read_bgr
+from leaf_disease_ros.training.field_sim import KINDS, LABELS, read_bgr, VARIANTS
 
 FRAME_WIDTH_PX = 1280
 MAX_NEGATIVE_FINDING_RATE = 0.01
@@ -81,12 +83,18 @@ def pv_validation(pv_root: str) -> Tuple[List[np.ndarray], np.ndarray]:
 
 @dataclass
 class Composites:
-    """Validation composites: tiles ``(N, S, S, 3)`` uint8, targets, kinds, half (0=A, 1=B)."""
+    """
+    Validation composites: tiles ``(N, S, S, 3)`` uint8, targets, kinds, half (0=A, 1=B).
+
+    ``variant``: how each focal leaf was drawn (indices into ``field_sim.VARIANTS``);
+    None for caches made before painted field symptoms.
+    """
 
     x: np.ndarray
     y: np.ndarray
     kind: np.ndarray
     half: np.ndarray
+    variant: Optional[np.ndarray] = None
 
 
 def load_composites(path: str) -> Composites:
@@ -97,17 +105,27 @@ def load_composites(path: str) -> Composites:
     for i, source in enumerate(sources):
         key = str(source) if str(source) else f'tile{i}'
         half[i] = int(hashlib.sha1(key.encode()).hexdigest(), 16) % 2
-    return Composites(data['x'], data['y'], data['kind'], half)
+    variant = data['variant'] if 'variant' in data.files else None
+    return Composites(data['x'], data['y'], data['kind'], half, variant)
 
 
 # ---------------------------------------------------------------- decisions
 def findings(probs: np.ndarray, labels: Sequence[str], healthy: Sequence[str],
-             unknown_threshold: float, finding_threshold: float) -> np.ndarray:
-    """Return ``(N,)`` bool: top label is a disease and its score clears both thresholds."""
+             unknown_threshold: float, finding_threshold: float,
+             finding_score: str = 'top_label') -> np.ndarray:
+    """
+    Return ``(N,)`` bool: the node's finding decision (see the module docstring).
+
+    :param healthy: the labels that are not a disease (healthy and background).
+    :param finding_score: ``top_label`` or ``disease_mass`` (the card's choice).
+    """
     top = probs.argmax(axis=1)
     score = probs.max(axis=1)
-    disease = np.array([lab not in healthy for lab in labels])[top]
-    return disease & (score >= max(unknown_threshold, finding_threshold))
+    is_disease = np.array([lab not in healthy for lab in labels])
+    disease = is_disease[top] & (score >= unknown_threshold)
+    if finding_score == 'disease_mass':
+        return disease & (probs[:, is_disease].sum(axis=1) >= finding_threshold)
+    return disease & (score >= finding_threshold)
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -129,7 +147,8 @@ def composite_measures(probs: np.ndarray, comp: Composites, mask: np.ndarray,
     labels = list(card.labels)
     names = composite_target_names(comp.y[mask])
     p = probs[mask]
-    found = findings(p, labels, card.non_disease_labels, unknown_threshold, finding_threshold)
+    found = findings(p, labels, card.non_disease_labels, unknown_threshold, finding_threshold,
+                     card.finding_score)
     pred = np.array(labels)[p.argmax(axis=1)]
     is_disease = np.isin(names, DISEASES)
     healthy = names == 'healthy'
@@ -146,6 +165,17 @@ def composite_measures(probs: np.ndarray, comp: Composites, mask: np.ndarray,
                                if (k & is_disease).any() else None),
             'negative_finding_rate': (float(found[k & ~is_disease].mean())
                                       if (k & ~is_disease).any() else None)}
+    per_variant: Dict[str, Any] = {}
+    if comp.variant is not None:
+        variants = np.array(VARIANTS)[comp.variant[mask]]
+        for variant in VARIANTS[1:]:
+            v = variants == variant
+            per_variant[variant] = {
+                'tiles': int(v.sum()),
+                'disease_recall': (float(correct_finding[v & is_disease].mean())
+                                   if (v & is_disease).any() else None),
+                'negative_finding_rate': (float(found[v & ~is_disease].mean())
+                                          if (v & ~is_disease).any() else None)}
     return {
         'tiles': int(mask.sum()),
         'healthy_tiles': int(healthy.sum()),
@@ -157,14 +187,15 @@ def composite_measures(probs: np.ndarray, comp: Composites, mask: np.ndarray,
         'disease_tile_any_finding_rate': float(found[is_disease].mean()),
         'esca_vs_healthy_auroc': auroc(p[names == 'esca', esca_col], p[healthy, esca_col]),
         'per_kind': per_kind,
+        'per_variant': per_variant,
     }
 
 
 def choose_operating_point(logits_a: np.ndarray, comp_y_a: np.ndarray,
                            pv_logits: Optional[np.ndarray], pv_y: Optional[np.ndarray],
                            card: ModelCard, fit_t: bool = True,
-                           max_negative_rate: float = MAX_NEGATIVE_FINDING_RATE
-                           ) -> Dict[str, Any]:
+                           max_negative_rate: float = MAX_NEGATIVE_FINDING_RATE,
+                           finding_score: str = 'top_label') -> Dict[str, Any]:
     """
     Return temperature, unknown and finding threshold chosen on half A of the composites.
 
@@ -175,6 +206,7 @@ def choose_operating_point(logits_a: np.ndarray, comp_y_a: np.ndarray,
     - finding threshold: the smallest score (grid of 0.001) at which both the
       healthy-tile and the background-tile finding rates on half A are at most
       ``max_negative_rate``; the smallest such threshold maximises disease recall.
+      ``finding_score`` says what it is compared with (:func:`findings`).
     """
     labels = list(card.labels)
     names = composite_target_names(comp_y_a)
@@ -197,21 +229,28 @@ def choose_operating_point(logits_a: np.ndarray, comp_y_a: np.ndarray,
     pred = np.array(labels)[probs.argmax(axis=1)]
     chosen = None
     for t in np.arange(0.0, 1.0, 0.001):
-        found = findings(probs, labels, card.non_disease_labels, unknown_threshold, float(t))
+        found = findings(probs, labels, card.non_disease_labels, unknown_threshold, float(t),
+                         finding_score)
         if found[healthy].mean() <= max_negative_rate and \
                 found[background].mean() <= max_negative_rate:
             chosen = float(round(t, 3))
             break
     if chosen is None:
         chosen = 0.999
-    found = findings(probs, labels, card.non_disease_labels, unknown_threshold, chosen)
+    found = findings(probs, labels, card.non_disease_labels, unknown_threshold, chosen,
+                     finding_score)
+    if finding_score == 'top_label':  # a top score below the unknown threshold is unknown
+        chosen = max(chosen, float(unknown_threshold))
+    score_words = ('calibrated disease score' if finding_score == 'top_label' else
+                   'calibrated probability of all diseases together')
     return {
         'temperature': temperature,
         'unknown_threshold': float(unknown_threshold),
         'unknown_threshold_rule': unknown_rule,
-        'finding_threshold': max(chosen, float(unknown_threshold)),
+        'finding_threshold': chosen,
+        'finding_score': finding_score,
         'finding_threshold_rule': (
-            f'smallest calibrated disease score at which the healthy-tile and the '
+            f'smallest {score_words} at which the healthy-tile and the '
             f'background-tile finding rates on the choosing half are both <= '
             f'{max_negative_rate:.0%} (maximises disease-tile recall under that limit)'),
         'choosing_half': {
@@ -266,7 +305,7 @@ def field_photos(model: OnnxModel, field_root: str, unknown_threshold: float,
                 lab = labels[top[i]] if score[i] >= unknown_threshold else 'unknown'
                 counts[lab] = counts.get(lab, 0) + 1
             found = findings(probs, labels, model.card.non_disease_labels, unknown_threshold,
-                             finding_threshold)
+                             finding_threshold, model.card.finding_score)
             counts['findings'] = int(found.sum())
             for lab in DISEASES:
                 col = labels.index(lab)
@@ -309,10 +348,12 @@ def evaluate_model(card_path: str, val_cache: str, pv_root: str, field_root: Opt
     card = model.card
     labels = list(card.labels)
     unknown = card.unknown_threshold
-    finding = max(card.finding_threshold, unknown)
+    finding = (max(card.finding_threshold, unknown) if card.finding_score == 'top_label'
+               else card.finding_threshold)
     result: Dict[str, Any] = {'card': os.path.abspath(card_path), 'name': card.name,
                               'labels': labels, 'unknown_threshold': unknown,
-                              'finding_threshold': finding}
+                              'finding_threshold': finding,
+                              'finding_score': card.finding_score}
     pv_images, pv_y = pv_validation(pv_root)
     pv_probs = softmax(model.logits(pv_images), card.temperature)
     pv_pred = np.array(labels)[pv_probs.argmax(axis=1)]

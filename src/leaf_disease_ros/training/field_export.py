@@ -13,7 +13,8 @@ Owns :func:`export_field` (the logic of ``leaf-disease-train-field export``):
 3. operating point on half A of the field-like validation composites (+ PlantVillage
    validation for the temperature): temperature, unknown threshold, finding threshold
    (:func:`leaf_disease_ros.training.field_eval.choose_operating_point`), written under
-   ``calibration`` with ``finding_threshold`` and ``operating_point_material``;
+   ``calibration`` with ``finding_threshold``, ``finding_score`` (what the threshold
+   is compared with) and ``operating_point_material``;
 4. the card (labels incl. ``background``, ``background_labels``, preprocessing,
    calibration, sha256, training record, validation figures on half B) beside the model.
 """
@@ -59,10 +60,13 @@ def _onnx_logits(session: Any, card: ModelCard, crops: Sequence[np.ndarray] | np
 
 
 def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
-                 tolerance: float = 1e-3, threads: int = 2, embedding: bool = True
-                 ) -> Dict[str, Any]:
+                 tolerance: float = 1e-3, threads: int = 2, embedding: bool = True,
+                 finding_score: str = 'top_label') -> Dict[str, Any]:
     """
     Export ``RUN/model.pt`` to ``out`` (ONNX) and its card; return the card document.
+
+    :param finding_score: what the card's finding threshold is compared with
+        (``top_label`` or ``disease_mass``, see ``ModelCard.finding_score``).
 
     :raises LeafDiseaseError: onnxruntime and PyTorch disagree beyond ``tolerance``
         (nothing is written).
@@ -105,12 +109,14 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
         os.remove(tmp_path)
         raise
     a = comp.half == 0
-    op = field_eval.choose_operating_point(comp_logits[a], comp.y[a], pv_logits, pv_y, base)
+    op = field_eval.choose_operating_point(comp_logits[a], comp.y[a], pv_logits, pv_y, base,
+                                           finding_score=finding_score)
     pv_pred = softmax(pv_logits, op['temperature']).argmax(axis=1)
     report = classification_report(pv_y, pv_pred, list(base.labels))
     probs_comp = softmax(comp_logits, op['temperature'])
     calibrated = replace(base, temperature=op['temperature'],
-                         unknown_threshold=op['unknown_threshold'])
+                         unknown_threshold=op['unknown_threshold'],
+                         finding_score=finding_score)
     field_b = field_eval.composite_measures(probs_comp, comp, comp.half == 1, calibrated,
                                             op['unknown_threshold'], op['finding_threshold'])
     doc = card_to_dict(base)
@@ -120,6 +126,7 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
         'unknown_threshold': op['unknown_threshold'],
         'unknown_threshold_rule': op['unknown_threshold_rule'],
         'finding_threshold': op['finding_threshold'],
+        'finding_score': finding_score,
         'finding_threshold_rule': op['finding_threshold_rule'],
         'operating_point_material': MATERIAL,
         'operating_point_choosing_half': op['choosing_half'],

@@ -47,12 +47,20 @@ FRAME_WIDTH_PX = 1280
 LABELS: Tuple[str, ...] = ('black_rot', 'esca', 'healthy', 'leaf_blight', 'background')
 HEALTHY_LABELS: Tuple[str, ...] = ('healthy', 'background')
 BACKGROUND = 4
+ESCA = 1
 HEALTHY = 2
 DISEASES: Tuple[int, ...] = (0, 1, 3)
 
 # Tile kinds (stored per cached tile; the field-like measures are split by them).
 KINDS: Tuple[str, ...] = ('leaf_fill', 'several_leaves', 'leaf_edge', 'canopy',
                           'background', 'field_crop', 'pv_plain')
+# How the focal leaf was drawn (stored per cached tile): as photographed, with painted
+# field esca symptoms (from a healthy leaf), or in autumn colours (still healthy).
+VARIANTS: Tuple[str, ...] = ('as_photographed', 'esca_field_symptoms', 'autumn_colouring')
+# Shares of focal esca leaves painted from healthy leaves, and of focal healthy leaves
+# recoloured for autumn, when a bank has ``field_symptoms`` on.
+ESCA_FIELD_SHARE = 0.5
+AUTUMN_SHARE = 0.2
 
 # Field photos of ../shared/datasets/field_grape_small used as backgrounds / negatives
 # only (never esca, never a disease). Validation photos are never used in training.
@@ -182,6 +190,106 @@ def leaf_from_image(image_bgr: np.ndarray, label: int, source: str) -> Optional[
     ys, xs = np.nonzero(alpha > 0.5)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     return Leaf(image_bgr[y0:y1, x0:x1].copy(), alpha[y0:y1, x0:x1].copy(), label, source)
+
+
+# ------------------------------------------------------------- field symptoms
+def _leaf_field(rng: np.random.Generator, h: int, w: int,
+                octaves: Sequence[int] = (3, 8, 24)) -> np.ndarray:
+    """Smooth noise ``(h, w)`` float32 (a square fractal resized to the leaf crop)."""
+    return cv2.resize(_fractal(rng, max(h, w), octaves), (w, h))
+
+
+def _vein_distance(leaf: Leaf) -> Optional[np.ndarray]:
+    """
+    Distance to the nearest vein-like ridge, ``(h, w)`` float32, ~[0, 1.5] inside the leaf.
+
+    Veins of a PlantVillage leaf are lighter lines: a white top-hat of the grey image
+    with a kernel of 1/18 of the leaf size, the brightest 10 % inside the leaf. None when
+    the leaf is too small to tell.
+    """
+    inside = leaf.alpha > 0.5
+    grey = cv2.cvtColor(leaf.bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    h, w = inside.shape
+    k = max(5, int(max(h, w) / 18) | 1)
+    ridge = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT,
+                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    inner = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    values = ridge[inner]
+    if values.size < 50:
+        return None
+    veins = ((ridge > np.percentile(values, 90)) & inner).astype(np.uint8)
+    veins = cv2.morphologyEx(veins, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    distance = cv2.distanceTransform(1 - veins, cv2.DIST_L2, 5)
+    return np.clip(distance / (np.percentile(distance[inner], 95) + 1e-3), 0, 1.5)
+
+
+def esca_field_symptoms(leaf: Leaf, rng: np.random.Generator) -> Optional[Leaf]:
+    """
+    Paint field esca foliar symptoms on a healthy leaf; None when it cannot be done.
+
+    PlantVillage's "esca (black measles)" photos show measles-like spotting; esca in a
+    vineyard mostly shows the "tiger-stripe" pattern: interveinal and marginal zones
+    turn chlorotic (yellow) and then necrotic (red-brown on red cultivars, brown on
+    white ones), while bands along the main veins stay green (see the esca photos of
+    ``field_grape_small``, which are never used to make these). The symptom field grows
+    with the distance to veins and to the leaf centre, broken up by noise; its severity
+    (the chlorotic share, 25-60 % of the leaf) and colours are drawn per leaf, and the
+    leaf's own shading is kept as texture.
+    """
+    inside = (leaf.alpha > 0.5).astype(np.uint8)
+    h, w = inside.shape
+    vein = _vein_distance(leaf)
+    if vein is None:
+        return None
+    centre = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    centre = centre / (float(centre.max()) + 1e-3)
+    field_ = 1.0 * vein + 0.3 * (1 - centre) + 0.22 * _leaf_field(rng, h, w, (4, 12, 32))
+    severity = rng.uniform(0.0, 1.0)
+    chlorosis_at = float(np.percentile(field_[inside > 0], 100 * (0.75 - 0.35 * severity)))
+    necrosis_at = chlorosis_at + rng.uniform(0.08, 0.2)
+    sigma = max(h, w) / 120
+    chlorotic = cv2.GaussianBlur(np.clip((field_ - chlorosis_at) / 0.06, 0, 1).astype(np.float32),
+                                 (0, 0), sigma) * rng.uniform(0.6, 0.95)
+    necrotic = cv2.GaussianBlur(np.clip((field_ - necrosis_at) / 0.05, 0, 1).astype(np.float32),
+                                (0, 0), sigma)
+    bgr = leaf.bgr.astype(np.float32)
+    luminance = bgr.mean(axis=2, keepdims=True)
+    texture = luminance / max(float(luminance[inside > 0].mean()), 1.0)
+    yellow = np.array([rng.uniform(40, 100), rng.uniform(170, 215), rng.uniform(160, 230)],
+                      np.float32)
+    if rng.random() < 0.5:  # red cultivar: dark red-brown necrosis
+        dead = np.array([rng.uniform(45, 80), rng.uniform(28, 55), rng.uniform(85, 130)],
+                        np.float32)
+    else:  # white cultivar: brown necrosis
+        dead = np.array([rng.uniform(30, 55), rng.uniform(55, 85), rng.uniform(95, 135)],
+                        np.float32)
+    out = bgr * (1 - chlorotic[..., None]) + yellow * texture * chlorotic[..., None]
+    out = out * (1 - necrotic[..., None]) + dead * texture * necrotic[..., None]
+    return Leaf(np.clip(out, 0, 255).astype(np.uint8), leaf.alpha, ESCA, leaf.source)
+
+
+def autumn_colouring(leaf: Leaf, rng: np.random.Generator) -> Leaf:
+    """
+    Recolour a healthy leaf yellow or red as in autumn (a look-alike, still healthy).
+
+    Senescence colours the whole blade fairly evenly, veins included, unlike the
+    interveinal pattern of :func:`esca_field_symptoms`; the model must learn that this
+    is not a disease.
+    """
+    inside = leaf.alpha > 0.5
+    h, w = inside.shape
+    bgr = leaf.bgr.astype(np.float32)
+    luminance = bgr.mean(axis=2, keepdims=True)
+    texture = luminance / max(float(luminance[inside].mean()), 1.0)
+    if rng.random() < 0.55:
+        colour = np.array([rng.uniform(10, 60), rng.uniform(150, 210), rng.uniform(190, 245)],
+                          np.float32)
+    else:
+        colour = np.array([rng.uniform(20, 60), rng.uniform(20, 60), rng.uniform(120, 190)],
+                          np.float32)
+    amount = np.clip(rng.uniform(0.6, 1.0) + 0.15 * _leaf_field(rng, h, w, (2, 5)), 0, 1)
+    out = bgr * (1 - amount[..., None]) + colour * texture * amount[..., None]
+    return Leaf(np.clip(out, 0, 255).astype(np.uint8), leaf.alpha, HEALTHY, leaf.source)
 
 
 # ---------------------------------------------------------------------- backgrounds
@@ -464,6 +572,9 @@ class Banks:
     healthy: List[Leaf]
     photos: FieldPhotos
     plain: List[Tuple[np.ndarray, int]] = field(default_factory=list)
+    # Paint field esca on healthy leaves and autumn colours (:data:`ESCA_FIELD_SHARE`,
+    # :data:`AUTUMN_SHARE`); off reproduces the first recipe's composites.
+    field_symptoms: bool = False
 
 
 def random_background(rng: np.random.Generator, banks: Banks, size: int = TILE_PX
@@ -503,15 +614,29 @@ def _pick_leaf(rng: np.random.Generator, banks: Banks, label: int) -> Leaf:
     return bank[int(rng.integers(len(bank)))]
 
 
-def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
-              ) -> Tuple[np.ndarray, int, str]:
-    """
-    Make one 256-px tile of ``kind``; returns ``(uint8 BGR tile, target, leaf source)``.
+def _focal_leaf(rng: np.random.Generator, banks: Banks, label: int) -> Tuple[Leaf, str]:
+    """Return the focal leaf of class ``label`` and its variant (see :data:`VARIANTS`)."""
+    if banks.field_symptoms and label == ESCA and rng.random() < ESCA_FIELD_SHARE:
+        painted = esca_field_symptoms(banks.healthy[int(rng.integers(len(banks.healthy)))], rng)
+        if painted is not None:
+            return painted, 'esca_field_symptoms'
+    leaf = _pick_leaf(rng, banks, label)
+    if banks.field_symptoms and label == HEALTHY and rng.random() < AUTUMN_SHARE:
+        return autumn_colouring(leaf, rng), 'autumn_colouring'
+    return leaf, 'as_photographed'
 
-    ``label`` is the focal leaf's class for leaf kinds (ignored otherwise).
+
+def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
+              ) -> Tuple[np.ndarray, int, str, str]:
+    """
+    Make one 256-px tile of ``kind``; returns ``(uint8 BGR tile, target, source, variant)``.
+
+    ``label`` is the focal leaf's class for leaf kinds (ignored otherwise); ``source`` is
+    the focal leaf's photo ('' for none), ``variant`` how it was drawn (:data:`VARIANTS`).
     """
     size = TILE_PX
     source = ''
+    variant = VARIANTS[0]
     if kind in ('leaf_fill', 'several_leaves', 'leaf_edge'):
         img, _ = random_background(rng, banks, size)
         if kind == 'several_leaves':
@@ -522,7 +647,7 @@ def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
                 img, _ = paste_leaf(img, other, rng, scale=rng.uniform(0.35, 0.6),
                                     centre=(rng.uniform(0, 1) * size, rng.uniform(0, 1) * size),
                                     gain=rng.uniform(0.5, 1.1))
-        leaf = _pick_leaf(rng, banks, label)
+        leaf, variant = _focal_leaf(rng, banks, label)
         source = leaf.source
         for _attempt in range(4):
             if kind == 'leaf_fill':
@@ -540,18 +665,18 @@ def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
                 break
         else:
             img = out
-        return field_photometry(img, rng), label, source
+        return field_photometry(img, rng), label, source, variant
     if kind == 'canopy':
         img = canopy(rng, banks.healthy, size, count=int(rng.integers(8, 18)))
         if rng.random() < 0.15:
             img = posts_and_wires(rng, img)
         if rng.random() < 0.15:
             img = bunches(rng, img)
-        return field_photometry(img, rng), HEALTHY, source
+        return field_photometry(img, rng), HEALTHY, source, variant
     if kind == 'field_crop':
         img, healthy_src = banks.photos.crop(rng, size)
         target = HEALTHY if healthy_src and vegetation_fraction(img) > 0.3 else BACKGROUND
-        return field_photometry(img, rng), target, source
+        return field_photometry(img, rng), target, source, variant
     # 'background': non-leaf material
     r = rng.random()
     if r < 0.3:
@@ -563,19 +688,21 @@ def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
     img = posts_and_wires(rng, img) if rng.random() < 0.6 else img
     if rng.random() < 0.35:
         img = bunches(rng, img)
-    return field_photometry(img, rng), BACKGROUND, source
+    return field_photometry(img, rng), BACKGROUND, source, variant
 
 
 # --------------------------------------------------------------------- the cache
 def load_banks(pv_root: str, field_root: str, side: str, seed: int = 0,
-               log: Optional[Log] = None, field_photos: Optional[Sequence[str]] = None
-               ) -> Tuple[Banks, List[Sample]]:
+               log: Optional[Log] = None, field_photos: Optional[Sequence[str]] = None,
+               field_symptoms: bool = False) -> Tuple[Banks, List[Sample]]:
     """
     Segment the ``side`` (``train`` or ``val``) leaves of the leaf-grouped split.
 
     :param field_photos: photos of ``field_root`` (relative paths) used as backgrounds;
         default :data:`FIELD_NEGATIVES` of ``side``. Missing photos are skipped (field
         crops then fall back to procedural soil).
+    :param field_symptoms: composites get painted field esca and autumn colours
+        (:attr:`Banks.field_symptoms`).
 
     :returns: the material banks and the PlantVillage samples of that side.
     """
@@ -601,7 +728,7 @@ def load_banks(pv_root: str, field_root: str, side: str, seed: int = 0,
     photos = FieldPhotos(field_root, FIELD_NEGATIVES[side] if field_photos is None
                          else field_photos)
     healthy = leaves[HEALTHY] or [leaf for bank in leaves.values() for leaf in bank]
-    return Banks(leaves, healthy, photos, plain), samples
+    return Banks(leaves, healthy, photos, plain, field_symptoms), samples
 
 
 def kind_plan(count: int, rng: np.random.Generator) -> List[Tuple[str, int]]:
@@ -630,7 +757,8 @@ def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
 
     The array file ``path`` (``.npz``, uncompressed) holds ``x`` ``(N, S, S, 3)`` uint8
     BGR at the model input size, ``y`` ``(N,)`` targets, ``kind`` ``(N,)`` indices into
-    :data:`KINDS`, and ``source`` (leaf file name, '' for no leaf).
+    :data:`KINDS`, ``source`` (leaf file name, '' for no leaf) and ``variant`` ``(N,)``
+    indices into :data:`VARIANTS`.
     """
     card = card_from_dict({
         'schema_version': 1, 'name': 'cache', 'labels': list(LABELS),
@@ -647,12 +775,14 @@ def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
     x = np.empty((total, input_px, input_px, 3), np.uint8)
     y = np.empty(total, np.int64)
     kinds = np.empty(total, np.int64)
+    variants = np.zeros(total, np.int64)
     sources: List[str] = []
     for i, (kind, label) in enumerate(plan):
-        tile, target, source = make_tile(kind, label, rng, banks)
+        tile, target, source, variant = make_tile(kind, label, rng, banks)
         x[i] = resize_to_input(tile, card)
         y[i] = target
         kinds[i] = KINDS.index(kind)
+        variants[i] = VARIANTS.index(variant)
         sources.append(source)
         if log and i % 1000 == 0:
             log(f'{os.path.basename(path)}: {i}/{len(plan)} composites')
@@ -663,5 +793,5 @@ def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
             y[i] = label
             kinds[i] = KINDS.index('pv_plain')
             sources.append('')
-    np.savez(path, x=x, y=y, kind=kinds, source=np.array(sources))
-    return {'x': x, 'y': y, 'kind': kinds}
+    np.savez(path, x=x, y=y, kind=kinds, source=np.array(sources), variant=variants)
+    return {'x': x, 'y': y, 'kind': kinds, 'variant': variants}

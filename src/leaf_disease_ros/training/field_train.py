@@ -21,9 +21,10 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -51,34 +52,67 @@ def cache_path(out: str, side: str, input_px: int) -> str:
 
 
 def build_caches(pv_root: str, field_root: str, out: str, train_count: int, val_count: int,
-                 input_px: int, field_photos: Optional[Dict[str, List[str]]] = None
+                 input_px: int, field_photos: Optional[Dict[str, List[str]]] = None,
+                 field_symptoms: bool = False, train_seed: int = TRAIN_SEED, parts: int = 1
                  ) -> Dict[str, str]:
     """
     Build the validation and the training cache; return side -> path.
 
     Train: composites of the training leaves of the leaf-grouped split (photo-number
-    blocks of 40, seed 0) on training backgrounds (seed 1, training field photos), plus
-    the plain PlantVillage training photos. Validation: composites of the validation
-    leaves on held-out backgrounds (seed 1001, canopy from validation healthy leaves,
-    held-out field photos).
+    blocks of 40, seed 0) on training backgrounds (``train_seed``, training field
+    photos), plus the plain PlantVillage training photos. Validation: composites of the
+    validation leaves on held-out backgrounds (seed 1001, canopy from validation healthy
+    leaves, held-out field photos).
 
     :param field_photos: side -> field photos (relative to ``field_root``); default
         :data:`field_sim.FIELD_NEGATIVES`.
+    :param field_symptoms: paint field esca and autumn colours (``Banks.field_symptoms``).
+    :param parts: the training composites are made in this many processes, part ``i``
+        with seed ``train_seed + i`` (the plain photos in part 0), and concatenated.
     """
     os.makedirs(out, exist_ok=True)
     paths: Dict[str, str] = {}
-    for side, count, seed in (('val', val_count, VAL_SEED), ('train', train_count, TRAIN_SEED)):
-        started = time.monotonic()
-        banks, _ = field_sim.load_banks(pv_root, field_root, side, log=LOG.info,
-                                        field_photos=(field_photos or {}).get(side))
-        path = cache_path(out, side, input_px)
-        data = field_sim.build_cache(banks, count, seed, input_px, path,
-                                     include_plain=(side == 'train'), log=LOG.info)
-        LOG.info('%s: %d tiles, targets %s, %.0f s', side, len(data['y']),
-                 np.bincount(data['y'], minlength=len(field_sim.LABELS)).tolist(),
-                 time.monotonic() - started)
-        paths[side] = path
+    jobs: List[Tuple[str, int, int, str, bool]] = [
+        ('val', val_count, VAL_SEED, cache_path(out, 'val', input_px), False)]
+    train = cache_path(out, 'train', input_px)
+    shares = [train_count // parts + (1 if i < train_count % parts else 0)
+              for i in range(parts)]
+    part_paths = [train if parts == 1 else f'{train[:-4]}.part{i}.npz' for i in range(parts)]
+    jobs += [('train', shares[i], train_seed + i, part_paths[i], i == 0)
+             for i in range(parts)]
+    args = [(pv_root, field_root, side, count, seed, input_px, path, plain,
+             (field_photos or {}).get(side), field_symptoms)
+            for side, count, seed, path, plain in jobs]
+    if parts == 1:
+        for job in args:
+            _cache_job(*job)
+    else:
+        with multiprocessing.get_context('fork').Pool(min(len(args), os.cpu_count() or 1)) \
+                as pool:
+            pool.starmap(_cache_job, args)
+        merged = [np.load(path) for path in part_paths]
+        np.savez(train, **{key: np.concatenate([m[key] for m in merged])
+                           for key in ('x', 'y', 'kind', 'source', 'variant')})
+        for path in part_paths:
+            os.remove(path)
+    paths['val'] = cache_path(out, 'val', input_px)
+    paths['train'] = train
     return paths
+
+
+def _cache_job(pv_root: str, field_root: str, side: str, count: int, seed: int,
+               input_px: int, path: str, include_plain: bool,
+               field_photos: Optional[List[str]], field_symptoms: bool) -> None:
+    """Make one cache file (a process of :func:`build_caches`)."""
+    started = time.monotonic()
+    banks, _ = field_sim.load_banks(pv_root, field_root, side, log=LOG.info,
+                                    field_photos=field_photos, field_symptoms=field_symptoms)
+    data = field_sim.build_cache(banks, count, seed, input_px, path,
+                                 include_plain=include_plain and side == 'train', log=LOG.info)
+    LOG.info('%s: %d tiles, targets %s, variants %s, %.0f s', path, len(data['y']),
+             np.bincount(data['y'], minlength=len(field_sim.LABELS)).tolist(),
+             np.bincount(data['variant'], minlength=len(field_sim.VARIANTS)).tolist(),
+             time.monotonic() - started)
 
 
 def preview(pv_root: str, field_root: str, path: str, count: int = 48) -> None:
@@ -87,7 +121,7 @@ def preview(pv_root: str, field_root: str, path: str, count: int = 48) -> None:
     rng = np.random.default_rng(5)
     tiles = []
     for kind, label in field_sim.kind_plan(count, rng):
-        tile, target, _ = field_sim.make_tile(kind, label, rng, banks)
+        tile, target, _, _ = field_sim.make_tile(kind, label, rng, banks)
         tile = cv2.resize(tile, (160, 160), interpolation=cv2.INTER_AREA)
         cv2.putText(tile, f'{kind[:9]}:{field_sim.LABELS[target][:6]}', (2, 14), 0, 0.42,
                     (255, 255, 255), 1)
