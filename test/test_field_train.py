@@ -264,3 +264,11 @@ def test_recipe_evaluate_json(recipe: Dict[str, str]) -> None:
     assert set(entry['field_validation_B']['per_variant']) == {'esca_field_symptoms',
                                                                'autumn_colouring'}
     assert entry['field_photos']['per_photo']
+
+
+def test_evaluate_keys_stay_unique() -> None:
+    """Two cards with one file name (a model and its retrained version) keep both results."""
+    from leaf_disease_ros.cli.train_field import result_keys
+    assert result_keys(['a/m.json', 'b/n.json']) == ['m.json', 'n.json']
+    assert result_keys(['a/m.json', 'b/m.json', 'c/n.json']) == ['a/m.json', 'b/m.json',
+                                                                 'n.json']

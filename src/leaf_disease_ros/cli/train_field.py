@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from leaf_disease_ros.perception.errors import LeafDiseaseError
 from leaf_disease_ros.perception.model_card import FINDING_SCORES
@@ -146,6 +146,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def result_keys(cards: Sequence[str]) -> List[str]:
+    """Return each card's key in ``evaluate``'s JSON: its file name, or its path if not unique."""
+    names = [os.path.basename(card) for card in cards]
+    return [name if names.count(name) == 1 else card for name, card in zip(names, cards)]
+
+
 def _strict(value: Any) -> Any:
     """Return ``value`` with NaN and infinities as None (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -192,9 +198,9 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
                 'field_validation_B': {k: v for k, v in doc['metrics']['field_validation'].items()
                                        if k not in ('per_kind', 'per_variant')}}
     from leaf_disease_ros.training import field_eval
-    results = {os.path.basename(card): field_eval.evaluate_model(
+    results = {key: field_eval.evaluate_model(
         card, args.val_cache, args.plantvillage, args.field_photos, args.threads)
-        for card in args.cards}
+        for key, card in zip(result_keys(args.cards), args.cards)}
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as stream:
             json.dump(_strict(results), stream, indent=1)
