@@ -99,9 +99,19 @@ def test_the_four_commands(recording, tiny_model_path, leaves_dir, capsys):
             shutil.move(str(source), str(target))
     assert len(list((harvest / 'background').iterdir())) in (3, 4)
 
-    # 3. fine-tune from the ONNX file, mixing in the base data
+    # 3. fine-tune from the ONNX file, mixing in the base data; the base card's operating
+    #    point (threshold and what it is compared with) must survive into the new card
+    base_dir = folder / 'base'
+    base_dir.mkdir()
+    shutil.copy(tiny_model_path, base_dir / 'tiny.onnx')
+    with open(os.path.splitext(tiny_model_path)[0] + '.json', encoding='utf-8') as stream:
+        base_doc = json.load(stream)
+    base_doc['calibration'].update(finding_threshold=0.7, finding_score='disease_mass')
+    with open(base_dir / 'tiny.json', 'w', encoding='utf-8') as stream:
+        json.dump(base_doc, stream)
     run = folder / 'run'
-    assert train_cli.main([str(harvest), '--init-from', tiny_model_path, '--base-data',
+    assert train_cli.main([str(harvest), '--init-from', str(base_dir / 'tiny.onnx'),
+                           '--base-data',
                            leaves_dir, '--out', str(run), '--epochs', '1', '--batch-size',
                            '4', '--workers', '0', '--no-progress', '--val-fraction', '0.3',
                            '--background-labels', 'background', '--seed', '1']) == 0
@@ -135,6 +145,7 @@ def test_the_four_commands(recording, tiny_model_path, leaves_dir, capsys):
     assert card.input_hw_px == (32, 32)
     assert card.training['arch'] == 'onnx2torch' and card.training['init_from']['name'] == 'tiny'
     assert card.metrics['parity_max_abs_logit_diff'] <= 1e-3
+    assert card.finding_threshold == 0.7 and card.finding_score == 'disease_mass'
 
     # 4b. the same bag with both models side by side
     capsys.readouterr()

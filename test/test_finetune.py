@@ -159,9 +159,11 @@ def test_labels_weights_and_card(finetune, tmp_path):
                               background_labels='sky')
     doc = tiny_card_dict(str(tmp_path / 'tiny.onnx'))
     doc['calibration']['finding_threshold'] = 0.8
+    doc['calibration']['finding_score'] = 'disease_mass'
     run = finetune.run_card(card_from_dict(doc), labels, args)
     assert run.labels == labels and run.healthy_labels == ('healthy',)
     assert run.background_labels == ('sky',) and run.finding_threshold == 0.8
+    assert run.finding_score == 'disease_mass'  # the threshold keeps its meaning
     assert run.input_hw_px == (32, 32) and run.mean == card.mean
     weights = finetune.sample_weights(['field'] * 3 + ['base'] * 5, [0, 0, 1, 0, 0, 0, 0, 1],
                                       0.7)

@@ -373,6 +373,7 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
         doc['name'] = name
         # the operating point the run started with (0.5 unless the card had one) stays
         calibration.setdefault('finding_threshold', base.finding_threshold)
+        calibration.setdefault('finding_score', base.finding_score)  # what it is compared with
         doc['calibration'] = calibration
         doc['training'] = training
         doc['metrics'] = metrics

@@ -271,7 +271,8 @@ def run_card(card: ModelCard, labels: Sequence[str], args: argparse.Namespace) -
                 'background_labels': background, 'model_file': '', 'onnx_sha256': '',
                 'training': {}, 'metrics': {}})
     doc['calibration'] = {'temperature': 1.0, 'unknown_threshold': 0.0,
-                          'finding_threshold': card.finding_threshold}
+                          'finding_threshold': card.finding_threshold,
+                          'finding_score': card.finding_score}
     return card_from_dict(doc, path='<fine-tuning card>')
 
 
