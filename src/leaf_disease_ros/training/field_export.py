@@ -48,6 +48,10 @@ MATERIAL = (
     'healthy leaves; crops of held-out field photos healthy/Gesundes_Weinblatt and '
     'autumn/Gelbe_Herbstfaerbung), field photometry; plus PlantVillage validation photos for '
     'the temperature. Figures reported in metrics.field_validation are on the other half (B).')
+SYMPTOMS_MATERIAL = (
+    ' The validation cache was made with painted symptoms (cache --field-symptoms): half of '
+    'the esca focal leaves are validation healthy leaves with painted field esca (tiger '
+    'stripes), 20 % of the healthy focal leaves are in autumn colours.')
 
 
 def _onnx_logits(session: Any, card: ModelCard, crops: Sequence[np.ndarray] | np.ndarray,
@@ -128,7 +132,8 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
         'finding_threshold': op['finding_threshold'],
         'finding_score': finding_score,
         'finding_threshold_rule': op['finding_threshold_rule'],
-        'operating_point_material': MATERIAL,
+        'operating_point_material': MATERIAL + (SYMPTOMS_MATERIAL if comp.variant is not None
+                                                and comp.variant.any() else ''),
         'operating_point_choosing_half': op['choosing_half'],
         'ece_before': expected_calibration_error(softmax(comp_logits[a], 1.0), comp.y[a]),
         'ece_after': expected_calibration_error(probs_comp[a], comp.y[a]),
