@@ -241,8 +241,8 @@ def esca_field_symptoms(leaf: Leaf, rng: np.random.Generator) -> Optional[Leaf]:
     vein = _vein_distance(leaf)
     if vein is None:
         return None
-    centre = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-    centre = centre / (float(centre.max()) + 1e-3)
+    distance: np.ndarray = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    centre = distance / (float(distance.max()) + 1e-3)
     field_ = 1.0 * vein + 0.3 * (1 - centre) + 0.22 * _leaf_field(rng, h, w, (4, 12, 32))
     severity = rng.uniform(0.0, 1.0)
     chlorosis_at = float(np.percentile(field_[inside > 0], 100 * (0.75 - 0.35 * severity)))

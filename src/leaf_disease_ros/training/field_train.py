@@ -91,8 +91,9 @@ def build_caches(pv_root: str, field_root: str, out: str, train_count: int, val_
                 as pool:
             pool.starmap(_cache_job, args)
         merged = [np.load(path) for path in part_paths]
-        np.savez(train, **{key: np.concatenate([m[key] for m in merged])
-                           for key in ('x', 'y', 'kind', 'source', 'variant')})
+        arrays: Dict[str, Any] = {key: np.concatenate([m[key] for m in merged])
+                                  for key in ('x', 'y', 'kind', 'source', 'variant')}
+        np.savez(train, **arrays)
         for path in part_paths:
             os.remove(path)
     paths['val'] = cache_path(out, 'val', input_px)
