@@ -155,27 +155,20 @@ def composite_measures(probs: np.ndarray, comp: Composites, mask: np.ndarray,
     background = names == 'background'
     correct_finding = found & (pred == names)
     esca_col = labels.index('esca')
+
+    def rates(group: np.ndarray) -> Dict[str, Any]:
+        return {'tiles': int(group.sum()),
+                'disease_recall': (float(correct_finding[group & is_disease].mean())
+                                   if (group & is_disease).any() else None),
+                'negative_finding_rate': (float(found[group & ~is_disease].mean())
+                                          if (group & ~is_disease).any() else None)}
+
     kinds = np.array(KINDS)[comp.kind[mask]]
-    per_kind: Dict[str, Any] = {}
-    for kind in sorted(set(kinds.tolist())):
-        k = kinds == kind
-        per_kind[kind] = {
-            'tiles': int(k.sum()),
-            'disease_recall': (float(correct_finding[k & is_disease].mean())
-                               if (k & is_disease).any() else None),
-            'negative_finding_rate': (float(found[k & ~is_disease].mean())
-                                      if (k & ~is_disease).any() else None)}
+    per_kind = {kind: rates(kinds == kind) for kind in sorted(set(kinds.tolist()))}
     per_variant: Dict[str, Any] = {}
     if comp.variant is not None:
         variants = np.array(VARIANTS)[comp.variant[mask]]
-        for variant in VARIANTS[1:]:
-            v = variants == variant
-            per_variant[variant] = {
-                'tiles': int(v.sum()),
-                'disease_recall': (float(correct_finding[v & is_disease].mean())
-                                   if (v & is_disease).any() else None),
-                'negative_finding_rate': (float(found[v & ~is_disease].mean())
-                                          if (v & ~is_disease).any() else None)}
+        per_variant = {variant: rates(variants == variant) for variant in VARIANTS[1:]}
     return {
         'tiles': int(mask.sum()),
         'healthy_tiles': int(healthy.sum()),
