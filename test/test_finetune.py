@@ -49,6 +49,33 @@ def test_the_onnx_model_becomes_a_trainable_module_with_the_same_outputs(finetun
     assert any(p.requires_grad for p in module.parameters())
 
 
+def test_a_model_with_an_embedding_output_trains_on_its_logits(
+        finetune, tmp_path, tiny_model_path):
+    """The shipped models also output their penultimate features: the head is still found."""
+    import onnx
+    import onnxruntime as ort
+    graph = onnx.load(tiny_model_path)
+    head = [node for node in graph.graph.node if node.op_type == 'Gemm'][-1]
+    features = onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT,
+                                                  ['N', None])
+    graph.graph.output.append(features)  # a second output, like 'embedding'
+    path = tmp_path / 'two.onnx'
+    onnx.save(graph, str(path))
+    doc = tiny_card_dict(str(path))
+    with open(tmp_path / 'two.json', 'w', encoding='utf-8') as stream:
+        json.dump(doc, stream)
+    batch = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {'input': batch})
+    assert len(expected) == 2
+    module, _ = finetune.load_onnx_model(str(path))
+    with torch.no_grad():
+        logits = module(torch.from_numpy(batch))
+    assert isinstance(logits, torch.Tensor)  # one output: the logits
+    assert np.abs(logits.numpy() - expected[0]).max() < 1e-5
+    name, layer = finetune.classifier_head(module, 4)
+    assert layer.out_features == 4 and name
+
+
 def test_the_head_keeps_the_rows_of_labels_in_both(finetune, tiny_model_path):
     module, card = finetune.load_onnx_model(tiny_model_path)
     name, old = finetune.classifier_head(module, 4)

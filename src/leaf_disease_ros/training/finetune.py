@@ -99,10 +99,24 @@ def load_onnx_model(onnx_path: str) -> Tuple[nn.Module, ModelCard]:
     except ImportError as exc:
         raise MissingDependencyError(f'fine-tuning from an ONNX model needs onnx2torch: '
                                      f'{TRAIN_EXTRA_HINT}') from exc
+    import onnx
+    try:
+        graph = onnx.load(onnx_path)
+    except Exception as exc:  # noqa: B902 - a damaged file raises protobuf or OS errors
+        raise ModelLoadError(f'{onnx_path} is not a loadable ONNX model: {exc}') from exc
+    outputs = [output.name for output in graph.graph.output]
+    if card.output_name not in outputs:
+        raise ModelLoadError(f'{onnx_path} has no output {card.output_name!r} (the '
+                             f'output.name of its card); it has {outputs}')
+    # Train on the logits alone: a second output (the shipped models' embedding) would
+    # make the module return a tuple and hide the classifier head.
+    keep = [output for output in graph.graph.output if output.name == card.output_name]
+    del graph.graph.output[:]
+    graph.graph.output.extend(keep)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            module = onnx2torch.convert(onnx_path)
+            module = onnx2torch.convert(graph)
     except Exception as exc:  # noqa: B902 - onnx2torch raises many kinds on unknown graphs
         raise ModelLoadError(f'onnx2torch cannot convert {onnx_path}: {exc}') from exc
     return module, card
