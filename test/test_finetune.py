@@ -76,6 +76,18 @@ def test_a_model_with_an_embedding_output_trains_on_its_logits(
     assert layer.out_features == 4 and name
 
 
+def test_a_card_naming_an_absent_output_is_refused(finetune, tmp_path, tiny_model_path):
+    import shutil
+    shutil.copy(tiny_model_path, tmp_path / 'tiny.onnx')
+    doc = tiny_card_dict(str(tmp_path / 'tiny.onnx'))
+    doc['output']['name'] = 'scores'
+    with open(tmp_path / 'tiny.json', 'w', encoding='utf-8') as stream:
+        json.dump(doc, stream)
+    with pytest.raises(ModelLoadError) as info:
+        finetune.load_onnx_model(str(tmp_path / 'tiny.onnx'))
+    assert "has no output 'scores'" in str(info.value) and "'logits'" in str(info.value)
+
+
 def test_the_head_keeps_the_rows_of_labels_in_both(finetune, tiny_model_path):
     module, card = finetune.load_onnx_model(tiny_model_path)
     name, old = finetune.classifier_head(module, 4)
