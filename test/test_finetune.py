@@ -9,6 +9,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -77,7 +78,6 @@ def test_a_model_with_an_embedding_output_trains_on_its_logits(
 
 
 def test_a_card_naming_an_absent_output_is_refused(finetune, tmp_path, tiny_model_path):
-    import shutil
     shutil.copy(tiny_model_path, tmp_path / 'tiny.onnx')
     doc = tiny_card_dict(str(tmp_path / 'tiny.onnx'))
     doc['output']['name'] = 'scores'
@@ -228,3 +228,23 @@ def test_the_command_defaults(tmp_path):
     args = train.parse_args(['data', '--out', 'run'])
     assert (args.epochs, args.lr) == (36, 2e-3)
     json.dumps(vars(args))  # recorded in metrics.json
+
+
+def test_export_of_a_fine_tune_with_a_label_without_images(tmp_path, tiny_model_path,
+                                                           leaves_dir, capsys):
+    """A base label none of the tiles has: the export works and says why it has no distance."""
+    from leaf_disease_ros.cli import export as export_cli
+    from leaf_disease_ros.cli import train as train_cli
+    tiles = tmp_path / 'tiles'
+    for label in ('black_rot', 'esca', 'healthy'):  # no leaf_blight tile
+        shutil.copytree(os.path.join(leaves_dir, label), tiles / label)
+    run = tmp_path / 'run'
+    assert train_cli.main([str(tiles), '--init-from', tiny_model_path, '--out', str(run),
+                           '--epochs', '1', '--batch-size', '4', '--workers', '0',
+                           '--no-progress', '--val-fraction', '0.3', '--seed', '1']) == 0
+    model = tmp_path / 'engines' / 'mine.onnx'
+    assert export_cli.main([str(run), '--out', str(model)]) == 0
+    err = capsys.readouterr().err
+    assert 'no embedding distance in the card: no training image of leaf_blight' in err
+    card = load_card(str(tmp_path / 'engines' / 'mine.json'))
+    assert 'leaf_blight' in card.labels and card.embedding_distance is None

@@ -43,7 +43,7 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 import warnings
 
 import cv2
@@ -244,8 +244,14 @@ def ood_images(folder: str, limit: int = 2000) -> List[np.ndarray]:
 def embedding_distance_section(args: argparse.Namespace, onnx_path: str, card: ModelCard,
                                split: Dict[str, Any], root: str, val_logits: np.ndarray,
                                val_embeddings: np.ndarray, temperature: float,
-                               softmax_threshold: float) -> Dict[str, Any]:
-    """Fit the distance on the training split; threshold, check and decide (module doc)."""
+                               softmax_threshold: float) -> Optional[Dict[str, Any]]:
+    """
+    Fit the distance on the training split; threshold, check and decide (module doc).
+
+    Returns None (and says why on stderr) when a label has no training image: there is
+    no class mean to measure from (e.g. a fine-tune from a model with ``background``
+    on tiles that hold none); the card then has no distance and unknown uses the score.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
@@ -259,6 +265,12 @@ def embedding_distance_section(args: argparse.Namespace, onnx_path: str, card: M
         labels.append(indices)
     train_embeddings = np.concatenate(parts)
     train_labels = np.concatenate(labels)
+    counts = np.bincount(train_labels, minlength=card.num_classes)
+    missing = [label for label, count in zip(card.labels, counts.tolist()) if count == 0]
+    if missing:
+        sys.stderr.write('note: no embedding distance in the card: no training image of '
+                         f"{', '.join(missing)} (add tiles of it to fit one)\n")
+        return None
     distance = fit_distance(train_embeddings, train_labels, card.num_classes,
                             components=args.embedding_components)
     val_distances = distance.distances(val_embeddings)
@@ -377,10 +389,12 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
         doc['calibration'] = calibration
         doc['training'] = training
         doc['metrics'] = metrics
-        if base.embedding_name:
-            doc['embedding_distance'] = embedding_distance_section(
-                args, tmp_model, base, split, root, ort_logits, ort_emb,
-                calibration['temperature'], calibration['unknown_threshold'])
+        section = (embedding_distance_section(
+            args, tmp_model, base, split, root, ort_logits, ort_emb,
+            calibration['temperature'], calibration['unknown_threshold'])
+            if base.embedding_name else None)
+        if section is not None:
+            doc['embedding_distance'] = section
         with atomic_path(args.out) as tmp_final:
             os.replace(tmp_model, tmp_final)
         card = card_from_dict(doc, card_path_for_model(args.out)).with_model(
