@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from leaf_disease_ros.perception.errors import FrameError
-from leaf_disease_ros.perception.postprocess import classify, softmax
+from leaf_disease_ros.perception.postprocess import classify, finding_scores, softmax
 from leaf_disease_ros.perception.tiling import (check_frame, crops, tile_boxes,
                                                 vegetation_fractions, vegetation_mask)
 
@@ -112,3 +112,11 @@ def test_classify_top_k_unknown_and_disease():
 def test_classify_top_k_is_clamped():
     out = classify(np.array([[0.6, 0.4]]), ('a', 'b'), (), top_k=10, unknown_threshold=0.0)
     assert len(out[0].top_k) == 2
+
+
+def test_finding_scores_top_label_or_disease_mass():
+    labels = ['black_rot', 'esca', 'healthy', 'background']
+    probs = np.array([[0.55, 0.43, 0.01, 0.01], [0.1, 0.1, 0.2, 0.6]])
+    top = finding_scores(probs, labels, ['healthy', 'background'], 'top_label')
+    mass = finding_scores(probs, labels, ['healthy', 'background'], 'disease_mass')
+    assert np.allclose(top, [0.55, 0.6]) and np.allclose(mass, [0.98, 0.2])

@@ -28,7 +28,7 @@ from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
-from leaf_disease_ros.perception.postprocess import classify, softmax
+from leaf_disease_ros.perception.postprocess import classify, finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.perception.tiling import check_frame, crops, tile_boxes, vegetation_fractions
 
@@ -112,9 +112,6 @@ class Detector:
         self._config = config or DetectorConfig()
         self._check(self._config)
         self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
-        non_disease = set(card.non_disease_labels)
-        self._disease_columns = np.array(
-            [i for i, label in enumerate(card.labels) if label not in non_disease], np.int64)
         distance = card.embedding_distance
         with_embedding = getattr(backend, 'infer_with_embedding', None)
         #: the embedding distance in use for unknown (None: softmax score only)
@@ -152,12 +149,6 @@ class Detector:
         """Return the finding threshold in force: the parameter, or the card's when negative."""
         value = self._config.disease_score_threshold
         return self._card.finding_threshold if value < 0 else value
-
-    def _finding_scores(self, probs: np.ndarray) -> np.ndarray:
-        """Return ``(N,)`` the score each tile's finding threshold is compared with."""
-        if self._card.finding_score == 'disease_mass':
-            return np.asarray(probs[:, self._disease_columns].sum(axis=1), dtype=np.float64)
-        return np.asarray(probs.max(axis=1), dtype=np.float64)
 
     def _input_buffer(self, count: int) -> np.ndarray:
         height, width = self._card.input_hw_px
@@ -228,17 +219,18 @@ class Detector:
             results = classify(probs, self._card.labels, self._card.non_disease_labels,
                                config.top_k, self.unknown_threshold(), far)
             finding_threshold = self.finding_threshold()
-            finding_scores = self._finding_scores(probs)
+            scores = finding_scores(probs, self._card.labels, self._card.non_disease_labels,
+                                    self._card.finding_score)
             detections = tuple(
                 Detection(box_xyxy_px=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
                           label=r.label,
                           label_index=r.label_index, score=r.score, top_k=r.top_k,
                           is_unknown=r.is_unknown, is_disease=r.is_disease,
                           is_finding=(r.is_disease
-                                      and finding_scores[row] >= finding_threshold),
+                                      and scores[row] >= finding_threshold),
                           vegetation_fraction=float(fractions[i]),
                           distance=None if distances is None else float(distances[row]),
-                          finding_score=float(finding_scores[row]))
+                          finding_score=float(scores[row]))
                 for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
                                                       keep.tolist())))
             t_post = clock()

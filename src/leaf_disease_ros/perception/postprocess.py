@@ -49,6 +49,24 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
+def finding_scores(probs: np.ndarray, labels: Sequence[str],
+                   non_disease_labels: Sequence[str], finding_score: str) -> np.ndarray:
+    """
+    Return ``(N,)`` the score each tile's finding threshold is compared with.
+
+    ``finding_score`` is the card's rule: ``top_label``, the best calibrated
+    probability; ``disease_mass``, the sum of the probabilities of the disease labels
+    (neither healthy nor background). The one definition the node, the replay and the
+    field evaluation share.
+    """
+    probs = np.asarray(probs)
+    if finding_score == 'disease_mass':
+        not_disease = set(non_disease_labels)
+        disease = np.array([label not in not_disease for label in labels])
+        return probs[:, disease].sum(axis=1)
+    return probs.max(axis=1)
+
+
 def classify(probs: np.ndarray, labels: Sequence[str], non_disease_labels: Sequence[str],
              top_k: int, unknown_threshold: float,
              out_of_domain: Optional[np.ndarray] = None) -> List[Classification]:

@@ -35,7 +35,7 @@ from leaf_disease_ros.perception import tiling
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.metrics import auroc as _auroc
 from leaf_disease_ros.perception.model_card import load_card, ModelCard
-from leaf_disease_ros.perception.postprocess import softmax
+from leaf_disease_ros.perception.postprocess import finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.calibration import choose_unknown_threshold, fit_temperature
 from leaf_disease_ros.training.dataset import build_split
@@ -120,12 +120,10 @@ def findings(probs: np.ndarray, labels: Sequence[str], healthy: Sequence[str],
     :param finding_score: ``top_label`` or ``disease_mass`` (the card's choice).
     """
     top = probs.argmax(axis=1)
-    score = probs.max(axis=1)
     is_disease = np.array([lab not in healthy for lab in labels])
-    disease = is_disease[top] & (score >= unknown_threshold)
-    if finding_score == 'disease_mass':
-        return disease & (probs[:, is_disease].sum(axis=1) >= finding_threshold)
-    return disease & (score >= finding_threshold)
+    disease = is_disease[top] & (probs.max(axis=1) >= unknown_threshold)
+    return disease & (finding_scores(probs, labels, healthy, finding_score)
+                      >= finding_threshold)
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
