@@ -64,7 +64,7 @@ FLAG_PARAMETERS = {
     'unknown_threshold': 'unknown_threshold',
     'disease_threshold': 'disease_score_threshold', 'max_fix_gap': 'max_fix_gap_s',
     'max_fix_age': 'max_fix_age_s', 'merge_radius': 'merge_radius_m',
-    'lever_arm': 'lever_arm_m',
+    'lever_arm': 'lever_arm_m', 'site': 'site_path',
 }
 
 
@@ -104,6 +104,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              '(/NAME/detections...; default: %(default)s, as the node)')
     model = parser.add_argument_group('model (parameters model_path, backend, ...)')
     model.add_argument('--model', help='ONNX model with its card beside it (default: shipped)')
+    model.add_argument('--site', help='site file or folder from leaf-disease-site (parameter '
+                       'site_path): the model adapted to this vineyard')
     model.add_argument('--backend', choices=('auto', 'onnxruntime', 'tensorrt'))
     model.add_argument('--onnx-provider', choices=('auto', 'cpu', 'cuda'))
     model.add_argument('--threads', type=int, help='ONNX Runtime intra-op threads (0: auto)')

@@ -79,6 +79,11 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('onnx_intra_op_threads', INT, 0,
               'ONNX Runtime intra-op threads; 0 = one per physical core.',
               'model', min_value=0, max_value=256, read_only=True),
+    ParamSpec('site_path', STRING, '',
+              'Site file (site.json, or the folder leaf-disease-site wrote): the model '
+              'adapted to this vineyard from one recorded healthy pass; it must be made for '
+              'this model (its sha256). Empty = no site (docs/adaptation.md).',
+              'model', read_only=True),
     ParamSpec('max_batch', INT, 16,
               'Largest batch of tiles sent to the backend in one call; a TensorRT '
               "engine's profile maximum caps it.",

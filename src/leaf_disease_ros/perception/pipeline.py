@@ -9,6 +9,7 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
 4. calibrated scores, top-k and unknown rejection (:mod:`.postprocess`); when the
    card's ``embedding_distance`` is in use and the backend returns embeddings
    (``infer_with_embedding``), tiles too far from the training data are unknown too;
+   with a site (:mod:`.site_model`), the logits come from the site's head on the embeddings;
 5. the frame's position at its own stamp (:mod:`.geotag`).
 
 It never imports ROS or a runtime: the backend is any object with ``infer(batch)
@@ -30,6 +31,7 @@ from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
 from leaf_disease_ros.perception.postprocess import classify, finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
+from leaf_disease_ros.perception.site_model import SiteModel
 from leaf_disease_ros.perception.tiling import check_frame, crops, tile_boxes, vegetation_fractions
 
 STAGES = ('tiling', 'preprocess', 'inference', 'postprocess', 'geotag', 'total')
@@ -106,7 +108,8 @@ class Detector:
     """Classifies the tiles of frames with one backend and one model card."""
 
     def __init__(self, backend: InferenceBackend, card: ModelCard,
-                 config: Optional[DetectorConfig] = None) -> None:
+                 config: Optional[DetectorConfig] = None,
+                 site: Optional[SiteModel] = None) -> None:
         self._backend = backend
         self._card = card
         self._config = config or DetectorConfig()
@@ -114,6 +117,11 @@ class Detector:
         self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
         distance = card.embedding_distance
         with_embedding = getattr(backend, 'infer_with_embedding', None)
+        if site is not None and (not card.embedding_name or not callable(with_embedding)):
+            raise ConfigError('site_path', f'the site {site.site_id} needs the embedding output '
+                              f'of the model, and model {card.name} on this backend has none')
+        #: the site in use (None: the model's own output layer)
+        self.site = site
         #: the embedding distance in use for unknown (None: softmax score only)
         self.distance = (distance if distance is not None and distance.use_for_unknown
                          and card.embedding_name and callable(with_embedding) else None)
@@ -146,9 +154,13 @@ class Detector:
         return self._card.unknown_threshold if value < 0 else value
 
     def finding_threshold(self) -> float:
-        """Return the finding threshold in force: the parameter, or the card's when negative."""
+        """Return the finding threshold in force: parameter, else the site's, else the card's."""
         value = self._config.disease_score_threshold
-        return self._card.finding_threshold if value < 0 else value
+        if value >= 0:
+            return value
+        if self.site is not None and self.site.finding_threshold is not None:
+            return self.site.finding_threshold
+        return self._card.finding_threshold
 
     def _input_buffer(self, count: int) -> np.ndarray:
         height, width = self._card.input_hw_px
@@ -208,12 +220,15 @@ class Detector:
             t_pre = clock()
             distances: Optional[np.ndarray] = None
             far: Optional[np.ndarray] = None
-            if self.distance is None:
+            if self.distance is None and self.site is None:
                 logits = self.classify_batch(batch)
             else:
                 logits, embeddings = self.classify_batch_with_embedding(batch)
-                distances = self.distance.distances(embeddings)
-                far = self.distance.out_of_domain(distances)
+                if self.site is not None:
+                    logits = self.site.logits(embeddings)
+                if self.distance is not None:
+                    distances = self.distance.distances(embeddings)
+                    far = self.distance.out_of_domain(distances)
             t_inf = clock()
             probs = softmax(logits, self._card.temperature)
             results = classify(probs, self._card.labels, self._card.non_disease_labels,

@@ -53,6 +53,7 @@ from leaf_disease_ros.perception.image_checks import has_colour, NO_COLOUR_REASO
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
 from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
                                                    STATUS_SBAS_FIX)
+from leaf_disease_ros.perception.site_model import site_for_parameters
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
@@ -657,10 +658,12 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         output: Optional[OutputBag] = None
         try:
             card = backend.card
-            detector = Detector(backend, card, DetectorConfig.from_parameters(params))
+            site = site_for_parameters(params, card)
+            detector = Detector(backend, card, DetectorConfig.from_parameters(params), site=site)
             state = ReplayState(
                 parameters=params, topics=topics, labels=tuple(card.labels),
-                model=dict(backend.describe(), unknown_threshold=detector.unknown_threshold(),
+                model=dict(backend.describe(), site=site.site_id if site else '',
+                           unknown_threshold=detector.unknown_threshold(),
                            finding_threshold=detector.finding_threshold(),
                            finding_score=card.finding_score),
                 bag_path=os.path.abspath(options.bag_path),

@@ -64,6 +64,7 @@ from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DO
 from leaf_disease_ros.perception.errors import (ConfigError, FrameError, InferenceError,
                                                 LeafDiseaseError)
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult
+from leaf_disease_ros.perception.site_model import site_for_parameters, stale_site_note
 from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, stamp_to_ns,
                                               to_detection2d_array, to_detection3d_array,
                                               to_diagnostic_array, to_geotag_fix, to_label_info)
@@ -217,8 +218,11 @@ class DetectorNode(Node):
             values['model_path'], values['backend'], onnx_provider=values['onnx_provider'],
             intra_op_threads=values['onnx_intra_op_threads'], max_batch=values['max_batch'],
             warn=self.get_logger().warning)
+        site = site_for_parameters(values, self._backend.card)
+        if site is not None and stale_site_note(site):
+            self.get_logger().warning(stale_site_note(site))
         self._detector = Detector(self._backend, self._backend.card,
-                                  DetectorConfig.from_parameters(values))
+                                  DetectorConfig.from_parameters(values), site=site)
         warmup_ms = self._warm_up()
 
         self._fixes = FixBuffer(values['fix_buffer_size'], values['max_fix_speed_mps'])
