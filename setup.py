@@ -33,6 +33,13 @@ setup(
          files('engines/*.onnx') + [path for path in files('engines/*.json')
                                     if not path.endswith('.engine.json')]
          + files('engines/*.md')),
+        (os.path.join(SHARE, 'engines', 'leaf_bank'), files('engines/leaf_bank/*.md')),
+    ] + [
+        # the leaves leaf-disease-site composites into a reference pass (one folder a class)
+        (os.path.join(SHARE, 'engines', 'leaf_bank', os.path.basename(folder)),
+         files(os.path.join(folder, '*.jpg')))
+        for folder in sorted(glob('engines/leaf_bank/*')) if os.path.isdir(folder)
+    ] + [
         (os.path.join(SHARE, 'demo'), files('demo/*.md')),
         (os.path.join(SHARE, 'demo', 'vineyard_demo'), files('demo/vineyard_demo/*')),
     ],
@@ -99,6 +106,7 @@ setup(
             'leaf-disease-split = leaf_disease_ros.cli.split:main',
             'leaf-disease-explain = leaf_disease_ros.cli.explain:main',
             'leaf-disease-embed = leaf_disease_ros.cli.embed:main',
+            'leaf-disease-site = leaf_disease_ros.cli.adapt_site:main',
         ],
     },
 )
