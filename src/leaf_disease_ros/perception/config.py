@@ -98,6 +98,12 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Tiles with a smaller share of vegetation pixels are skipped (soil, sky, '
               'posts); 0 classifies every tile.',
               'tiling', min_value=0.0, max_value=1.0),
+    ParamSpec('min_leaf_area_fraction', DOUBLE, 0.30,
+              'Tiles whose leaf area (vegetation closed and hole-filled, so necrotic spots '
+              'inside a leaf count; sky, soil, posts and wires beside a leaf edge do not) '
+              'is a smaller share are skipped as background, never classified; '
+              '0 = vegetation gate only.',
+              'tiling', min_value=0.0, max_value=1.0),
     ParamSpec('vegetation_exg_threshold', DOUBLE, 0.05,
               'A pixel is vegetation when its excess green 2g-r-b (chromatic '
               'coordinates) exceeds this.',
@@ -459,6 +465,7 @@ class DetectorConfig:
     tile_size_px: int = 256
     tile_stride_px: int = 256
     min_vegetation_fraction: float = 0.10
+    min_leaf_area_fraction: float = 0.30
     vegetation_exg_threshold: float = 0.05
     top_k: int = 3
     unknown_threshold: float = -1.0

@@ -3,7 +3,8 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
 
 :class:`Detector` is what the node's worker thread and the replay call per frame:
 
-1. tile the frame and gate tiles by vegetation fraction (:mod:`.tiling`);
+1. tile the frame and gate tiles by vegetation fraction and leaf area (:mod:`.tiling`):
+   a tile below either floor is skipped as background, never classified;
 2. preprocess every kept tile into one batch (:func:`.preprocess.preprocess`);
 3. run the backend on the batch, in chunks of at most the backend's maximum batch;
 4. calibrated scores, top-k and unknown rejection (:mod:`.postprocess`); when the
@@ -30,7 +31,7 @@ from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
 from leaf_disease_ros.perception.postprocess import classify, finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
-from leaf_disease_ros.perception.tiling import check_frame, crops, tile_boxes, vegetation_fractions
+from leaf_disease_ros.perception.tiling import check_frame, crops, gate_fractions, tile_boxes
 
 STAGES = ('tiling', 'preprocess', 'inference', 'postprocess', 'geotag', 'total')
 
@@ -77,6 +78,7 @@ class Detection:
     vegetation_fraction: float
     distance: Optional[float] = None  # to the training data (card's embedding_distance)
     finding_score: float = 0.0
+    leaf_area_fraction: Optional[float] = None  # None: the leaf-area gate is off
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,14 @@ class Detector:
         height, width = check_frame(frame_bgr)
         boxes = tile_boxes(height, width, config.tiling, config.tile_size_px,
                            config.tile_stride_px)
-        if config.min_vegetation_fraction > 0.0:
-            fractions = vegetation_fractions(frame_bgr, boxes, config.vegetation_exg_threshold)
-            keep = np.flatnonzero(fractions >= config.min_vegetation_fraction)
+        leaf: Optional[np.ndarray] = None
+        if config.min_vegetation_fraction > 0.0 or config.min_leaf_area_fraction > 0.0:
+            fractions, leaf = gate_fractions(frame_bgr, boxes, config.vegetation_exg_threshold,
+                                             config.min_leaf_area_fraction > 0.0)
+            passed = fractions >= config.min_vegetation_fraction
+            if leaf is not None:
+                passed &= leaf >= config.min_leaf_area_fraction
+            keep = np.flatnonzero(passed)
         else:
             fractions = np.ones(len(boxes), dtype=np.float32)
             keep = np.arange(len(boxes))
@@ -230,7 +237,8 @@ class Detector:
                                       and scores[row] >= finding_threshold),
                           vegetation_fraction=float(fractions[i]),
                           distance=None if distances is None else float(distances[row]),
-                          finding_score=float(scores[row]))
+                          finding_score=float(scores[row]),
+                          leaf_area_fraction=None if leaf is None else float(leaf[i]))
                 for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
                                                       keep.tolist())))
             t_post = clock()

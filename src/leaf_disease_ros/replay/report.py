@@ -39,7 +39,7 @@ GEOJSON_FILE = 'findings.geojson'
 KML_FILE = 'findings.kml'
 REPORTED_PARAMETERS = (
     'model_path', 'backend', 'tiling', 'tile_size_px', 'tile_stride_px',
-    'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
+    'min_vegetation_fraction', 'min_leaf_area_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
     'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'max_fix_speed_mps',
     'lever_arm_m', 'merge_radius_m', 'max_batch', 'evidence_min_sightings',
     'evidence_window_frames', 'evidence_radius_m', 'domain_window_tiles',
