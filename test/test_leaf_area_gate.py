@@ -132,8 +132,8 @@ def test_hazy_sky_is_vegetation_by_excess_green_but_not_leaf_area():
     assert leaf is not None and leaf[0] < 0.01
 
 
-def test_leaf_edges_on_sky_soil_posts_and_wires_are_never_classified(diseased_leaves,
-                                                                      shipped_backend):
+def test_leaf_edges_on_sky_soil_posts_and_wires_are_never_classified(
+        diseased_leaves, shipped_backend):
     gated = Detector(shipped_backend, shipped_backend.card, DetectorConfig())
     ungated = Detector(shipped_backend, shipped_backend.card,
                        DetectorConfig(min_leaf_area_fraction=0.0))
@@ -151,8 +151,8 @@ def test_leaf_edges_on_sky_soil_posts_and_wires_are_never_classified(diseased_le
     assert classified_without_gate >= tiles * 3 // 4, classified_without_gate
 
 
-def test_a_diseased_leaf_filling_a_tile_is_still_classified_and_found(diseased_leaves,
-                                                                     shipped_backend):
+def test_a_diseased_leaf_filling_a_tile_is_still_classified_and_found(
+        diseased_leaves, shipped_backend):
     detector = Detector(shipped_backend, shipped_backend.card, DetectorConfig())
     rng = np.random.default_rng(7)
     found = 0

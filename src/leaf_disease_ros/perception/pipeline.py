@@ -12,6 +12,16 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
    (``infer_with_embedding``), tiles too far from the training data are unknown too;
 5. the frame's position at its own stamp (:mod:`.geotag`).
 
+The domain reference (:attr:`Detector.domain_reference`, a :class:`DomainReference`)
+says per tile whether it is far from what the model knows (``Detection.distance``,
+``Detection.out_of_domain``); the domain check of the node and the replay counts those
+tiles. By default it is the card's ``embedding_distance`` with its threshold (the
+training data); a per-site reference (a recorded healthy pass of the grower's row)
+replaces it with one assignment, ``detector.domain_reference = site_reference``.
+Embeddings are only computed when the backend offers them with the logits
+(``infer_with_embedding``, no second pass); without them there is no reference and
+the flag stays False.
+
 It never imports ROS or a runtime: the backend is any object with ``infer(batch)
 -> logits`` and ``max_batch`` (see ``inference/base.py``). ``process`` is not
 re-entrant (it reuses one input buffer); call it from one thread. The
@@ -26,6 +36,7 @@ from typing import Dict, Optional, Protocol, Sequence, Tuple
 import numpy as np
 
 from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
@@ -43,6 +54,37 @@ class PositionSource(Protocol):
                lever_arm_m: Sequence[float] = (0.0, 0.0, 0.0),
                min_speed_mps: float = 0.3, heading_window_s: float = 2.0) -> GeotagResult:
         """Return the position at ``stamp_ns``."""
+
+
+class DomainReference(Protocol):
+    """What the domain check compares a tile's embedding with (training data, or a site)."""
+
+    @property
+    def threshold(self) -> float:
+        """Distance above which a tile is out of the domain."""
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return ``(N,)`` distances of ``(N, D)`` embeddings to the reference."""
+
+
+@dataclass(frozen=True)
+class TrainingDataReference:
+    """The card's ``embedding_distance`` as a domain reference (its ``unknown_threshold``)."""
+
+    distance: EmbeddingDistance
+    threshold: float
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return ``(N,)`` distances to the nearest training class (about 1 in domain)."""
+        return self.distance.distances(embeddings)
+
+
+def card_domain_reference(card: ModelCard) -> Optional[TrainingDataReference]:
+    """Return the card's training-data reference, None without a distance and threshold."""
+    distance = card.embedding_distance
+    if distance is None or distance.unknown_threshold is None or not card.embedding_name:
+        return None
+    return TrainingDataReference(distance, float(distance.unknown_threshold))
 
 
 class InferenceBackend(Protocol):
@@ -76,9 +118,12 @@ class Detection:
     is_disease: bool
     is_finding: bool
     vegetation_fraction: float
-    distance: Optional[float] = None  # to the training data (card's embedding_distance)
+    #: to the domain reference (else the card's distance when it decides unknown)
+    distance: Optional[float] = None
     finding_score: float = 0.0
     leaf_area_fraction: Optional[float] = None  # None: the leaf-area gate is off
+    #: farther from the domain reference than its threshold (False without a reference)
+    out_of_domain: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,9 +161,22 @@ class Detector:
         self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
         distance = card.embedding_distance
         with_embedding = getattr(backend, 'infer_with_embedding', None)
+        self._embeds = bool(card.embedding_name) and callable(with_embedding)
         #: the embedding distance in use for unknown (None: softmax score only)
         self.distance = (distance if distance is not None and distance.use_for_unknown
-                         and card.embedding_name and callable(with_embedding) else None)
+                         and self._embeds else None)
+        self._reference: Optional[DomainReference] = None
+        self.domain_reference = card_domain_reference(card)
+
+    @property
+    def domain_reference(self) -> Optional[DomainReference]:
+        """What tiles are judged in or out of the domain against (None: not judged)."""
+        return self._reference
+
+    @domain_reference.setter
+    def domain_reference(self, reference: Optional[DomainReference]) -> None:
+        """Swap the reference (from the next frame); ignored without embeddings."""
+        self._reference = reference if self._embeds else None
 
     @property
     def card(self) -> ModelCard:
@@ -194,7 +252,7 @@ class Detector:
         boxes = tile_boxes(height, width, config.tiling, config.tile_size_px,
                            config.tile_stride_px)
         leaf: Optional[np.ndarray] = None
-        if config.min_vegetation_fraction > 0.0 or config.min_leaf_area_fraction > 0.0:
+        if config.min_vegetation_fraction > 0.0:  # 0: every tile, both gates off
             fractions, leaf = gate_fractions(frame_bgr, boxes, config.vegetation_exg_threshold,
                                              config.min_leaf_area_fraction > 0.0)
             passed = fractions >= config.min_vegetation_fraction
@@ -215,12 +273,18 @@ class Detector:
             t_pre = clock()
             distances: Optional[np.ndarray] = None
             far: Optional[np.ndarray] = None
-            if self.distance is None:
+            outside: Optional[np.ndarray] = None
+            reference = self._reference  # one read: a swap applies to the next frame
+            if self.distance is None and reference is None:
                 logits = self.classify_batch(batch)
             else:
                 logits, embeddings = self.classify_batch_with_embedding(batch)
-                distances = self.distance.distances(embeddings)
-                far = self.distance.out_of_domain(distances)
+                if self.distance is not None:
+                    distances = self.distance.distances(embeddings)
+                    far = self.distance.out_of_domain(distances)
+                if reference is not None:
+                    distances = np.asarray(reference.distances(embeddings))
+                    outside = distances > reference.threshold
             t_inf = clock()
             probs = softmax(logits, self._card.temperature)
             results = classify(probs, self._card.labels, self._card.non_disease_labels,
@@ -238,7 +302,8 @@ class Detector:
                           vegetation_fraction=float(fractions[i]),
                           distance=None if distances is None else float(distances[row]),
                           finding_score=float(scores[row]),
-                          leaf_area_fraction=None if leaf is None else float(leaf[i]))
+                          leaf_area_fraction=None if leaf is None else float(leaf[i]),
+                          out_of_domain=outside is not None and bool(outside[row]))
                 for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
                                                       keep.tolist())))
             t_post = clock()

@@ -25,7 +25,8 @@ background, and the classifier, shown the edge with sky around it, calls it a di
 with high confidence. Excess green misses the brown and black necrotic spots of a
 diseased leaf, so leaf area is the vegetation mask closed morphologically (a kernel of
 :data:`LEAF_CLOSE_TILE_FRACTION` of a tile side: bridges the veins, blotches and notches
-of one leaf; isolated noise pixels are dropped first) with its holes filled (background regions enclosed by vegetation, up to
+of one leaf; isolated noise pixels are dropped first) with its holes filled
+(background regions enclosed by vegetation, up to
 :data:`LEAF_HOLE_TILE_FRACTION` of a tile's area: lesions, not the sky seen through a
 gap in the canopy). Sky or soil *beside* a leaf edge is not enclosed and does not count.
 It runs on the same strided mask, one summed-area table per frame (see
