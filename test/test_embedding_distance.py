@@ -145,8 +145,14 @@ def test_pipeline_rejects_tiles_far_from_the_training_data(tiny_embedding_model_
     wall = np.full((64, 64, 3), (40, 200, 60), np.uint8)
     far = detector.process(wall, 0).detections[0]
     assert far.distance > 3.0 and far.is_unknown and far.label == 'unknown'
-    # not in use: distance ignored, detections carry none
+    # not in use for unknown: it is still the domain reference (its threshold), so the
+    # tile is flagged out of the domain but keeps its label
     doc['embedding_distance']['use_for_unknown'] = False
     plain = Detector(backend, card_from_dict(doc, 'x.json'), DetectorConfig(tiling='none'))
-    assert plain.distance is None
+    assert plain.distance is None and plain.domain_reference is not None
+    flagged = plain.process(wall, 0).detections[0]
+    assert flagged.out_of_domain and flagged.distance > 3.0 and not flagged.is_unknown
+    assert not plain.process(images[0], 0).detections[0].out_of_domain
+    # the reference is swapped with one assignment (a site reference), or removed
+    plain.domain_reference = None
     assert plain.process(wall, 0).detections[0].distance is None

@@ -199,7 +199,7 @@ def test_the_replay_marks_confirmed_and_unconfirmed_findings(tmp_path):
         frames[i] = (0.25 * i, ['healthy', 'esca'])
     bag = colour_bag(str(tmp_path / 'bag'), frames)
     out = str(tmp_path / 'report')
-    params = {'min_vegetation_fraction': 0.0, 'unknown_threshold': 0.0}
+    params = {'min_vegetation_fraction': 0.0, 'unknown_threshold': 0.0, 'domain_min_tiles': 1}
     state = run_replay(ReplayOptions(bag_path=bag, out_dir=out, parameters=params),
                        backend=ColourBackend(colour_card(str(tmp_path))))
     metrics = write_report(state, out)

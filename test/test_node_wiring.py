@@ -51,13 +51,14 @@ def mosaic(leaf_images) -> np.ndarray:
 def overrides(world: Any, tiny_model_path: str, **values: Any) -> List[Any]:
     """Return rclpy Parameters for the tiny model, every diseased tile a finding.
 
-    Findings go to ~/geo_detections at once (``evidence_min_sightings`` 1) unless a test
-    asks for the evidence rule.
+    Findings go to ~/geo_detections at once (``evidence_min_sightings`` 1, the domain
+    check judging from the first tile on) unless a test asks for the evidence rule or
+    the domain hold.
     """
     parameter = world.modules['rclpy.parameter'].Parameter
     base: Dict[str, Any] = {'model_path': tiny_model_path, 'backend': 'onnxruntime',
                             'disease_score_threshold': 0.0, 'unknown_threshold': 0.0,
-                            'evidence_min_sightings': 1}
+                            'evidence_min_sightings': 1, 'domain_min_tiles': 1}
     base.update(values)
     return [parameter(name, value=value) for name, value in base.items()]
 
@@ -573,3 +574,21 @@ def test_the_entry_point_stops_before_importing_cv2_on_humble_with_numpy_2(tmp_p
     assert result.stderr.startswith(f'[FATAL] [detector_node]: {START_FAILURE_PREFIX} NumPy ')
     assert "pip3 install --user 'numpy<2'" in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_findings_are_held_back_while_the_domain_check_collects(world, tiny_model_path, mosaic,
+                                                                tmp_path):
+    node = start(world, tiny_model_path, domain_min_tiles=30, live_map_dir=str(tmp_path))
+    try:
+        send_frame(world, mosaic, T0 + 123_456_789)
+        (detections,) = world.wait_for(f'{NODE}/detections', 1)
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 1)
+        assert len(detections.detections) == 6   # ~/detections still carries every tile
+        assert geo.detections == []               # 6 tiles of 30: nothing vouches yet
+        assert node.held_findings >= 1
+        node._write_live_map()
+        with open(tmp_path / 'findings.geojson', encoding='utf-8') as stream:
+            assert json.load(stream)['features'] == []
+    finally:
+        node.close()
+        node.destroy_node()

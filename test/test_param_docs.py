@@ -10,7 +10,7 @@ from leaf_disease_ros.inference.engine.commands import build_command, mismatch_m
 from leaf_disease_ros.perception.config import PARAMETERS, PARAMETERS_BY_NAME
 from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError,
                                                 LeafDiseaseError, ModelCardError, ModelLoadError)
-from leaf_disease_ros.ros.diagnostics import domain_report, DomainShares
+from leaf_disease_ros.ros.diagnostics import domain_report, DomainRule, DomainShares
 from leaf_disease_ros.ros.diagnostics import rejected_status_text
 from leaf_disease_ros.ros.environment import numpy_problem
 from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
@@ -135,8 +135,10 @@ EXAMPLES = [
         'with its card beside it (or leave it empty for the shipped model)')),
     unsupported_encoding_message('16UC1', '[16UC1] is not a color format. but [bgr8] is. '
                                           'The conversion does not make sense'),
-    domain_report(DomainShares(100, 300, 300, 120, 0, 0, 30), name='d', hardware_id='m',
-                  window_tiles=300, unknown_warn_fraction=0.2).message,
+    domain_report(DomainShares(100, 300, 300, 120, 0, 0, 30, 0), name='d', hardware_id='m',
+                  rule=DomainRule(300, 30, 0.2, 0.2)).message,
+    domain_report(DomainShares(20, 300, 300, 3, 0, 0, 30, 210), name='d', hardware_id='m',
+                  rule=DomainRule(300, 30, 0.2, 0.2)).message,
 ]
 
 

@@ -28,8 +28,10 @@ from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
 from leaf_disease_ros.replay.typestore import make_typestore
 from tiny_model import make_tiny_model
 
+# a few frames of a tiny model: the domain check judges from the first tile on (the
+# hold while it collects has its own tests in test_domain.py)
 PARAMS = {'unknown_threshold': 0.0, 'disease_score_threshold': 0.0,
-          'min_vegetation_fraction': 0.0}
+          'min_vegetation_fraction': 0.0, 'domain_min_tiles': 1}
 LAT0, LON0 = 46.0, 7.0
 FRAME_TIMES_S = (1.1, 2.0, 2.6, 4.5)
 
@@ -53,7 +55,7 @@ def model_path(tmp_path_factory):
 def predicted(model_path, leaves):
     """Return the tiny model's label for each leaf photo, classified alone."""
     backend = load_backend(model_path, 'onnxruntime')
-    detector = Detector(backend, backend.card, DetectorConfig(**PARAMS))
+    detector = Detector(backend, backend.card, DetectorConfig.from_parameters(PARAMS))
     labels = [detector.process(leaf, 0).detections[0].label for leaf in leaves]
     backend.close()
     # The scenario needs right and wrong answers, diseased tiles with and without

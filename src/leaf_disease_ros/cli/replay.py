@@ -255,6 +255,10 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                     if findings['features'] else '')
                  + (f"; {findings['outside_utm']} beyond UTM (not in geo_detections)"
                     if findings.get('outside_utm') else ''))
+    held = findings.get('held', {})
+    if held.get('count'):
+        lines.append(f"held back: {held['count']} diseased tiles kept off the map and "
+                     f"geo_detections ({held['reason']})")
     if latency.get('count'):
         lines.append(f"pipeline latency per frame p50 {latency['p50']:.1f} ms, p95 "
                      f"{latency['p95']:.1f} ms, p99 {latency['p99']:.1f} ms")

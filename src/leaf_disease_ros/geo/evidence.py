@@ -61,11 +61,13 @@ class EvidenceTracker:
         self._spot_frames: List[int] = []  # distinct frames per spot (index of the merger)
         self._last_stamp_ns: Optional[int] = None
 
-    def update(self, result: FrameResult) -> FrozenSet[int]:
+    def update(self, result: FrameResult, held: bool = False) -> FrozenSet[int]:
         """
         Add one processed frame; return the indices of its confirmed findings.
 
         :param result: the frame (call in stamp order).
+        :param held: its findings are held back (the domain check): the frame counts
+            as one without findings, so a held finding never confirms a later one.
         :returns: positions in ``result.detections`` of the findings that pass the
             frames rule or the place rule; the other findings stay unconfirmed.
         """
@@ -75,6 +77,9 @@ class EvidenceTracker:
             self._reset()
         self._last_stamp_ns = result.stamp_ns
         self.frames += 1
+        if held:
+            self._recent.append(frozenset())
+            return frozenset()
         by_label: Dict[str, List[int]] = {}
         for index, detection in enumerate(result.detections):
             if detection.is_finding:

@@ -101,7 +101,13 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'tiling', min_value=8, max_value=8192),
     ParamSpec('min_vegetation_fraction', DOUBLE, 0.10,
               'Tiles with a smaller share of vegetation pixels are skipped (soil, sky, '
-              'posts); 0 classifies every tile.',
+              'posts); 0 classifies every tile (the leaf-area gate too is off).',
+              'tiling', min_value=0.0, max_value=1.0),
+    ParamSpec('min_leaf_area_fraction', DOUBLE, 0.30,
+              'Tiles whose leaf area (vegetation closed and hole-filled, so necrotic spots '
+              'inside a leaf count; sky, soil, posts and wires beside a leaf edge do not) '
+              'is a smaller share are skipped as background, never classified; '
+              '0 = vegetation gate only.',
               'tiling', min_value=0.0, max_value=1.0),
     ParamSpec('vegetation_exg_threshold', DOUBLE, 0.05,
               'A pixel is vegetation when its excess green 2g-r-b (chromatic '
@@ -211,6 +217,23 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Diagnostics WARN (out of the model domain; fix: docs/adaptation.md) when at '
               'least this share of the tiles of the window fell to unknown.',
               'ros', min_value=0.01, max_value=1.0),
+    ParamSpec('domain_far_warn_fraction', DOUBLE, 0.2,
+              'Diagnostics WARN (out of the model domain) when at least this share of the '
+              "tiles of the window is far from the domain reference (the card's "
+              'embedding_distance threshold, or a site reference): a confidently wrong '
+              'model is far without being unknown.',
+              'ros', min_value=0.01, max_value=1.0),
+    ParamSpec('domain_min_tiles', INT, 30,
+              'The domain check judges once it has this many classified tiles (the window '
+              'keeps growing to domain_window_tiles); before, it is collecting and findings '
+              'are held back (hold_findings_out_of_domain).',
+              'ros', min_value=1, max_value=1000000, read_only=True),
+    ParamSpec('hold_findings_out_of_domain', BOOL, True,
+              'While the domain check is out of the domain (or still collecting), findings '
+              'stay off ~/geo_detections and the maps (node live map; replay map, GeoJSON, '
+              'KML, geo_detections) and are never released later; ~/detections still '
+              'carries every tile.',
+              'ros', read_only=True),
     ParamSpec('start_enabled', BOOL, True,
               'Process frames from start; ~/enable pauses and resumes.',
               'ros', read_only=True),
@@ -333,6 +356,14 @@ def _cross_check(values: Mapping[str, Any]) -> None:
             f"{values['tile_size_px']}: the frame would have unclassified gaps")
 
 
+def _cross_check_domain(values: Mapping[str, Any]) -> None:
+    if values['domain_min_tiles'] > values['domain_window_tiles']:
+        raise ConfigError(
+            'domain_min_tiles',
+            f"{values['domain_min_tiles']} is larger than domain_window_tiles "
+            f"{values['domain_window_tiles']}: the domain check could never judge")
+
+
 def _cross_check_evidence(values: Mapping[str, Any]) -> None:
     if values['evidence_min_sightings'] > values['evidence_window_frames']:
         raise ConfigError(
@@ -367,6 +398,7 @@ def validate_parameters(values: Mapping[str, Any], *,
         result[name] = validate_value(name, value)
     _cross_check(result)
     _cross_check_evidence(result)
+    _cross_check_domain(result)
     return result
 
 
@@ -464,6 +496,7 @@ class DetectorConfig:
     tile_size_px: int = 256
     tile_stride_px: int = 256
     min_vegetation_fraction: float = 0.10
+    min_leaf_area_fraction: float = 0.30
     vegetation_exg_threshold: float = 0.05
     top_k: int = 3
     unknown_threshold: float = -1.0

@@ -3,7 +3,8 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
 
 :class:`Detector` is what the node's worker thread and the replay call per frame:
 
-1. tile the frame and gate tiles by vegetation fraction (:mod:`.tiling`);
+1. tile the frame and gate tiles by vegetation fraction and leaf area (:mod:`.tiling`):
+   a tile below either floor is skipped as background, never classified;
 2. preprocess every kept tile into one batch (:func:`.preprocess.preprocess`);
 3. run the backend on the batch, in chunks of at most the backend's maximum batch;
 4. calibrated scores, top-k and unknown rejection (:mod:`.postprocess`); when the
@@ -11,6 +12,16 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
    (``infer_with_embedding``), tiles too far from the training data are unknown too;
    with a site (:mod:`.site_model`), the logits come from the site's head on the embeddings;
 5. the frame's position at its own stamp (:mod:`.geotag`).
+
+The domain reference (:attr:`Detector.domain_reference`, a :class:`DomainReference`)
+says per tile whether it is far from what the model knows (``Detection.distance``,
+``Detection.out_of_domain``); the domain check of the node and the replay counts those
+tiles. By default it is the card's ``embedding_distance`` with its threshold (the
+training data); a per-site reference (a recorded healthy pass of the grower's row)
+replaces it with one assignment, ``detector.domain_reference = site_reference``.
+Embeddings are only computed when the backend offers them with the logits
+(``infer_with_embedding``, no second pass); without them there is no reference and
+the flag stays False.
 
 It never imports ROS or a runtime: the backend is any object with ``infer(batch)
 -> logits`` and ``max_batch`` (see ``inference/base.py``). ``process`` is not
@@ -21,18 +32,19 @@ configuration can be swapped from another thread with :meth:`Detector.update_con
 
 from dataclasses import dataclass
 import time
-from typing import Dict, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
 from leaf_disease_ros.perception.postprocess import classify, finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.perception.site_model import SiteModel
-from leaf_disease_ros.perception.tiling import check_frame, crops, tile_boxes, vegetation_fractions
+from leaf_disease_ros.perception.tiling import check_frame, crops, gate_fractions, tile_boxes
 
 STAGES = ('tiling', 'preprocess', 'inference', 'postprocess', 'geotag', 'total')
 
@@ -44,6 +56,71 @@ class PositionSource(Protocol):
                lever_arm_m: Sequence[float] = (0.0, 0.0, 0.0),
                min_speed_mps: float = 0.3, heading_window_s: float = 2.0) -> GeotagResult:
         """Return the position at ``stamp_ns``."""
+
+
+class DomainReference(Protocol):
+    """What the domain check compares a tile's embedding with (training data, or a site)."""
+
+    @property
+    def threshold(self) -> float:
+        """Distance above which a tile is out of the domain."""
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return ``(N,)`` distances of ``(N, D)`` embeddings to the reference."""
+
+
+@dataclass(frozen=True)
+class TrainingDataReference:
+    """The card's ``embedding_distance`` as a domain reference (its ``unknown_threshold``)."""
+
+    distance: EmbeddingDistance
+    threshold: float
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return ``(N,)`` distances to the nearest training class (about 1 in domain)."""
+        return self.distance.distances(embeddings)
+
+
+def card_domain_reference(card: ModelCard) -> Optional[TrainingDataReference]:
+    """Return the card's training-data reference, None without a distance and threshold."""
+    distance = card.embedding_distance
+    if distance is None or distance.unknown_threshold is None or not card.embedding_name:
+        return None
+    return TrainingDataReference(distance, float(distance.unknown_threshold))
+
+
+@dataclass(frozen=True)
+class NearestReference:
+    """
+    In the domain when near any of several references: the training data, or a site's normal.
+
+    ``distances`` is the smallest of each reference's distance divided by its own
+    threshold, so ``threshold`` is 1. A diseased leaf near the training data's disease
+    classes stays in the domain on an adapted site (an outbreak must not make the
+    check warn and hold its own findings back); the site's canopy, far from the lab
+    leaves, is in the domain because the site's reference knows it.
+    """
+
+    references: Tuple[DomainReference, ...]
+    threshold: float = 1.0
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return ``(N,)`` the smallest threshold-relative distance over the references."""
+        return np.min([np.asarray(r.distances(embeddings)) / r.threshold
+                       for r in self.references], axis=0)
+
+
+def site_domain_reference(card: ModelCard, site: SiteModel) -> Optional[DomainReference]:
+    """Return the domain reference of an adapted model: the training data or the site's normal."""
+    references: List[DomainReference] = []
+    training = card_domain_reference(card)
+    if training is not None:
+        references.append(training)
+    if site.domain is not None and site.domain.unknown_threshold is not None:
+        references.append(TrainingDataReference(site.domain, float(site.domain.unknown_threshold)))
+    if not references:
+        return None
+    return references[0] if len(references) == 1 else NearestReference(tuple(references))
 
 
 class InferenceBackend(Protocol):
@@ -77,8 +154,12 @@ class Detection:
     is_disease: bool
     is_finding: bool
     vegetation_fraction: float
-    distance: Optional[float] = None  # to the training data (card's embedding_distance)
+    #: to the domain reference (else the card's distance when it decides unknown)
+    distance: Optional[float] = None
     finding_score: float = 0.0
+    leaf_area_fraction: Optional[float] = None  # None: the leaf-area gate is off
+    #: farther from the domain reference than its threshold (False without a reference)
+    out_of_domain: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,14 +198,28 @@ class Detector:
         self._input: Optional[np.ndarray] = None  # reused (N, 3, H, W) buffer
         distance = card.embedding_distance
         with_embedding = getattr(backend, 'infer_with_embedding', None)
-        if site is not None and (not card.embedding_name or not callable(with_embedding)):
+        self._embeds = bool(card.embedding_name) and callable(with_embedding)
+        if site is not None and not self._embeds:
             raise ConfigError('site_path', f'the site {site.site_id} needs the embedding output '
                               f'of the model, and model {card.name} on this backend has none')
         #: the site in use (None: the model's own output layer)
         self.site = site
         #: the embedding distance in use for unknown (None: softmax score only)
         self.distance = (distance if distance is not None and distance.use_for_unknown
-                         and card.embedding_name and callable(with_embedding) else None)
+                         and self._embeds else None)
+        self._reference: Optional[DomainReference] = None
+        self.domain_reference = (card_domain_reference(card) if site is None
+                                 else site_domain_reference(card, site))
+
+    @property
+    def domain_reference(self) -> Optional[DomainReference]:
+        """What tiles are judged in or out of the domain against (None: not judged)."""
+        return self._reference
+
+    @domain_reference.setter
+    def domain_reference(self, reference: Optional[DomainReference]) -> None:
+        """Swap the reference (from the next frame); ignored without embeddings."""
+        self._reference = reference if self._embeds else None
 
     @property
     def card(self) -> ModelCard:
@@ -203,9 +298,14 @@ class Detector:
         height, width = check_frame(frame_bgr)
         boxes = tile_boxes(height, width, config.tiling, config.tile_size_px,
                            config.tile_stride_px)
-        if config.min_vegetation_fraction > 0.0:
-            fractions = vegetation_fractions(frame_bgr, boxes, config.vegetation_exg_threshold)
-            keep = np.flatnonzero(fractions >= config.min_vegetation_fraction)
+        leaf: Optional[np.ndarray] = None
+        if config.min_vegetation_fraction > 0.0:  # 0: every tile, both gates off
+            fractions, leaf = gate_fractions(frame_bgr, boxes, config.vegetation_exg_threshold,
+                                             config.min_leaf_area_fraction > 0.0)
+            passed = fractions >= config.min_vegetation_fraction
+            if leaf is not None:
+                passed &= leaf >= config.min_leaf_area_fraction
+            keep = np.flatnonzero(passed)
         else:
             fractions = np.ones(len(boxes), dtype=np.float32)
             keep = np.arange(len(boxes))
@@ -220,7 +320,9 @@ class Detector:
             t_pre = clock()
             distances: Optional[np.ndarray] = None
             far: Optional[np.ndarray] = None
-            if self.distance is None and self.site is None:
+            outside: Optional[np.ndarray] = None
+            reference = self._reference  # one read: a swap applies to the next frame
+            if self.distance is None and reference is None and self.site is None:
                 logits = self.classify_batch(batch)
             else:
                 logits, embeddings = self.classify_batch_with_embedding(batch)
@@ -229,6 +331,9 @@ class Detector:
                 if self.distance is not None:
                     distances = self.distance.distances(embeddings)
                     far = self.distance.out_of_domain(distances)
+                if reference is not None:
+                    distances = np.asarray(reference.distances(embeddings))
+                    outside = distances > reference.threshold
             t_inf = clock()
             probs = softmax(logits, self._card.temperature)
             results = classify(probs, self._card.labels, self._card.non_disease_labels,
@@ -245,7 +350,9 @@ class Detector:
                                       and scores[row] >= finding_threshold),
                           vegetation_fraction=float(fractions[i]),
                           distance=None if distances is None else float(distances[row]),
-                          finding_score=float(scores[row]))
+                          finding_score=float(scores[row]),
+                          leaf_area_fraction=None if leaf is None else float(leaf[i]),
+                          out_of_domain=outside is not None and bool(outside[row]))
                 for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
                                                       keep.tolist())))
             t_post = clock()

@@ -1,5 +1,5 @@
 """
-Frame -> square tiles, and the excess-green vegetation gate.
+Frame -> square tiles, and the tile gate (excess-green vegetation and leaf area).
 
 ``grid`` mode cuts a frame into square tiles of ``tile_size_px`` every
 ``tile_stride_px``; when the stride does not land on the frame's edge, one more
@@ -18,9 +18,22 @@ whatever the number of tiles. The mask is computed on every 4th pixel of every 4
 row (a strided view, no copy): an unbiased sample of the fraction, 16x less work,
 and no resize (an INTER_AREA downscale alone cost 8x the mask on the benchmark
 machine).
+
+The leaf-area gate asks whether a tile holds enough *leaf* to be classified: a tile of
+sky, wire, post or soil that a leaf edge enters has a little vegetation but is
+background, and the classifier, shown the edge with sky around it, calls it a disease
+with high confidence. Excess green misses the brown and black necrotic spots of a
+diseased leaf, so leaf area is the vegetation mask closed morphologically (a kernel of
+:data:`LEAF_CLOSE_TILE_FRACTION` of a tile side: bridges the veins, blotches and notches
+of one leaf; isolated noise pixels are dropped first) with its holes filled
+(background regions enclosed by vegetation, up to
+:data:`LEAF_HOLE_TILE_FRACTION` of a tile's area: lesions, not the sky seen through a
+gap in the canopy). Sky or soil *beside* a leaf edge is not enclosed and does not count.
+It runs on the same strided mask, one summed-area table per frame (see
+:func:`gate_fractions`).
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -28,6 +41,10 @@ import numpy as np
 from leaf_disease_ros.perception.errors import FrameError
 
 GATE_DOWNSCALE = 4
+#: side of the closing kernel of the leaf mask, as a share of the tile side
+LEAF_CLOSE_TILE_FRACTION = 1.0 / 16.0
+#: largest enclosed non-vegetation region filled as leaf, as a share of the tile area
+LEAF_HOLE_TILE_FRACTION = 0.25
 
 
 def check_frame(frame_bgr: np.ndarray) -> Tuple[int, int]:
@@ -86,26 +103,69 @@ def vegetation_mask(image_bgr: np.ndarray, exg_threshold: float) -> np.ndarray:
     ``2G - R - B > t * (R + G + B)`` is the chromatic-coordinate test multiplied out,
     so no division; dark pixels (sum 0) are not vegetation.
     """
+    return _masks(image_bgr, exg_threshold, leaf=False)[0]
+
+
+def _masks(image_bgr: np.ndarray, exg_threshold: float,
+           leaf: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    Return ``(vegetation, leaf pixels or None)`` uint8 masks of one image.
+
+    A leaf pixel is vegetation whose green also exceeds its blue: a hazy or cyan sky
+    passes the excess-green test (``2G - R - B`` of light blue is positive) but is
+    blue above green; leaves in sun, shade or autumn colours are not.
+    """
     channels = image_bgr.astype(np.int32)
     b = channels[..., 0]
     g = channels[..., 1]
     r = channels[..., 2]
     total = r + g + b
     exg = 2 * g - r - b
-    return ((exg > exg_threshold * total) & (total > 0)).astype(np.uint8)
+    vegetation = (exg > exg_threshold * total) & (total > 0)
+    leaf_pixels = (vegetation & (g > b)).astype(np.uint8) if leaf else None
+    return vegetation.astype(np.uint8), leaf_pixels
 
 
-def vegetation_fractions(frame_bgr: np.ndarray, boxes: np.ndarray,
-                         exg_threshold: float) -> np.ndarray:
+def _gate_step(height: int, width: int) -> int:
+    return GATE_DOWNSCALE if min(height, width) >= 8 * GATE_DOWNSCALE else 1
+
+
+def fill_leaf_area(vegetation: np.ndarray, close_px: int, max_hole_px: int) -> np.ndarray:
     """
-    Return the vegetation fraction of each box as ``(K,)`` float32 in [0, 1].
+    Return the ``(h, w)`` uint8 leaf-area mask (1 = leaf) of a vegetation mask.
 
-    Uses one summed-area table over the mask of every 4th pixel; box corners are
-    rounded to that grid.
+    Isolated pixels are dropped first (a 3x3 median: sensor noise on wood, soil or
+    sky passes the excess-green test here and there, and closing would join the
+    specks into area); then the mask is closed with an elliptic ``close_px`` kernel,
+    and every region of non-leaf pixels that does not touch the image border and
+    holds at most ``max_hole_px`` pixels (a lesion enclosed by leaf) is filled.
     """
-    height, width = frame_bgr.shape[:2]
-    step = GATE_DOWNSCALE if min(height, width) >= 8 * GATE_DOWNSCALE else 1
-    mask = vegetation_mask(frame_bgr[::step, ::step], exg_threshold)
+    mask = cv2.medianBlur(vegetation, 3)
+    if close_px >= 2:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_px, close_px))
+        # pad so the closing does not erode leaves at the frame border
+        pad = close_px
+        padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        mask = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
+    if max_hole_px < 1:
+        return mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - mask, connectivity=4)
+    if count <= 1:
+        return mask
+    fill = stats[:, cv2.CC_STAT_AREA] <= max_hole_px
+    fill[0] = False  # label 0: the leaf pixels themselves
+    h, w = mask.shape
+    x0 = stats[:, cv2.CC_STAT_LEFT]
+    y0 = stats[:, cv2.CC_STAT_TOP]
+    fill &= (x0 > 0) & (y0 > 0) & (x0 + stats[:, cv2.CC_STAT_WIDTH] < w) \
+        & (y0 + stats[:, cv2.CC_STAT_HEIGHT] < h)  # touching the border: not enclosed
+    if not fill.any():
+        return mask
+    return np.where(fill[labels], np.uint8(1), mask).astype(np.uint8)
+
+
+def _box_means(mask: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Return the mean of ``mask`` over each frame box (one summed-area table)."""
     integral = cv2.integral(mask, sdepth=cv2.CV_32S)  # (h+1, w+1)
     sh, sw = mask.shape
     sx = sw / width
@@ -119,6 +179,40 @@ def vegetation_fractions(frame_bgr: np.ndarray, boxes: np.ndarray,
     sums = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
     return (sums / area).astype(np.float32)
+
+
+def vegetation_fractions(frame_bgr: np.ndarray, boxes: np.ndarray,
+                         exg_threshold: float) -> np.ndarray:
+    """
+    Return the vegetation fraction of each box as ``(K,)`` float32 in [0, 1].
+
+    Uses one summed-area table over the mask of every 4th pixel; box corners are
+    rounded to that grid.
+    """
+    return gate_fractions(frame_bgr, boxes, exg_threshold, leaf_area=False)[0]
+
+
+def gate_fractions(frame_bgr: np.ndarray, boxes: np.ndarray, exg_threshold: float,
+                   leaf_area: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    Return ``(vegetation (K,), leaf area (K,) or None)`` fractions of each box, float32.
+
+    One vegetation mask of every 4th pixel per frame; the leaf-area mask
+    (:func:`fill_leaf_area`, only with ``leaf_area``) is derived from it with the
+    kernel and hole limits scaled to the boxes' side.
+    """
+    height, width = frame_bgr.shape[:2]
+    step = _gate_step(height, width)
+    mask, leaf_pixels = _masks(frame_bgr[::step, ::step], exg_threshold,
+                               leaf_area and len(boxes) > 0)
+    vegetation = _box_means(mask, boxes, height, width)
+    if leaf_pixels is None:
+        return vegetation, None
+    side_px = float(boxes[0, 2] - boxes[0, 0]) * mask.shape[1] / width
+    close_px = int(round(side_px * LEAF_CLOSE_TILE_FRACTION))
+    max_hole_px = int(side_px * side_px * LEAF_HOLE_TILE_FRACTION)
+    leaf = fill_leaf_area(leaf_pixels, close_px, max_hole_px)
+    return vegetation, _box_means(leaf, boxes, height, width)
 
 
 def crops(frame_bgr: np.ndarray, boxes: np.ndarray) -> List[np.ndarray]:

@@ -30,6 +30,7 @@ from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.positions import (NO_POSITION_REASONS, REASON_INTERPOLATED,
                                                    REASON_NEAREST)
 from leaf_disease_ros.replay.runner import ReplayState
+from leaf_disease_ros.ros.diagnostics import NOT_ADAPTED
 
 METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
@@ -39,11 +40,13 @@ GEOJSON_FILE = 'findings.geojson'
 KML_FILE = 'findings.kml'
 REPORTED_PARAMETERS = (
     'model_path', 'backend', 'tiling', 'tile_size_px', 'tile_stride_px',
-    'min_vegetation_fraction', 'vegetation_exg_threshold', 'top_k', 'unknown_threshold',
+    'min_vegetation_fraction', 'min_leaf_area_fraction', 'vegetation_exg_threshold', 'top_k',
+    'unknown_threshold',
     'disease_score_threshold', 'max_fix_gap_s', 'max_fix_age_s', 'max_fix_speed_mps',
     'lever_arm_m', 'merge_radius_m', 'max_batch', 'evidence_min_sightings',
     'evidence_window_frames', 'evidence_radius_m', 'domain_window_tiles',
-    'domain_unknown_warn_fraction')
+    'domain_unknown_warn_fraction', 'domain_far_warn_fraction', 'domain_min_tiles',
+    'hold_findings_out_of_domain')
 
 
 def _share(part: float, whole: float) -> float:
@@ -139,6 +142,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'features_confirmed': sum(confirmed_by_label.values()),
             'features_unconfirmed': len(features) - sum(confirmed_by_label.values()),
             'features_confirmed_by_label': dict(sorted(confirmed_by_label.items())),
+            'held': _held_metrics(state),
             'evidence': {'min_sightings': state.parameters['evidence_min_sightings'],
                          'window_frames': state.parameters['evidence_window_frames'],
                          'radius_m': state.parameters['evidence_radius_m']},
@@ -164,19 +168,44 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
     }
 
 
+def _held_metrics(state: ReplayState) -> Dict[str, Any]:
+    """Return the findings the domain check held back (never on the map)."""
+    collecting = state.findings_held_collecting
+    out = state.findings_held - collecting
+    parts = []
+    if out:
+        parts.append(f'{out} while the stream was out of the domain: {NOT_ADAPTED}')
+    if collecting:
+        parts.append(f'{collecting} while the domain check was collecting its first '
+                     f"{state.parameters['domain_min_tiles']} tiles")
+    return {
+        'count': state.findings_held,
+        'while_out_of_domain': out,
+        'while_collecting': collecting,
+        'frames': state.frames_held,
+        'by_label': dict(sorted(state.findings_held_by_label.items())),
+        'hold_findings_out_of_domain': state.parameters['hold_findings_out_of_domain'],
+        'reason': '; '.join(parts),
+    }
+
+
 def _domain_metrics(state: ReplayState) -> Dict[str, Any]:
     """Return the node's out-of-domain check as the replay saw it."""
     last = state.domain.shares() if state.domain is not None else None
     return {
         'window_tiles': state.parameters['domain_window_tiles'],
         'unknown_warn_fraction': state.parameters['domain_unknown_warn_fraction'],
+        'far_warn_fraction': state.parameters['domain_far_warn_fraction'],
+        'min_tiles': state.parameters['domain_min_tiles'],
+        'far_share_peak': state.domain_far_share_peak,
         'frames_judged': state.domain_frames_judged,
         'frames_warn': state.domain_frames_warn,
         'frames_warn_rate': _share(state.domain_frames_warn, state.domain_frames_judged),
         'unknown_share_peak': state.domain_unknown_share_peak,
         'last_window': None if last is None else {
             'frames': last.frames, 'classified': last.classified,
-            'unknown_share': last.unknown_share, 'background_share': last.background_share,
+            'unknown_share': last.unknown_share, 'far_share': last.far_share,
+            'background_share': last.background_share,
             'gated_out_share': last.gated_out_share, 'finding_share': last.finding_share},
     }
 
@@ -184,23 +213,38 @@ def _domain_metrics(state: ReplayState) -> Dict[str, Any]:
 def _domain_lines(metrics: Dict[str, Any]) -> List[str]:
     domain = metrics['domain']
     tiles = metrics['tiles']
+    held = metrics['findings']['held']
     lines = ['## Out-of-domain check', '',
              f"Over the whole bag: {_pct(tiles['unknown_rate'])} of the classified tiles fell "
              f"to unknown, {_pct(tiles['background_rate'])} to background labels, and "
-             f"{_pct(tiles['gated_out_rate'])} of all tiles were gated out (vegetation).", '']
+             f"{_pct(tiles['gated_out_rate'])} of all tiles were gated out (vegetation and "
+             'leaf area).', '']
     if not domain['frames_judged']:
-        lines += [f"The node judges windows of {domain['window_tiles']} classified tiles; "
-                  'the bag has fewer, so it would not have judged it.', '']
-        return lines
-    lines += [f"The node's diagnostics judge the last {domain['window_tiles']} classified "
-              f"tiles: the unknown share peaked at {_pct(domain['unknown_share_peak'])} "
-              f"(WARN from {_pct(domain['unknown_warn_fraction'])}); the `domain` status "
-              f"would have warned after {domain['frames_warn']} of "
-              f"{domain['frames_judged']} frames.", '']
+        lines += [f"The node judges from {domain['min_tiles']} classified tiles on; the bag "
+                  'has fewer, so it would not have judged it.', '']
+    else:
+        lines += [f"The node's diagnostics judge the last {domain['window_tiles']} classified "
+                  f"tiles (from {domain['min_tiles']} on): the unknown share peaked at "
+                  f"{_pct(domain['unknown_share_peak'])} (WARN from "
+                  f"{_pct(domain['unknown_warn_fraction'])}), the share far from the domain "
+                  f"reference at {_pct(domain['far_share_peak'])} (WARN from "
+                  f"{_pct(domain['far_warn_fraction'])}); the `domain` status would have "
+                  f"warned after {domain['frames_warn']} of {domain['frames_judged']} "
+                  'frames.', '']
     if domain['frames_warn']:
-        lines += ["**This recording looks out of the model's domain**: harvest its tiles "
+        lines += [f'**{NOT_ADAPTED}.** To adapt the model by hand: harvest its tiles '
                   '(`leaf-disease-replay BAG --harvest-tiles DIR`), correct them and '
-                  'fine-tune (docs/adaptation.md).', '']
+                  'fine-tune.', '']
+    lines += ['## Findings held back', '']
+    if held['count']:
+        lines += [f"{held['count']} diseased tiles on {held['frames']} frames were held back "
+                  'from the map, the GeoJSON / KML and `geo_detections` (never released '
+                  f"later): {held['reason']}. By label: "
+                  + ', '.join(f'{k} {v}' for k, v in held['by_label'].items()) + '.', '']
+    else:
+        lines += ['None: the domain check held no finding back'
+                  + ('' if held['hold_findings_out_of_domain'] else
+                     ' (hold_findings_out_of_domain is false)') + '.', '']
     return lines
 
 

@@ -223,6 +223,20 @@ _SCRIPT = """
 """
 
 
+def _held_section(held: Dict[str, Any]) -> str:
+    """Return the section on the findings the domain check held back (never mapped)."""
+    count = held.get('count', 0)
+    if count:
+        by_label = ', '.join(f'{_e(k)} {v}' for k, v in held.get('by_label', {}).items())
+        body = (f'<p><b>{count} diseased tiles were held back</b> from the map and '
+                f'geo_detections (never released later): {_e(held.get("reason", ""))}. '
+                f'By label: {by_label}.</p>')
+    else:
+        body = '<p>None: the domain check held no finding back.</p>'
+    return (f'<section id="held" data-count="{count}"><h2>Findings held back</h2>'
+            f'{body}</section>')
+
+
 def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
     """Return the page (see the module doc) for a finished replay and its metrics."""
     labels = list(state.labels)
@@ -294,6 +308,7 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
           f'<p class="legend">{legend}</p>{osm}{svg}'
           f'<script type="application/json" id="map-facts">{json.dumps(facts)}</script>'
           '</section>'
+        + _held_section(findings.get('held', {}))
         + f'<section id="gallery"><h2>Gallery</h2><p class="muted">{_e(saliency_note)}</p>'
         + ''.join(sections) + '</section>'
         + f'<script>{_SCRIPT}</script></body></html>\n')

@@ -20,7 +20,10 @@ topics, and streams them in log-time order through the same
   feature confirmed or not;
 - the node's out-of-domain window (:class:`~leaf_disease_ros.ros.diagnostics.DomainWindow`)
   runs over the frames, so the report shows the shares the node's diagnostics show
-  and how often they would have warned;
+  and how often they would have warned; as in the node, the findings of a frame the
+  check holds back (:func:`~leaf_disease_ros.ros.diagnostics.holds_findings`: out of
+  the domain, or still collecting) go to neither the map, the GeoJSON / KML nor
+  ``geo_detections``, feed no evidence, and are counted apart (``findings_held``);
 - frame observers (``ReplayOptions.observers``) see every processed frame with its
   decoded image and ground truth: the tile harvest (:mod:`.harvest`) and the second
   model of a comparison (:mod:`.compare`).
@@ -64,7 +67,8 @@ from leaf_disease_ros.replay.tile_sample import TileSample
 from leaf_disease_ros.replay.typestore import make_typestore
 from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array, GroundTruthBox,
                                               navsatfix_to_fix, stamp_to_ns)
-from leaf_disease_ros.ros.diagnostics import DomainWindow, out_of_domain
+from leaf_disease_ros.ros.diagnostics import (COLLECTING, domain_verdict, DomainRule,
+                                              DomainWindow, holds_findings, OUT_OF_DOMAIN)
 
 DEFAULT_IMAGE_TOPIC = '/camera/image_raw/compressed'
 DEFAULT_FIX_TOPIC = '/gps/fix'
@@ -201,6 +205,12 @@ class ReplayState:
     domain_frames_judged: int = 0  # frames after which the window was full
     domain_frames_warn: int = 0  # ... and the node's domain status would be WARN
     domain_unknown_share_peak: float = 0.0
+    domain_far_share_peak: float = 0.0
+    domain_rule: Optional[DomainRule] = None
+    findings_held: int = 0  # held back by the domain check: never on the map
+    findings_held_collecting: int = 0  # ... while it was still collecting tiles
+    findings_held_by_label: Dict[str, int] = field(default_factory=dict)
+    frames_held: int = 0  # frames whose findings (if any) were held back
     geotag_reasons: Dict[str, int] = field(default_factory=dict)
     positions_by_status: Dict[str, int] = field(default_factory=dict)
     fixes_read: int = 0
@@ -561,7 +571,12 @@ class _Replay:
                  decode_ms: float) -> Optional[AbstractSet[int]]:
         """Count one frame; return its confirmed findings (None: no evidence rule)."""
         state = self.state
-        confirmed = state.evidence.update(result) if state.evidence is not None else None
+        verdict = self._judge_domain(result)
+        held = state.domain_rule is not None and holds_findings(verdict, state.domain_rule)
+        state.frames_held += held
+        confirmed: Optional[AbstractSet[int]] = (
+            state.evidence.update(result, held) if state.evidence is not None
+            else (frozenset() if held else None))
         state.frames_processed += 1
         state.latency_decode.add(decode_ms)
         state.latency_pipeline.add(result.timings_ms['total'])
@@ -579,7 +594,6 @@ class _Replay:
             status = STATUS_NAMES.get(tag.status, str(tag.status))
             state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
             state.frames_outside_utm += outside_utm
-        self._judge_domain(result)
         background = self.detector.card.background_labels
         for index, detection in enumerate(result.detections):
             state.tiles_by_label[detection.label] = \
@@ -593,6 +607,12 @@ class _Replay:
             state.findings += 1
             state.findings_by_label[detection.label] = \
                 state.findings_by_label.get(detection.label, 0) + 1
+            if held:
+                state.findings_held += 1
+                state.findings_held_collecting += verdict == COLLECTING
+                state.findings_held_by_label[detection.label] = \
+                    state.findings_held_by_label.get(detection.label, 0) + 1
+                continue
             is_confirmed = confirmed is None or index in confirmed
             if is_confirmed:
                 state.findings_confirmed += 1
@@ -613,19 +633,21 @@ class _Replay:
                 state.evaluator.add_frame(result.detections, truth)
         return confirmed
 
-    def _judge_domain(self, result: FrameResult) -> None:
+    def _judge_domain(self, result: FrameResult) -> str:
+        """Add a frame to the domain window; return the check's verdict with it."""
         state = self.state
-        if state.domain is None:
-            return
+        if state.domain is None or state.domain_rule is None:
+            return ''
         state.domain.add_frame(result)
         shares = state.domain.shares()
-        window = state.parameters['domain_window_tiles']
-        if shares.classified >= window:
+        verdict = domain_verdict(shares, state.domain_rule)
+        if verdict != COLLECTING:
             state.domain_frames_judged += 1
             state.domain_unknown_share_peak = max(state.domain_unknown_share_peak,
                                                   shares.unknown_share)
-            if out_of_domain(shares, window, state.parameters['domain_unknown_warn_fraction']):
-                state.domain_frames_warn += 1
+            state.domain_far_share_peak = max(state.domain_far_share_peak, shares.far_share)
+            state.domain_frames_warn += verdict == OUT_OF_DOMAIN
+        return verdict
 
 
 def run_replay(options: ReplayOptions, backend: Any = None,
@@ -674,6 +696,7 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 track=TrackRecorder(max_gap_s=max(params['max_fix_gap_s'],
                                                   2.0 * params['max_fix_age_s'])),
                 domain=DomainWindow(params['domain_window_tiles'], card.background_labels),
+                domain_rule=DomainRule.from_parameters(params),
                 evidence=EvidenceTracker(params['evidence_min_sightings'],
                                          params['evidence_window_frames'],
                                          params['evidence_radius_m']),

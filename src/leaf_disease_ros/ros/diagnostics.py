@@ -12,17 +12,22 @@ without ROS:
   unsupported encodings, latency from image stamp to publish) and its status rules;
 - :class:`GpsStats`: the fix stream (received, rejected by reason, age of the newest
   usable fix, buffer clears, positions UTM does not cover) and its status rules;
-- :class:`DomainWindow` and :func:`domain_report`: over the last classified tiles, the
-  share that falls to unknown, to background labels and to the vegetation gate, and
-  the out-of-domain rule (WARN with the adaptation workflow as the fix). The replay
-  applies the same window and rule to report the same shares.
+- :class:`DomainWindow`, :func:`domain_verdict` and :func:`domain_report`: over the
+  last classified tiles, the share that falls to unknown, the share far from the
+  domain reference (``Detection.out_of_domain``: a confidently wrong model is far
+  without being unknown), to background labels and to the gates, and the
+  out-of-domain rule (WARN when the unknown or the far share is high, with the fix).
+  The verdict also decides whether findings are held back from the map and
+  ``~/geo_detections`` (:func:`holds_findings`). The replay applies the same window
+  and rule. The share of findings is reported but never judged: an outbreak would
+  hide itself.
 """
 
 from collections import deque
 from dataclasses import dataclass, field
 import math
 import threading
-from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -494,6 +499,14 @@ class GpsStats:
 ADAPTATION_FIX = ('record a bag of this camera, harvest its tiles with leaf-disease-replay '
                   'BAG --harvest-tiles DIR, correct their labels and fine-tune the model '
                   '(docs/adaptation.md)')
+#: what the operator reads while findings are held back (diagnostics and reports)
+NOT_ADAPTED = ('this model is not adapted to this site: findings are unreliable; record a '
+               'reference pass (docs/adaptation.md)')
+
+#: verdicts of the domain check (:func:`domain_verdict`)
+COLLECTING = 'collecting'
+IN_DOMAIN = 'in_domain'
+OUT_OF_DOMAIN = 'out_of_domain'
 
 
 @dataclass(frozen=True)
@@ -501,8 +514,9 @@ class DomainShares:
     """
     What a window of frames holds: tile counts and the shares the domain rule reads.
 
-    ``classified`` tiles passed the vegetation gate; ``unknown`` and ``background``
-    (the card's background labels) are among them; ``gated_out`` did not pass.
+    ``classified`` tiles passed the gates; ``unknown``, ``background`` (the card's
+    background labels) and ``far`` (out of the domain reference) are among them;
+    ``gated_out`` did not pass.
     """
 
     frames: int
@@ -512,6 +526,12 @@ class DomainShares:
     background: int
     gated_out: int
     findings: int
+    far: int = 0
+
+    @property
+    def far_share(self) -> float:
+        """Share of the classified tiles far from the domain reference (0 when none)."""
+        return self.far / self.classified if self.classified else 0.0
 
     @property
     def unknown_share(self) -> float:
@@ -534,14 +554,18 @@ class DomainShares:
         return self.findings / self.classified if self.classified else 0.0
 
 
+_COUNTS = 7
+
+
 def frame_counts(result: FrameResult, background_labels: Iterable[str]
-                 ) -> Tuple[int, int, int, int, int, int]:
-    """Return ``(tiles, classified, unknown, background, gated_out, findings)`` of a frame."""
+                 ) -> Tuple[int, ...]:
+    """Return ``(tiles, classified, unknown, background, gated_out, findings, far)``."""
     background = frozenset(background_labels)
     detections = result.detections
     return (result.tiles_total, len(detections), sum(1 for d in detections if d.is_unknown),
             sum(1 for d in detections if d.label in background), result.tiles_gated,
-            sum(1 for d in detections if d.is_finding))
+            sum(1 for d in detections if d.is_finding),
+            sum(1 for d in detections if d.out_of_domain))
 
 
 class DomainWindow:
@@ -559,8 +583,8 @@ class DomainWindow:
             raise ValueError(f'window_tiles must be >= 1, got {window_tiles}')
         self.window_tiles = int(window_tiles)
         self._background = frozenset(background_labels)
-        self._frames: Deque[Tuple[int, int, int, int, int, int]] = deque()
-        self._sums = [0] * 6
+        self._frames: Deque[Tuple[int, ...]] = deque()
+        self._sums = [0] * _COUNTS
         self._lock = threading.Lock()
 
     def _drop_oldest(self) -> None:
@@ -582,15 +606,16 @@ class DomainWindow:
         """Forget every frame (e.g. after the model changed)."""
         with self._lock:
             self._frames.clear()
-            self._sums = [0] * 6
+            self._sums = [0] * _COUNTS
 
     def shares(self) -> DomainShares:
         """Return the counts of the frames in the window."""
         with self._lock:
-            tiles, classified, unknown, background, gated, findings = self._sums
+            tiles, classified, unknown, background, gated, findings, far = self._sums
             frames = len(self._frames)
         return DomainShares(frames=frames, tiles=tiles, classified=classified, unknown=unknown,
-                            background=background, gated_out=gated, findings=findings)
+                            background=background, gated_out=gated, findings=findings,
+                            far=far)
 
     def full(self) -> bool:
         """Return whether the window holds ``window_tiles`` classified tiles."""
@@ -598,49 +623,115 @@ class DomainWindow:
             return self._sums[1] >= self.window_tiles
 
 
-def out_of_domain(shares: DomainShares, window_tiles: int,
-                  unknown_warn_fraction: float) -> bool:
-    """Return whether a full window's unknown share reaches the warning fraction."""
-    return shares.classified >= window_tiles and shares.unknown_share >= unknown_warn_fraction
+@dataclass(frozen=True)
+class DomainRule:
+    """The parameters of the domain check (``domain_*``, ``hold_findings_out_of_domain``)."""
+
+    window_tiles: int
+    min_tiles: int
+    unknown_warn_fraction: float
+    far_warn_fraction: float
+    hold_findings: bool = True
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> 'DomainRule':
+        """Build from a validated parameter set."""
+        return cls(values['domain_window_tiles'], values['domain_min_tiles'],
+                   values['domain_unknown_warn_fraction'], values['domain_far_warn_fraction'],
+                   values['hold_findings_out_of_domain'])
+
+
+def domain_verdict(shares: DomainShares, rule: DomainRule) -> str:
+    """
+    Return :data:`COLLECTING`, :data:`OUT_OF_DOMAIN` or :data:`IN_DOMAIN` for a window.
+
+    The check judges once the window holds ``min_tiles`` classified tiles (it keeps
+    growing to ``window_tiles``): out of the domain when the unknown share reaches
+    ``unknown_warn_fraction`` or the far share reaches ``far_warn_fraction``. The
+    share of findings is never read.
+    """
+    if shares.classified < rule.min_tiles:
+        return COLLECTING
+    if (shares.unknown_share >= rule.unknown_warn_fraction
+            or shares.far_share >= rule.far_warn_fraction):
+        return OUT_OF_DOMAIN
+    return IN_DOMAIN
+
+
+def holds_findings(verdict: str, rule: DomainRule) -> bool:
+    """
+    Return whether findings of a frame judged ``verdict`` are held back.
+
+    Held while the check says out of the domain, and while it is still collecting
+    its first ``min_tiles`` tiles (nothing vouches for the model yet); never when
+    ``hold_findings`` is off. Held findings are never released later.
+    """
+    return rule.hold_findings and verdict != IN_DOMAIN
+
+
+def out_of_domain(shares: DomainShares, rule: DomainRule) -> bool:
+    """Return whether the window is judged out of the model's domain."""
+    return domain_verdict(shares, rule) == OUT_OF_DOMAIN
 
 
 def _pct(share: float) -> str:
     return f'{100.0 * share:.0f} %'
 
 
-def domain_report(shares: DomainShares, *, name: str, hardware_id: str, window_tiles: int,
-                  unknown_warn_fraction: float) -> DiagnosticReport:
+def domain_report(shares: DomainShares, *, name: str, hardware_id: str, rule: DomainRule,
+                  held_findings: int = 0) -> DiagnosticReport:
     """
     Return the out-of-domain status of the window.
 
-    WARN when the window is full (``window_tiles`` classified tiles) and at least
-    ``unknown_warn_fraction`` of its tiles fell to unknown: the camera sees what the
-    model was not trained on (another vineyard's light, camera or varieties, an
-    untaught disease or pest); the message names the fix, the adaptation workflow.
-    OK otherwise, with the shares (while collecting: how many tiles so far).
+    WARN when the check has ``min_tiles`` classified tiles and at least
+    ``unknown_warn_fraction`` of them fell to unknown or ``far_warn_fraction`` are far
+    from the domain reference: the camera sees what the model was not trained on
+    (another vineyard's light, camera or varieties, an untaught disease or pest); the
+    message says findings are held back (:data:`NOT_ADAPTED`) and names the fix. OK
+    otherwise, with the shares (while collecting: how many tiles so far, and that
+    findings are held until then).
+
+    :param held_findings: findings held back so far (reported as a value).
     """
-    breakdown = (f'{_pct(shares.unknown_share)} unknown, {_pct(shares.background_share)} '
-                 f'background, {_pct(shares.gated_out_share)} of tiles gated out')
-    if shares.classified < window_tiles:
+    breakdown = (f'{_pct(shares.unknown_share)} unknown, {_pct(shares.far_share)} far from '
+                 f'the domain reference, {_pct(shares.background_share)} background, '
+                 f'{_pct(shares.gated_out_share)} of tiles gated out')
+    verdict = domain_verdict(shares, rule)
+    held = ('findings are held back from ~/geo_detections and the map'
+            if rule.hold_findings else 'findings still go to the map (hold_findings_out_of_'
+            'domain false)')
+    if verdict == COLLECTING:
         level, message = OK, (f'collecting tiles for the domain check: {shares.classified} of '
-                              f'{window_tiles} ({breakdown})')
-    elif out_of_domain(shares, window_tiles, unknown_warn_fraction):
+                              f'{rule.min_tiles} ({breakdown})'
+                              + (f'; {held} until then' if rule.hold_findings else ''))
+    elif verdict == OUT_OF_DOMAIN:
+        reasons = []
+        if shares.unknown_share >= rule.unknown_warn_fraction:
+            reasons.append(f'{_pct(shares.unknown_share)} fell to unknown '
+                           f'(domain_unknown_warn_fraction {rule.unknown_warn_fraction:g})')
+        if shares.far_share >= rule.far_warn_fraction:
+            reasons.append(f'{_pct(shares.far_share)} are far from the domain reference '
+                           f'(domain_far_warn_fraction {rule.far_warn_fraction:g})')
         level, message = WARN, (
-            f'{_pct(shares.unknown_share)} of the last {shares.classified} classified tiles '
-            f'fell to unknown (domain_unknown_warn_fraction {unknown_warn_fraction:g}): the '
-            f"camera stream looks out of the model's domain; to adapt the model, "
-            + ADAPTATION_FIX)
+            f'{NOT_ADAPTED}: of the last {shares.classified} classified tiles '
+            + ' and '.join(reasons) + f'; {held}; to adapt the model by hand, ' + ADAPTATION_FIX)
     else:
         level, message = OK, f'in domain: {breakdown} over the last {shares.classified} tiles'
     values = (
-        ('window_tiles', str(window_tiles)),
+        ('window_tiles', str(rule.window_tiles)),
+        ('min_tiles', str(rule.min_tiles)),
         ('tiles_in_window', str(shares.classified)),
         ('frames_in_window', str(shares.frames)),
+        ('verdict', verdict),
         ('unknown_share', f'{shares.unknown_share:.3f}'),
+        ('far_share', f'{shares.far_share:.3f}'),
         ('background_share', f'{shares.background_share:.3f}'),
         ('gated_out_share', f'{shares.gated_out_share:.3f}'),
         ('finding_share', f'{shares.finding_share:.3f}'),
-        ('unknown_warn_fraction', f'{unknown_warn_fraction:g}'),
+        ('unknown_warn_fraction', f'{rule.unknown_warn_fraction:g}'),
+        ('far_warn_fraction', f'{rule.far_warn_fraction:g}'),
+        ('findings_held', 'yes' if holds_findings(verdict, rule) else 'no'),
+        ('held_findings', str(held_findings)),
     )
     return DiagnosticReport(name=name, level=level, message=message, hardware_id=hardware_id,
                             values=values)

@@ -70,7 +70,8 @@ from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, st
                                               to_diagnostic_array, to_geotag_fix, to_label_info)
 from leaf_disease_ros.ros.debug_image import draw_detections
 from leaf_disease_ros.ros.diagnostics import (DetectorStats, DetectorThresholds, domain_report,
-                                              DomainWindow, GpsStats)
+                                              domain_verdict, DomainRule, DomainWindow, GpsStats,
+                                              holds_findings)
 from leaf_disease_ros.ros.frame_mailbox import LatestMailbox
 from leaf_disease_ros.ros.image_input import check_decoded, check_raw_layout, decode_compressed
 from leaf_disease_ros.ros.live_map import LiveMap
@@ -253,6 +254,8 @@ class DetectorNode(Node):
         self._gps = GpsStats(start_s)
         self._domain = DomainWindow(values['domain_window_tiles'],
                                     self._backend.card.background_labels)
+        self._domain_rule = DomainRule.from_parameters(values)
+        self.held_findings = 0  # findings held back by the domain check (never released)
         self._worker = threading.Thread(target=self._worker_main, name='leaf_detector_worker',
                                         daemon=True)
         self._worker.start()
@@ -430,6 +433,7 @@ class DetectorNode(Node):
         if EFFECT_DEBUG_RATE in effects:
             self._debug_limiter.set_rate(values['debug_image_rate_hz'])
         self._values = values  # diagnostics thresholds are read from here
+        self._domain_rule = DomainRule.from_parameters(values)
         if EFFECT_LABEL_INFO in effects:
             self._publish_label_info()
         changed = ', '.join(f'{name}={value!r}' for name, value in sorted(updates.items()))
@@ -473,9 +477,8 @@ class DetectorNode(Node):
                 hardware_id=self._fix_topic, fix_topic=self._fix_topic,
                 no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes)),
             domain_report(self._domain.shares(), name=f'{prefix}: domain',
-                          hardware_id=self._backend.model_id,
-                          window_tiles=values['domain_window_tiles'],
-                          unknown_warn_fraction=values['domain_unknown_warn_fraction']),
+                          hardware_id=self._backend.model_id, rule=self._domain_rule,
+                          held_findings=self.held_findings),
         ]
         header = Header(stamp=now.to_msg(), frame_id='')
         self._pub_diagnostics.publish(to_diagnostic_array(reports, header, self._types))
@@ -557,15 +560,22 @@ class DetectorNode(Node):
             if not self._enabled.is_set():
                 self._stats.frame_ignored()
                 return
-            if not self._publish_frame(msg.header, frame, result):
+            # the domain check judges with this frame in its window, before publishing
+            self._domain.add_frame(result)
+            rule = self._domain_rule
+            held = holds_findings(domain_verdict(self._domain.shares(), rule), rule)
+            if not self._publish_frame(msg.header, frame, result, held):
                 return
             latency_ms = (self.get_clock().now().nanoseconds - pending.stamp_ns) / 1e6
         self._stats.frame_processed(time.monotonic(), latency_ms, result.timings_ms['total'])
-        self._domain.add_frame(result)
 
-    def _publish_frame(self, header: Header, frame: np.ndarray, result: FrameResult) -> bool:
+    def _publish_frame(self, header: Header, frame: np.ndarray, result: FrameResult,
+                       held: bool = False) -> bool:
         """
         Build every output message of a frame, then publish them; return whether it worked.
+
+        ``held``: the domain check holds this frame's findings back: ``~/geo_detections``
+        gets an empty array, the live map and the evidence nothing (never released).
 
         Nothing from here may end the worker: the messages are built first (a position
         the conversions reject, say a latitude outside UTM, publishes nothing), then
@@ -578,7 +588,7 @@ class DetectorNode(Node):
                 (self._pub_detections, to_detection2d_array(result, header, types)),
                 (self._pub_fix, to_geotag_fix(result, header, types)),
                 (self._pub_geo, to_detection3d_array(result, header, self._geo_frame_id,
-                                                     types, self._evidence.update(result))),
+                                                     types, self._evidence.update(result, held))),
             ]
             if (self._pub_debug.get_subscription_count() > 0
                     and self._debug_limiter.allow(result.stamp_ns)):
@@ -591,7 +601,9 @@ class DetectorNode(Node):
             stage = 'publishing failed'
             for publisher, message in outputs:
                 publisher.publish(message)
-            if self._live_map is not None:
+            if held:
+                self.held_findings += len(result.findings)
+            elif self._live_map is not None:
                 stage = 'the live map failed'
                 self._live_map.add(result)
         except Exception as exc:  # the publishing path must never end the worker

@@ -42,7 +42,7 @@ EFFECT_REPLAY_ONLY = 'replay_only'  # accepted, used by the replay only
 #: live parameters with no effect to apply: the node reads them from the values in force
 #: at every diagnostics report
 READ_AT_EACH_REPORT = frozenset(('latency_budget_ms', 'no_fix_warn_s',
-                                 'domain_unknown_warn_fraction'))
+                                 'domain_unknown_warn_fraction', 'domain_far_warn_fraction'))
 
 _DETECTOR_FIELDS = frozenset(f.name for f in fields(DetectorConfig))
 _REPLAY_PARAMETERS = frozenset(('merge_radius_m',))
