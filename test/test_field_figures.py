@@ -199,6 +199,7 @@ def test_evaluate_reports_the_test_half(pair: Dict[str, Any]) -> None:
     assert 'test half' in words and 'no real field photo' in words
     assert 'tuning_half_field_crops_not_a_test' in entry
     assert entry['finding_threshold'] == 0.4  # the card's own, not re-tuned
+    assert any('before the validation halves' in note for note in entry['caveats'])
     if os.path.isdir(FIELD_PHOTOS):
         photos = entry['field_photos']
         assert photos['per_role']['test']['photos'] == 5
@@ -217,6 +218,7 @@ def test_update_cards_replaces_the_old_figures(pair: Dict[str, Any]) -> None:
     assert card.finding_threshold == 0.4 and card.unknown_threshold == 0.25
     assert figures['composites_test_half']['material'].startswith('synthetic composites')
     assert 'leaf-disease-train-field evaluate' in figures['written_by']
+    assert figures['caveats'] and figures['tuning_half_field_crops_not_a_test']['why']
 
 
 def test_old_cache_is_refused(tmp_path: Any) -> None:
@@ -406,3 +408,14 @@ def test_choose_operating_point_edge_cases() -> None:
                                 _card(), fit_t=False, max_negative_rate=0.0)
     assert op['finding_threshold'] == 0.999
     assert op['choosing_half']['healthy_tile_finding_rate'] == pytest.approx(1 / 3)
+
+
+def test_shipped_cards_name_their_material() -> None:
+    """The shipped cards carry regenerated figures on the test half, naming the material."""
+    for name in ('leaf_lite0_field', 'leaf_resnet18_field'):
+        card = load_card(os.path.join(REPO_DIR, 'engines', f'{name}.json'))
+        assert 'field_validation' not in card.metrics
+        figures = card.metrics['field_test']
+        assert figures['composites_test_half']['material'].startswith('synthetic composites')
+        assert figures['operating_point']['finding_threshold'] == card.finding_threshold
+        assert 'field-trained' not in json.dumps(card.training)

@@ -434,7 +434,9 @@ def material_words(comp: Composites, pv_test_images: int, pv_test_blocks: int) -
             f'validation material (seed {comp.meta.get("seed")}): PlantVillage validation '
             f'leaves of the leaf-grouped split (photo-number blocks of '
             f'{split.get("block_size")}, seed {split.get("split_seed")}), test half by leaf '
-            f'block ({pv_test_blocks} blocks, {pv_test_images} photos), composited on '
+            f'block ({pv_test_blocks} blocks, {pv_test_images} photos: about '
+            f'{round(pv_test_images / 4)} leaves, each photographed about four times), '
+            f'composited on '
             f'procedural backgrounds, canopy of test-half healthy leaves and {backgrounds}')
 
 
@@ -486,9 +488,33 @@ def evaluate_model(card_path: str, val_cache: str, pv_root: str, field_root: Opt
         why='crops of field photos with role tune: they chose the operating point of the '
             'shipped cards (the old half A); shown because they are the only real canopy '
             'in the composites, not as a test')
+    result['caveats'] = caveats(card, comp)
     if field_root is not None:
         result['field_photos'] = field_photos(model, field_root, unknown, finding)
     return result
+
+
+OLD_SPLIT_CAVEAT = (
+    "This card's operating point was chosen before the validation halves were split by "
+    'leaf block and source photo: on half A of a validation cache split by a hash of the '
+    'photo file name, whose composites used other photos of the same PlantVillage '
+    'validation leaf blocks, with the temperature and the unknown threshold fitted on all '
+    'PlantVillage validation photos. The test half is held out from the new tuning half, '
+    'not from that choice (the PlantVillage leaves never trained the model).')
+
+
+def caveats(card: ModelCard, comp: Composites) -> List[str]:
+    """Return what a reader of the figures of ``card`` on ``comp`` must know."""
+    notes = []
+    if 'tuning half' not in str(card.calibration_extra.get('operating_point_material', '')):
+        notes.append(OLD_SPLIT_CAVEAT)
+    test = comp.half == TEST
+    if comp.photo is None or not any(str(p) for p in comp.photo[test]):
+        notes.append('No real field photo is in the test-half composites: the healthy and '
+                     'background tiles are synthetic (canopy of PlantVillage leaves, '
+                     'procedural soil, sky, posts); expect more false findings on real '
+                     'canopy (see the tuning-half field-photo crops, not a test).')
+    return notes
 
 
 def _pct(value: Optional[float]) -> str:
@@ -538,6 +564,8 @@ def results_markdown(results: Dict[str, Dict[str, Any]]) -> str:
                       f'the tuning half ({crops["tiles"]} tiles; these photos chose the '
                       f'shipped operating point): negatives with a finding '
                       f'{_pct(rate_of(crops))}.', '']
+        lines += [f'Caveat: {note}' for note in res.get('caveats', [])]
+        lines += ['']
         if 'field_photos' in res:
             lines += ['| field photos (role) | photos | tiles kept | findings | photos with '
                       'a finding |', '|---|---|---|---|---|']
@@ -576,6 +604,11 @@ def card_figures(result: Dict[str, Any]) -> Dict[str, Any]:
             **{k: v for k, v in comp.items() if k != 'per_kind'},
             'per_kind': comp['per_kind']},
         'plantvillage_test_half': result['plantvillage_test_half'],
+        'tuning_half_field_crops_not_a_test': {
+            key: result['tuning_half_field_crops_not_a_test'][key]
+            for key in ('photos', 'tiles', 'healthy_tile_finding_rate',
+                        'background_tile_finding_rate', 'why')},
+        'caveats': result.get('caveats', []),
         'validation_material': result['material']['validation'],
     }
     if 'field_photos' in result:
