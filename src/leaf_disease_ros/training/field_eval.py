@@ -45,7 +45,6 @@ from leaf_disease_ros.perception.model_card import load_card, ModelCard
 from leaf_disease_ros.perception.postprocess import finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.calibration import choose_unknown_threshold, fit_temperature
-from leaf_disease_ros.training.dataset import build_split
 from leaf_disease_ros.training.field_manifest import photo_role, validation_halves
 from leaf_disease_ros.training.field_sim import (KINDS, LABELS, read_bgr, VALIDATION_FORMAT,
                                                  VARIANTS)
@@ -82,15 +81,6 @@ class OnnxModel:
 
 # ------------------------------------------------------------------- materials
 TUNE, TEST = 0, 1
-
-
-def pv_validation(pv_root: str) -> Tuple[List[np.ndarray], np.ndarray]:
-    """Return PlantVillage leaf-grouped validation photos (BGR uint8) and labels (4 classes)."""
-    labels, _train, val, _ = build_split(pv_root, None, 'photo-blocks', 40, None, 0.2, 0)
-    if tuple(labels) != PV_LABELS:
-        raise DatasetError(f'unexpected classes {labels}')
-    return [read_bgr(s.path) for s in val], \
-        np.array([s.label_index for s in val], np.int64)
 
 
 def pv_half(pv_root: str, meta: Dict[str, Any], half: int
