@@ -21,7 +21,8 @@ def test_help_without_torch(monkeypatch: pytest.MonkeyPatch,
     import sys
     monkeypatch.setitem(sys.modules, 'torch', None)
     from leaf_disease_ros.cli.train_field import main
-    for sub in ([], ['cache'], ['train'], ['teacher'], ['export'], ['evaluate']):
+    for sub in ([], ['cache'], ['validation'], ['train'], ['teacher'], ['export'],
+                ['evaluate']):
         with pytest.raises(SystemExit) as stop:
             main(sub + ['--help'])
         assert stop.value.code == 0
@@ -178,7 +179,8 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
     common = ['--plantvillage', leaves]
     assert main(['cache', *common, '--field-photos', FIELD_PHOTOS, '--out', cache,
                  '--train-count', '24', '--val-count', '24', '--input-px', '32',
-                 '--field-symptoms', '--parts', '2', '--train-seed', '2']) == 0
+                 '--field-symptoms', '--parts', '2', '--train-seed', '2',
+                 '--val-fraction', '0.5']) == 0
     train_cache = os.path.join(cache, 'train_32.npz')
     val_cache = os.path.join(cache, 'val_32.npz')
     teacher_run = os.path.join(work, 'runs', 'teacher')
@@ -208,16 +210,18 @@ def test_recipe_cache_and_runs(recipe: Dict[str, str]) -> None:
     train = np.load(recipe['train_cache'])
     val = np.load(recipe['val_cache'])
     assert train['x'].shape[1:] == (32, 32, 3) and train['x'].dtype == np.uint8
-    assert abs(len(val['y']) - 24) <= 1  # the kind shares are rounded
+    from leaf_disease_ros.training.field_sim import kind_plan, KINDS
+    # two halves of 12 (the kind shares are rounded per half), no plain photos
+    assert len(val['y']) == 2 * len(kind_plan(12, np.random.default_rng(0)))
+    assert sorted(set(val['half'].tolist())) == [0, 1]
     assert len(train['y']) > 24  # + the plain training photos
     assert set(np.unique(val['y'])) <= set(range(5)) and 4 in set(val['y'].tolist())
     # two parts merged (seeds 2 and 3): 24 composites, the plain photos once
-    from leaf_disease_ros.training.field_sim import kind_plan, KINDS
     plain = train['kind'] == KINDS.index('pv_plain')
     per_part = len(kind_plan(12, np.random.default_rng(0)))  # the shares are rounded
     from leaf_disease_ros.training.dataset import build_split
     _, train_side, _, _ = build_split(os.path.join(REPO_DIR, 'test', 'data', 'leaves'), None,
-                                      'photo-blocks', 40, None, 0.2, 0)
+                                      'photo-blocks', 40, None, 0.5, 0)
     assert (~plain).sum() == 2 * per_part and plain.sum() == len(train_side) > 0
     assert not glob.glob(os.path.join(os.path.dirname(recipe['train_cache']), '*.part*'))
     assert len(train['variant']) == len(train['y']) and len(val['variant']) == len(val['y'])
@@ -237,9 +241,10 @@ def test_recipe_card_and_detector(recipe: Dict[str, str]) -> None:
     assert card.healthy_labels == ('healthy',)
     assert 0.0 <= card.finding_threshold <= 1.0
     assert card.finding_score == 'disease_mass'  # as asked at export
-    assert 'half A' in card.calibration_extra['operating_point_material']
+    assert 'tuning half' in card.calibration_extra['operating_point_material']
     assert card.embedding_name == 'embedding' and card.embedding_size == 512
-    assert card.metrics['field_validation']['tiles'] >= 1
+    assert card.metrics['field_test']['tiles'] >= 1
+    assert card.metrics['field_test']['material'].startswith('synthetic composites')
     from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
     from leaf_disease_ros.perception.pipeline import Detector
     backend = OnnxRuntimeBackend(recipe['onnx'], card)
@@ -258,11 +263,11 @@ def test_recipe_evaluate_json(recipe: Dict[str, str]) -> None:
     assert 'NaN' not in text  # strict JSON: an undefined AUROC is null
     results = json.loads(text)
     entry = results[os.path.basename(card_path_for_model(recipe['onnx']))]
-    assert 0.0 <= entry['plantvillage_validation']['accuracy'] <= 1.0
-    assert 'healthy_tile_finding_rate' in entry['field_validation_B']
+    assert 0.0 <= entry['plantvillage_test_half']['accuracy'] <= 1.0
+    assert 'healthy_tile_finding_rate' in entry['composites_test_half']
     assert entry['finding_score'] == 'disease_mass'
-    assert set(entry['field_validation_B']['per_variant']) == {'esca_field_symptoms',
-                                                               'autumn_colouring'}
+    variants = set(entry['composites_test_half']['per_variant'])
+    assert variants == {'esca_field_symptoms', 'autumn_colouring'}
     assert entry['field_photos']['per_photo']
 
 

@@ -18,6 +18,18 @@ recipe")::
         cache/val_128.npz --plantvillage ../shared/datasets/plantvillage_grape \\
         --field-photos ../shared/datasets/field_grape_small --out results.json
 
+The validation material and the figures of the shipped cards are rebuilt with::
+
+    leaf-disease-train-field validation --plantvillage ../shared/datasets/plantvillage_grape \\
+        --field-photos ../shared/datasets/field_grape_small --seed 0 --out validation \\
+        --field-symptoms
+    leaf-disease-train-field evaluate engines/leaf_lite0_field.json \\
+        engines/leaf_resnet18_field.json --val-cache validation/val_128.npz \\
+        --plantvillage ../shared/datasets/plantvillage_grape \\
+        --field-photos ../shared/datasets/field_grape_small \\
+        --out engines/training/field_results.json --markdown \\
+        engines/training/field_results.md --update-cards
+
 The logic is in :mod:`leaf_disease_ros.training.field_train`,
 :mod:`~leaf_disease_ros.training.distill`, :mod:`~leaf_disease_ros.training.field_export`
 and :mod:`~leaf_disease_ros.training.field_eval`; PyTorch (the ``train`` extra) is
@@ -50,6 +62,14 @@ def _datasets(parser: argparse.ArgumentParser, field: bool = True) -> None:
                                  'test), e.g. ../shared/datasets/field_grape_small')
 
 
+def _split(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--block-size', type=int, default=40,
+                        help='photo numbers per leaf block of the leaf-grouped split (the '
+                             "shipped models' training split)")
+    parser.add_argument('--val-fraction', type=float, default=0.2,
+                        help='share of each class on the validation side of that split')
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
@@ -75,8 +95,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cache.add_argument('--parts', type=int, default=1,
                        help='make the training composites in this many processes (seeds '
                             'train-seed, train-seed + 1, ...)')
+    _split(cache)
+    cache.add_argument('--val-seed', type=int, default=0,
+                       help='seed of the validation halves and composites (see validation)')
     cache.add_argument('--preview', metavar='PNG',
                        help='write a contact sheet of validation composites instead')
+
+    validation = sub.add_parser(
+        'validation', formatter_class=fmt,
+        help='build the validation material alone: a tuning and a test half split by leaf '
+             'block and by source photo, and a JSON record of every tile')
+    _datasets(validation)
+    validation.add_argument('--out', required=True,
+                            help='folder for val_PX.npz and its record val_PX.json')
+    validation.add_argument('--seed', type=int, default=0,
+                            help='splits the validation leaf blocks into halves and seeds the '
+                                 'composites')
+    validation.add_argument('--count', type=int, default=3000,
+                            help='composites, shared evenly by the halves')
+    validation.add_argument('--input-px', type=int, default=128, help='model input side, px')
+    validation.add_argument('--field-symptoms', action='store_true',
+                            help='paint field esca and autumn colours (as round 2)')
+    _split(validation)
 
     train = sub.add_parser('train', formatter_class=fmt,
                            help='train on a training cache (wall-clock budget or epochs)')
@@ -137,12 +177,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     evaluate.add_argument('--val-cache', required=True, help='validation cache (.npz)')
     _datasets(evaluate)
     evaluate.add_argument('--out', help='JSON file (default: stdout)')
+    evaluate.add_argument('--markdown', metavar='MD', help='also write the figures as Markdown')
+    evaluate.add_argument('--update-cards', action='store_true',
+                          help="write the figures into each card's metrics.field_test "
+                               '(the calibration and the model are not touched)')
     evaluate.add_argument('--threads', type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == 'train' and not args.budget_min and not args.epochs:
         parser.error('train: give --budget-min or --epochs')
     if args.command == 'cache' and args.parts < 1:
         parser.error(f'cache: --parts must be at least 1 (got {args.parts})')
+    if args.command == 'validation' and args.count < 2:
+        parser.error(f'validation: --count must be at least 2 (got {args.count})')
     return args
 
 
@@ -174,8 +220,20 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         paths = field_train.build_caches(args.plantvillage, args.field_photos, args.out,
                                          args.train_count, args.val_count, args.input_px,
                                          field_symptoms=args.field_symptoms,
-                                         train_seed=args.train_seed, parts=args.parts)
+                                         train_seed=args.train_seed, parts=args.parts,
+                                         val_seed=args.val_seed, block_size=args.block_size,
+                                         val_fraction=args.val_fraction)
         return dict(paths, seconds=round(time.monotonic() - started, 1))
+    if args.command == 'validation':
+        from leaf_disease_ros.training import field_sim
+        path = field_sim.write_validation(args.plantvillage, args.field_photos, args.out,
+                                          args.count, args.input_px, args.seed,
+                                          args.field_symptoms,
+                                          logging.getLogger('leaf_disease_ros.train_field').info,
+                                          block_size=args.block_size,
+                                          val_fraction=args.val_fraction)
+        return {'val_cache': path, 'record': field_sim.material_path(path),
+                'seconds': round(time.monotonic() - started, 1)}
     if args.command == 'train':
         from leaf_disease_ros.training import field_train
         meta = field_train.train_field(args)
@@ -195,15 +253,22 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         return {'model': args.out,
                 'calibration': {k: v for k, v in doc['calibration'].items() if k in kept},
                 'pv_accuracy': doc['metrics']['validation']['accuracy'],
-                'field_validation_B': {k: v for k, v in doc['metrics']['field_validation'].items()
-                                       if k not in ('per_kind', 'per_variant')}}
+                'field_test': {k: v for k, v in doc['metrics']['field_test'].items()
+                               if k not in ('per_kind', 'per_variant')}}
     from leaf_disease_ros.training import field_eval
     results = {key: field_eval.evaluate_model(
         card, args.val_cache, args.plantvillage, args.field_photos, args.threads)
         for key, card in zip(result_keys(args.cards), args.cards)}
+    if args.update_cards:
+        for card, result in zip(args.cards, results.values()):
+            field_eval.record_in_card(card, result)
+    if args.markdown:
+        with open(args.markdown, 'w', encoding='utf-8') as stream:
+            stream.write(field_eval.results_markdown(_strict(results)))
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as stream:
             json.dump(_strict(results), stream, indent=1)
+            stream.write('\n')
         return {'out': args.out, 'models': list(results)}
     return results
 
@@ -224,3 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     sys.stdout.write(json.dumps(_strict(summary), indent=1, default=str) + '\n')
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -10,13 +10,15 @@ Owns :func:`export_field` (the logic of ``leaf-disease-train-field export``):
    the card names it, without ``embedding_distance`` statistics);
 2. parity: PyTorch and onnxruntime logits on PlantVillage validation photos and
    validation composites agree to ``tolerance``; otherwise nothing is written;
-3. operating point on half A of the field-like validation composites (+ PlantVillage
-   validation for the temperature): temperature, unknown threshold, finding threshold
+3. operating point on the tuning half of the validation material (composites + the
+   tuning half's PlantVillage photos for the temperature; ``leaf-disease-train-field
+   validation``): temperature, unknown threshold, finding threshold
    (:func:`leaf_disease_ros.training.field_eval.choose_operating_point`), written under
    ``calibration`` with ``finding_threshold``, ``finding_score`` (what the threshold
    is compared with) and ``operating_point_material``;
 4. the card (labels incl. ``background``, ``background_labels``, preprocessing,
-   calibration, sha256, training record, validation figures on half B) beside the model.
+   calibration, sha256, training record, figures on the test half, each naming its
+   material) beside the model.
 """
 
 from dataclasses import replace
@@ -40,18 +42,18 @@ from leaf_disease_ros.training.export import EMBEDDING_NAME, export, LogitsAndEm
 LOG = logging.getLogger('leaf_disease_ros.train_field')
 OPSET = 17
 MATERIAL = (
-    'field-like validation composites (training/field_sim.py, the validation cache, half A '
-    'by source-leaf hash): PlantVillage validation leaves of the leaf-grouped split '
-    '(photo-number blocks of 40, seed 0) composited at node tile scales (leaf filling a '
-    'tile, several leaves, leaf edge) onto held-out backgrounds (procedural soil, dry grass, '
-    'sky, posts and wires, bunches with validation-only random seeds; canopy from validation '
-    'healthy leaves; crops of held-out field photos healthy/Gesundes_Weinblatt and '
-    'autumn/Gelbe_Herbstfaerbung), field photometry; plus PlantVillage validation photos for '
-    'the temperature. Figures reported in metrics.field_validation are on the other half (B).')
+    'the tuning half of the validation material (leaf-disease-train-field validation, '
+    'training/field_sim.build_validation): PlantVillage validation leaves of the '
+    'leaf-grouped split (photo-number blocks of {block}, seed {split_seed}), tuning half by '
+    'leaf block (seed {seed}), composited at node tile scales (leaf filling a tile, several '
+    'leaves, leaf edge) onto procedural backgrounds, canopy of tuning-half healthy leaves '
+    'and crops of the field photos with role tune ({photos}), field photometry; plus the '
+    "tuning half's PlantVillage photos for the temperature. Figures in metrics.field_test "
+    'are on the test half (other leaf blocks, other photos).')
 SYMPTOMS_MATERIAL = (
-    ' The validation cache was made with painted symptoms (cache --field-symptoms): half of '
-    'the esca focal leaves are validation healthy leaves with painted field esca (tiger '
-    'stripes), 20 % of the healthy focal leaves are in autumn colours.')
+    ' The validation material was made with painted symptoms (--field-symptoms): half of '
+    'the esca focal leaves are healthy leaves of the same half with painted field esca '
+    '(tiger stripes), 20 % of the healthy focal leaves are in autumn colours.')
 
 
 def _onnx_logits(session: Any, card: ModelCard, crops: Sequence[np.ndarray] | np.ndarray,
@@ -94,8 +96,10 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(tmp_path, options, providers=['CPUExecutionProvider'])
-        pv_images, pv_y = field_eval.pv_validation(pv_root)
         comp = field_eval.load_composites(val_cache)
+        pv_images, pv_y, _ = field_eval.pv_half(pv_root, comp.meta, field_eval.TUNE)
+        pv_test, pv_test_y, pv_test_blocks = field_eval.pv_half(
+            pv_root, comp.meta, field_eval.TEST)
         sample: List[np.ndarray] = list(pv_images[:96]) + list(comp.x[:96])
         batch = preprocess(sample, base)
         with torch.no_grad():
@@ -108,21 +112,26 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
             raise LeafDiseaseError(f'parity failed: onnxruntime and PyTorch logits differ by '
                                    f'{max_diff:.2e} > {tolerance:.0e}; nothing written')
         pv_logits = _onnx_logits(session, base, pv_images)
+        pv_test_logits = _onnx_logits(session, base, pv_test)
         comp_logits = _onnx_logits(session, base, comp.x)
     except BaseException:
         os.remove(tmp_path)
         raise
-    a = comp.half == 0
+    a = comp.half == field_eval.TUNE
     op = field_eval.choose_operating_point(comp_logits[a], comp.y[a], pv_logits, pv_y, base,
                                            finding_score=finding_score)
-    pv_pred = softmax(pv_logits, op['temperature']).argmax(axis=1)
-    report = classification_report(pv_y, pv_pred, list(base.labels))
+    pv_pred = softmax(pv_test_logits, op['temperature']).argmax(axis=1)
+    report = classification_report(pv_test_y, pv_pred, list(base.labels))
     probs_comp = softmax(comp_logits, op['temperature'])
     calibrated = replace(base, temperature=op['temperature'],
                          unknown_threshold=op['unknown_threshold'],
                          finding_score=finding_score)
-    field_b = field_eval.composite_measures(probs_comp, comp, comp.half == 1, calibrated,
-                                            op['unknown_threshold'], op['finding_threshold'])
+    field_b = field_eval.composite_measures(probs_comp, comp, comp.half == field_eval.TEST,
+                                            calibrated, op['unknown_threshold'],
+                                            op['finding_threshold'])
+    tune_photos = sorted({p for value in (comp.photo[a] if comp.photo is not None else [])
+                          for p in str(value).split(';') if p})
+    split = comp.meta['split']
     doc = card_to_dict(base)
     doc['name'] = os.path.splitext(os.path.basename(out))[0]
     doc['calibration'] = {
@@ -132,19 +141,23 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
         'finding_threshold': op['finding_threshold'],
         'finding_score': finding_score,
         'finding_threshold_rule': op['finding_threshold_rule'],
-        'operating_point_material': MATERIAL + (SYMPTOMS_MATERIAL if comp.variant is not None
-                                                and comp.variant.any() else ''),
+        'operating_point_material': MATERIAL.format(
+            block=split['block_size'], split_seed=split['split_seed'], seed=comp.meta['seed'],
+            photos=', '.join(tune_photos) or 'none') + (
+                SYMPTOMS_MATERIAL if comp.meta.get('field_symptoms') else ''),
         'operating_point_choosing_half': op['choosing_half'],
         'ece_before': expected_calibration_error(softmax(comp_logits[a], 1.0), comp.y[a]),
         'ece_after': expected_calibration_error(probs_comp[a], comp.y[a]),
     }
     record = meta.get('model_record', {})
     doc['training'] = {
-        'arch': meta['arch'], 'recipe': 'field simulation (training/field_sim.py) + plain '
-                                        'PlantVillage (leaf-disease-train-field)',
+        'arch': meta['arch'], 'recipe': 'PlantVillage leaves composited on field-like '
+                                        'backgrounds (training/field_sim.py) + plain '
+                                        'PlantVillage photos (leaf-disease-train-field)',
         'pretrained': record.get('pretrained', False), 'imagenet': record.get('imagenet'),
-        'dataset': 'plantvillage_grape (train side of the leaf-grouped split) composited; '
-                   'field_grape_small training negatives as background only',
+        'dataset': 'plantvillage_grape (train side of the leaf-grouped split) composited on '
+                   'field-like backgrounds; field_grape_small photos with role train '
+                   '(field_manifest) as backgrounds only',
         'cache_tiles': meta['cache_tiles'], 'epochs_equivalent': meta['epochs_equivalent'],
         'steps': meta['steps'], 'training_seconds_total': meta['training_seconds'],
         'device': f"{meta.get('device', 'cpu')} ({meta.get('threads')} threads)",
@@ -152,22 +165,26 @@ def export_field(run_dir: str, out: str, val_cache: str, pv_root: str,
     }
     doc['metrics'] = {
         'validation': {
-            'split': 'leaf-grouped: photo-blocks, block size 40, validation fraction 0.2, seed 0',
-            'images': int(len(pv_y)), 'accuracy': float((pv_pred == pv_y).mean()),
+            'split': (f"leaf-grouped: photo-blocks, block size {split['block_size']}, "
+                      f"validation fraction {split['val_fraction']}, seed "
+                      f"{split['split_seed']}; test half by leaf block ({pv_test_blocks} "
+                      f"blocks, seed {comp.meta['seed']})"),
+            'images': int(len(pv_test_y)), 'accuracy': float((pv_pred == pv_test_y).mean()),
             'macro_f1_4_classes': float(np.mean([
                 report['per_class'][lab]['f1'] for lab in field_eval.PV_LABELS])),
             'per_class': report['per_class'],
             'confusion_matrix': report['confusion_matrix'],
         },
-        'field_validation': field_b,
+        'field_test': dict(field_b, material=field_eval.material_words(
+            comp, len(pv_test_y), pv_test_blocks)),
         'parity_max_abs_logit_diff': max_diff,
     }
     os.replace(tmp_path, out)
     card = card_from_dict(doc, card_path_for_model(out)).with_model(
         os.path.basename(out), sha256_file(out))
     write_card(card, card_path_for_model(out))
-    LOG.info('%s: PlantVillage validation accuracy %.4f, finding threshold %.3f, '
-             'field-like half B %s', out, doc['metrics']['validation']['accuracy'],
+    LOG.info('%s: PlantVillage test-half accuracy %.4f, finding threshold %.3f, '
+             'test half %s', out, doc['metrics']['validation']['accuracy'],
              op['finding_threshold'],
              {k: v for k, v in field_b.items() if k != 'per_kind'})
     return doc

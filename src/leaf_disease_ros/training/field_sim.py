@@ -26,19 +26,29 @@ tiles; the pipeline treats ``background`` like ``healthy`` (a non-finding).
 Splits: leaves are split by PlantVillage photo-number blocks (``build_split``, block 40,
 seed 0); backgrounds are split by source: validation uses other random seeds, canopy
 from validation healthy leaves only, and held-out field photos (see
-:data:`FIELD_NEGATIVES`).
+:data:`FIELD_NEGATIVES`). :func:`build_validation` makes the validation material in a
+tuning half and a test half split by leaf block and by source photo
+(:mod:`leaf_disease_ros.training.field_manifest`), with a record of every tile's source.
 """
 from dataclasses import dataclass, field
+import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from leaf_disease_ros.perception.atomic_io import atomic_write_json
+from leaf_disease_ros.perception.errors import DatasetError
 from leaf_disease_ros.perception.image_folders import Sample
-from leaf_disease_ros.perception.model_card import card_from_dict
+from leaf_disease_ros.perception.model_card import card_from_dict, ModelCard
 from leaf_disease_ros.perception.preprocess import resize_to_input
 from leaf_disease_ros.training.dataset import build_split
+from leaf_disease_ros.training.field_manifest import (background_photos, BLOCK_SIZE,
+                                                      check_field_folder, HALVES, leaf_rows,
+                                                      manifest_document, photos_with_role,
+                                                      SPLIT_SEED, TEST_SHARE, VAL_FRACTION,
+                                                      validation_halves)
 
 Log = Callable[[str], None]
 
@@ -63,13 +73,12 @@ ESCA_FIELD_SHARE = 0.5
 AUTUMN_SHARE = 0.2
 
 # Field photos of ../shared/datasets/field_grape_small used as backgrounds / negatives
-# only (never esca, never a disease). Validation photos are never used in training.
+# only (never esca, never a disease), from the manifest (training/field_manifest.py):
+# 'train' the training backgrounds, 'val' the tuning photos (the old validation cache's
+# backgrounds; the validation material now puts them in its tuning half only).
 FIELD_NEGATIVES: Dict[str, Tuple[str, ...]] = {
-    'train': ('healthy/esca_alessandrini_ThePebblesFr__healthy_1.jpg',
-              'autumn_senescence/matheli_vineleaf__Rote_Herbstfaerbung.jpg',
-              'unlabeled_field/mareseestern_vineleaf__example.jpg'),
-    'val': ('healthy/matheli_vineleaf__Gesundes_Weinblatt.jpg',
-            'autumn_senescence/matheli_vineleaf__Gelbe_Herbstfaerbung.jpg'),
+    'train': photos_with_role('train', negatives_only=True),
+    'val': background_photos('tune'),
 }
 # Field-photo folders whose vegetation tiles count as healthy leaves (others: background).
 _HEALTHY_FIELD_FOLDERS = ('healthy', 'unlabeled_field')
@@ -159,6 +168,9 @@ def segment_leaf(image_bgr: np.ndarray, grabcut_iterations: int = 2) -> Tuple[np
         bgd = np.zeros((1, 65), np.float64)
         fgd = np.zeros((1, 65), np.float64)
         try:
+            # GrabCut seeds its colour models with k-means on OpenCV's global random
+            # state: seed it, so a leaf's mask does not depend on what ran before.
+            cv2.setRNGSeed(0)
             cv2.grabCut(small, gc, (0, 0, 0, 0), bgd, fgd, grabcut_iterations,
                         cv2.GC_INIT_WITH_MASK)
             refined: np.ndarray = np.where((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD),
@@ -230,8 +242,9 @@ def esca_field_symptoms(leaf: Leaf, rng: np.random.Generator) -> Optional[Leaf]:
     PlantVillage's "esca (black measles)" photos show measles-like spotting; esca in a
     vineyard mostly shows the "tiger-stripe" pattern: interveinal and marginal zones
     turn chlorotic (yellow) and then necrotic (red-brown on red cultivars, brown on
-    white ones), while bands along the main veins stay green (see the esca photos of
-    ``field_grape_small``, which are never used to make these). The symptom field grows
+    white ones), while bands along the main veins stay green. The esca photos of
+    ``field_grape_small`` were looked at while designing it, so they are tuning photos,
+    not a test of it (:mod:`field_manifest`). The symptom field grows
     with the distance to veins and to the leaf centre, broken up by noise; its severity
     (the chlorotic share, 25-60 % of the leaf) and colours are drawn per leaf, and the
     leaf's own shading is kept as texture.
@@ -484,6 +497,7 @@ class FieldPhotos:
     def __init__(self, root: str, relpaths: Sequence[str]) -> None:
         self.frames: List[np.ndarray] = []
         self.healthy: List[bool] = []
+        self.names: List[str] = []
         for rel in relpaths:
             image = cv2.imread(os.path.join(root, rel), cv2.IMREAD_COLOR)
             if image is None:
@@ -493,9 +507,16 @@ class FieldPhotos:
                                interpolation=cv2.INTER_AREA)
             self.frames.append(image)
             self.healthy.append(rel.split('/')[0] in _HEALTHY_FIELD_FOLDERS)
+            self.names.append(rel)
 
-    def crop(self, rng: np.random.Generator, size: int = TILE_PX) -> Tuple[np.ndarray, bool]:
-        """Return a random tile-like crop ``(size, size, 3)`` float32 and healthy-source flag."""
+    def crop(self, rng: np.random.Generator, size: int = TILE_PX,
+             used: Optional[List[str]] = None) -> Tuple[np.ndarray, bool]:
+        """
+        Return a random tile-like crop ``(size, size, 3)`` float32 and healthy-source flag.
+
+        :param used: the cropped photo's relative path is appended to it (nothing when
+            there is no photo and procedural soil stands in).
+        """
         if not self.frames:
             return soil(rng, size), False
         index = int(rng.integers(len(self.frames)))
@@ -506,6 +527,8 @@ class FieldPhotos:
         x = int(rng.integers(0, w - side + 1))
         tile = cv2.resize(frame[y:y + side, x:x + side], (size, size),
                           interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+        if used is not None:
+            used.append(self.names[index])
         return tile.astype(np.float32), self.healthy[index]
 
 
@@ -577,13 +600,14 @@ class Banks:
     field_symptoms: bool = False
 
 
-def random_background(rng: np.random.Generator, banks: Banks, size: int = TILE_PX
-                      ) -> Tuple[np.ndarray, bool]:
+def random_background(rng: np.random.Generator, banks: Banks, size: int = TILE_PX,
+                      used: Optional[List[str]] = None) -> Tuple[np.ndarray, bool]:
     """
     Return ``(background float32 BGR, is_leafy)`` of a random kind.
 
     ``is_leafy`` is True when it is healthy canopy (a field crop of healthy foliage or
-    procedural canopy), which matters only when the tile has no focal leaf.
+    procedural canopy), which matters only when the tile has no focal leaf. A field
+    photo it crops is appended to ``used``.
     """
     r = rng.random()
     leafy = False
@@ -597,7 +621,7 @@ def random_background(rng: np.random.Generator, banks: Banks, size: int = TILE_P
     elif r < 0.70:
         img = sky(rng, size)
     else:
-        img, healthy_src = banks.photos.crop(rng, size)
+        img, healthy_src = banks.photos.crop(rng, size, used)
         leafy = healthy_src and vegetation_fraction(img) > 0.3
     if rng.random() < 0.25:
         img = posts_and_wires(rng, img)
@@ -626,19 +650,21 @@ def _focal_leaf(rng: np.random.Generator, banks: Banks, label: int) -> Tuple[Lea
     return leaf, 'as_photographed'
 
 
-def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
-              ) -> Tuple[np.ndarray, int, str, str]:
+def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks,
+              used: Optional[List[str]] = None) -> Tuple[np.ndarray, int, str, str]:
     """
     Make one 256-px tile of ``kind``; returns ``(uint8 BGR tile, target, source, variant)``.
 
     ``label`` is the focal leaf's class for leaf kinds (ignored otherwise); ``source`` is
     the focal leaf's photo ('' for none), ``variant`` how it was drawn (:data:`VARIANTS`).
+    The field photos it crops (as background or as the tile) are appended to ``used``;
+    the random draws are the same with or without it.
     """
     size = TILE_PX
     source = ''
     variant = VARIANTS[0]
     if kind in ('leaf_fill', 'several_leaves', 'leaf_edge'):
-        img, _ = random_background(rng, banks, size)
+        img, _ = random_background(rng, banks, size, used)
         if kind == 'several_leaves':
             n_other = int(rng.integers(1, 4))
             for _ in range(n_other):
@@ -674,7 +700,7 @@ def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
             img = bunches(rng, img)
         return field_photometry(img, rng), HEALTHY, source, variant
     if kind == 'field_crop':
-        img, healthy_src = banks.photos.crop(rng, size)
+        img, healthy_src = banks.photos.crop(rng, size, used)
         target = HEALTHY if healthy_src and vegetation_fraction(img) > 0.3 else BACKGROUND
         return field_photometry(img, rng), target, source, variant
     # 'background': non-leaf material
@@ -692,11 +718,15 @@ def make_tile(kind: str, label: int, rng: np.random.Generator, banks: Banks
 
 
 # --------------------------------------------------------------------- the cache
-def load_banks(pv_root: str, field_root: str, side: str, seed: int = 0,
+def load_banks(pv_root: str, field_root: str, side: str, seed: int = SPLIT_SEED,
                log: Optional[Log] = None, field_photos: Optional[Sequence[str]] = None,
-               field_symptoms: bool = False) -> Tuple[Banks, List[Sample]]:
+               field_symptoms: bool = False, block_size: int = BLOCK_SIZE,
+               val_fraction: float = VAL_FRACTION) -> Tuple[Banks, List[Sample]]:
     """
     Segment the ``side`` (``train`` or ``val``) leaves of the leaf-grouped split.
+
+    The split: photo-number blocks of ``block_size``, ``val_fraction`` of each class for
+    validation, shuffled with ``seed`` (the shipped models': 40, 0.2, 0).
 
     :param field_photos: photos of ``field_root`` (relative paths) used as backgrounds;
         default :data:`FIELD_NEGATIVES` of ``side``. Missing photos are skipped (field
@@ -706,10 +736,24 @@ def load_banks(pv_root: str, field_root: str, side: str, seed: int = 0,
 
     :returns: the material banks and the PlantVillage samples of that side.
     """
-    labels, train, val, _ = build_split(pv_root, None, 'photo-blocks', 40, None, 0.2, seed)
+    labels, train, val, _ = build_split(pv_root, None, 'photo-blocks', block_size, None,
+                                        val_fraction, seed)
     if tuple(labels) != LABELS[:4]:
-        raise ValueError(f'unexpected PlantVillage classes {labels}')
+        raise DatasetError(f'unexpected PlantVillage classes {labels}')
     samples = train if side == 'train' else val
+    banks = banks_from_samples(samples, field_root, FIELD_NEGATIVES[side] if field_photos
+                               is None else field_photos, field_symptoms, side, log)
+    return banks, samples
+
+
+def banks_from_samples(samples: Sequence[Sample], field_root: str,
+                       field_photos: Sequence[str], field_symptoms: bool = False,
+                       name: str = '', log: Optional[Log] = None) -> Banks:
+    """
+    Segment the leaves of ``samples`` and load ``field_photos``: the banks of one side.
+
+    The leaves' ``source`` is the photo's file name; ``name`` labels the log lines.
+    """
     leaves: Dict[int, List[Leaf]] = {i: [] for i in range(4)}
     plain: List[Tuple[np.ndarray, int]] = []
     failed = 0
@@ -722,13 +766,13 @@ def load_banks(pv_root: str, field_root: str, side: str, seed: int = 0,
         else:
             leaves[sample.label_index].append(leaf)
         if log and i % 500 == 0:
-            log(f'{side}: segmented {i}/{len(samples)}')
+            log(f'{name}: segmented {i}/{len(samples)}')
     if log:
-        log(f'{side}: {sum(len(v) for v in leaves.values())} leaves segmented, {failed} rejected')
-    photos = FieldPhotos(field_root, FIELD_NEGATIVES[side] if field_photos is None
-                         else field_photos)
+        log(f'{name}: {sum(len(v) for v in leaves.values())} leaves segmented, '
+            f'{failed} rejected')
+    photos = FieldPhotos(field_root, field_photos)
     healthy = leaves[HEALTHY] or [leaf for bank in leaves.values() for leaf in bank]
-    return Banks(leaves, healthy, photos, plain, field_symptoms), samples
+    return Banks(leaves, healthy, photos, plain, field_symptoms)
 
 
 def kind_plan(count: int, rng: np.random.Generator) -> List[Tuple[str, int]]:
@@ -750,6 +794,19 @@ def kind_plan(count: int, rng: np.random.Generator) -> List[Tuple[str, int]]:
     return [plan[i] for i in order]
 
 
+def cache_card(input_px: int) -> ModelCard:
+    """Return the card whose resize rule makes the cached tiles (the node's, at ``input_px``)."""
+    return card_from_dict({
+        'schema_version': 1, 'name': 'cache', 'labels': list(LABELS),
+        'healthy_labels': list(HEALTHY_LABELS),
+        'input': {'name': 'input', 'height_px': input_px, 'width_px': input_px,
+                  'layout': 'NCHW', 'color_order': 'RGB'},
+        'preprocessing': {'resize': 'stretch', 'interpolation': 'area', 'scale': 1 / 255,
+                          'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]},
+        'output': {'name': 'logits'}, 'calibration': {'temperature': 1.0,
+                                                      'unknown_threshold': 0.0}})
+
+
 def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
                 include_plain: bool, log: Optional[Log] = None) -> Dict[str, np.ndarray]:
     """
@@ -760,15 +817,7 @@ def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
     :data:`KINDS`, ``source`` (leaf file name, '' for no leaf) and ``variant`` ``(N,)``
     indices into :data:`VARIANTS`.
     """
-    card = card_from_dict({
-        'schema_version': 1, 'name': 'cache', 'labels': list(LABELS),
-        'healthy_labels': list(HEALTHY_LABELS),
-        'input': {'name': 'input', 'height_px': input_px, 'width_px': input_px,
-                  'layout': 'NCHW', 'color_order': 'RGB'},
-        'preprocessing': {'resize': 'stretch', 'interpolation': 'area', 'scale': 1 / 255,
-                          'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]},
-        'output': {'name': 'logits'}, 'calibration': {'temperature': 1.0,
-                                                      'unknown_threshold': 0.0}})
+    card = cache_card(input_px)
     rng = np.random.default_rng(seed)
     plan = kind_plan(count, rng)
     total = len(plan) + (len(banks.plain) if include_plain else 0)
@@ -795,3 +844,140 @@ def build_cache(banks: Banks, count: int, seed: int, input_px: int, path: str,
             sources.append('')
     np.savez(path, x=x, y=y, kind=kinds, source=np.array(sources), variant=variants)
     return {'x': x, 'y': y, 'kind': kinds, 'variant': variants}
+
+
+# ----------------------------------------------------------- validation material
+VALIDATION_SEED = 1001
+VALIDATION_FORMAT = 'leaf_disease_ros validation material 1'
+
+
+def validation_plan(count: int, rng: np.random.Generator, with_photos: bool
+                    ) -> List[Tuple[str, int]]:
+    """
+    Return the (kind, focal label) list of one validation half (:func:`kind_plan`).
+
+    A half without field photos makes its ``field_crop`` share ``background`` tiles
+    (procedural non-leaf material) instead of soil labelled as a field crop.
+    """
+    plan = kind_plan(count, rng)
+    if with_photos:
+        return plan
+    return [('background', -1) if kind == 'field_crop' else (kind, label)
+            for kind, label in plan]
+
+
+def cache_path(out: str, side: str, input_px: int) -> str:
+    """Return the cache file of one side: ``OUT/{side}_{px}.npz``."""
+    return os.path.join(out, f'{side}_{input_px}.npz')
+
+
+def write_validation(pv_root: str, field_root: str, out: str, count: int, input_px: int,
+                     seed: int = 0, field_symptoms: bool = False, log: Optional[Log] = None,
+                     split_seed: int = SPLIT_SEED, block_size: int = BLOCK_SIZE,
+                     val_fraction: float = VAL_FRACTION) -> str:
+    """
+    Write the validation material ``OUT/val_PX.npz`` + ``OUT/val_PX.json``; return the cache.
+
+    :func:`build_validation`; the default split is the shipped models' training split
+    (photo-number blocks of 40, validation fraction 0.2, seed 0); halves by leaf block
+    with ``seed``.
+    """
+    os.makedirs(out, exist_ok=True)
+    path = cache_path(out, 'val', input_px)
+    build_validation(pv_root, field_root, count, input_px, path, seed, field_symptoms,
+                     split_seed, block_size, val_fraction, log)
+    return path
+
+
+def material_path(cache: str) -> str:
+    """Return the material record beside a validation cache: ``X.npz`` -> ``X.json``."""
+    return os.path.splitext(cache)[0] + '.json'
+
+
+def build_validation(pv_root: str, field_root: str, count: int, input_px: int, path: str,
+                     seed: int = 0, field_symptoms: bool = False,
+                     split_seed: int = SPLIT_SEED, block_size: int = BLOCK_SIZE,
+                     val_fraction: float = VAL_FRACTION, log: Optional[Log] = None
+                     ) -> Dict[str, Any]:
+    """
+    Build the validation composites in a tuning half and a test half; return the record.
+
+    The PlantVillage validation leaves of the training split (``split_seed``,
+    ``block_size``, ``val_fraction``: give those of the model's training) are split by
+    leaf block with ``seed``
+    (:func:`field_manifest.validation_halves`). Each half is made from its own banks only:
+    its leaves (focal leaves, other leaves, canopy, painted esca), its field photos
+    (:func:`field_manifest.background_photos`: role ``tune`` for the tuning half, ``test``
+    for the test half) and its own random stream (seed ``(1001, seed, half)``), so every
+    crop of one photo and every photo of one leaf is on one side. ``count`` composites
+    are shared evenly.
+
+    Writes ``path`` (``.npz``: ``x``, ``y``, ``kind``, ``source``, ``variant`` as
+    :func:`build_cache`, plus ``half`` ``(N,)`` 0 = tuning, 1 = test, ``photo`` ``(N,)``
+    the field photos cropped into the tile joined by ``;``, and ``meta`` the JSON of the
+    parameters) and the material record :func:`material_path` (JSON: the parameters, the
+    manifest, each half's leaves with their blocks and field photos, and every tile's
+    half, kind, target, variant, focal leaf, leaf block and field photos).
+
+    :raises DatasetError: unexpected classes, a field photo without a role, or a class
+        with fewer than two validation blocks.
+    """
+    labels, tune, test = validation_halves(pv_root, seed, split_seed, block_size, val_fraction)
+    if labels != LABELS[:4]:
+        raise DatasetError(f'unexpected PlantVillage classes {labels}')
+    if os.path.isdir(field_root):
+        check_field_folder(field_root)
+    card = cache_card(input_px)
+    block_of = {os.path.basename(s.path): str(s.group) for s in (*tune, *test)}
+    counts = (count // 2, count - count // 2)
+    x_parts: List[np.ndarray] = []
+    rows: Dict[str, List[Any]] = {key: [] for key in ('half', 'kind', 'target', 'variant',
+                                                      'leaf', 'block', 'photos')}
+    halves: Dict[str, Any] = {}
+    for h, (half, samples) in enumerate(zip(HALVES, (tune, test))):
+        banks = banks_from_samples(samples, field_root, background_photos(half),
+                                   field_symptoms, half, log)
+        rng = np.random.default_rng([VALIDATION_SEED, seed, h])
+        plan = validation_plan(counts[h], rng, bool(banks.photos.frames))
+        x = np.empty((len(plan), input_px, input_px, 3), np.uint8)
+        for i, (kind, label) in enumerate(plan):
+            used: List[str] = []
+            tile, target, source, variant = make_tile(kind, label, rng, banks, used)
+            x[i] = resize_to_input(tile, card)
+            for key, value in (('half', h), ('kind', KINDS.index(kind)), ('target', target),
+                               ('variant', VARIANTS.index(variant)), ('leaf', source),
+                               ('block', block_of.get(source, '')),
+                               ('photos', ';'.join(sorted(set(used))))):
+                rows[key].append(value)
+            if log and i % 1000 == 0:
+                log(f'{os.path.basename(path)} {half} half: {i}/{len(plan)} composites')
+        x_parts.append(x)
+        halves[half] = {
+            'composites': len(plan),
+            'composite_seed': [VALIDATION_SEED, seed, h],
+            'field_photos': list(banks.photos.names),
+            'leaf_blocks': len({s.group for s in samples}),
+            'leaves': leaf_rows(samples, pv_root),
+        }
+    meta = {'format': VALIDATION_FORMAT, 'seed': seed, 'count': count, 'input_px': input_px,
+            'field_symptoms': field_symptoms,
+            'split': {'group': 'photo-blocks', 'block_size': block_size,
+                      'val_fraction': val_fraction, 'split_seed': split_seed,
+                      'halves': 'validation blocks split by leaf block with seed, test half '
+                                f'>= {TEST_SHARE:.0%} of each class'},
+            'plantvillage': os.path.basename(os.path.normpath(pv_root)),
+            'field_photos': os.path.basename(os.path.normpath(field_root))}
+    np.savez(path, x=np.concatenate(x_parts), y=np.array(rows['target'], np.int64),
+             kind=np.array(rows['kind'], np.int64), source=np.array(rows['leaf']),
+             variant=np.array(rows['variant'], np.int64), half=np.array(rows['half'], np.int64),
+             photo=np.array(rows['photos']), meta=np.array(json.dumps(meta)))
+    record = dict(meta, halves=halves, manifest=manifest_document(),
+                  tiles={'columns': ['half', 'kind', 'target', 'variant', 'leaf', 'block',
+                                     'photos'],
+                         'names': {'half': list(HALVES), 'kind': list(KINDS),
+                                   'target': list(LABELS), 'variant': list(VARIANTS)},
+                         'rows': [list(r) for r in zip(*(rows[k] for k in (
+                             'half', 'kind', 'target', 'variant', 'leaf', 'block',
+                             'photos')))]})
+    atomic_write_json(material_path(path), record)
+    return record

@@ -4,6 +4,7 @@ The field recipe's data and training: composite caches, and the training loop on
 Owns :func:`build_caches` (the field-simulation caches of :mod:`field_sim`: training
 composites + plain PlantVillage training photos, and validation composites on
 held-out backgrounds, each one ``.npz`` of uint8 tiles at the model input size),
+and ``OUT/val_PX.npz`` through :func:`field_sim.write_validation`,
 :func:`preview` (a contact sheet of composites) and :func:`train_field`, the training
 loop: cached tiles go through the runtime's own
 :func:`leaf_disease_ros.perception.preprocess.preprocess` (from the run's card) with
@@ -24,7 +25,7 @@ import math
 import multiprocessing
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -42,47 +43,50 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # checkpoint classifies more confidently with it than with the ImageNet mean / std.
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
-VAL_SEED = 1001
 TRAIN_SEED = 1
 
 
 def cache_path(out: str, side: str, input_px: int) -> str:
     """Return the cache file of one side: ``OUT/{side}_{px}.npz``."""
-    return os.path.join(out, f'{side}_{input_px}.npz')
+    return field_sim.cache_path(out, side, input_px)
 
 
 def build_caches(pv_root: str, field_root: str, out: str, train_count: int, val_count: int,
                  input_px: int, field_photos: Optional[Dict[str, List[str]]] = None,
-                 field_symptoms: bool = False, train_seed: int = TRAIN_SEED, parts: int = 1
-                 ) -> Dict[str, str]:
+                 field_symptoms: bool = False, train_seed: int = TRAIN_SEED, parts: int = 1,
+                 val_seed: int = 0, block_size: int = field_sim.BLOCK_SIZE,
+                 val_fraction: float = field_sim.VAL_FRACTION) -> Dict[str, str]:
     """
     Build the validation and the training cache; return side -> path.
 
     Train: composites of the training leaves of the leaf-grouped split (photo-number
-    blocks of 40, seed 0) on training backgrounds (``train_seed``, training field
-    photos), plus the plain PlantVillage training photos. Validation: composites of the
-    validation leaves on held-out backgrounds (seed 1001, canopy from validation healthy
-    leaves, held-out field photos).
+    blocks of ``block_size``, ``val_fraction`` validation, seed 0; the shipped models'
+    40 and 0.2) on training backgrounds (``train_seed``, training field
+    photos), plus the plain PlantVillage training photos. Validation: the validation
+    material of :func:`field_sim.write_validation` (``val_seed``): a tuning half and a
+    test half split by leaf block and by source photo, with its record beside it.
 
-    :param field_photos: side -> field photos (relative to ``field_root``); default
-        :data:`field_sim.FIELD_NEGATIVES`.
+    :param field_photos: ``{'train': [...]}``: the training field photos (relative to
+        ``field_root``); default ``field_sim.FIELD_NEGATIVES['train']``. The validation
+        photos come from the manifest (``field_manifest``).
     :param field_symptoms: paint field esca and autumn colours (``Banks.field_symptoms``).
     :param parts: the training composites are made in this many processes, part ``i``
         with seed ``train_seed + i`` (the plain photos in part 0), and concatenated.
     """
     os.makedirs(out, exist_ok=True)
     paths: Dict[str, str] = {}
-    jobs: List[Tuple[str, int, int, str, bool]] = [
-        ('val', val_count, VAL_SEED, cache_path(out, 'val', input_px), False)]
+    started = time.monotonic()
+    paths['val'] = field_sim.write_validation(pv_root, field_root, out, val_count, input_px,
+                                              val_seed, field_symptoms, LOG.info,
+                                              block_size=block_size, val_fraction=val_fraction)
+    LOG.info('%s: %.0f s', paths['val'], time.monotonic() - started)
     train = cache_path(out, 'train', input_px)
     shares = [train_count // parts + (1 if i < train_count % parts else 0)
               for i in range(parts)]
     part_paths = [train if parts == 1 else f'{train[:-4]}.part{i}.npz' for i in range(parts)]
-    jobs += [('train', shares[i], train_seed + i, part_paths[i], i == 0)
-             for i in range(parts)]
-    args = [(pv_root, field_root, side, count, seed, input_px, path, plain,
-             (field_photos or {}).get(side), field_symptoms)
-            for side, count, seed, path, plain in jobs]
+    args = [(pv_root, field_root, 'train', shares[i], train_seed + i, input_px, part_paths[i],
+             i == 0, (field_photos or {}).get('train'), field_symptoms, block_size,
+             val_fraction) for i in range(parts)]
     if parts == 1:
         for job in args:
             _cache_job(*job)
@@ -96,20 +100,21 @@ def build_caches(pv_root: str, field_root: str, out: str, train_count: int, val_
         np.savez(train, **arrays)
         for path in part_paths:
             os.remove(path)
-    paths['val'] = cache_path(out, 'val', input_px)
     paths['train'] = train
     return paths
 
 
 def _cache_job(pv_root: str, field_root: str, side: str, count: int, seed: int,
                input_px: int, path: str, include_plain: bool,
-               field_photos: Optional[List[str]], field_symptoms: bool) -> None:
+               field_photos: Optional[List[str]], field_symptoms: bool, block_size: int,
+               val_fraction: float) -> None:
     """Make one cache file (a process of :func:`build_caches`)."""
     started = time.monotonic()
     banks, _ = field_sim.load_banks(pv_root, field_root, side, log=LOG.info,
-                                    field_photos=field_photos, field_symptoms=field_symptoms)
+                                    field_photos=field_photos, field_symptoms=field_symptoms,
+                                    block_size=block_size, val_fraction=val_fraction)
     data = field_sim.build_cache(banks, count, seed, input_px, path,
-                                 include_plain=include_plain and side == 'train', log=LOG.info)
+                                 include_plain=include_plain, log=LOG.info)
     LOG.info('%s: %d tiles, targets %s, variants %s, %.0f s', path, len(data['y']),
              np.bincount(data['y'], minlength=len(field_sim.LABELS)).tolist(),
              np.bincount(data['variant'], minlength=len(field_sim.VARIANTS)).tolist(),
