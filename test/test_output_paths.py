@@ -218,6 +218,17 @@ def test_an_earlier_output_with_files_added_is_refused(tmp_path):
              command=REPLAY)
 
 
+def test_a_command_writing_into_its_folder_may_meet_files_of_its_unfinished_run(tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    write_manifest(str(run), 'leaf-disease-train', files=[])
+    (run / 'checkpoint_last.pt').write_text('x')
+    assert check_output_folder(str(run), [], command='leaf-disease-train',
+                               replaces_folder=False) == Manifest('leaf-disease-train', ())
+    _refused('files it did not write', check_output_folder, str(run), [],
+             command='leaf-disease-train')
+
+
 def test_a_rerun_can_be_refused_with_a_hint(tmp_path):
     run = tmp_path / 'run'
     run.mkdir()

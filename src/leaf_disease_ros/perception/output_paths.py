@@ -16,7 +16,8 @@ not make. Before any work is done, each command checks each of its outputs:
   made marks itself with a manifest (:data:`MANIFEST_FILE`, written by
   :func:`write_manifest`, listing the command and the files it wrote). A rerun may
   replace such a folder, and only when it holds nothing but the files of its
-  manifest. An empty folder (one the user just made) is fine.
+  manifest (for a command that replaces the folder as a whole). An empty folder (one
+  the user just made) is fine.
 - :func:`check_outputs_apart` refuses two outputs of one run that overlap (one is,
   holds or lies inside the other).
 
@@ -209,7 +210,8 @@ def write_manifest(folder: str, command: str, files: Optional[Sequence[str]] = N
 
 def check_output_folder(path: str, inputs: Sequence[str] = (), *, what: str = '--out',
                         command: str, allow_rerun: bool = True, rerun_hint: str = '',
-                        create_parent: bool = True) -> Optional[Manifest]:
+                        replaces_folder: bool = True, create_parent: bool = True
+                        ) -> Optional[Manifest]:
     """
     Refuse an output folder that would destroy an input or someone else's files.
 
@@ -219,6 +221,10 @@ def check_output_folder(path: str, inputs: Sequence[str] = (), *, what: str = '-
         whose manifest names another command is refused.
     :param allow_rerun: whether an earlier output of ``command`` may be replaced; when
         False any non-empty folder is refused, ``rerun_hint`` saying what to do.
+    :param replaces_folder: the command replaces the folder as a whole, so an earlier
+        output holding files its manifest does not list is refused; False for a command
+        that writes its own files into the folder and leaves others alone (a resumed
+        training run).
     :returns: the manifest of the earlier output that will be replaced, or None when
         the folder is new or empty.
     :raises OutputError: naming the conflict and what to do instead.
@@ -254,7 +260,7 @@ def check_output_folder(path: str, inputs: Sequence[str] = (), *, what: str = '-
     if not allow_rerun:
         raise OutputError(f'{what} {path} holds an earlier output of {command}: '
                           + (rerun_hint or 'give a new or empty folder'))
-    strangers = sorted(set(folder_files(path)) - set(manifest.files))
+    strangers = sorted(set(folder_files(path)) - set(manifest.files)) if replaces_folder else []
     if strangers:
         raise OutputError(f'{what} {path} holds an earlier output of {command} and files it '
                           f'did not write ({_shown(strangers)}): it is never written over. '
