@@ -14,10 +14,14 @@ import os
 import shutil
 import stat
 
+import cv2
 import pytest
 
+from bag_builder import Frame, GpsFix, mosaic, NS, write_bag
 from leaf_disease_ros.cli import classify as classify_cli
-from leaf_disease_ros.perception.output_paths import MANIFEST_FILE, read_manifest
+from leaf_disease_ros.cli import replay as replay_cli
+from leaf_disease_ros.perception.output_paths import (MANIFEST_FILE, read_manifest,
+                                                      write_manifest)
 
 
 def _digest(path):
@@ -144,3 +148,108 @@ def test_classify_json_inside_explain_is_refused(tmp_path, photos, tiny_model_pa
                               str(out / 'r.json'), '--model', tiny_model_path])
     assert code == 2
     assert 'overlap' in capsys.readouterr().err
+
+
+# --- leaf-disease-replay -------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def bag(tmp_path_factory, leaf_images):
+    """Return a small MCAP bag of two frames of three leaves (read-only: do not modify)."""
+    image = mosaic([cv2.imread(leaf_images[label][0])
+                    for label in ('black_rot', 'esca', 'leaf_blight')], 3)
+    frames = [Frame(stamp_ns=k * NS, image_bgr=image, log_time_ns=k * NS + 15_000_000)
+              for k in (1, 2)]
+    fixes = [GpsFix(int(0.2 * k * NS), 46.0 + 1e-6 * k, 7.0, 2, int((0.2 * k + 0.025) * NS))
+             for k in range(20)]
+    return write_bag(str(tmp_path_factory.mktemp('bag') / 'bag'), 'mcap', frames, fixes)
+
+
+def _replay(argv, model, capsys):
+    code = replay_cli.main(list(argv) + ['--model', model, '--no-progress'])
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.err
+    return code, captured.out + captured.err
+
+
+def test_replay_over_a_training_run_is_refused(tmp_path, bag, tiny_model_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    for name in ('metrics.json', 'checkpoint_best.pt', 'checkpoint_last.pt', 'split.json',
+                 'train.log', 'curves.png'):
+        (run / name).write_text(name)
+    before = _tree(run)
+    code, printed = _replay([bag, '--out', str(run)], tiny_model_path, capsys)
+    assert code == replay_cli.EXIT_ERROR
+    assert 'was not made by leaf-disease-replay' in printed
+    assert _tree(run) == before
+
+
+def test_replay_over_a_run_marked_by_train_is_refused(tmp_path, bag, tiny_model_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'metrics.json').write_text('{}')
+    write_manifest(str(run), 'leaf-disease-train')
+    code, printed = _replay([bag, '--out', str(run)], tiny_model_path, capsys)
+    assert code == replay_cli.EXIT_ERROR
+    assert 'holds the output of leaf-disease-train' in printed
+    assert (run / 'metrics.json').read_text() == '{}'
+
+
+def test_replay_out_holding_the_model_in_use_is_refused(tmp_path, bag, tiny_model_path,
+                                                        capsys):
+    folder = tmp_path / 'R'
+    folder.mkdir()
+    for source in (tiny_model_path, tiny_model_path[:-5] + '.json'):
+        shutil.copy(source, folder / os.path.basename(source))
+    write_manifest(str(folder), 'leaf-disease-replay')  # even a folder marked as a report
+    before = _tree(folder)
+    code, printed = _replay([bag, '--out', str(folder)], str(folder / 'tiny.onnx'), capsys)
+    assert code == replay_cli.EXIT_ERROR
+    assert f'--out {folder} holds the input {folder / "tiny.onnx"}' in printed
+    assert _tree(folder) == before
+
+
+@pytest.mark.parametrize('harvest', ['R', 'R/harvest'])
+def test_replay_harvest_overlapping_out_is_refused(tmp_path, bag, tiny_model_path, capsys,
+                                                   harvest):
+    out = str(tmp_path / 'R')
+    code, printed = _replay([bag, '--out', out, '--harvest-tiles', str(tmp_path / harvest)],
+                            tiny_model_path, capsys)
+    assert code == replay_cli.EXIT_ERROR
+    assert 'overlap' in printed and 'harvested' not in printed
+    assert not os.path.exists(out)
+
+
+def test_replay_harvest_inside_the_bag_is_refused(tmp_path, bag, tiny_model_path, capsys):
+    before = _tree(bag)
+    code, printed = _replay([bag, '--out', str(tmp_path / 'R'), '--harvest-tiles',
+                             os.path.join(bag, 'harvest')], tiny_model_path, capsys)
+    assert code == replay_cli.EXIT_ERROR
+    assert 'is inside the input' in printed
+    assert _tree(bag) == before
+
+
+def test_replay_replaces_its_own_report_and_marks_it(tmp_path, bag, tiny_model_path, capsys):
+    out = tmp_path / 'R'
+    assert _replay([bag, '--out', str(out)], tiny_model_path, capsys)[0] == replay_cli.EXIT_OK
+    manifest = read_manifest(str(out))
+    assert manifest is not None and manifest.command == 'leaf-disease-replay'
+    assert 'metrics.json' in manifest.files
+    assert _replay([bag, '--out', str(out)], tiny_model_path, capsys)[0] == replay_cli.EXIT_OK
+    (out / 'my_notes.txt').write_text('mine')
+    code, printed = _replay([bag, '--out', str(out)], tiny_model_path, capsys)
+    assert code == replay_cli.EXIT_ERROR
+    assert 'files it did not write (my_notes.txt)' in printed
+    assert (out / 'my_notes.txt').read_text() == 'mine'
+
+
+def test_a_killed_harvest_does_not_block_the_next(tmp_path, bag, tiny_model_path, capsys):
+    harvest = tmp_path / 'harvest'
+    (harvest / '.harvest-staging-abc123').mkdir(parents=True)  # SIGKILL'ed harvest debris
+    (harvest / '.harvest-staging-abc123' / '3.png').write_bytes(b'png')
+    code, printed = _replay([bag, '--out', str(tmp_path / 'R'), '--harvest-tiles',
+                             str(harvest)], tiny_model_path, capsys)
+    assert code == replay_cli.EXIT_OK, printed
+    assert not [n for n in os.listdir(harvest) if n.startswith('.harvest-staging-')]
+    assert 'index.csv' in os.listdir(harvest)

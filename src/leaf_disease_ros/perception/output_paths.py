@@ -94,7 +94,15 @@ def _existing_inputs(inputs: Sequence[str]) -> List[str]:
     return [item for item in inputs if item and os.path.exists(item)]
 
 
-def _check_against_inputs(path: str, inputs: Sequence[str], what: str, folder: bool) -> None:
+def check_apart_from_inputs(path: str, inputs: Sequence[str], what: str, folder: bool) -> None:
+    """
+    Refuse an output that is an input, lies inside an input folder or (a folder) holds one.
+
+    The part of :func:`check_output_file` and :func:`check_output_folder` about inputs,
+    for a command that checks the rest itself.
+
+    :raises OutputError: naming the input and what to do instead.
+    """
     out = _real(path)
     for item in _existing_inputs(inputs):
         source = _real(item)
@@ -146,7 +154,7 @@ def check_output_file(path: str, inputs: Sequence[str] = (), *, what: str = '--j
         raise OutputError(f'{what} is empty; give a file name')
     kind = special_kind(path)
     if kind == 'a symbolic link':
-        _check_against_inputs(path, inputs, what, folder=False)
+        check_apart_from_inputs(path, inputs, what, folder=False)
         raise OutputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}): the '
                           'output would replace the link. Give the real file or a new name')
     if kind:
@@ -156,7 +164,7 @@ def check_output_file(path: str, inputs: Sequence[str] = (), *, what: str = '--j
     if os.path.isdir(path):
         raise OutputError(f'{what} {path} is a folder; give a file name (e.g. '
                           f'{os.path.join(path, "out.json")})')
-    _check_against_inputs(path, inputs, what, folder=False)
+    check_apart_from_inputs(path, inputs, what, folder=False)
     _check_parent(path, what, create_parent)
 
 
@@ -235,7 +243,7 @@ def check_output_folder(path: str, inputs: Sequence[str] = (), *, what: str = '-
         kind = special_kind(path) or 'a file'
         raise OutputError(f'{what} {path} exists and is not a folder (it is {kind}); give a '
                           'new or empty folder')
-    _check_against_inputs(path, inputs, what, folder=True)
+    check_apart_from_inputs(path, inputs, what, folder=True)
     if not os.path.isdir(path):
         _check_parent(path, what, create_parent)
         return None
