@@ -253,3 +253,30 @@ def test_a_killed_harvest_does_not_block_the_next(tmp_path, bag, tiny_model_path
     assert code == replay_cli.EXIT_OK, printed
     assert not [n for n in os.listdir(harvest) if n.startswith('.harvest-staging-')]
     assert 'index.csv' in os.listdir(harvest)
+
+
+# --- leaf-disease-split --------------------------------------------------------------------
+
+
+def test_split_inside_the_data_is_refused(tmp_path, leaves_dir, capsys):
+    from leaf_disease_ros.cli import split as split_cli
+
+    data = tmp_path / 'data'
+    shutil.copytree(leaves_dir, data)
+    before = _tree(data)
+    assert split_cli.main([str(data), '--out', str(data / 'split')]) == 1
+    assert f'is inside the input {data}' in capsys.readouterr().err
+    assert _tree(data) == before and not (data / 'split').exists()
+
+
+def test_split_into_an_empty_folder_is_fine_and_marked(tmp_path, leaves_dir, capsys):
+    from leaf_disease_ros.cli import split as split_cli
+
+    out = tmp_path / 'split'
+    out.mkdir()
+    assert split_cli.main([leaves_dir, '--out', str(out)]) == 0
+    manifest = read_manifest(str(out))
+    assert manifest is not None and manifest.command == 'leaf-disease-split'
+    assert split_cli.main([leaves_dir, '--out', str(out)]) == 1  # never over a split
+    assert 'choose a new folder' in capsys.readouterr().err
+    assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]
