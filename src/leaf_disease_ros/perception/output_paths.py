@@ -90,6 +90,31 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _hard_link_in(path: str, folder: str) -> str:
+    """
+    Return a file below ``folder`` that is ``path`` under another name, else ''.
+
+    Only a regular file with more than one link can be one; only then is ``folder``
+    searched (links not followed).
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ''
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink < 2 or not os.path.isdir(folder):
+        return ''
+    for root, _, files in os.walk(folder):
+        for name in files:
+            candidate = os.path.join(root, name)
+            try:
+                other = os.lstat(candidate)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                return candidate
+    return ''
+
+
 def _existing_inputs(inputs: Sequence[str]) -> List[str]:
     return [item for item in inputs if item and os.path.exists(item)]
 
@@ -117,6 +142,11 @@ def check_apart_from_inputs(path: str, inputs: Sequence[str], what: str, folder:
             raise OutputError(f'{what} {path} is inside the input {item}: outputs never go '
                               'into an input folder (a later run would read them as input). '
                               'Give an output path outside it')
+        linked = _hard_link_in(path, item)
+        if linked:
+            raise OutputError(f'{what} {path} is the input {linked} (a hard link to it): '
+                              'writing it would destroy the input. Give an output path '
+                              'outside every input')
 
 
 def _check_parent(path: str, what: str, create_parent: bool) -> None:
@@ -158,7 +188,7 @@ def check_output_file(path: str, inputs: Sequence[str] = (), *, what: str = '--j
         raise OutputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}): the '
                           'output would replace the link. Give the real file or a new name')
     if kind:
-        hint = ' or - for standard output' if allow_stdout else ''
+        hint = f', or {what} - for standard output' if allow_stdout else ''
         raise OutputError(f'{what} {path} is {kind}, not a regular file: the output would '
                           f'replace it. Give a regular file name{hint}')
     if os.path.isdir(path):
