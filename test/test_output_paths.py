@@ -61,6 +61,15 @@ def test_a_hard_link_to_the_input_is_refused(tmp_path, photo):
     _refused('is the input', check_output_file, str(tmp_path / 'alias.jpg'), [photo])
 
 
+def test_a_hard_link_to_a_photo_of_an_input_folder_is_refused(tmp_path):
+    # found by the fuzz suite: classify photos/ --json alias, alias a hard link of photos/a
+    (tmp_path / 'photos' / 'deep').mkdir(parents=True)
+    (tmp_path / 'photos' / 'deep' / 'a.jpg').write_bytes(b'photo')
+    os.link(tmp_path / 'photos' / 'deep' / 'a.jpg', tmp_path / 'alias.jpg')
+    _refused('a hard link to it', check_output_file, str(tmp_path / 'alias.jpg'),
+             [str(tmp_path / 'photos')])
+
+
 def test_a_symbolic_link_to_the_input_is_refused(tmp_path, photo):
     os.symlink(photo, tmp_path / 'alias.jpg')
     _refused('is the input', check_output_file, str(tmp_path / 'alias.jpg'), [photo])
