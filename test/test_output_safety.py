@@ -280,3 +280,42 @@ def test_split_into_an_empty_folder_is_fine_and_marked(tmp_path, leaves_dir, cap
     assert split_cli.main([leaves_dir, '--out', str(out)]) == 1  # never over a split
     assert 'choose a new folder' in capsys.readouterr().err
     assert not [n for n in os.listdir(tmp_path) if n.startswith('.')]
+
+
+# --- leaf-disease-explain, leaf-disease-embed ----------------------------------------------
+
+
+def test_explain_out_inside_the_photos_is_refused(photos, tiny_model_path, capsys):
+    from leaf_disease_ros.cli import explain as explain_cli
+
+    before = _tree(photos)
+    code = explain_cli.main([str(photos), '--out', str(photos / 'saliency'), '--model',
+                             tiny_model_path])
+    assert code == 2
+    assert 'is inside the input' in capsys.readouterr().err
+    assert _tree(photos) == before and not (photos / 'saliency').exists()
+
+
+def test_explain_marks_its_folder(tmp_path, photos, tiny_model_path, capsys):
+    from leaf_disease_ros.cli import explain as explain_cli
+
+    out = tmp_path / 'saliency'
+    argv = [str(photos / 'a.jpg'), '--out', str(out), '--model', tiny_model_path, '--grid', '2']
+    assert explain_cli.main(argv) == 0
+    assert read_manifest(str(out)).command == 'leaf-disease-explain'
+    assert explain_cli.main(argv) == 0  # its own folder: written again
+
+
+@pytest.mark.parametrize('where', ['data', 'data/maps'])
+def test_embed_out_in_the_data_is_refused(tmp_path, leaves_dir, tiny_embedding_model_path,
+                                          capsys, where):
+    from leaf_disease_ros.cli import embed as embed_cli
+
+    data = tmp_path / 'data'
+    shutil.copytree(leaves_dir, data)
+    before = _tree(data)
+    code = embed_cli.main([str(data), '--out', str(tmp_path / where), '--model',
+                           tiny_embedding_model_path])
+    assert code == 2
+    assert 'is the input' in capsys.readouterr().err or where != 'data'
+    assert _tree(data) == before
