@@ -25,6 +25,7 @@ import pytest
 from bag_builder import Frame, GpsFix, mosaic, NS, write_bag
 from leaf_disease_ros.cli import replay as cli
 from leaf_disease_ros.geo.geodesy import distance_m, offset_latlon
+from leaf_disease_ros.perception.output_paths import MANIFEST_FILE, write_manifest
 from leaf_disease_ros.replay.typestore import make_typestore
 from tiny_model import make_tiny_model
 
@@ -338,7 +339,7 @@ def test_case4_a_folder_that_is_not_a_report_is_not_replaced(tmp_path, capsys, m
     home.mkdir()
     (home / 'thesis.tex').write_text('precious')
     code, _, err = run([bag, '--out', str(home)], capsys, model)
-    assert code == cli.EXIT_ERROR and 'is not a replay report' in err
+    assert code == cli.EXIT_ERROR and 'was not made by leaf-disease-replay' in err
     assert (home / 'thesis.tex').read_text() == 'precious'
 
 
@@ -536,7 +537,7 @@ def test_case7_an_unwritable_out_is_found_before_the_run(tmp_path, capsys, model
     monkeypatch.setattr(cli, 'run_replay', never)
     code, _, err = run([bag, '--out', str(tmp_path / 'a_file' / 'out'), '--no-output-bag'],
                        capsys, model)
-    assert code == cli.EXIT_ERROR and 'cannot write the report folder' in err
+    assert code == cli.EXIT_ERROR and 'is not a folder; give a path in a folder' in err
 
 
 def test_case7_an_old_detections_file_leaves_nothing_behind(tmp_path, capsys, model,
@@ -545,10 +546,12 @@ def test_case7_an_old_detections_file_leaves_nothing_behind(tmp_path, capsys, mo
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'detections.mcap').write_text('an old file of that name')
+    write_manifest(str(out), 'leaf-disease-replay')  # an earlier report, by its manifest
     code, _, _ = run([bag, '--out', str(out)], capsys, model)
     assert code == cli.EXIT_OK
     assert os.path.isdir(out / 'detections.mcap')
-    assert not [n for n in os.listdir(out) if n.endswith('.old') or n.startswith('.')]
+    assert not [n for n in os.listdir(out)
+                if n.endswith('.old') or (n.startswith('.') and n != MANIFEST_FILE)]
     assert _hidden_entries(str(tmp_path)) == []
 
 
@@ -660,6 +663,7 @@ def test_case5_the_swap_without_an_atomic_exchange(tmp_path, monkeypatch):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'metrics.json').write_text('{"old": true}')
+    write_manifest(str(out), 'leaf-disease-replay')  # an earlier report
     with report_folder.ReportFolder(str(out)) as folder:
         with open(os.path.join(folder.staging, 'metrics.json'), 'w') as stream:
             stream.write('{"new": true}')

@@ -372,6 +372,30 @@ def _(ctx):
     return ctx.replay(bag)
 
 
+@case('replay.out_training_run')
+def _(ctx):
+    run = ctx.tmp / 'out'
+    run.mkdir()
+    for name in ('metrics.json', 'checkpoint_best.pt', 'split.json', 'train.log'):
+        (run / name).write_text(name)
+    return ctx.replay(ctx.bag())
+
+
+@case('replay.out_holds_model')
+def _(ctx):
+    folder = ctx.tmp / 'R'
+    folder.mkdir()
+    for source in (ctx.model, ctx.model[:-5] + '.json'):
+        shutil.copy(source, folder / os.path.basename(source))
+    tool, argv = ctx.replay(ctx.bag(), '--out', str(folder))
+    return tool, argv + ['--model', str(folder / 'tiny.onnx')]
+
+
+@case('replay.harvest_overlaps_out')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--out', ctx.path('R'), '--harvest-tiles', ctx.path('R/harvest'))
+
+
 # --- leaf-disease-classify -----------------------------------------------------------------
 
 
@@ -439,6 +463,35 @@ def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0], '--json', ctx.path('missing/out.json'))
 
 
+@case('classify.json_fifo')
+def _(ctx):
+    os.mkfifo(ctx.path('pipe'))
+    return ctx.classify(ctx.leaves['esca'][0], '--json', ctx.path('pipe'))
+
+
+@case('classify.json_onto_input')
+def _(ctx):
+    shutil.copy(ctx.leaves['esca'][0], ctx.path('a.jpg'))
+    return ctx.classify(ctx.path('a.jpg'), '--json', ctx.path('a.jpg'))
+
+
+@case('classify.json_inside_input')
+def _(ctx):
+    folder = ctx.tmp / 'photos'
+    folder.mkdir()
+    shutil.copy(ctx.leaves['esca'][0], folder / 'a.jpg')
+    return ctx.classify(str(folder), '--json', str(folder / 'b.jpg'))
+
+
+@case('classify.explain_inside_input')
+def _(ctx):
+    data = ctx.tmp / 'data'
+    for label, paths in ctx.leaves.items():
+        (data / label).mkdir(parents=True)
+        shutil.copy(paths[0], data / label / 'a.jpg')
+    return ctx.classify(str(data), '--explain', str(data / 'esca'))
+
+
 @case('classify.card_without_sha')
 def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0], model=ctx.card_without_sha())
@@ -456,6 +509,60 @@ def _(ctx):
     torch.save({'model': {}, 'payload': _RunsCode(ctx.path('code_ran'))},
                str(run / 'checkpoint_best.pt'))
     return 'export', [str(run), '--out', ctx.path('m.onnx')]
+
+
+def _fake_run(ctx):
+    """Return a folder that looks like a training run (refused before it is read)."""
+    run = ctx.tmp / 'run'
+    run.mkdir()
+    for name in ('checkpoint_best.pt', 'checkpoint_last.pt', 'split.json', 'metrics.json'):
+        (run / name).write_text(name)
+    return run
+
+
+@case('export.card_over_model')
+def _(ctx):
+    pytest.importorskip('torch')
+    return 'export', [str(_fake_run(ctx)), '--out', ctx.path('m.json')]
+
+
+@case('export.over_its_input')
+def _(ctx):
+    pytest.importorskip('torch')
+    run = _fake_run(ctx)
+    return 'export', [str(run), '--out', str(run / 'checkpoint_best.pt'), '--force']
+
+
+# --- leaf-disease-train, leaf-disease-split ------------------------------------------------
+
+
+def _dataset(ctx):
+    data = ctx.tmp / 'data'
+    for label, paths in ctx.leaves.items():
+        (data / label).mkdir(parents=True)
+        shutil.copy(paths[0], data / label / 'a.jpg')
+    return data
+
+
+@case('train.twice')
+def _(ctx):
+    from leaf_disease_ros.perception.output_paths import write_manifest
+
+    run = _fake_run(ctx)
+    write_manifest(str(run), 'leaf-disease-train')
+    return 'train', [str(_dataset(ctx)), '--out', str(run)]
+
+
+@case('train.out_inside_data')
+def _(ctx):
+    data = _dataset(ctx)
+    return 'train', [str(data), '--out', str(data / 'run')]
+
+
+@case('split.out_inside_data')
+def _(ctx):
+    data = _dataset(ctx)
+    return 'split', [str(data), '--out', str(data / 'split')]
 
 
 class _RunsCode:
@@ -476,8 +583,8 @@ def _main(tool):
         return replay_cli.main
     if tool == 'classify':
         return classify_cli.main
-    from leaf_disease_ros.cli import export
-    return export.main
+    from leaf_disease_ros.cli import export, split, train
+    return {'export': export.main, 'train': train.main, 'split': split.main}[tool]
 
 
 def test_every_row_has_a_case_and_every_case_a_row():

@@ -116,5 +116,5 @@ def test_explain_writes_a_saliency_picture_per_image(leaves_dir, leaf_images, ti
     # class folders too, keeping the class subfolders
     assert main([leaves_dir, '--model', tiny_model_path, '--explain', str(tmp_path / 'e2'),
                  '--json', str(tmp_path / 'r.json')]) == 0
-    assert sorted(os.listdir(tmp_path / 'e2')) == ['black_rot', 'esca', 'healthy',
-                                                   'leaf_blight']
+    assert sorted(os.listdir(tmp_path / 'e2')) == ['.leaf-disease-output.json', 'black_rot',
+                                                   'esca', 'healthy', 'leaf_blight']

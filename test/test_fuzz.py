@@ -13,7 +13,10 @@ them (their ``main``). The properties:
   add up, every coordinate a valid WGS84 position), or absent (exit 2) with no
   staging debris left beside it;
 - the fix buffer never raises and never returns an invalid position, and one
-  glitched fix never moves a position by more than the plausibility limit allows.
+  glitched fix never moves a position by more than the plausibility limit allows;
+- outputs (``--json``, ``--explain``, ``--out``, ``--harvest-tiles``) aimed at inputs,
+  their hard and symbolic links, folders holding them, FIFOs and folders of other
+  commands never change anything that was there (issue 18).
 
 The seed is fixed (:data:`SEED`) and the example counts bounded, so CI sees the
 same cases every run in about a minute on 2 cores; ``LEAF_DISEASE_FUZZ_SCALE=10``
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 
 import cv2
@@ -39,6 +43,7 @@ from leaf_disease_ros.geo.geodesy import distance_m, offset_latlon
 from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, FixBuffer,
                                          REJECTIONS)
 from leaf_disease_ros.perception.config import PARAMETERS
+from leaf_disease_ros.perception.output_paths import write_manifest
 from leaf_disease_ros.perception.positions import Fix, NO_POSITION_REASONS
 from leaf_disease_ros.replay.report_folder import leftovers
 
@@ -559,3 +564,121 @@ def test_classify_never_crashes_and_names_what_it_skips(capsys, tiny_model_path,
                 document = json.load(stream)
             for result in document['files']:
                 assert 0.0 <= result['score'] <= 1.0
+
+
+# --- outputs that alias inputs, special files, foreign folders (issue 18) ------------------
+
+#: where an output may point, in a folder of inputs (see _output_scene)
+OUTPUT_TARGETS = ('new.json', 'new', 'empty', '.', 'photos', 'photos/a.png', 'photos/b.json',
+                  'photos/sub', 'm', 'm/tiny.onnx', 'm/tiny.json', 'notes', 'notes/x.json',
+                  'run', 'report', 'pipe', 'photo_link', 'photo_hardlink', 'bag',
+                  'bag/report', 'new/inner')
+
+
+def _output_scene(folder, tiny_model_path, bag):
+    """Fill ``folder`` with inputs, foreign files and special files; return the model."""
+    os.makedirs(os.path.join(folder, 'photos'))
+    rng = np.random.default_rng(0)
+    for name in ('a.png', 'c.png'):
+        _write_file(os.path.join(folder, 'photos', name), 'png', rng)
+    os.makedirs(os.path.join(folder, 'm'))
+    for source in (tiny_model_path, tiny_model_path[:-5] + '.json'):
+        shutil.copy(source, os.path.join(folder, 'm', os.path.basename(source)))
+    os.makedirs(os.path.join(folder, 'notes'))
+    with open(os.path.join(folder, 'notes', 'thesis.tex'), 'w', encoding='utf-8') as stream:
+        stream.write('precious')
+    os.makedirs(os.path.join(folder, 'run'))
+    with open(os.path.join(folder, 'run', 'checkpoint_best.pt'), 'w', encoding='utf-8') as s:
+        s.write('weights')
+    write_manifest(os.path.join(folder, 'run'), 'leaf-disease-train')
+    os.makedirs(os.path.join(folder, 'report'))
+    with open(os.path.join(folder, 'report', 'metrics.json'), 'w', encoding='utf-8') as s:
+        s.write('{}')
+    write_manifest(os.path.join(folder, 'report'), 'leaf-disease-replay')
+    os.makedirs(os.path.join(folder, 'empty'))
+    os.mkfifo(os.path.join(folder, 'pipe'))
+    os.symlink(os.path.join(folder, 'photos', 'a.png'), os.path.join(folder, 'photo_link'))
+    os.link(os.path.join(folder, 'photos', 'a.png'), os.path.join(folder, 'photo_hardlink'))
+    shutil.copytree(bag, os.path.join(folder, 'bag'))
+    return os.path.join(folder, 'm', 'tiny.onnx')
+
+
+def _snapshot_scene(folder):
+    """Return {path: kind and content} of everything below ``folder`` (links not followed)."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                found[path] = ('link', os.readlink(path))
+            elif stat.S_ISREG(mode):
+                with open(path, 'rb') as stream:
+                    found[path] = ('file', stream.read())
+            else:
+                found[path] = (stat.S_IFMT(mode), None)
+    return found
+
+
+def _check_scene(folder, before, writable):
+    """Every entry that was there is unchanged, except the ones a run may replace."""
+    after = _snapshot_scene(folder)
+    for path, value in before.items():
+        rel = os.path.relpath(path, folder)
+        if rel.split(os.sep)[0] in writable:
+            continue
+        assert after.get(path) == value, f'{rel} changed or vanished'
+
+
+@seed(SEED)
+@fuzz_settings(40)
+@given(json_target=st.one_of(st.none(), st.just('-'), st.sampled_from(OUTPUT_TARGETS)),
+       explain_target=st.one_of(st.none(), st.sampled_from(OUTPUT_TARGETS)),
+       whole=st.booleans())
+def test_classify_outputs_never_land_on_inputs_or_special_files(capsys, tiny_model_path,
+                                                                small_bag, json_target,
+                                                                explain_target, whole):
+    with tempfile.TemporaryDirectory() as folder:
+        model = _output_scene(folder, tiny_model_path, small_bag)
+        before = _snapshot_scene(folder)
+        photos = os.path.join(folder, 'photos')
+        argv = [photos if whole else os.path.join(photos, 'a.png'), '--model', model]
+        if json_target is not None:
+            argv += ['--json', json_target if json_target == '-'
+                     else os.path.join(folder, json_target)]
+        if explain_target is not None:
+            argv += ['--explain', os.path.join(folder, explain_target)]
+        try:
+            code = classify_cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        event(f'exit {code}')
+        assert code in CLASSIFY_EXITS and 'Traceback' not in captured.err
+        _check_scene(folder, before, {'empty', 'new', 'new.json'})
+
+
+@seed(SEED)
+@fuzz_settings(20)
+@given(out_target=st.sampled_from(OUTPUT_TARGETS),
+       harvest_target=st.one_of(st.none(), st.sampled_from(OUTPUT_TARGETS)))
+def test_replay_outputs_never_land_on_inputs_or_foreign_folders(capsys, tiny_model_path,
+                                                                small_bag, out_target,
+                                                                harvest_target):
+    with tempfile.TemporaryDirectory() as folder:
+        model = _output_scene(folder, tiny_model_path, small_bag)
+        before = _snapshot_scene(folder)
+        argv = [os.path.join(folder, 'bag'), '--out', os.path.join(folder, out_target),
+                '--model', model, '--no-progress', '--no-output-bag', '--gallery', '0']
+        if harvest_target is not None:
+            argv += ['--harvest-tiles', os.path.join(folder, harvest_target)]
+        code, err = run_replay_cli(argv, capsys)
+        event(f'exit {code}')
+        assert code in REPLAY_EXITS
+        # an earlier report may be replaced by the replay; nothing else that was there
+        _check_scene(folder, before, {'empty', 'new', 'new.json', 'report'})
+        if code != 2:  # written: a new, empty or report folder, not an input nor beside one
+            assert out_target not in ('.', 'photos', 'photos/a.png', 'm', 'm/tiny.onnx',
+                                      'm/tiny.json', 'notes', 'run', 'pipe', 'photo_link',
+                                      'photo_hardlink', 'bag', 'bag/report')
+        assert not [n for n in os.listdir(folder) if '.partial-' in n or '.old-' in n]

@@ -17,6 +17,7 @@ import pytest
 from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
 from leaf_disease_ros.cli import replay as cli
 from leaf_disease_ros.perception.errors import BagError
+from leaf_disease_ros.perception.output_paths import write_manifest
 from leaf_disease_ros.replay.bag import BagReader
 
 # the replay decodes images with rosbags-image, which has no rosdep key: on a robot
@@ -153,6 +154,7 @@ def test_bag_without_ground_truth(tmp_path, capsys, tiny_model_path, frame_image
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'confusion_matrix.png').write_bytes(b'stale')  # from an earlier run
+    write_manifest(str(out), 'leaf-disease-replay')
     bag = write_bag(str(tmp_path / 'bag'), 'sqlite3', _frames(frame_image, 2), _fixes())
     code, stdout, _ = _run([bag, '--out', str(out)], capsys, tiny_model_path)
     assert code == cli.EXIT_OK

@@ -26,7 +26,8 @@ def test_folders_hold_the_build_split(leaves_dir, tmp_path, capsys):
 
 
 def test_refuses_existing_folder_and_bad_data(leaves_dir, tmp_path, capsys):
+    (tmp_path / 'notes.txt').write_text('mine')
     assert _tool().main([leaves_dir, '--out', str(tmp_path)]) == 1
-    assert 'exists' in capsys.readouterr().err
+    assert 'is not empty' in capsys.readouterr().err
     assert _tool().main([str(tmp_path / 'nope'), '--out', str(tmp_path / 'x')]) == 1
     assert 'not a folder' in capsys.readouterr().err

@@ -17,6 +17,7 @@ import pytest
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.model_card import load_card, sha256_file
+from leaf_disease_ros.perception.output_paths import read_manifest
 from leaf_disease_ros.perception.pipeline import Detector
 
 try:
@@ -152,7 +153,7 @@ def test_gradcam_from_the_training_checkpoint(tiny_run, leaf_images, tmp_path, c
                          '--out', str(out), '--target', 'esca']) == 0
     printed = capsys.readouterr().out
     assert 'gradcam: 2 tiles of 2 images' in printed and 'PyTorch' in printed
-    assert len(list(out.iterdir())) == 2
+    assert len([p for p in out.iterdir() if not p.name.startswith('.')]) == 2  # + manifest
     from leaf_disease_ros.training.gradcam import gradcam, load_checkpoint_model
     model, card = load_checkpoint_model(str(run / 'checkpoint_best.pt'))
     maps = gradcam(model, card, [cv2.imread(leaf_images['esca'][0])])
@@ -220,3 +221,67 @@ def test_train_refuses_unsafe_weights_and_resume(tiny_run, tmp_path, booby_trapp
     assert train.main(common + ['--resume']) == 2
     assert 'is not a safe checkpoint' in (run / 'train.log').read_text()
     assert not os.path.exists(marker)
+
+
+# --- issue 18: outputs never land on the run or the data -----------------------------------
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+
+def test_a_second_train_into_the_run_is_refused_without_resume(tiny_run, capsys):
+    run, data = tiny_run
+    before = _files(run)
+    status = _tool('train').main([str(data), '--out', str(run), '--input-size', '64',
+                                  '--epochs', '1', '--workers', '0', '--no-progress'])
+    assert status == 2
+    assert 'holds an earlier output of leaf-disease-train: pass --resume' in \
+        capsys.readouterr().err
+    assert _files(run) == before
+
+
+def test_the_run_folder_is_marked_by_train(tiny_run):
+    run, _ = tiny_run
+    manifest = read_manifest(str(run))
+    assert manifest is not None and manifest.command == 'leaf-disease-train'
+    assert {'checkpoint_best.pt', 'checkpoint_last.pt', 'metrics.json'} <= set(manifest.files)
+
+
+@pytest.mark.parametrize('where', ['data', 'data/esca/run'])
+def test_train_into_the_data_is_refused(tiny_run, capsys, where):
+    _, data = tiny_run
+    before = _files(data)
+    out = data.parent / where
+    status = _tool('train').main([str(data), '--out', str(out), '--epochs', '1'])
+    assert status == 2
+    assert 'is the input' in capsys.readouterr().err or where != 'data'
+    assert _files(data) == before
+    assert not out.exists() or where == 'data'
+
+
+def test_export_never_writes_the_card_over_its_model(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    code = _tool('export').main([str(run), '--out', str(tmp_path / 'm.json')])
+    assert code == 1
+    assert 'which is --out itself, so no model would remain' in capsys.readouterr().err
+    assert not (tmp_path / 'm.json').exists()
+
+
+@pytest.mark.parametrize('target', ['checkpoint_best.pt', 'split.json', 'train.log'])
+def test_export_never_writes_over_its_run(tiny_run, capsys, target):
+    run, _ = tiny_run
+    before = _files(run)
+    code = _tool('export').main([str(run), '--out', str(run / target), '--force'])
+    assert code == 1
+    assert 'is the input' in capsys.readouterr().err
+    assert _files(run) == before
+
+
+def test_export_into_the_data_is_refused(tiny_run, capsys):
+    run, data = tiny_run
+    before = _files(data)
+    code = _tool('export').main([str(run), '--out', str(data / 'model.onnx')])
+    assert code == 1
+    assert f'is inside the input {data}' in capsys.readouterr().err
+    assert _files(data) == before

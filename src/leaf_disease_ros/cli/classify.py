@@ -17,7 +17,12 @@ Usage::
   before anything is classified);
 - ``--explain DIR`` also writes a saliency picture of every classified image into
   DIR (``<folder>/<name>.saliency.png``: occlusion through the same backend, see
-  ``leaf-disease-explain``).
+  ``leaf-disease-explain``). DIR must be new, empty or an earlier saliency folder.
+
+Outputs never land on an input: ``--json`` may not be a classified photo, the model
+or its card, lie inside a classified folder, or be a FIFO, a device or a folder;
+``--explain`` may not hold or lie inside an input (the pictures would be classified
+with the photos next time). Both are checked before anything is classified.
 
 Each photo is classified whole: it is one crop through the card's preprocessing,
 exactly as in training and export. A file is never dropped silently: unreadable or
@@ -32,7 +37,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -46,10 +50,15 @@ from leaf_disease_ros.perception.image_checks import (has_colour, min_side_px, N
                                                       too_small)
 from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
 from leaf_disease_ros.perception.metrics import classification_report, format_report
+from leaf_disease_ros.perception.model_card import card_path_for_model
+from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
+                                                      check_outputs_apart, write_manifest)
 from leaf_disease_ros.perception.postprocess import Classification, classify, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 
 BATCH = 16
+#: the command a saliency folder's manifest names (classify --explain and explain alike)
+EXPLAIN_COMMAND = 'leaf-disease-explain'
 
 
 def _out(text: str) -> None:
@@ -185,26 +194,25 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     return report
 
 
-def check_json_destination(path: Optional[str]) -> None:
+def check_outputs(args: argparse.Namespace) -> None:
     """
-    Refuse a ``--json`` file that could not be written, before any work is done.
+    Refuse ``--json`` and ``--explain`` destinations before any work is done.
 
-    :raises OutputError: the path is a folder, its folder does not exist, or nothing
-        can be created there.
+    The shared output rule (:mod:`leaf_disease_ros.perception.output_paths`): never an
+    input (photo, folder, model, card) or inside an input folder, never a special
+    file, never a folder another command or a person filled, never each other.
+
+    :raises OutputError: naming the conflict and what to do instead.
     """
-    if path is None or path == '-':
-        return
-    if os.path.isdir(path):
-        raise OutputError(f'--json {path} is a folder; give a file name (e.g. {path}/'
-                          'metrics.json)')
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f'--json {path}: the folder {folder} does not exist')
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OutputError(f'--json {path}: cannot write in {folder} ({exc.strerror})') from exc
+    inputs = list(args.paths)
+    if args.model:
+        inputs += [args.model, card_path_for_model(args.model)]
+    check_outputs_apart([('--json', '' if args.json in (None, '-') else args.json),
+                         ('--explain', args.explain)])
+    if args.json is not None:
+        check_output_file(args.json, inputs, what='--json')
+    if args.explain:
+        check_output_folder(args.explain, inputs, what='--explain', command=EXPLAIN_COMMAND)
 
 
 def _format_file(path: str, result: Classification) -> str:
@@ -248,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if missing:
             raise OutputError('no such file or folder: ' + ', '.join(missing))
-        check_json_destination(args.json)
+        check_outputs(args)
     except OutputError as exc:
         backend.close()
         _err(f'error: {exc}')
@@ -295,6 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 _out(_format_file(path, result))
         if args.explain:
             explain_paths(backend, classifier.classified, args.explain)
+            write_manifest(args.explain, EXPLAIN_COMMAND)
     except LeafDiseaseError as exc:
         _err(f'error: {exc}')
         return 2

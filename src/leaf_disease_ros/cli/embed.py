@@ -47,11 +47,15 @@ from leaf_disease_ros.perception.atomic_io import (atomic_write_bytes, atomic_wr
 from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance, fit_distance
 from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError
 from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
+from leaf_disease_ros.perception.model_card import card_path_for_model
+from leaf_disease_ros.perception.output_paths import check_output_folder, write_manifest
 from leaf_disease_ros.perception.plots import encode_png
 from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.tiling import crops, tile_boxes, vegetation_fractions
 
 CHUNK_IMAGES = 64
+#: the command an embedding map folder's manifest names
+EMBED_COMMAND = 'leaf-disease-embed'
 VEGETATION_FRACTION = 0.10
 EXG_THRESHOLD = 0.05
 
@@ -192,6 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     backend: Optional[Backend] = None
     try:
+        inputs = [args.data, args.ood] + ([args.model, card_path_for_model(args.model)]
+                                          if args.model else [])
+        check_output_folder(args.out, inputs, what='--out', command=EMBED_COMMAND)
         backend = open_embedding_backend(args.model, args.backend,
                                          intra_op_threads=args.threads)
         card = backend.card
@@ -239,6 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             summary['maps'][method] = {'png': png, 'html': page}
         summary['seconds'] = time.perf_counter() - started
         atomic_write_json(os.path.join(args.out, 'embedding.json'), summary)
+        write_manifest(args.out, EMBED_COMMAND)
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-embed: error: {exc}\n')
         return 2

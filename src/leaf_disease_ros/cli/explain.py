@@ -20,7 +20,8 @@ heat map blended and the label, score and method written on it.
 ``--tile-size`` cuts each image into tiles as the robot's pipeline does and explains
 every tile (field photos: which tiles are called what, and why). The time per tile
 is printed at the end. Exit status: 0 done, 1 nothing could be read, 2 usage or
-model error.
+model error. ``--out`` and ``--json`` follow the shared output rule (never an input,
+inside one or holding one; ``--out`` new, empty or an earlier saliency folder).
 """
 
 import argparse
@@ -36,8 +37,13 @@ from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import LeafDiseaseError
 from leaf_disease_ros.perception.image_folders import is_image_file
+from leaf_disease_ros.perception.model_card import card_path_for_model
+from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
+                                                      check_outputs_apart, write_manifest)
 
 METHODS = ('occlusion', 'rise', 'gradcam')
+#: the command a saliency folder's manifest names (as classify --explain's)
+EXPLAIN_COMMAND = 'leaf-disease-explain'
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -117,6 +123,25 @@ def _target_index(labels: Sequence[str], target: str) -> Optional[int]:
     return list(labels).index(target)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """
+    Refuse ``--out`` and ``--json`` before any work (the shared output rule).
+
+    Neither may be, hold or lie inside an input (photos, folders, model, card,
+    checkpoint), be a special file, or (``--out``) a folder another command or a
+    person filled; an earlier saliency folder (its manifest) may be written again.
+
+    :raises OutputError: naming the conflict and what to do instead.
+    """
+    inputs = list(args.paths) + [args.checkpoint]
+    if args.model:
+        inputs += [args.model, card_path_for_model(args.model)]
+    check_outputs_apart([('--out', args.out), ('--json', args.json)])
+    check_output_folder(args.out, inputs, what='--out', command=EXPLAIN_COMMAND)
+    if args.json:
+        check_output_file(args.json, inputs, what='--json', allow_stdout=False)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``leaf-disease-explain``; returns the exit status."""
     args = parse_args(argv)
@@ -126,6 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         err.write(f'skipped {path}: not an image file or folder\n')
     backend = None
     try:
+        check_outputs(args)
         if args.method == 'gradcam':
             card, explainer = _gradcam_explainer(args.checkpoint, args.target)
         else:
@@ -143,6 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             items.append((name, image))
         records, totals = explain_images(items, card, args.out, settings, backend=backend,
                                          explainer=explainer)
+        if records:
+            write_manifest(args.out, EXPLAIN_COMMAND)
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-explain: error: {exc}\n')
         return 2

@@ -22,6 +22,9 @@ Exit status: 0 report written; 1 report written but no frame could be processed;
 nothing written, ``--out`` is as it was; 3 report written from a bag that ended
 early (truncated: the figures cover what was read). The report is built in a staging
 folder beside ``--out`` and swapped in complete (:mod:`leaf_disease_ros.replay.report_folder`).
+``--out`` replaces only an earlier replay report (marked by its manifest); it and
+``--harvest-tiles`` never are, hold or lie inside an input (bag, model, card, params
+file) or each other.
 """
 
 import argparse
@@ -36,6 +39,8 @@ from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (load_params_file, strict_parameters,
                                                 validate_parameters)
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.perception.model_card import card_path_for_model
+from leaf_disease_ros.perception.output_paths import check_outputs_apart
 from leaf_disease_ros.replay.compare import ModelComparison
 from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE
@@ -197,6 +202,15 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     return values
 
 
+def replay_inputs(bag: str, args: argparse.Namespace, parameters: Dict[str, Any]) -> List[str]:
+    """Return every file the replay reads: bag, params file, models and their cards."""
+    inputs = [bag, args.params_file]
+    for model in (str(parameters.get('model_path') or ''), args.compare_model):
+        if model:
+            inputs += [model, card_path_for_model(model)]
+    return [path for path in inputs if path]
+
+
 class ProgressBar:
     """Frames done, frames/s and ETA on stderr, drawn by tqdm (plain lines when not a TTY)."""
 
@@ -308,11 +322,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.bag:
             err.write(f'no bag given: replaying the demo recording {bag}\n')
         parameters = collect_parameters(args)
-        folder = ReportFolder(args.out, inputs=[bag])  # refused or unwritable: now, not later
+        inputs = replay_inputs(bag, args, parameters)
+        check_outputs_apart([('--out', args.out), ('--harvest-tiles', args.harvest_tiles)])
+        folder = ReportFolder(args.out, inputs=inputs)  # refused or unwritable: now, not later
         observers: List[FrameObserver] = []
         if args.harvest_tiles:
             harvester = TileHarvester(args.harvest_tiles, args.harvest_max,
-                                      bag=os.path.abspath(bag))
+                                      bag=os.path.abspath(bag), inputs=inputs)
             observers.append(harvester)
         if args.compare_model:
             params = validate_parameters(parameters)

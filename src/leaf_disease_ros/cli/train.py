@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 from leaf_disease_ros.perception.errors import LeafDiseaseError
 from leaf_disease_ros.training.recipe import ARCHS, FINETUNE_EPOCHS, FINETUNE_LR
+from leaf_disease_ros.training.run_folder import check_run_folder
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -32,7 +33,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Train a ResNet leaf disease classifier on a class-folder dataset.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('data', help='dataset root with one subfolder per class')
-    parser.add_argument('--out', required=True, help='run folder (created)')
+    parser.add_argument('--out', required=True,
+                        help='run folder: new or empty (or an earlier run with --resume), '
+                             'never inside the data')
     parser.add_argument('--name', default='leaf_resnet18', help='model name for the card')
     parser.add_argument('--arch', choices=ARCHS, default='resnet18')
     parser.add_argument('--weights', help='local state dict to start from (fc is re-made '
@@ -96,6 +99,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
+    try:
+        check_run_folder(args)  # before PyTorch is imported: refused at once
+    except LeafDiseaseError as exc:  # no run folder of this run yet: no log of it either
+        sys.stderr.write(f'error: {exc}\n')
+        return 2
     try:
         if args.init_from:
             from leaf_disease_ros.training import finetune  # torch: imported only now

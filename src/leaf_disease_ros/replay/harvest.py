@@ -29,7 +29,9 @@ sure of**, then writes them as a class-folder dataset that ``leaf-disease-train
   ``max_tiles`` is deleted at once. :meth:`TileHarvester.commit` moves the kept
   tiles into their label folders and writes the index; :meth:`TileHarvester.abort`
   removes the staging folder.
-- Nothing is ever written over: DIR must be new or empty (:func:`check_harvest_folder`).
+- Nothing is ever written over: DIR must be new or empty, and neither be, hold nor
+  lie inside an input (:func:`check_harvest_folder`). Staging folders left by a killed
+  harvest (``.harvest-staging-*``, nothing else in DIR) do not count: they are removed.
 """
 
 import csv
@@ -47,9 +49,13 @@ import numpy as np
 from leaf_disease_ros.geo.mapping import iso_utc
 from leaf_disease_ros.perception.atomic_io import atomic_write_text
 from leaf_disease_ros.perception.errors import DatasetError
+from leaf_disease_ros.perception.output_paths import (check_apart_from_inputs,
+                                                      check_output_folder)
 from leaf_disease_ros.perception.pipeline import Detection, FrameResult
 
 INDEX_FILE = 'index.csv'
+STAGING_PREFIX = '.harvest-staging-'
+HARVEST_COMMAND = 'leaf-disease-replay --harvest-tiles'
 DEFAULT_HARVEST_MAX = 500  # a labelling session; PNG tiles of 256 px take ~150 kB
 UNCERTAINTY_RULE = ('1 - margin: the best calibrated score minus the second best; '
                     'rank 1 is the most uncertain tile')
@@ -67,22 +73,39 @@ def uncertainty(detection: Detection) -> float:
     return float(min(1.0, max(0.0, 1.0 - (best - second))))
 
 
-def check_harvest_folder(path: str) -> None:
+def stale_staging(path: str) -> List[str]:
+    """Return the staging folders a killed harvest left in ``path`` (full paths)."""
+    if not os.path.isdir(path):
+        return []
+    return sorted(os.path.join(path, name) for name in os.listdir(path)
+                  if name.startswith(STAGING_PREFIX)
+                  and os.path.isdir(os.path.join(path, name))
+                  and not os.path.islink(os.path.join(path, name)))
+
+
+def check_harvest_folder(path: str, inputs: Sequence[str] = ()) -> None:
     """
     Refuse a harvest folder that holds anything: a harvest never writes over files.
 
+    Staging folders of a killed harvest do not count (:func:`stale_staging`).
+
     :raises DatasetError: ``path`` is a file, or a folder that is not empty (it may hold
         an earlier harvest whose labels someone corrected).
+    :raises OutputError: ``path`` is, holds or lies inside an input, or is a special file.
     """
-    if not os.path.exists(path):
-        return
-    if not os.path.isdir(path):
+    if os.path.lexists(path) and not os.path.isdir(path):
         raise DatasetError(f'--harvest-tiles {path} is a file; give a new folder')
-    if os.listdir(path):
+    stale = {os.path.basename(p) for p in stale_staging(path)}
+    if os.path.isdir(path) and set(os.listdir(path)) - stale:
         raise DatasetError(
             f'--harvest-tiles {path} is not empty (an earlier harvest, perhaps with '
             'corrected labels): a harvest never writes over files; give a new folder, '
             f'e.g. --harvest-tiles {path.rstrip(os.sep) or path}_2')
+    if stale:
+        check_apart_from_inputs(path, inputs, '--harvest-tiles', folder=True)
+    else:
+        check_output_folder(path, inputs, what='--harvest-tiles', command=HARVEST_COMMAND,
+                            allow_rerun=False)
 
 
 @dataclass(frozen=True)
@@ -117,16 +140,19 @@ class TileHarvester:
     """Keeps the most uncertain tiles of a replay and writes them by predicted label."""
 
     def __init__(self, folder: str, max_tiles: int = DEFAULT_HARVEST_MAX,
-                 model_id: str = '', bag: str = '') -> None:
+                 model_id: str = '', bag: str = '', inputs: Sequence[str] = ()) -> None:
         """
-        Prepare ``folder`` (created; it must be new or empty).
+        Prepare ``folder`` (created; it must be new or empty, and apart from ``inputs``).
 
         :raises DatasetError: the folder holds files, or ``max_tiles`` < 1.
+        :raises OutputError: the folder is, holds or lies inside an input.
         :raises OSError: the folder cannot be created.
         """
         if max_tiles < 1:
             raise DatasetError(f'--harvest-max must be at least 1, got {max_tiles}')
-        check_harvest_folder(folder)
+        check_harvest_folder(folder, inputs)
+        for stale in stale_staging(folder):
+            shutil.rmtree(stale, ignore_errors=True)
         self.folder = folder
         self.max_tiles = int(max_tiles)
         self.model_id = model_id

@@ -10,12 +10,16 @@ interrupted run (Ctrl-C, SIGTERM), a full disk or an error removes the staging
 folder and leaves no debris.
 
 Before anything is read, :class:`ReportFolder` refuses destinations that would
-destroy something:
+destroy something (the shared rule, :mod:`leaf_disease_ros.perception.output_paths`):
 
-- ``--out`` that is, holds or lies inside an input (the replay never writes over or
-  next to the bag it reads);
-- ``--out`` that exists and is not a report folder: a file, or a folder holding
-  anything but an earlier report (one with ``metrics.json``, or only report files);
+- ``--out`` that is, holds or lies inside an input (the bag, the model and its card,
+  the params file: the replay never writes over or next to what it reads);
+- ``--out`` that exists and is not a report folder: a file, a special file, or a
+  folder holding anything but an earlier replay report. A report marks itself with
+  a manifest (``.leaf-disease-output.json``, command ``leaf-disease-replay``, its
+  files), written by :meth:`ReportFolder.commit`; only a folder whose manifest says
+  so, and that holds nothing else, is replaced. A training run (which has a
+  ``metrics.json`` too) or a folder of the model in use is never replaced;
 - a parent folder that cannot be written (found at start, not after the run).
 """
 
@@ -27,24 +31,13 @@ import tempfile
 from typing import List, Optional, Sequence
 
 from leaf_disease_ros.perception.errors import OutputError
-from leaf_disease_ros.replay.report import (CONFUSION_FILE, GEOJSON_FILE, KML_FILE, MAP_FILE,
-                                            METRICS_FILE, REPORT_FILE)
+from leaf_disease_ros.perception.output_paths import check_output_folder, write_manifest
 
 DETECTIONS_BAG = 'detections.mcap'
-#: the files a replay writes into its report folder
-REPORT_ENTRIES = frozenset((METRICS_FILE, REPORT_FILE, CONFUSION_FILE, MAP_FILE, GEOJSON_FILE,
-                            KML_FILE, DETECTIONS_BAG))
+#: the command a report folder's manifest names
+REPLAY_COMMAND = 'leaf-disease-replay'
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
-
-
-def _real(path: str) -> str:
-    return os.path.realpath(os.path.abspath(path))
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Return whether ``path`` is ``folder`` or below it (both real paths)."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _umask() -> int:
@@ -59,25 +52,7 @@ def check_destination(out_dir: str, inputs: Sequence[str]) -> None:
 
     :raises OutputError: naming the conflict and what to do instead.
     """
-    out = _real(out_dir)
-    for item in inputs:
-        source = _real(item)
-        if _inside(source, out):
-            raise OutputError(f'--out {out_dir} holds the input {item}: the new report would '
-                              'replace it. Give a report folder outside the recording')
-        if _inside(out, source):
-            raise OutputError(f'--out {out_dir} is inside the input {item}: the replay never '
-                              'writes into a recording. Give a report folder outside it')
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise OutputError(f'--out {out_dir} exists and is not a folder')
-    if os.path.isdir(out_dir):
-        entries = sorted(os.listdir(out_dir))
-        strangers = [e for e in entries if e not in REPORT_ENTRIES]
-        if strangers and METRICS_FILE not in entries:
-            shown = ', '.join(strangers[:5]) + (', ...' if len(strangers) > 5 else '')
-            raise OutputError(f'--out {out_dir} is a folder that is not a replay report (it '
-                              f'holds {shown}); the report replaces the folder as a whole, so '
-                              'give a new or empty folder')
+    check_output_folder(out_dir, inputs, what='--out', command=REPLAY_COMMAND)
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -106,6 +81,7 @@ class ReportFolder:
 
     def __init__(self, out_dir: str, inputs: Sequence[str] = ()) -> None:
         check_destination(out_dir, inputs)
+        self._inputs = tuple(inputs)
         self.out_dir = os.path.abspath(out_dir)
         parent = os.path.dirname(self.out_dir.rstrip(os.sep)) or os.sep
         name = os.path.basename(self.out_dir.rstrip(os.sep))
@@ -128,8 +104,10 @@ class ReportFolder:
         return self.path
 
     def commit(self) -> None:
-        """Put the complete staging folder in place of ``out_dir`` (replacing an old one)."""
+        """Mark the complete staging folder (manifest), put it in place of ``out_dir``."""
         staging = self.staging
+        check_destination(self.out_dir, self._inputs)  # again: files may have come meanwhile
+        write_manifest(staging, REPLAY_COMMAND)
         if not os.path.exists(self.out_dir):
             os.rename(staging, self.out_dir)
         elif _exchange(staging, self.out_dir):

@@ -54,12 +54,14 @@ from leaf_disease_ros.explain.domain_check import (compare_scores, DISTANCE_RULE
                                                    distance_threshold)
 from leaf_disease_ros.perception.atomic_io import atomic_path
 from leaf_disease_ros.perception.embedding_distance import fit_distance
-from leaf_disease_ros.perception.errors import LeafDiseaseError, MissingDependencyError
+from leaf_disease_ros.perception.errors import (LeafDiseaseError, MissingDependencyError,
+                                                OutputError)
 from leaf_disease_ros.perception.image_folders import is_image_file
 from leaf_disease_ros.perception.metrics import classification_report, format_report
 from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
                                                     card_to_dict, ModelCard, sha256_file,
                                                     write_card)
+from leaf_disease_ros.perception.output_paths import check_output_file
 from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.calibration import calibrate
@@ -303,14 +305,53 @@ def embedding_distance_section(args: argparse.Namespace, onnx_path: str, card: M
     return distance.to_dict()
 
 
+def export_inputs(args: argparse.Namespace, data_root: str = '') -> List[str]:
+    """Return what an export reads: every file of the run folder, checkpoint, data."""
+    inputs = [args.checkpoint or os.path.join(args.run, 'checkpoint_best.pt'), args.data,
+              args.ood_data, data_root]
+    if os.path.isdir(args.run):
+        inputs += [entry.path for entry in os.scandir(args.run) if not entry.is_dir()]
+    return [path for path in inputs if path]
+
+
+def check_export_outputs(args: argparse.Namespace, data_root: str = '') -> None:
+    """
+    Refuse an ``--out`` (or its card) that would land on an input or on itself.
+
+    The shared output rule (:mod:`leaf_disease_ros.perception.output_paths`) for the
+    model and for its card (``<out>.json``): never a file of the run (its checkpoint,
+    split, log), never inside the data, never a special file; and the card is never
+    the model itself (``--out m.json``).
+
+    :raises OutputError: naming the conflict and what to do instead.
+    """
+    inputs = export_inputs(args, data_root)
+    check_output_file(args.out, inputs, what='--out', allow_stdout=False, create_parent=True)
+    card = card_path_for_model(args.out)
+    if os.path.abspath(card) == os.path.abspath(args.out):
+        raise OutputError(f'--out {args.out}: the model card is written beside the model as '
+                          '<name>.json, which is --out itself, so no model would remain; give '
+                          'the model an .onnx name (e.g. --out '
+                          f'{os.path.splitext(args.out)[0]}.onnx)')
+    check_output_file(card, inputs, what='the card (written beside --out)', allow_stdout=False,
+                      create_parent=True)
+
+
 def run_export(args: argparse.Namespace) -> Dict[str, Any]:
-    """Export, check, calibrate and write; return the card's metrics section."""
+    """
+    Export, check, calibrate and write; return the card's metrics section.
+
+    :raises OutputError: ``--out`` or its card would land on an input
+        (:func:`check_export_outputs`).
+    """
+    check_export_outputs(args)
     if os.path.exists(args.out) and not args.force:
         raise LeafDiseaseError(f'{args.out} exists; pass --force to replace it (the old model '
                                'stays in git history)')
     checkpoint, split, run_metrics = load_run(args)
     base = card_from_dict(checkpoint['card'], '<checkpoint card>')
     root = args.data or split['data']
+    check_export_outputs(args, root)
     images, labels = validation_set(split, root)
     model = build_model(checkpoint, base.num_classes)
     if not args.no_embedding:

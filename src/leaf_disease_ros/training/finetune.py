@@ -64,6 +64,7 @@ from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training.checkpoint import save_checkpoint
 from leaf_disease_ros.training.dataset import build_split, grouped_split
 from leaf_disease_ros.training.recipe import TRAIN_EXTRA_HINT
+from leaf_disease_ros.training.run_folder import claim_run_folder
 from leaf_disease_ros.training.train import (choose_device, EpochSampler, evaluate, LeafDataset,
                                              LOG, setup_logging, train_epoch, write_run_record)
 
@@ -348,8 +349,12 @@ def _source_accuracy(logits: np.ndarray, targets: np.ndarray, sources: Sequence[
 
 
 def finetune(args: argparse.Namespace) -> Dict[str, Any]:
-    """Fine-tune ``args.init_from`` on ``args.data`` (+ ``args.base_data``); return metrics."""
-    os.makedirs(args.out, exist_ok=True)
+    """
+    Fine-tune ``args.init_from`` on ``args.data`` (+ ``args.base_data``); return metrics.
+
+    :raises OutputError: ``args.out`` is refused (:mod:`.run_folder`).
+    """
+    claim_run_folder(args)
     setup_logging(args.out)
     torch.manual_seed(args.seed)
     if args.threads:

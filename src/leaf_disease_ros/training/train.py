@@ -55,6 +55,7 @@ from leaf_disease_ros.training.augment import augment, AugmentConfig, sample_rng
 from leaf_disease_ros.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from leaf_disease_ros.training.dataset import build_split
 from leaf_disease_ros.training.recipe import IMAGENET_MEAN, IMAGENET_STD, TRAIN_EXTRA_HINT
+from leaf_disease_ros.training.run_folder import claim_run_folder, mark_run_folder
 
 try:
     import torch
@@ -279,8 +280,12 @@ def split_record(labels: Sequence[str], train: Sequence[Sample], val: Sequence[S
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
-    """Run the training; return the metrics document."""
-    os.makedirs(args.out, exist_ok=True)
+    """
+    Run the training; return the metrics document.
+
+    :raises OutputError: ``args.out`` is refused (:mod:`.run_folder`).
+    """
+    claim_run_folder(args)
     setup_logging(args.out)
     warnings.filterwarnings('ignore', category=UserWarning, module='torch.utils.data')
     torch.manual_seed(args.seed)
@@ -427,3 +432,4 @@ def write_run_record(out_dir: str, name: str, labels: Sequence[str], metrics: Di
                                os.path.join(out_dir, 'confusion_matrix.png'),
                                title=f'{name} validation (epoch {best_epoch})')
     save_curves(history, os.path.join(out_dir, 'curves.png'))
+    mark_run_folder(out_dir)
