@@ -13,9 +13,10 @@ from bag_builder import Frame, GpsFix, NS, write_bag
 from leaf_disease_ros.cli import adapt_site as site_cli
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance, fit_distance
 from leaf_disease_ros.perception.errors import ConfigError, DatasetError
 from leaf_disease_ros.perception.model_card import load_card
-from leaf_disease_ros.perception.pipeline import Detector
+from leaf_disease_ros.perception.pipeline import Detector, NearestReference
 from leaf_disease_ros.perception.site_model import (load_site, site_for_parameters, site_from_dict,
                                                     SiteError, SiteModel, stale_site_note)
 from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
@@ -278,7 +279,7 @@ def test_the_command_refuses_an_out_it_would_damage(tmp_path, pass_bag, embeddin
         out_dir = tmp_path / 'mine'
         out_dir.mkdir()
         (out_dir / 'thesis.txt').write_text('keep me')
-        message = 'did not make'
+        message = 'was not made by leaf-disease-site'
     elif where == 'inside_bag':
         out_dir = tmp_path / 'bagcopy' / 'site'
         shutil.copytree(pass_bag, tmp_path / 'bagcopy')
@@ -286,7 +287,7 @@ def test_the_command_refuses_an_out_it_would_damage(tmp_path, pass_bag, embeddin
     else:
         out_dir = tmp_path / 'a_file'
         out_dir.write_text('keep me')
-        message = 'is not a folder'
+        message = 'exists and is not a folder'
     bag = str(tmp_path / 'bagcopy') if where == 'inside_bag' else pass_bag
     before = sorted(os.listdir(tmp_path))
     status, _, err = _run([bag, '--out', str(out_dir), '--model', path, '--leaves', LEAVES])
@@ -312,3 +313,45 @@ def test_the_shipped_leaf_bank_is_training_side_and_named_in_the_card_material()
     assert folders == sorted(set(card.labels) - {'background'})
     for folder in folders:
         assert len(os.listdir(os.path.join(bank, folder))) >= 40
+
+
+# --- the domain check on an adapted model ----------------------------------------------
+
+class _Reference:
+    """A domain reference with fixed distances (known answers)."""
+
+    def __init__(self, values, threshold):
+        self.values = np.asarray(values, dtype=np.float64)
+        self.threshold = threshold
+
+    def distances(self, embeddings):
+        return self.values[:len(embeddings)]
+
+
+def test_a_tile_is_in_domain_when_near_the_training_data_or_the_site():
+    training = _Reference([1.0, 9.0, 9.0, 2.0], threshold=4.0)   # relative 0.25 2.25 2.25 0.5
+    site = _Reference([10.0, 1.0, 30.0, 30.0], threshold=20.0)   # relative 0.5 0.05 1.5 1.5
+    nearest = NearestReference((training, site))
+    np.testing.assert_allclose(nearest.distances(np.zeros((4, 2))), [0.25, 0.05, 1.5, 0.5])
+    assert (nearest.distances(np.zeros((4, 2))) > nearest.threshold).tolist() == [
+        False, False, True, False]
+
+
+def test_an_adapted_detector_judges_the_domain_against_the_site_too(embedding_model):
+    path, card = embedding_model
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, TINY_EMBEDDING_SIZE))
+    distance = fit_distance(x, np.zeros(40, dtype=np.int64), 1)
+    site_distance = EmbeddingDistance(distance.class_means, distance.basis, distance.variances,
+                                      distance.residual_variance, 3.0, False)
+    backend = load_backend(path, 'onnxruntime')
+    try:
+        plain = Detector(backend, card, DetectorConfig())
+        assert plain.domain_reference is None  # the tiny card has no distance
+        adapted = Detector(backend, card, DetectorConfig(),
+                           site=_site(card, domain=site_distance))
+        reference = adapted.domain_reference
+        assert reference is not None and reference.threshold == 3.0
+        np.testing.assert_allclose(reference.distances(x), site_distance.distances(x))
+    finally:
+        backend.close()

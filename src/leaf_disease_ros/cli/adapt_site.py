@@ -17,7 +17,8 @@ embedding output (:mod:`leaf_disease_ros.training.site_head`) and writes::
       review/normal/   the pass's tiles the unadapted model would have called diseased
                        (highest score first): the adaptation teaches them as normal
       review/<label>/  one empty folder per label of the model, and review/exclude/
-      .leaf-disease-site.json   this command's manifest (what it wrote, for reruns)
+      .leaf-disease-output.json  the manifest of the shared output rule (a rerun may
+                       replace what this command wrote, and nothing else)
 
 With no review the site is ready. To review, move tiles out of ``review/normal/``:
 into a disease folder, the tile becomes a labelled example of that disease; into
@@ -46,7 +47,8 @@ from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
 from leaf_disease_ros.perception.config import load_params_file, validate_parameters
 from leaf_disease_ros.perception.embedding_distance import fit_distance
-from leaf_disease_ros.perception.errors import LeafDiseaseError, OutputError
+from leaf_disease_ros.perception.errors import LeafDiseaseError
+from leaf_disease_ros.perception.output_paths import check_output_folder, write_manifest
 from leaf_disease_ros.perception.postprocess import finding_scores, softmax
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.perception.resources import share_dir
@@ -59,7 +61,7 @@ from leaf_disease_ros.training.site_head import (base_head, composite_tiles, DEF
 
 EXIT_OK = 0
 EXIT_ERROR = 2
-MANIFEST = '.leaf-disease-site.json'
+COMMAND = 'leaf-disease-site'
 REVIEW = 'review'
 NORMAL = 'normal'
 EXCLUDE = 'exclude'
@@ -105,27 +107,20 @@ def default_leaf_bank() -> str:
     return os.path.join(share_dir(), 'engines', 'leaf_bank')
 
 
-def check_out(out_dir: str, bag: str) -> bool:
+def check_out(args: argparse.Namespace) -> bool:
     """
     Refuse an ``--out`` that would overwrite something; return whether it is a rerun.
 
-    :raises OutputError: ``--out`` is the bag, inside it or holds it, is not a folder,
-        or is a non-empty folder this command did not make.
+    The shared output rule (:mod:`leaf_disease_ros.perception.output_paths`): never an
+    input (the bag, the model, the params file, the leaf bank), never inside one or
+    holding one, never a special file, never a non-empty folder this command did not
+    make. A rerun leaves the files it did not write (the grower's ``review/``) alone.
+
+    :raises OutputError: naming the conflict and what to do instead.
     """
-    out = os.path.realpath(out_dir)
-    source = os.path.realpath(bag)
-    if out == source or out.startswith(source.rstrip(os.sep) + os.sep):
-        raise OutputError(f'--out {out_dir} is inside the input {bag}; give a folder outside it')
-    if source.startswith(out.rstrip(os.sep) + os.sep):
-        raise OutputError(f'--out {out_dir} holds the input {bag}; give another folder')
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise OutputError(f'--out {out_dir} exists and is not a folder')
-    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
-        return False
-    if not os.path.isfile(os.path.join(out_dir, MANIFEST)):
-        raise OutputError(f'--out {out_dir} is a folder this command did not make (no '
-                          f'{MANIFEST}); give a new or empty folder')
-    return True
+    inputs = [args.bag] + [p for p in (args.model, args.params_file, args.leaves) if p]
+    return check_output_folder(args.out, inputs, command=COMMAND,
+                               replaces_folder=False) is not None
 
 
 def review_name(rank: int, tile: ReviewTile) -> str:
@@ -440,10 +435,14 @@ def write_site(out_dir: str, site: SiteModel, review: Sequence[ReviewTile], labe
         written.append(REVIEW)
     atomic_write_json(os.path.join(out_dir, SITE_FILE), site.to_dict())
     atomic_write_text(os.path.join(out_dir, REPORT_HTML), report_html(site, review, out_dir))
-    atomic_write_json(os.path.join(out_dir, MANIFEST), {
-        'command': 'leaf-disease-site', 'files': sorted(set(written) | {MANIFEST}),
-        'site': site.site_id})
+    write_manifest(out_dir, COMMAND, [SITE_FILE, REPORT_HTML]
+                   + [os.path.relpath(f, out_dir) for f in _review_files(out_dir)])
     return written
+
+
+def _review_files(out_dir: str) -> List[str]:
+    root = os.path.join(out_dir, REVIEW)
+    return [os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names]
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
@@ -455,7 +454,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
             raise LeafDiseaseError(f'--review-percent {args.review_percent} is not in 0..100')
         if args.composites < 100:
             raise LeafDiseaseError(f'--composites {args.composites}: give at least 100')
-        rerun = check_out(args.out, args.bag)
+        rerun = check_out(args)
         builder = SiteBuilder(args, err)
         site, review = builder.run()
         write_site(args.out, site, review, builder.labels, rerun)
