@@ -107,7 +107,8 @@ def test_warn_out_of_domain_names_the_adaptation_workflow():
         NOT_ADAPTED + ': of the last 10 classified tiles 40 % fell to unknown '
         '(domain_unknown_warn_fraction 0.4); findings are held back')
     assert status.message.endswith(ADAPTATION_FIX)
-    assert 'leaf-disease-replay BAG --harvest-tiles DIR' in status.message
+    assert 'leaf-disease-site BAG --out SITE' in status.message
+    assert 'site_path:=SITE' in status.message
     assert 'docs/adaptation.md' in status.message
     assert report(window, fraction=0.41).level == OK  # just below the fraction
     assert out_of_domain(window.shares(), rule(10, 0.4))
@@ -155,7 +156,7 @@ def test_the_replay_reports_the_shares_and_when_the_node_would_warn(tmp_path):
         text = stream.read()
     assert '## Out-of-domain check' in text
     assert 'would have warned after 29 of 51 frames' in text
-    assert '--harvest-tiles' in text
+    assert 'leaf-disease-site BAG --out SITE' in text
 
 
 def test_far_tiles_warn_without_any_unknown_and_findings_never_count():

@@ -136,7 +136,7 @@ def test_base_head_recovers_a_linear_output_layer_exactly():
 def test_base_head_refuses_too_few_rows_and_non_linear_outputs():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(5, 6))
-    with pytest.raises(DatasetError, match='rank 5, the output layer needs 7'):
+    with pytest.raises(DatasetError, match='5 tiles cannot determine an output layer of 7'):
         base_head(x, x[:, :3])
     x = rng.normal(size=(40, 6))
     with pytest.raises(DatasetError, match='not a linear function'):
@@ -355,3 +355,13 @@ def test_an_adapted_detector_judges_the_domain_against_the_site_too(embedding_mo
         np.testing.assert_allclose(reference.distances(x), site_distance.distances(x))
     finally:
         backend.close()
+
+
+def test_base_head_gives_no_weight_to_a_unit_that_never_fires():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(3, 6))
+    x = rng.normal(size=(30, 6))
+    x[:, 2] = 0.0  # a dead unit: the data cannot tell its weight
+    w0, b0 = base_head(x, x @ w.T + 1.0)
+    np.testing.assert_allclose(x @ w0.T + b0, x @ w.T + 1.0, atol=1e-9)
+    np.testing.assert_allclose(w0[:, 2], 0.0, atol=1e-9)

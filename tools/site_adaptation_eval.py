@@ -146,11 +146,12 @@ def evaluate(datasets: str, work: str, frames: int, seed: int, composites: int
         [datasets, '--out', rows, '--frames', str(frames), '--seed', str(seed)]))
     site_dir = os.path.join(work, 'site')
     start = time.monotonic()
+    err = io.StringIO()
     status = site_cli.main([os.path.join(rows, 'reference'), '--out', site_dir,
                             '--composites', str(composites), '--seed', str(seed)],
-                           out=io.StringIO(), err=io.StringIO())
+                           out=io.StringIO(), err=err)
     if status != 0:
-        raise RuntimeError(f'leaf-disease-site failed with exit status {status}')
+        raise RuntimeError(f'leaf-disease-site failed ({status}): {err.getvalue()}')
     adaptation_s = time.monotonic() - start
     figures: Dict[str, Any] = {}
     for name in ('test_clean', 'test_pasted'):

@@ -232,9 +232,9 @@ def _domain_lines(metrics: Dict[str, Any]) -> List[str]:
                   f"warned after {domain['frames_warn']} of {domain['frames_judged']} "
                   'frames.', '']
     if domain['frames_warn']:
-        lines += [f'**{NOT_ADAPTED}.** To adapt the model by hand: harvest its tiles '
-                  '(`leaf-disease-replay BAG --harvest-tiles DIR`), correct them and '
-                  'fine-tune.', '']
+        lines += [f'**{NOT_ADAPTED}.** To adapt the model: `leaf-disease-site BAG --out SITE` '
+                  'on a recorded pass of a row you believe healthy, then replay (or start '
+                  'the node) with the site (`--site SITE`, `site_path:=SITE`).', '']
     lines += ['## Findings held back', '']
     if held['count']:
         lines += [f"{held['count']} diseased tiles on {held['frames']} frames were held back "

@@ -496,9 +496,10 @@ class GpsStats:
 # --- out of the model's domain ------------------------------------------------------
 
 #: what to do when a camera stream is out of the model's domain (installed command + doc)
-ADAPTATION_FIX = ('record a bag of this camera, harvest its tiles with leaf-disease-replay '
-                  'BAG --harvest-tiles DIR, correct their labels and fine-tune the model '
-                  '(docs/adaptation.md)')
+ADAPTATION_FIX = ('record one pass of a row you believe healthy (ros2 bag record), run '
+                  'leaf-disease-site BAG --out SITE and start the node with site_path:=SITE; '
+                  'to teach your own diseases, harvest tiles with leaf-disease-replay BAG '
+                  '--harvest-tiles DIR (docs/adaptation.md)')
 #: what the operator reads while findings are held back (diagnostics and reports)
 NOT_ADAPTED = ('this model is not adapted to this site: findings are unreliable; record a '
                'reference pass (docs/adaptation.md)')
@@ -714,7 +715,7 @@ def domain_report(shares: DomainShares, *, name: str, hardware_id: str, rule: Do
                            f'(domain_far_warn_fraction {rule.far_warn_fraction:g})')
         level, message = WARN, (
             f'{NOT_ADAPTED}: of the last {shares.classified} classified tiles '
-            + ' and '.join(reasons) + f'; {held}; to adapt the model by hand, ' + ADAPTATION_FIX)
+            + ' and '.join(reasons) + f'; {held}; to adapt the model, ' + ADAPTATION_FIX)
     else:
         level, message = OK, f'in domain: {breakdown} over the last {shares.classified} tiles'
     values = (

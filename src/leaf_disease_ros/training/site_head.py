@@ -152,10 +152,13 @@ def base_head(embeddings: np.ndarray, logits: np.ndarray) -> Tuple[np.ndarray, n
     x = np.asarray(embeddings, dtype=np.float64)
     y = np.asarray(logits, dtype=np.float64)
     design = np.hstack([x, np.ones((len(x), 1))])
-    solution, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
-    if rank < design.shape[1]:
-        raise DatasetError(f'{len(x)} tiles give rank {rank}, the output layer needs '
-                           f'{design.shape[1]}: record a longer pass (or raise --composites)')
+    if len(x) < design.shape[1]:
+        raise DatasetError(f'{len(x)} tiles cannot determine an output layer of '
+                           f'{design.shape[1]} weights per class: record a longer pass (or '
+                           'raise --composites)')
+    # Least squares, minimum norm: a direction in which no tile's embedding ever varies
+    # (a unit that never fires) gets no weight; every tile's logits are reproduced.
+    solution, _, _, _ = np.linalg.lstsq(design, y, rcond=None)
     residual = float(np.abs(design @ solution - y).max())
     if residual > MAX_HEAD_RESIDUAL:
         raise DatasetError(f'the logits are not a linear function of the embedding output '
