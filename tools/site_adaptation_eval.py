@@ -20,6 +20,8 @@ Usage::
   evidence (the map a grower acts on), per 100 m of pass;
 - **pasted recall**: share of pasted leaves with a finding on a tile holding at least
   20 % of the leaf's box; **other tiles**: findings on tiles touching no pasted leaf;
+- **domain check**: frames it warned on, findings it held back from the map (the
+  confirmed features above are what reached the map, the node's default);
 - **hidden PlantVillage**: accuracy on the validation side of the leaf-grouped split
   (whole photos), model head and site head.
 
@@ -105,6 +107,10 @@ def pass_figures(log: FrameLog, state: Any, frames: int) -> Dict[str, Any]:
         'confirmed_features_per_100m': 100.0 * confirmed / length_m,
         'pasted_leaves': leaves, 'pasted_recall': found / leaves if leaves else None,
         'other_tile_finding_rate': other_findings / other if other else None,
+        'domain_frames_judged': state.domain_frames_judged,
+        'domain_frames_warn': state.domain_frames_warn,
+        'findings_held': state.findings_held,
+        'frames_held': state.frames_held,
     }
 
 
@@ -195,6 +201,14 @@ def markdown(result: Dict[str, Any]) -> str:
     lines.append('| other tiles of the pasted pass with a finding | '
                  f"{pct(pasted['unadapted']['other_tile_finding_rate'])} | "
                  f"{pct(pasted['adapted']['other_tile_finding_rate'])} |")
+    for name, what in (('test_clean', 'clean'), ('test_pasted', 'pasted')):
+        lines.append(f'| frames the domain check warned on ({what}) | '
+                     + ' | '.join(f"{result[name][k]['domain_frames_warn']} of "
+                                  f"{result[name][k]['domain_frames_judged']}"
+                                  for k in ('unadapted', 'adapted')) + ' |')
+        lines.append(f'| findings held back from the map ({what}) | '
+                     + ' | '.join(str(result[name][k]['findings_held'])
+                                  for k in ('unadapted', 'adapted')) + ' |')
     lines.append(f"| hidden PlantVillage ({pv['photos']} validation photos) | "
                  f"{pct(pv['unadapted'])} | {pct(pv['adapted'])} |")
     lines.append('')
