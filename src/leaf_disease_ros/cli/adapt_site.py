@@ -289,8 +289,7 @@ class SiteBuilder:
                 (w_fit, b_fit), threshold)
             w, b = fit_head(w0, b0, x_all, y_all, group_weights(groups.tolist()),
                             card.temperature)
-            site_rows = groups == 'site'
-            domain = self._domain(x_all[site_rows], y_all[site_rows], len(labels), held[site_rows])
+            domain = self._domain(x_all, y_all, held)
             self.figures['fit'] = {'l2': DEFAULT_L2, 'steps': DEFAULT_STEPS,
                                    'rows': {g: int(np.sum(groups == g))
                                             for g in sorted(set(groups.tolist()))},
@@ -333,8 +332,16 @@ class SiteBuilder:
         result['composites'] = int(np.sum(groups == 'disease'))
         return result
 
-    def _domain(self, x: np.ndarray, y: np.ndarray, classes: int, held: np.ndarray) -> Any:
-        """Return the site's normal as the domain reference (threshold: held-out frames)."""
+    def _domain(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> Any:
+        """
+        Return the site's domain reference: its tiles and the leaves composited into them.
+
+        Fitted by label on every training row of the head (the site's normal, diseased
+        and healthy leaves on the site's canopy, the grower's labelled tiles), so that
+        disease *on this site* is in the domain: an outbreak must not make the check
+        warn and hold its own findings back. The threshold is a quantile of the rows of
+        the held-out frames under a distance fitted without them.
+        """
         present = sorted(set(y.tolist()))
         index = np.array([present.index(v) for v in y.tolist()])
         fit_rows = ~held if (~held).sum() > len(present) and held.any() else np.ones_like(held)
@@ -342,7 +349,7 @@ class SiteBuilder:
         check = x[held] if held.any() else x
         limit = float(np.quantile(probe.distances(check), DOMAIN_QUANTILE)) * DOMAIN_MARGIN
         distance = fit_distance(x, index, len(present), record={
-            'fitted_on': 'the site pass tiles, by their normal label',
+            'fitted_on': 'the site pass tiles and the leaves composited into them, by label',
             'threshold_rule': f'{DOMAIN_QUANTILE:.0%} quantile of held-out frames x '
                               f'{DOMAIN_MARGIN}'})
         return type(distance)(distance.class_means, distance.basis, distance.variances,
