@@ -45,8 +45,8 @@ def test_the_figures_of_record_are_what_the_recipe_gives(evaluation):
                 if want[key] is None:
                     assert got[key] is None
                 else:
-                    assert got[key] == pytest.approx(want[key], abs=RATE_TOLERANCE), (name,
-                                                                                       key)
+                    assert got[key] == pytest.approx(want[key], abs=RATE_TOLERANCE), \
+                        (name, key)
     for model in ('unadapted', 'adapted'):
         assert result['hidden_plantvillage'][model] == pytest.approx(
             record['hidden_plantvillage'][model], abs=0.003)
