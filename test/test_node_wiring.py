@@ -592,3 +592,44 @@ def test_findings_are_held_back_while_the_domain_check_collects(world, tiny_mode
     finally:
         node.close()
         node.destroy_node()
+
+
+# --- a site file ----------------------------------------------------------------------------
+
+def _site_doc(card: Any, index: int) -> Dict[str, Any]:
+    """Return a site document for ``card`` whose head always says label ``index``."""
+    from leaf_disease_ros.perception.site_model import SiteModel
+
+    bias = np.full(len(card.labels), -20.0, np.float32)
+    bias[index] = 20.0
+    return SiteModel(name='row7', model_sha256=card.onnx_sha256, model_name=card.name,
+                     created_utc='2026-06-18T09:00:00Z',
+                     weights=np.zeros((len(card.labels), card.embedding_size), np.float32),
+                     bias=bias).to_dict()
+
+
+def test_the_node_classifies_with_the_site_it_is_given(world, tmp_path, mosaic):
+    from tiny_model import make_tiny_model
+
+    card = make_tiny_model(str(tmp_path), embedding_name='embedding')
+    model = str(tmp_path / 'tiny.onnx')
+    (tmp_path / 'site').mkdir()
+    (tmp_path / 'site' / 'site.json').write_text(json.dumps(_site_doc(card, 1)))
+    node = start(world, model, site_path=str(tmp_path / 'site'))
+    try:
+        send_frame(world, mosaic, T0 + NS)
+        (detections,) = world.wait_for(f'{NODE}/detections', 1)
+        labels = {d.results[0].hypothesis.class_id for d in detections.detections}
+        assert labels == {'esca'}  # the site head, not the model's own output layer
+    finally:
+        stop(node)
+
+
+def test_a_site_of_another_model_fails_at_start(world, tmp_path, tiny_model_path):
+    from leaf_disease_ros.perception.site_model import SiteError
+    from tiny_model import make_tiny_model
+
+    card = make_tiny_model(str(tmp_path), name='other', embedding_name='embedding', seed=3)
+    (tmp_path / 'site.json').write_text(json.dumps(_site_doc(card, 1)))
+    with pytest.raises(SiteError, match=r'was made for model tiny@[0-9a-f]{12}, not tiny@'):
+        start(world, tiny_model_path, site_path=str(tmp_path / 'site.json'))
