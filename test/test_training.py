@@ -19,6 +19,7 @@ from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.model_card import load_card, sha256_file
 from leaf_disease_ros.perception.output_paths import read_manifest
 from leaf_disease_ros.perception.pipeline import Detector
+from leaf_disease_ros.perception.preprocess import preprocess
 
 try:
     import torch  # noqa: F401
@@ -131,7 +132,13 @@ def test_export_writes_the_embedding_output_and_distance(tiny_run, tmp_path, lea
         os.path.join(leaves_dir, 'esca'))[0]))
     detector = Detector(backend, card, DetectorConfig(tiling='none'))
     detection = detector.process(image, 0).detections[0]
-    assert (detection.distance is not None) == distance.use_for_unknown
+    # the card's distance with its threshold is the domain check's reference either way
+    # (it decides unknown only when use_for_unknown): every tile carries its distance
+    assert detection.distance == pytest.approx(float(distance.distances(
+        backend.infer_with_embedding(preprocess([image], card))[1])[0]), rel=1e-5)
+    assert detection.out_of_domain == (detection.distance > distance.unknown_threshold)
+    assert detection.is_unknown or not distance.use_for_unknown or \
+        detection.distance <= distance.unknown_threshold
     backend.close()
     # without --ood-data the statistics are written but not used
     plain = tmp_path / 'plain.onnx'
