@@ -25,6 +25,7 @@ from conftest import REPO_DIR
 from leaf_disease_ros.cli import classify as classify_cli
 from leaf_disease_ros.cli import replay as replay_cli
 from leaf_disease_ros.geo.geodesy import offset_latlon
+from tiny_model import make_tiny_model
 
 TABLE = os.path.join(REPO_DIR, 'docs', 'bad-input.md')
 ROW = re.compile(r'^\| `([a-z_]+\.[a-z_]+)` \| (.+) \| (\d) \| (.+) \|$')
@@ -91,6 +92,13 @@ class Context:
 
     def classify(self, *args: str, model: str = '') -> Tuple[str, List[str]]:
         return 'classify', list(args) + ['--model', model or self.model]
+
+    def broken_model(self, logit_bias: float = float('nan')) -> str:
+        """Return a tiny model whose logits are all ``logit_bias`` (NaN: not numbers)."""
+        folder = self.tmp / 'broken_model'
+        folder.mkdir()
+        make_tiny_model(str(folder), logit_bias=logit_bias)
+        return str(folder / 'tiny.onnx')
 
     def card_without_sha(self) -> str:
         folder = self.tmp / 'nosha'
@@ -396,6 +404,12 @@ def _(ctx):
     return ctx.replay(ctx.bag(), '--out', ctx.path('R'), '--harvest-tiles', ctx.path('R/harvest'))
 
 
+@case('replay.nan_model')
+def _(ctx):
+    tool, argv = ctx.replay(ctx.bag())
+    return tool, argv + ['--model', ctx.broken_model()]
+
+
 # --- leaf-disease-classify -----------------------------------------------------------------
 
 
@@ -490,6 +504,11 @@ def _(ctx):
         (data / label).mkdir(parents=True)
         shutil.copy(paths[0], data / label / 'a.jpg')
     return ctx.classify(str(data), '--explain', str(data / 'esca'))
+
+
+@case('classify.nan_model')
+def _(ctx):
+    return ctx.classify(ctx.leaves['esca'][0], '--json', model=ctx.broken_model(1e38))
 
 
 @case('classify.card_without_sha')

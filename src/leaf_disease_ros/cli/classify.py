@@ -28,8 +28,9 @@ Each photo is classified whole: it is one crop through the card's preprocessing,
 exactly as in training and export. A file is never dropped silently: unreadable or
 non-image files, images without colour (grey, black) and images too small for the
 model's input are reported on stderr with the reason, counted, and not classified
-(a confident label on them would be a lie). Exit status: 0 when something was
-classified, 1 when nothing could be, 2 for a usage error (a path that does not
+(a confident label on them would be a lie); so are images on which the model returns
+NaN, infinite or overflowing outputs (a broken model or engine). Exit status: 0 when
+something was classified, 1 when nothing could be, 2 for a usage error (a path that does not
 exist, an unwritable ``--json``), a model or a dataset error.
 """
 
@@ -53,7 +54,8 @@ from leaf_disease_ros.perception.metrics import classification_report, format_re
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
                                                       check_outputs_apart, write_manifest)
-from leaf_disease_ros.perception.postprocess import Classification, classify, softmax
+from leaf_disease_ros.perception.postprocess import (BROKEN_MODEL_FIX, broken_rows,
+                                                     Classification, classify, softmax)
 from leaf_disease_ros.perception.preprocess import preprocess
 
 BATCH = 16
@@ -108,6 +110,7 @@ class Classifier:
         self.card = backend.card
         self.top_k = top_k
         self.classified: List[str] = []  # every path classified, in order
+        self.broken: List[str] = []  # paths the model gave non-finite outputs on
 
     def run(self, paths: Sequence[str]) -> Tuple[List[Tuple[str, Classification]], List[str]]:
         """Classify ``paths``; return (path, result) pairs and the paths skipped."""
@@ -116,6 +119,7 @@ class Classifier:
         batch_paths: List[str] = []
         batch_images: List[np.ndarray] = []
         height, width = self.card.input_hw_px
+        first_broken = len(self.broken)
         for path in paths:
             image = read_image(path)
             problem = ''
@@ -138,13 +142,20 @@ class Classifier:
                 batch_paths, batch_images = [], []
         if batch_images:
             done += self._classify(batch_paths, batch_images)
-        return done, skipped
+        return done, skipped + self.broken[first_broken:]
 
     def _classify(self, paths: List[str], images: List[np.ndarray]
                   ) -> List[Tuple[str, Classification]]:
-        self.classified += paths
         logits = self.backend.infer(preprocess(images, self.card))
-        probs = softmax(logits, self.card.temperature)
+        broken = broken_rows(logits)
+        for path in np.asarray(paths, dtype=object)[broken]:
+            _err(f'skipped {path}: the model returned NaN, infinite or overflowing outputs '
+                 f'on it; {BROKEN_MODEL_FIX}')
+            self.broken.append(str(path))
+        keep = np.flatnonzero(~broken)
+        paths = [paths[i] for i in keep]
+        self.classified += paths
+        probs = softmax(logits[keep], self.card.temperature)
         results = classify(probs, self.card.labels, self.card.non_disease_labels, self.top_k,
                            self.card.unknown_threshold)
         return list(zip(paths, results))

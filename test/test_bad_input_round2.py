@@ -1,0 +1,162 @@
+"""
+The bad inputs of issue 18 beyond lost data (cases 7 to 15), one test per case.
+
+7. A model whose outputs are NaN, infinite or ~1e38 is an inference error: the image
+   or frame is dropped and counted (classify, replay, the node), ``--json`` stays JSON.
+
+Cases 1 to 6 and 13 (outputs that destroy data) are in ``test_output_safety.py``.
+"""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from bag_builder import Frame, GpsFix, mosaic, NS, write_bag
+from leaf_disease_ros.cli import classify as classify_cli
+from leaf_disease_ros.cli import replay as replay_cli
+from leaf_disease_ros.geo.geodesy import offset_latlon
+from leaf_disease_ros.perception.errors import InferenceError
+from leaf_disease_ros.perception.postprocess import (broken_rows, check_model_outputs,
+                                                     MAX_ABS_OUTPUT)
+from tiny_model import make_tiny_model
+
+LAT0, LON0 = 46.0, 7.0
+
+
+def _no_constants(name):
+    raise ValueError(f'{name} is not JSON')
+
+
+def strict_json(text):
+    """Parse ``text`` as strict JSON (Python's json accepts NaN and Infinity)."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
+@pytest.fixture(scope='module')
+def frame_image(leaf_images):
+    """Return a 768x256 mosaic of three real leaves."""
+    return mosaic([cv2.imread(leaf_images[label][0])
+                   for label in ('black_rot', 'esca', 'leaf_blight')], 3)
+
+
+def fixes(count=20):
+    """Return fixes along a track east, every 0.2 s from stamp 0."""
+    out = []
+    for k in range(count):
+        lat, lon = offset_latlon(LAT0, LON0, 0.2 * k, 0.0)
+        out.append(GpsFix(int(0.2 * k * NS), lat, lon, 2, int((0.2 * k + 0.025) * NS)))
+    return out
+
+
+def frames(image, count=2):
+    """Return ``count`` frames stamped 1 s apart from 1 s."""
+    return [Frame(stamp_ns=(k + 1) * NS, image_bgr=image, log_time_ns=(k + 1) * NS + 15_000_000)
+            for k in range(count)]
+
+
+def run_cli(main, args, capsys):
+    """Run a command's main; return (exit code, stdout, stderr); never a traceback."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.err + captured.out
+    return code, captured.out, captured.err
+
+
+# --- case 7: non-finite model outputs ----------------------------------------------------
+
+
+@pytest.fixture(scope='module', params=['nan', 'inf', '1e38'])
+def broken_model(request, tmp_path_factory):
+    """Return a tiny model whose logits are NaN, infinite or about 1e38."""
+    folder = str(tmp_path_factory.mktemp(f'broken_{request.param}'))
+    make_tiny_model(folder, logit_bias=float(request.param))
+    return os.path.join(folder, 'tiny.onnx')
+
+
+def test_case7_broken_rows_are_non_finite_or_overflowing():
+    logits = np.array([[1.0, -3.0], [np.nan, 0.0], [np.inf, 0.0], [1e38, 1e38],
+                       [MAX_ABS_OUTPUT, -MAX_ABS_OUTPUT], [2e6, 0.0]], dtype=np.float32)
+    embeddings = np.zeros((6, 3), dtype=np.float32)
+    assert broken_rows(logits).tolist() == [False, True, True, True, False, True]
+    embeddings[0, 1] = np.nan
+    assert broken_rows(logits, embeddings).tolist() == [True, True, True, True, False, True]
+    check_model_outputs(logits[[0, 4]])
+    with pytest.raises(InferenceError, match='NaN, infinite or overflowing outputs .* 4 of 6'):
+        check_model_outputs(logits)
+
+
+def test_case7_classify_skips_what_the_broken_model_returns(broken_model, leaf_images,
+                                                            capsys, tiny_model_path):
+    photo = leaf_images['esca'][0]
+    code, out, err = run_cli(classify_cli.main, [photo, '--model', broken_model], capsys)
+    assert code == 1
+    assert 'the model returned NaN, infinite or overflowing outputs' in err
+    assert 'nan' not in out.lower()
+    code, out, err = run_cli(classify_cli.main,
+                             [photo, '--model', broken_model, '--json'], capsys)
+    assert code == 1
+    assert strict_json(out) == {'files': [], 'evaluations': [], 'not_classified': [photo]}
+    # the same photo through a working model is classified (the photo is fine)
+    code, out, _ = run_cli(classify_cli.main, [photo, '--model', tiny_model_path], capsys)
+    assert code == 0 and photo in out
+
+
+def test_case7_a_class_folder_evaluation_counts_the_broken_images(broken_model, leaf_images,
+                                                                  tmp_path, capsys):
+    import shutil
+
+    for label in ('esca', 'healthy'):
+        (tmp_path / label).mkdir()
+        shutil.copy(leaf_images[label][0], tmp_path / label / 'a.jpg')
+    code, out, err = run_cli(classify_cli.main,
+                             [str(tmp_path), '--model', broken_model, '--json'], capsys)
+    document = strict_json(out)
+    assert code == 1
+    assert document['evaluations'][0]['count'] == 0
+    assert len(document['evaluations'][0]['skipped']) == 2
+
+
+def test_case7_replay_drops_and_counts_the_frames(broken_model, frame_image, tmp_path, capsys):
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames(frame_image), fixes())
+    code, out, err = run_cli(replay_cli.main, [bag, '--out', str(tmp_path / 'out'),
+                                               '--model', broken_model, '--no-progress'],
+                             capsys)
+    assert code == 1
+    assert "no frame could be processed ({'inference_error': 2})" in out + err
+    assert 'NaN, infinite or overflowing outputs' in out + err
+
+
+def test_case7_the_node_refuses_to_start_on_a_broken_model(monkeypatch, broken_model):
+    import test_node_wiring as wiring
+
+    world = wiring.world.__wrapped__(monkeypatch)
+    with pytest.raises(InferenceError, match='NaN, infinite or overflowing outputs'):
+        wiring.start(world, broken_model)  # the warm-up frame finds it
+
+
+def test_case7_the_node_drops_and_counts_a_broken_frame(monkeypatch, tiny_model_path,
+                                                        frame_image):
+    import test_node_wiring as wiring
+
+    world = wiring.world.__wrapped__(monkeypatch)
+    node = wiring.start(world, tiny_model_path)
+    try:
+        backend = node._backend
+        healthy_run = backend._run
+        monkeypatch.setattr(backend, '_run', lambda batch: healthy_run(batch) * np.nan)
+        wiring.send_frame(world, frame_image, wiring.T0)
+        wiring.wait_until(
+            lambda: wiring.diagnostics(world)[f'{wiring.NODE}: detector']['frames_failed']
+            == '1')
+        assert any('frame dropped: the model returned NaN, infinite or overflowing' in text
+                   for text in world.log_texts('warning'))
+        assert not world.published.get(f'{wiring.NODE}/detections')
+        monkeypatch.setattr(backend, '_run', healthy_run)
+        wiring.send_frame(world, frame_image, wiring.T0 + NS)
+        world.wait_for(f'{wiring.NODE}/detections', 1)
+        assert node.context.ok() and node.fatal_error == ''
+    finally:
+        wiring.stop(node)
