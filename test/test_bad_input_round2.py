@@ -160,3 +160,69 @@ def test_case7_the_node_drops_and_counts_a_broken_frame(monkeypatch, tiny_model_
         assert node.context.ok() and node.fatal_error == ''
     finally:
         wiring.stop(node)
+
+
+# --- case 8 and case 14's GPS and stamps: values a message type allows but means nothing --
+
+
+def test_case8_a_negative_variance_is_an_unknown_covariance():
+    from leaf_disease_ros.geo.geotag import ADD_ACCEPTED, FixBuffer
+    from leaf_disease_ros.perception.positions import COVARIANCE_TYPE_UNKNOWN, Fix
+    from leaf_disease_ros.ros.conversions import (position_covariance_6x6,
+                                                  UNKNOWN_POSITION_VARIANCE_M2)
+
+    buffer = FixBuffer(10)
+    for k, diagonal in enumerate([(-0.04, 0.04, 0.09), (0.04, 0.04, -1.0)]):
+        covariance = [0.0] * 9
+        covariance[0], covariance[4], covariance[8] = diagonal
+        assert buffer.add(Fix(stamp_ns=(k + 1) * NS, latitude_deg=LAT0, longitude_deg=LON0,
+                              status=0, covariance_m2=tuple(covariance),
+                              covariance_type=2)) == ADD_ACCEPTED
+    tag = buffer.lookup(int(1.5 * NS), 2.0, 1.0).geotag
+    assert tag.covariance_type == COVARIANCE_TYPE_UNKNOWN
+    assert tag.covariance_m2 == (0.0,) * 9
+    pose = position_covariance_6x6(tag.covariance_m2, tag.covariance_type).reshape(6, 6)
+    assert pose[0, 0] == pose[1, 1] == UNKNOWN_POSITION_VARIANCE_M2
+    # a known covariance is carried as it is
+    buffer.add(Fix(stamp_ns=3 * NS, latitude_deg=LAT0, longitude_deg=LON0, status=0,
+                   covariance_m2=(0.04, 0, 0, 0, 0.04, 0, 0, 0, 0.09), covariance_type=2))
+    assert buffer.lookup(3 * NS, 2.0, 1.0).geotag.covariance_m2[0] == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize('status', [7, 3, -2, -1])
+def test_case14_a_status_navsatstatus_does_not_define_is_no_fix(status):
+    from leaf_disease_ros.geo.geotag import ADD_REJECTED_NO_FIX, FixBuffer
+    from leaf_disease_ros.perception.positions import Fix
+
+    buffer = FixBuffer(10)
+    assert buffer.add(Fix(stamp_ns=NS, latitude_deg=LAT0, longitude_deg=LON0,
+                          status=status)) == ADD_REJECTED_NO_FIX
+    assert len(buffer) == 0
+
+
+def test_case14_nanosec_beyond_a_second_is_no_stamp():
+    from types import SimpleNamespace
+
+    from leaf_disease_ros.ros.conversions import stamp_to_ns
+    from leaf_disease_ros.ros.timekeeping import BackwardJumpDetector
+
+    assert stamp_to_ns(SimpleNamespace(sec=5, nanosec=999_999_999)) == 5_999_999_999
+    assert stamp_to_ns(SimpleNamespace(sec=5, nanosec=1_000_000_000)) == 0
+    assert stamp_to_ns(SimpleNamespace(sec=5, nanosec=4_294_967_295)) == 0
+    jumps = BackwardJumpDetector()
+    assert jumps.update(100 * NS) is None
+    assert jumps.update(0) is None  # an unstamped message is no jump back in time
+    assert jumps.update(101 * NS) is None
+
+
+def test_case14_replay_of_frames_with_nanosec_beyond_a_second(frame_image, tmp_path, capsys,
+                                                              tiny_model_path):
+    images = frames(frame_image, 3)
+    images[1].nanosec = 1_500_000_000
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', images, fixes())
+    code, out, err = run_cli(replay_cli.main, [bag, '--out', str(tmp_path / 'out'),
+                                               '--model', tiny_model_path, '--no-progress'],
+                             capsys)
+    assert code == 0
+    assert 'no_image_stamp 1' in out
+    assert '1 of 3 frames have header stamp 0 (or nanosec >= 1e9' in out + err

@@ -264,6 +264,26 @@ def _(ctx):
     return ctx.replay(ctx.bag(fixes=fixes))
 
 
+@case('replay.status_not_defined')
+def _(ctx):
+    return ctx.replay(ctx.bag(fixes=ctx.fixes(status=7)))
+
+
+@case('replay.negative_covariance')
+def _(ctx):
+    fixes = ctx.fixes()
+    for fix in fixes:
+        fix.covariance_m2 = [-0.04, 0.0, 0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 0.09]
+    return ctx.replay(ctx.bag(fixes=fixes))
+
+
+@case('replay.nanosec_overflow')
+def _(ctx):
+    frames = ctx.frames(3)
+    frames[1].nanosec = 1_500_000_000
+    return ctx.replay(ctx.bag(frames))
+
+
 @case('replay.polar')
 def _(ctx):
     return ctx.replay(ctx.bag(fixes=ctx.fixes(lat0=88.0)), '--disease-threshold', '0',

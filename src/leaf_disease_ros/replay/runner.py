@@ -500,7 +500,8 @@ class _Replay:
         if state.frames_unstamped:
             state.notes.append(
                 f'{state.frames_unstamped} of {state.frames_read} frames have header stamp 0 '
-                '(the camera driver does not stamp them): they cannot be placed in time, so '
+                '(or nanosec >= 1e9, not a time; the camera driver does not stamp them): '
+                'they cannot be placed in time, so '
                 'they have no position (no_image_stamp) and are not joined with ground truth')
         if state.ground_truth_unstamped:
             state.notes.append(f'{state.ground_truth_unstamped} ground-truth messages have '
