@@ -226,3 +226,49 @@ def test_case14_replay_of_frames_with_nanosec_beyond_a_second(frame_image, tmp_p
     assert code == 0
     assert 'no_image_stamp 1' in out
     assert '1 of 3 frames have header stamp 0 (or nanosec >= 1e9' in out + err
+
+
+# --- case 9 and 15: which topic to read ----------------------------------------------------
+
+
+def test_case9_two_gps_topics_none_of_the_default_name_are_refused_with_the_list(
+        frame_image, tmp_path, capsys, tiny_model_path):
+    from bag_builder import fix_message, message_types
+
+    _, types = message_types()
+    extra = [('/gps2/fix', 'sensor_msgs/msg/NavSatFix', int(0.2 * k * NS) + 25_000_000,
+              fix_message(types, int(0.2 * k * NS), LAT0, LON0)) for k in range(20)]
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames(frame_image), fixes(),
+                    fix_topic='/gps1/fix', extra=extra)
+    args = [bag, '--out', str(tmp_path / 'out'), '--model', tiny_model_path, '--no-progress']
+    code, out, err = run_cli(replay_cli.main, args, capsys)
+    assert code == 2
+    assert ('the bag has no GPS topic /gps/fix and 2 sensor_msgs/msg/NavSatFix topics: '
+            '/gps1/fix, /gps2/fix. Choose one with --fix-topic') in err
+    assert not os.path.exists(tmp_path / 'out')
+    code, out, err = run_cli(replay_cli.main, args + ['--fix-topic', '/gps2/fix'], capsys)
+    assert code == 0 and 'geotag coverage 100.0 %' in out
+
+
+@pytest.mark.parametrize('which', ['image', 'fix'])
+def test_case15_a_topic_recorded_with_two_types_is_refused(which, frame_image, tmp_path,
+                                                           capsys, tiny_model_path):
+    from bag_builder import fix_message, FIX_TOPIC, IMAGE_TOPIC, message_types
+
+    store, types = message_types()
+    if which == 'image':  # a raw Image among the CompressedImage frames
+        stray = store.types['sensor_msgs/msg/Image'](
+            header=fix_message(types, NS, LAT0, LON0).header, height=1, width=1,
+            encoding='bgr8', is_bigendian=0, step=3, data=np.zeros(3, np.uint8))
+        extra = [(IMAGE_TOPIC, 'sensor_msgs/msg/Image', NS + 20_000_000, stray)]
+        topic, first, second = IMAGE_TOPIC, 'CompressedImage', 'Image'
+    else:  # a GPS message of another type on the fix topic
+        stray = types.Header(stamp=types.Time(sec=1, nanosec=0), frame_id='gps')
+        extra = [(FIX_TOPIC, 'std_msgs/msg/Header', NS, stray)]
+        topic, first, second = FIX_TOPIC, 'NavSatFix', 'Header'
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames(frame_image), fixes(), extra=extra)
+    code, out, err = run_cli(replay_cli.main, [bag, '--out', str(tmp_path / 'out'), '--model',
+                                               tiny_model_path, '--no-progress'], capsys)
+    assert code == 2
+    assert f'topic {topic} was recorded with 2 message types' in err
+    assert first in err and second in err

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
+from bag_builder import (fix_message, Frame, GpsFix, message_types, mosaic, NS, Truth,
+                         write_bag)
 from conftest import REPO_DIR
 from leaf_disease_ros.cli import classify as classify_cli
 from leaf_disease_ros.cli import replay as replay_cli
@@ -79,10 +80,10 @@ class Context:
         return out
 
     def bag(self, frames=None, fixes=None, truth=(), raw=False, storage='mcap',
-            name='bag') -> str:
+            name='bag', **kwargs) -> str:
         frames = self.frames() if frames is None else frames
         fixes = self.fixes() if fixes is None else fixes
-        return write_bag(self.path(name), storage, frames, fixes, truth, raw=raw)
+        return write_bag(self.path(name), storage, frames, fixes, truth, raw=raw, **kwargs)
 
     def replay(self, *args: str) -> Tuple[str, List[str]]:
         argv = list(args)
@@ -176,6 +177,24 @@ def _(ctx):
     frames = ctx.frames()
     truth = [Truth(f.stamp_ns, [((0.0, 0.0, 256.0, 256.0), 'esca')]) for f in frames]
     return ctx.replay(ctx.bag(frames, truth=truth), '--ground-truth-topic', '/ground_truht')
+
+
+@case('replay.two_gps_topics')
+def _(ctx):
+    _, types = message_types()
+    extra = [('/gps2/fix', 'sensor_msgs/msg/NavSatFix', int(0.2 * k * NS),
+              fix_message(types, int(0.2 * k * NS), LAT0, LON0)) for k in range(20)]
+    return ctx.replay(ctx.bag(fix_topic='/gps1/fix', extra=extra))
+
+
+@case('replay.topic_two_types')
+def _(ctx):
+    store, types = message_types()
+    stray = store.types['sensor_msgs/msg/Image'](
+        header=fix_message(types, NS, LAT0, LON0).header, height=1, width=1, encoding='bgr8',
+        is_bigendian=0, step=3, data=np.zeros(3, np.uint8))
+    return ctx.replay(ctx.bag(extra=[('/camera/image_raw/compressed', 'sensor_msgs/msg/Image',
+                                      NS + 1, stray)]))
 
 
 @case('replay.wrong_topic_type')

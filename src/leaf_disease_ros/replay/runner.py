@@ -261,6 +261,7 @@ def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
     wanted = name or default
     info = bag.topics.get(wanted)
     if info is not None:
+        _refuse_mixed_types(bag, wanted, what)
         if info.msgtype not in types:
             raise BagError(f'{what} topic {wanted} has type {info.msgtype}, expected '
                            f'{" or ".join(types)}; choose another with {option} '
@@ -269,14 +270,29 @@ def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
     if not name and by_type:
         candidates = [t.name for t in bag.topics.values() if t.msgtype in types]
         if len(candidates) == 1:
+            _refuse_mixed_types(bag, candidates[0], what)
             notes.append(f'{what} topic {default} is not in the bag; using {candidates[0]} '
                          f'(its only {" / ".join(types)} topic)')
             return candidates[0]
+        if len(candidates) > 1:
+            raise BagError(f'the bag has no {what} topic {default} and {len(candidates)} '
+                           f'{" / ".join(types)} topics: {", ".join(candidates)}. Choose one '
+                           f'with {option} (topics: {describe_topics(bag.topics)})')
     if required or name:
         raise BagError(f'the bag has no {what} topic {wanted}'
                        f'{_closest_topic(bag, wanted, types)}; its topics: '
                        f'{describe_topics(bag.topics)}. Choose one with {option}')
     return None
+
+
+def _refuse_mixed_types(bag: BagReader, topic: str, what: str) -> None:
+    """Raise BagError when ``topic`` was recorded with several message types."""
+    mixed = bag.mixed_types.get(topic)
+    if mixed:
+        raise BagError(f'{what} topic {topic} was recorded with {len(mixed)} message types '
+                       f'({", ".join(mixed)}; two publishers of different types on one '
+                       'topic): the replay reads one type per topic. Record each type on '
+                       'its own topic')
 
 
 def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
