@@ -272,3 +272,59 @@ def test_case15_a_topic_recorded_with_two_types_is_refused(which, frame_image, t
     assert code == 2
     assert f'topic {topic} was recorded with 2 message types' in err
     assert first in err and second in err
+
+
+# --- case 10: hostile YAML -----------------------------------------------------------------
+
+LAUGHS = ['a: &a [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]']
+LAUGHS += [f'{chr(98 + k)}: &{chr(98 + k)} [' + ', '.join([f'*{chr(97 + k)}'] * 10) + ']'
+           for k in range(8)]  # 10**9 values in 9 lines
+
+
+@pytest.mark.parametrize('layout', ['flat', 'ros'])
+def test_case10_a_billion_laughs_params_file_is_refused_briefly(layout, tmp_path, capsys,
+                                                                tiny_model_path, frame_image):
+    body = LAUGHS + ['lever_arm_m: *i']
+    if layout == 'ros':
+        body = ['/**:', '  ros__parameters:'] + [f'    {line}' for line in body]
+    (tmp_path / 'p.yaml').write_text('\n'.join(body) + '\n')
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames(frame_image), fixes())
+    code, out, err = run_cli(replay_cli.main, [bag, '--out', str(tmp_path / 'out'), '--model',
+                                               tiny_model_path, '--no-progress',
+                                               '--params-file', str(tmp_path / 'p.yaml')],
+                             capsys)
+    assert code == 2
+    assert 'expands to more than 100000 values (YAML anchors and aliases)' in err
+    assert len(out + err) < 2000
+
+
+def test_case10_hostile_yaml_is_bounded(tmp_path):
+    from leaf_disease_ros.perception.config import (load_params_file, MAX_PARAMS_FILE_BYTES,
+                                                    validate_parameters)
+    from leaf_disease_ros.perception.errors import ConfigError
+
+    cases = {
+        'self.yaml': 'a: &a [1, *a]\n',
+        'deep.yaml': 'a: ' + '[' * 5000 + ']' * 5000 + '\n',
+        'big.yaml': 'tile_size_px: 256\n' + '#' * MAX_PARAMS_FILE_BYTES + '\n',
+        'long_key.yaml': '? ' + 'x' * 500_000 + '\n: 1\n',
+        'long_value.yaml': 'image_transport: "' + 'y' * 500_000 + '"\n',
+        'aliased_value.yaml': ('other_node:\n  ros__parameters:\n'  # 10**4 values: loads
+                               + ''.join(f'    {line}\n' for line in LAUGHS[:4])
+                               + '/**:\n  ros__parameters:\n    lever_arm_m: *d\n'),
+    }
+    messages = {}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        try:
+            validate_parameters(load_params_file(str(tmp_path / name)))
+        except ConfigError as exc:
+            messages[name] = str(exc)
+    assert sorted(messages) == sorted(cases)
+    assert 'refers to itself' in messages['self.yaml']
+    assert 'nests too deep' in messages['deep.yaml']
+    assert 'is larger than 1024 KiB: not a params file' in messages['big.yaml']
+    assert 'unknown parameter' in messages['long_key.yaml']
+    assert 'is not one of' in messages['long_value.yaml']
+    assert 'expected a list of numbers' in messages['aliased_value.yaml']
+    assert all(len(text) < 3000 for text in messages.values()), messages

@@ -331,6 +331,15 @@ def _(ctx):
     return ctx.replay(ctx.bag(), '--params-file', ctx.path('p.yaml'))
 
 
+@case('replay.params_billion_laughs')
+def _(ctx):
+    lines = ['a: &a [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]']
+    lines += [f'{chr(98 + k)}: &{chr(98 + k)} [' + ', '.join([f'*{chr(97 + k)}'] * 10) + ']'
+              for k in range(8)]
+    (ctx.tmp / 'p.yaml').write_text('\n'.join(lines + ['lever_arm_m: *i']) + '\n')
+    return ctx.replay(ctx.bag(), '--params-file', ctx.path('p.yaml'))
+
+
 @case('replay.missing_model')
 def _(ctx):
     tool, argv = ctx.replay(ctx.bag())
