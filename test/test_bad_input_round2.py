@@ -328,3 +328,54 @@ def test_case10_hostile_yaml_is_bounded(tmp_path):
     assert 'is not one of' in messages['long_value.yaml']
     assert 'expected a list of numbers' in messages['aliased_value.yaml']
     assert all(len(text) < 3000 for text in messages.values()), messages
+
+
+# --- case 11: stamp disorder and ground truth ----------------------------------------------
+
+
+def _labelled_bag(path, image, stamps_s):
+    """Return a bag of frames at ``stamps_s`` (log times 1 s apart), each with ground truth."""
+    from bag_builder import Truth
+
+    images = [Frame(stamp_ns=int(t * NS), image_bgr=image,
+                    log_time_ns=(k + 1) * NS + 15_000_000) for k, t in enumerate(stamps_s)]
+    truth = [Truth(f.stamp_ns, [((0.0, 0.0, 256.0, 256.0), 'esca')],
+                   log_time_ns=f.log_time_ns - 1000) for f in images]
+    return write_bag(path, 'mcap', images, fixes(40), truth)
+
+
+@pytest.mark.parametrize('stamps_s,disordered', [([1, 1, 1, 1, 1, 1], 5),
+                                                 ([6, 5, 4, 3, 2, 1], 5)],
+                         ids=['repeated', 'backwards'])
+def test_case11_stamp_disorder_with_ground_truth_is_said(stamps_s, disordered, frame_image,
+                                                         tmp_path, capsys, tiny_model_path):
+    bag = _labelled_bag(str(tmp_path / 'bag'), frame_image, stamps_s)
+    code, out, err = run_cli(replay_cli.main, [bag, '--out', str(tmp_path / 'out'), '--model',
+                                               tiny_model_path, '--no-progress'], capsys)
+    assert code == 0
+    assert (f'{disordered} of 6 frames repeat the header stamp of an earlier frame or go back '
+            'before it') in out + err
+    with open(tmp_path / 'out' / 'metrics.json', encoding='utf-8') as stream:
+        notes = json.load(stream)['notes']
+    assert any('ground truth is joined by stamp' in note for note in notes)
+
+
+def test_case11_nothing_scored_is_not_accuracy_zero(frame_image, tmp_path, capsys,
+                                                    tiny_model_path):
+    from bag_builder import Truth
+
+    images = frames(frame_image, 2)
+    truth = [Truth(f.stamp_ns + NS // 2, [((0.0, 0.0, 256.0, 256.0), 'esca')])
+             for f in images]  # stamped between the frames: joined with none
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', images, fixes(), truth)
+    code, out, err = run_cli(replay_cli.main, [bag, '--out', str(tmp_path / 'out'), '--model',
+                                               tiny_model_path, '--no-progress'], capsys)
+    assert code == 0
+    assert 'tile accuracy: nothing scored (ground truth on 0 processed frames' in out
+    assert 'accuracy 0.000' not in out
+    with open(tmp_path / 'out' / 'metrics.json', encoding='utf-8') as stream:
+        accuracy = json.load(stream)['accuracy']
+    assert accuracy['accuracy'] is None and accuracy['macro_f1'] is None
+    report = (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
+    html = (tmp_path / 'out' / 'report.html').read_text(encoding='utf-8')
+    assert 'nothing scored' in report and 'nothing scored' in html

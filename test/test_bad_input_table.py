@@ -212,6 +212,24 @@ def _(ctx):
     return ctx.replay(ctx.bag())
 
 
+@case('replay.repeated_stamps')
+def _(ctx):
+    frames = ctx.frames(6)
+    for frame in frames:
+        frame.log_time_ns = frame.stamp_ns + 15_000_000
+        frame.stamp_ns = NS
+    truth = [Truth(NS, [((0.0, 0.0, 256.0, 256.0), 'esca')], log_time_ns=f.log_time_ns - 1000)
+             for f in frames]
+    return ctx.replay(ctx.bag(frames, ctx.fixes(40), truth=truth))
+
+
+@case('replay.nothing_scored')
+def _(ctx):
+    frames = ctx.frames()
+    truth = [Truth(f.stamp_ns + NS // 2, [((0.0, 0.0, 256.0, 256.0), 'esca')]) for f in frames]
+    return ctx.replay(ctx.bag(frames, truth=truth))
+
+
 @case('replay.corrupt_jpeg')
 def _(ctx):
     frames = ctx.frames(3, kind='jpeg')
