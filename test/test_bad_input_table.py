@@ -162,6 +162,16 @@ def _(ctx):
     return ctx.replay(bag)
 
 
+@case('replay.cut_mcap_first_chunk')
+def _(ctx):
+    pytest.importorskip('mcap')
+    bag = ctx.bag()
+    data = os.path.join(bag, 'bag.mcap')
+    with open(data, 'r+b') as stream:
+        stream.truncate(os.path.getsize(data) * 6 // 10)
+    return ctx.replay(bag)
+
+
 @case('replay.no_image_topic')
 def _(ctx):
     return ctx.replay(ctx.bag(frames=[]))

@@ -194,8 +194,8 @@ class BagReader:
         except ImportError as exc:
             raise BagError(
                 f'{mcap_file} is truncated (no MCAP footer: the recording was not closed). '
-                'Install the mcap library (pip install mcap) to replay what it holds, or '
-                f'recover it with the MCAP CLI: `mcap recover {mcap_file} -o fixed.mcap`'
+                "Install the mcap library (pip install mcap, or pip install '.[replay]') "
+                'to replay what it holds'
             ) from exc
         schemas: Dict[int, str] = {}
         channels: Dict[int, Tuple[str, str]] = {}
@@ -213,6 +213,11 @@ class BagReader:
             self.truncated_reason = (f'{os.path.basename(mcap_file)} ends early ({cause}; '
                                      f'{type(exc).__name__}): read up to the last complete '
                                      'chunk')
+        if not channels:
+            raise BagError(
+                f'{mcap_file} is truncated inside its first chunk (the recorder stopped before '
+                'it closed one): no topic and no message of it can be read. Record again; '
+                'a recorder stopped with Ctrl-C closes its file')
         if not self.truncated_reason:
             self.truncated_reason = f'{os.path.basename(mcap_file)} has no MCAP footer ({cause})'
         self.notes.append(self.truncated_reason)
