@@ -587,6 +587,24 @@ def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0], '--json', model=ctx.broken_model(1e38))
 
 
+@case('classify.symlink_loop')
+def _(ctx):
+    data = ctx.tmp / 'data'
+    for label in ('esca', 'healthy'):
+        (data / label).mkdir(parents=True)
+        shutil.copy(ctx.leaves[label][0], data / label / 'a.jpg')
+    os.symlink('loop', data / 'loop')  # a link to itself: ELOOP on every look
+    return ctx.classify(str(data))
+
+
+@case('classify.stdout_closed')
+def _(ctx):
+    import sys
+
+    ctx.monkeypatch.setattr(sys, 'stdout', None)  # what Python makes of `>&-`
+    return ctx.classify(ctx.leaves['esca'][0])
+
+
 @case('classify.card_without_sha')
 def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0], model=ctx.card_without_sha())
@@ -652,6 +670,11 @@ def _(ctx):
 def _(ctx):
     data = _dataset(ctx)
     return 'train', [str(data), '--out', str(data / 'run')]
+
+
+@case('train.lr_nan')
+def _(ctx):
+    return 'train', [str(_dataset(ctx)), '--out', ctx.path('run'), '--lr', 'nan']
 
 
 @case('split.out_inside_data')

@@ -49,7 +49,8 @@ from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError, OutputError
 from leaf_disease_ros.perception.image_checks import (has_colour, min_side_px, NO_COLOUR_REASON,
                                                       too_small)
-from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
+from leaf_disease_ros.perception.image_folders import (entry_is_file, entry_is_folder,
+                                                       is_image_file, list_class_folders)
 from leaf_disease_ros.perception.metrics import classification_report, format_report
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
@@ -64,11 +65,13 @@ EXPLAIN_COMMAND = 'leaf-disease-explain'
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text + '\n')
+    if sys.stdout is not None:  # None: started with standard output closed (>&-)
+        sys.stdout.write(text + '\n')
 
 
 def _err(text: str) -> None:
-    sys.stderr.write(text + '\n')
+    if sys.stderr is not None:
+        sys.stderr.write(text + '\n')
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -162,7 +165,7 @@ class Classifier:
 
 
 def _is_class_folder_set(folder: str) -> bool:
-    return any(entry.is_dir() and not entry.name.startswith('.')
+    return any(entry_is_folder(entry) and not entry.name.startswith('.')
                for entry in os.scandir(folder))
 
 
@@ -170,7 +173,7 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     """Evaluate on a folder of class subfolders; return the report (JSON-ready)."""
     card = classifier.card
     folders = sorted(entry.name for entry in os.scandir(folder)
-                     if entry.is_dir() and not entry.name.startswith('.'))
+                     if entry_is_folder(entry) and not entry.name.startswith('.'))
     strangers = [name for name in folders if name not in card.labels]
     if strangers:
         raise DatasetError(f'{folder}: class folder(s) {", ".join(strangers)} are not labels of '
@@ -179,7 +182,7 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     for path in not_images:
         _err(f'skipped {path}: not an image file')
     loose = sorted(entry.path for entry in os.scandir(folder)
-                   if entry.is_file() and not entry.name.startswith('.')
+                   if entry_is_file(entry) and not entry.name.startswith('.')
                    and is_image_file(entry.name))
     for path in loose:
         _err(f'skipped {path}: an image next to the class folders has no class; move it '
@@ -258,6 +261,10 @@ def explain_paths(backend: Backend, paths: Sequence[str], out_dir: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``leaf-disease-classify``; returns the exit status."""
     args = parse_args(argv)
+    if sys.stdout is None and args.json in (None, '-'):
+        _err('error: standard output is closed, so the results would be lost; give '
+             '--json OUT.json to write them to a file')
+        return 2
     try:
         backend = load_backend(args.model, args.backend, warn=_err)
     except LeafDiseaseError as exc:
