@@ -3,6 +3,13 @@ The bad inputs of issue 18 beyond lost data (cases 7 to 15), one test per case.
 
 7. A model whose outputs are NaN, infinite or ~1e38 is an inference error: the image
    or frame is dropped and counted (classify, replay, the node), ``--json`` stays JSON.
+8. A negative variance in a fix's covariance is an unknown covariance.
+9. Two GPS topics and none of the default name are refused with the list.
+10. Hostile YAML params files (billion laughs, self-reference, depth, size) are
+    refused briefly; values shown in errors are bounded.
+11. Stamp disorder with ground truth is said; nothing scored is never accuracy 0.
+14. NavSatStatus 7 is no fix; nanosec >= 1e9 is no stamp.
+15. A topic with two types is refused; a train-field cache that is none is an error.
 
 Cases 1 to 6 and 13 (outputs that destroy data) are in ``test_output_safety.py``.
 """
@@ -379,3 +386,24 @@ def test_case11_nothing_scored_is_not_accuracy_zero(frame_image, tmp_path, capsy
     report = (tmp_path / 'out' / 'report.md').read_text(encoding='utf-8')
     html = (tmp_path / 'out' / 'report.html').read_text(encoding='utf-8')
     assert 'nothing scored' in report and 'nothing scored' in html
+
+
+# --- case 15: train-field --cache that is no cache -----------------------------------------
+
+
+@pytest.mark.parametrize('content', [b'', b'PK\x03\x04 cut', None], ids=['empty', 'cut', 'other'])
+def test_case15_a_cache_that_is_not_one_is_a_dataset_error(content, tmp_path, capsys):
+    pytest.importorskip('torch')
+    from leaf_disease_ros.cli import train_field
+
+    path = tmp_path / 'zero.npz'
+    if content is None:
+        np.savez(path, weights=np.zeros(3))
+    else:
+        path.write_bytes(content)
+    arch = train_field.ARCHS[0]
+    code, out, err = run_cli(train_field.main, ['train', '--arch', arch, '--cache', str(path),
+                                                '--out', str(tmp_path / 'run'), '--epochs', '1'],
+                             capsys)
+    assert code != 0
+    assert f'--cache {path} is not a cache written by leaf-disease-train-field' in err
