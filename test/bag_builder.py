@@ -37,6 +37,7 @@ class Frame:
     data: Optional[bytes] = None  # overrides the encoded bytes (corrupt frames)
     raw_shape: Optional[Tuple[int, int, int]] = None  # (height, width, step) override
     cdr: Optional[bytes] = None  # overrides the whole serialised message (undecodable)
+    nanosec: Optional[int] = None  # overrides the header's nanosec (invalid stamps)
 
 
 @dataclass
@@ -87,8 +88,16 @@ def _raw_image(frame: Frame, T) -> object:
 def write_bag(path: str, storage: str = 'mcap', frames: Sequence[Frame] = (),
               fixes: Sequence[GpsFix] = (), truth: Sequence[Truth] = (),
               image_topic: Optional[str] = None, raw: bool = False,
-              frame_id: str = 'camera') -> str:
-    """Write a bag folder at ``path`` and return ``path``."""
+              frame_id: str = 'camera',
+              extra: Sequence[Tuple[str, str, int, object]] = (),
+              fix_topic: str = FIX_TOPIC) -> str:
+    """
+    Write a bag folder at ``path`` and return ``path``.
+
+    ``extra`` adds messages ``(topic, type, log time ns, message)`` (built with
+    :func:`message_types`), each topic-and-type pair one connection: a second GPS
+    topic, or a topic recorded with two types.
+    """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     store = make_typestore()
@@ -100,6 +109,8 @@ def write_bag(path: str, storage: str = 'mcap', frames: Sequence[Frame] = (),
     events: List[Tuple[int, int, str, bytes]] = []
     for frame in frames:
         header = make_header(frame.stamp_ns, frame_id, types)
+        if frame.nanosec is not None:
+            header.stamp.nanosec = frame.nanosec
         if raw:
             msg = _raw_image(frame, T)
             msg.header = header
@@ -160,14 +171,37 @@ def write_bag(path: str, storage: str = 'mcap', frames: Sequence[Frame] = (),
         if frames:
             connections['image'] = writer.add_connection(topic, image_type, typestore=store)
         if fixes:
-            connections['fix'] = writer.add_connection(FIX_TOPIC, 'sensor_msgs/msg/NavSatFix',
+            connections['fix'] = writer.add_connection(fix_topic, 'sensor_msgs/msg/NavSatFix',
                                                        typestore=store)
         if truth:
             connections['truth'] = writer.add_connection(
                 TRUTH_TOPIC, 'vision_msgs/msg/Detection2DArray', typestore=store)
+        for topic_name, msgtype, log, msg in extra:
+            key = f'{topic_name} {msgtype}'
+            if key not in connections:
+                connections[key] = writer.add_connection(topic_name, msgtype, typestore=store)
+            events.append((log, 3, key, store.serialize_cdr(msg, msgtype)))
+        events.sort(key=lambda e: (e[0], e[1]))
         for log, _, kind, data in events:
             writer.write(connections[kind], log, data)
     return path
+
+
+def message_types():
+    """Return ``(typestore, MessageTypes)`` to build messages for ``write_bag(extra=...)``."""
+    store = make_typestore()
+    return store, MessageTypes.from_typestore(store)
+
+
+def fix_message(types, stamp_ns: int, latitude_deg: float, longitude_deg: float) -> object:
+    """Return a NavSatFix (GBAS fix, 2 cm sigma) for ``write_bag(extra=...)``."""
+    cov = np.zeros(9, dtype=np.float64)
+    cov[[0, 4, 8]] = [0.0004, 0.0004, 0.0016]
+    return types.NavSatFix(
+        header=make_header(stamp_ns, 'gps', types),
+        status=types.NavSatStatus(status=STATUS_GBAS_FIX, service=1),
+        latitude=latitude_deg, longitude=longitude_deg, altitude=30.0,
+        position_covariance=cov, position_covariance_type=2)
 
 
 def mosaic(images: Sequence[np.ndarray], columns: int) -> np.ndarray:

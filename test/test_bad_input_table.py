@@ -20,11 +20,13 @@ import cv2
 import numpy as np
 import pytest
 
-from bag_builder import Frame, GpsFix, mosaic, NS, Truth, write_bag
+from bag_builder import (fix_message, Frame, GpsFix, message_types, mosaic, NS, Truth,
+                         write_bag)
 from conftest import REPO_DIR
 from leaf_disease_ros.cli import classify as classify_cli
 from leaf_disease_ros.cli import replay as replay_cli
 from leaf_disease_ros.geo.geodesy import offset_latlon
+from tiny_model import make_tiny_model
 
 TABLE = os.path.join(REPO_DIR, 'docs', 'bad-input.md')
 ROW = re.compile(r'^\| `([a-z_]+\.[a-z_]+)` \| (.+) \| (\d) \| (.+) \|$')
@@ -78,10 +80,10 @@ class Context:
         return out
 
     def bag(self, frames=None, fixes=None, truth=(), raw=False, storage='mcap',
-            name='bag') -> str:
+            name='bag', **kwargs) -> str:
         frames = self.frames() if frames is None else frames
         fixes = self.fixes() if fixes is None else fixes
-        return write_bag(self.path(name), storage, frames, fixes, truth, raw=raw)
+        return write_bag(self.path(name), storage, frames, fixes, truth, raw=raw, **kwargs)
 
     def replay(self, *args: str) -> Tuple[str, List[str]]:
         argv = list(args)
@@ -91,6 +93,13 @@ class Context:
 
     def classify(self, *args: str, model: str = '') -> Tuple[str, List[str]]:
         return 'classify', list(args) + ['--model', model or self.model]
+
+    def broken_model(self, logit_bias: float = float('nan')) -> str:
+        """Return a tiny model whose logits are all ``logit_bias`` (NaN: not numbers)."""
+        folder = self.tmp / 'broken_model'
+        folder.mkdir()
+        make_tiny_model(str(folder), logit_bias=logit_bias)
+        return str(folder / 'tiny.onnx')
 
     def card_without_sha(self) -> str:
         folder = self.tmp / 'nosha'
@@ -153,6 +162,16 @@ def _(ctx):
     return ctx.replay(bag)
 
 
+@case('replay.cut_mcap_first_chunk')
+def _(ctx):
+    pytest.importorskip('mcap')
+    bag = ctx.bag()
+    data = os.path.join(bag, 'bag.mcap')
+    with open(data, 'r+b') as stream:
+        stream.truncate(os.path.getsize(data) * 6 // 10)
+    return ctx.replay(bag)
+
+
 @case('replay.no_image_topic')
 def _(ctx):
     return ctx.replay(ctx.bag(frames=[]))
@@ -170,6 +189,24 @@ def _(ctx):
     return ctx.replay(ctx.bag(frames, truth=truth), '--ground-truth-topic', '/ground_truht')
 
 
+@case('replay.two_gps_topics')
+def _(ctx):
+    _, types = message_types()
+    extra = [('/gps2/fix', 'sensor_msgs/msg/NavSatFix', int(0.2 * k * NS),
+              fix_message(types, int(0.2 * k * NS), LAT0, LON0)) for k in range(20)]
+    return ctx.replay(ctx.bag(fix_topic='/gps1/fix', extra=extra))
+
+
+@case('replay.topic_two_types')
+def _(ctx):
+    store, types = message_types()
+    stray = store.types['sensor_msgs/msg/Image'](
+        header=fix_message(types, NS, LAT0, LON0).header, height=1, width=1, encoding='bgr8',
+        is_bigendian=0, step=3, data=np.zeros(3, np.uint8))
+    return ctx.replay(ctx.bag(extra=[('/camera/image_raw/compressed', 'sensor_msgs/msg/Image',
+                                      NS + 1, stray)]))
+
+
 @case('replay.wrong_topic_type')
 def _(ctx):
     return ctx.replay(ctx.bag(), '--image-topic', '/gps/fix')
@@ -183,6 +220,24 @@ def _(ctx):
 @case('replay.no_ground_truth')
 def _(ctx):
     return ctx.replay(ctx.bag())
+
+
+@case('replay.repeated_stamps')
+def _(ctx):
+    frames = ctx.frames(6)
+    for frame in frames:
+        frame.log_time_ns = frame.stamp_ns + 15_000_000
+        frame.stamp_ns = NS
+    truth = [Truth(NS, [((0.0, 0.0, 256.0, 256.0), 'esca')], log_time_ns=f.log_time_ns - 1000)
+             for f in frames]
+    return ctx.replay(ctx.bag(frames, ctx.fixes(40), truth=truth))
+
+
+@case('replay.nothing_scored')
+def _(ctx):
+    frames = ctx.frames()
+    truth = [Truth(f.stamp_ns + NS // 2, [((0.0, 0.0, 256.0, 256.0), 'esca')]) for f in frames]
+    return ctx.replay(ctx.bag(frames, truth=truth))
 
 
 @case('replay.corrupt_jpeg')
@@ -256,6 +311,26 @@ def _(ctx):
     return ctx.replay(ctx.bag(fixes=fixes))
 
 
+@case('replay.status_not_defined')
+def _(ctx):
+    return ctx.replay(ctx.bag(fixes=ctx.fixes(status=7)))
+
+
+@case('replay.negative_covariance')
+def _(ctx):
+    fixes = ctx.fixes()
+    for fix in fixes:
+        fix.covariance_m2 = [-0.04, 0.0, 0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 0.09]
+    return ctx.replay(ctx.bag(fixes=fixes))
+
+
+@case('replay.nanosec_overflow')
+def _(ctx):
+    frames = ctx.frames(3)
+    frames[1].nanosec = 1_500_000_000
+    return ctx.replay(ctx.bag(frames))
+
+
 @case('replay.polar')
 def _(ctx):
     return ctx.replay(ctx.bag(fixes=ctx.fixes(lat0=88.0)), '--disease-threshold', '0',
@@ -281,6 +356,15 @@ def _(ctx):
 @case('replay.params_not_yaml')
 def _(ctx):
     (ctx.tmp / 'p.yaml').write_text('detector_node: [1, 2\n')
+    return ctx.replay(ctx.bag(), '--params-file', ctx.path('p.yaml'))
+
+
+@case('replay.params_billion_laughs')
+def _(ctx):
+    lines = ['a: &a [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]']
+    lines += [f'{chr(98 + k)}: &{chr(98 + k)} [' + ', '.join([f'*{chr(97 + k)}'] * 10) + ']'
+              for k in range(8)]
+    (ctx.tmp / 'p.yaml').write_text('\n'.join(lines + ['lever_arm_m: *i']) + '\n')
     return ctx.replay(ctx.bag(), '--params-file', ctx.path('p.yaml'))
 
 
@@ -396,6 +480,12 @@ def _(ctx):
     return ctx.replay(ctx.bag(), '--out', ctx.path('R'), '--harvest-tiles', ctx.path('R/harvest'))
 
 
+@case('replay.nan_model')
+def _(ctx):
+    tool, argv = ctx.replay(ctx.bag())
+    return tool, argv + ['--model', ctx.broken_model()]
+
+
 # --- leaf-disease-classify -----------------------------------------------------------------
 
 
@@ -492,6 +582,29 @@ def _(ctx):
     return ctx.classify(str(data), '--explain', str(data / 'esca'))
 
 
+@case('classify.nan_model')
+def _(ctx):
+    return ctx.classify(ctx.leaves['esca'][0], '--json', model=ctx.broken_model(1e38))
+
+
+@case('classify.symlink_loop')
+def _(ctx):
+    data = ctx.tmp / 'data'
+    for label in ('esca', 'healthy'):
+        (data / label).mkdir(parents=True)
+        shutil.copy(ctx.leaves[label][0], data / label / 'a.jpg')
+    os.symlink('loop', data / 'loop')  # a link to itself: ELOOP on every look
+    return ctx.classify(str(data))
+
+
+@case('classify.stdout_closed')
+def _(ctx):
+    import sys
+
+    ctx.monkeypatch.setattr(sys, 'stdout', None)  # what Python makes of `>&-`
+    return ctx.classify(ctx.leaves['esca'][0])
+
+
 @case('classify.card_without_sha')
 def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0], model=ctx.card_without_sha())
@@ -557,6 +670,11 @@ def _(ctx):
 def _(ctx):
     data = _dataset(ctx)
     return 'train', [str(data), '--out', str(data / 'run')]
+
+
+@case('train.lr_nan')
+def _(ctx):
+    return 'train', [str(_dataset(ctx)), '--out', ctx.path('run'), '--lr', 'nan']
 
 
 @case('split.out_inside_data')

@@ -16,7 +16,7 @@ are skipped with the reason.
 
 import os
 import shutil
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ COMMITTED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data
                                'tiny_model', 'tiny.onnx')
 DEFAULTS: Dict[str, Any] = {'num_classes': 4, 'input_size': 32, 'seed': 0, 'batch': 'batch',
                             'input_name': 'input', 'output_name': 'logits', 'opset': 17,
-                            'embedding_name': ''}
+                            'embedding_name': '', 'logit_bias': None}
 
 
 def onnx_available() -> bool:
@@ -45,16 +45,19 @@ def onnx_available() -> bool:
 def build_tiny_onnx(path: str, num_classes: int = 4, input_size: int = 32, seed: int = 0,
                     batch: Union[str, int] = 'batch', input_name: str = 'input',
                     output_name: str = 'logits', opset: int = 17,
-                    embedding_name: str = '') -> str:
+                    embedding_name: str = '', logit_bias: Optional[float] = None) -> str:
     """
     Write the tiny model to ``path`` and return ``path``.
+
+    ``logit_bias`` replaces the last layer's bias of every class (NaN or 1e38 make a
+    broken model whose logits are not usable numbers).
 
     Without the onnx package the default variant is copied from
     :data:`COMMITTED_MODEL`; any other variant skips the calling test.
     """
     requested = {'num_classes': num_classes, 'input_size': input_size, 'seed': seed,
                  'batch': batch, 'input_name': input_name, 'output_name': output_name,
-                 'opset': opset, 'embedding_name': embedding_name}
+                 'opset': opset, 'embedding_name': embedding_name, 'logit_bias': logit_bias}
     if not onnx_available():
         if requested != DEFAULTS:
             pytest.skip(f'needs the onnx package to build a test model {requested} '
@@ -69,6 +72,8 @@ def build_tiny_onnx(path: str, num_classes: int = 4, input_size: int = 32, seed:
     conv_b = rng.normal(0, 0.1, size=(8,)).astype(np.float32)
     fc_w = rng.normal(0, 1.0, size=(num_classes, 8)).astype(np.float32)
     fc_b = rng.normal(0, 0.1, size=(num_classes,)).astype(np.float32)
+    if logit_bias is not None:
+        fc_b[:] = logit_bias
     nodes = [
         helper.make_node('Conv', [input_name, 'conv_w', 'conv_b'], ['conv'],
                          kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),

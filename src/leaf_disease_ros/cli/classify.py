@@ -28,8 +28,9 @@ Each photo is classified whole: it is one crop through the card's preprocessing,
 exactly as in training and export. A file is never dropped silently: unreadable or
 non-image files, images without colour (grey, black) and images too small for the
 model's input are reported on stderr with the reason, counted, and not classified
-(a confident label on them would be a lie). Exit status: 0 when something was
-classified, 1 when nothing could be, 2 for a usage error (a path that does not
+(a confident label on them would be a lie); so are images on which the model returns
+NaN, infinite or overflowing outputs (a broken model or engine). Exit status: 0 when
+something was classified, 1 when nothing could be, 2 for a usage error (a path that does not
 exist, an unwritable ``--json``), a model or a dataset error.
 """
 
@@ -48,12 +49,14 @@ from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError, OutputError
 from leaf_disease_ros.perception.image_checks import (has_colour, min_side_px, NO_COLOUR_REASON,
                                                       too_small)
-from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
+from leaf_disease_ros.perception.image_folders import (entry_is_file, entry_is_folder,
+                                                       is_image_file, list_class_folders)
 from leaf_disease_ros.perception.metrics import classification_report, format_report
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
                                                       check_outputs_apart, write_manifest)
-from leaf_disease_ros.perception.postprocess import Classification, classify, softmax
+from leaf_disease_ros.perception.postprocess import (BROKEN_MODEL_FIX, broken_rows,
+                                                     Classification, classify, softmax)
 from leaf_disease_ros.perception.preprocess import preprocess
 
 BATCH = 16
@@ -62,11 +65,13 @@ EXPLAIN_COMMAND = 'leaf-disease-explain'
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text + '\n')
+    if sys.stdout is not None:  # None: started with standard output closed (>&-)
+        sys.stdout.write(text + '\n')
 
 
 def _err(text: str) -> None:
-    sys.stderr.write(text + '\n')
+    if sys.stderr is not None:
+        sys.stderr.write(text + '\n')
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -108,6 +113,7 @@ class Classifier:
         self.card = backend.card
         self.top_k = top_k
         self.classified: List[str] = []  # every path classified, in order
+        self.broken: List[str] = []  # paths the model gave non-finite outputs on
 
     def run(self, paths: Sequence[str]) -> Tuple[List[Tuple[str, Classification]], List[str]]:
         """Classify ``paths``; return (path, result) pairs and the paths skipped."""
@@ -116,6 +122,7 @@ class Classifier:
         batch_paths: List[str] = []
         batch_images: List[np.ndarray] = []
         height, width = self.card.input_hw_px
+        first_broken = len(self.broken)
         for path in paths:
             image = read_image(path)
             problem = ''
@@ -138,20 +145,27 @@ class Classifier:
                 batch_paths, batch_images = [], []
         if batch_images:
             done += self._classify(batch_paths, batch_images)
-        return done, skipped
+        return done, skipped + self.broken[first_broken:]
 
     def _classify(self, paths: List[str], images: List[np.ndarray]
                   ) -> List[Tuple[str, Classification]]:
-        self.classified += paths
         logits = self.backend.infer(preprocess(images, self.card))
-        probs = softmax(logits, self.card.temperature)
+        broken = broken_rows(logits)
+        for path in np.asarray(paths, dtype=object)[broken]:
+            _err(f'skipped {path}: the model returned NaN, infinite or overflowing outputs '
+                 f'on it; {BROKEN_MODEL_FIX}')
+            self.broken.append(str(path))
+        keep = np.flatnonzero(~broken)
+        paths = [paths[i] for i in keep]
+        self.classified += paths
+        probs = softmax(logits[keep], self.card.temperature)
         results = classify(probs, self.card.labels, self.card.non_disease_labels, self.top_k,
                            self.card.unknown_threshold)
         return list(zip(paths, results))
 
 
 def _is_class_folder_set(folder: str) -> bool:
-    return any(entry.is_dir() and not entry.name.startswith('.')
+    return any(entry_is_folder(entry) and not entry.name.startswith('.')
                for entry in os.scandir(folder))
 
 
@@ -159,7 +173,7 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     """Evaluate on a folder of class subfolders; return the report (JSON-ready)."""
     card = classifier.card
     folders = sorted(entry.name for entry in os.scandir(folder)
-                     if entry.is_dir() and not entry.name.startswith('.'))
+                     if entry_is_folder(entry) and not entry.name.startswith('.'))
     strangers = [name for name in folders if name not in card.labels]
     if strangers:
         raise DatasetError(f'{folder}: class folder(s) {", ".join(strangers)} are not labels of '
@@ -168,7 +182,7 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     for path in not_images:
         _err(f'skipped {path}: not an image file')
     loose = sorted(entry.path for entry in os.scandir(folder)
-                   if entry.is_file() and not entry.name.startswith('.')
+                   if entry_is_file(entry) and not entry.name.startswith('.')
                    and is_image_file(entry.name))
     for path in loose:
         _err(f'skipped {path}: an image next to the class folders has no class; move it '
@@ -247,6 +261,10 @@ def explain_paths(backend: Backend, paths: Sequence[str], out_dir: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``leaf-disease-classify``; returns the exit status."""
     args = parse_args(argv)
+    if sys.stdout is None and args.json in (None, '-'):
+        _err('error: standard output is closed, so the results would be lost; give '
+             '--json OUT.json to write them to a file')
+        return 2
     try:
         backend = load_backend(args.model, args.backend, warn=_err)
     except LeafDiseaseError as exc:

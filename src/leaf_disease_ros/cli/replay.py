@@ -43,6 +43,7 @@ from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import check_outputs_apart
 from leaf_disease_ros.replay.compare import ModelComparison
 from leaf_disease_ros.replay.demo import demo_bag_path
+from leaf_disease_ros.replay.evaluation import accuracy_text
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE
 from leaf_disease_ros.replay.harvest import DEFAULT_HARVEST_MAX, harvest_lines, TileHarvester
 from leaf_disease_ros.replay.report import REPORT_FILE, ReportSection, write_report
@@ -245,8 +246,7 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     if accuracy is None:
         lines.append('accuracy: no ground truth in the bag')
     else:
-        lines.append(f"tile accuracy {accuracy['accuracy']:.3f}, macro-F1 "
-                     f"{accuracy['macro_f1']:.3f} ({accuracy['count']} tiles vs ground "
+        lines.append(f"tile {accuracy_text(accuracy)} ({accuracy['count']} tiles vs ground "
                      f"truth); unknown {100 * tiles['unknown_rate']:.1f} %")
     missing = {k: v for k, v in geo['by_reason'].items()
                if v and k not in ('interpolated', 'nearest')}

@@ -19,12 +19,45 @@ Exit status: 0 trained, 2 bad data or arguments, or PyTorch missing.
 
 import argparse
 import logging
+import math
 import sys
 from typing import Optional, Sequence
 
 from leaf_disease_ros.perception.errors import LeafDiseaseError
 from leaf_disease_ros.training.recipe import ARCHS, FINETUNE_EPOCHS, FINETUNE_LR
 from leaf_disease_ros.training.run_folder import check_run_folder
+
+
+def _finite(text: str) -> float:
+    """Return ``text`` as a finite float (argparse type); nan and inf are usage errors."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a finite number')
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f'{text!r} must be > 0')
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _finite(text)
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f'{text!r} must be >= 0')
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'{text!r} must be between 0 and 1')
+    return value
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -48,13 +81,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--epochs', type=int, default=None,
                         help=f'36; {FINETUNE_EPOCHS} with --init-from')
     parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--lr', type=float, default=None,
+    parser.add_argument('--lr', type=_positive, default=None,
                         help=f'peak learning rate: 2e-3; {FINETUNE_LR:g} with --init-from')
-    parser.add_argument('--weight-decay', type=float, default=0.05)
-    parser.add_argument('--label-smoothing', type=float, default=0.1)
+    parser.add_argument('--weight-decay', type=_non_negative, default=0.05)
+    parser.add_argument('--label-smoothing', type=_fraction, default=0.1)
     parser.add_argument('--patience', type=int, default=10,
                         help='stop after this many epochs without a better val macro-F1')
-    parser.add_argument('--val-fraction', type=float, default=0.2)
+    parser.add_argument('--val-fraction', type=_fraction, default=0.2)
     parser.add_argument('--group', choices=('photo-blocks', 'regex', 'file'),
                         default='photo-blocks', help='how images are grouped for the split')
     parser.add_argument('--block-size', type=int, default=40,
@@ -82,7 +115,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     tune.add_argument('--base-data', metavar='DIR',
                       help='class folders mixed in so the model keeps what it knew, e.g. '
                            '../shared/datasets/plantvillage_grape (--max-per-class limits it)')
-    tune.add_argument('--field-share', type=float, default=0.5,
+    tune.add_argument('--field-share', type=_fraction, default=0.5,
                       help='share of the training draws taken from DATA when --base-data '
                            'is given')
     tune.add_argument('--background-labels', default='',

@@ -6,8 +6,9 @@ Fixes (from ``sensor_msgs/NavSatFix``, converted by the ROS layer) go into a
 Every fix is checked where it enters (:meth:`FixBuffer.admit`); a rejected fix is
 counted with its reason and never raises:
 
-- status NO_FIX, or a NaN / infinite latitude or longitude: not a position. The
-  stamp is remembered as an *outage* (the receiver said it had no position then);
+- status NO_FIX (or STATUS_UNKNOWN, or a value NavSatStatus does not define, such
+  as 7), or a NaN / infinite latitude or longitude: not a position. The stamp is
+  remembered as an *outage* (the receiver said it had no position then);
 - a latitude beyond +-90 degrees: a corrupt fix (``rejected_latitude``);
 - a fix that implies a move faster than ``max_speed_mps`` from its neighbours in
   time (beyond what their covariances allow: 3 sigma of both, 5 m sigma when a fix
@@ -18,7 +19,8 @@ counted with its reason and never raises:
   discarded and the new ones accepted (``reanchored``);
 - a longitude outside [-180, 180] is wrapped (``longitude_wrapped``; 180 is stored as
   -180: every stored longitude is in [-180, 180)), a non-finite altitude becomes NaN
-  (unknown), a non-finite covariance becomes "unknown".
+  (unknown), a non-finite covariance or one with a negative variance on its diagonal
+  becomes "unknown".
 
 :meth:`FixBuffer.lookup` gives the position at an image stamp:
 
@@ -54,7 +56,7 @@ from leaf_disease_ros.perception.positions import (COVARIANCE_TYPE_UNKNOWN, Fix,
                                                    REASON_INTERPOLATED, REASON_NEAREST,
                                                    REASON_NO_FIX_RECEIVED,
                                                    REASON_NO_IMAGE_STAMP, REASON_STALE_FIX,
-                                                   STATUS_NO_FIX)
+                                                   STATUS_GBAS_FIX, STATUS_NO_FIX)
 
 
 ADD_ACCEPTED = 'accepted'
@@ -109,7 +111,7 @@ def sanitize_fix(fix: Fix) -> Tuple[Optional[Fix], str, bool]:
     ``outcome`` is ``ADD_ACCEPTED`` or the rejection; ``wrapped`` says the longitude
     was outside [-180, 180] and was normalised.
     """
-    if fix.status <= STATUS_NO_FIX:
+    if not STATUS_NO_FIX < fix.status <= STATUS_GBAS_FIX:  # NO_FIX, UNKNOWN or not a status
         return None, ADD_REJECTED_NO_FIX, False
     if not (math.isfinite(fix.latitude_deg) and math.isfinite(fix.longitude_deg)):
         return None, ADD_REJECTED_NAN, False
@@ -123,7 +125,8 @@ def sanitize_fix(fix: Fix) -> Tuple[Optional[Fix], str, bool]:
     if math.isinf(fix.altitude_m):
         clean = replace(clean, altitude_m=math.nan)
     covariance = tuple(fix.covariance_m2)
-    if len(covariance) != 9 or not all(math.isfinite(v) for v in covariance):
+    if (len(covariance) != 9 or not all(math.isfinite(v) for v in covariance)
+            or min(covariance[0], covariance[4], covariance[8]) < 0.0):  # not a variance
         clean = replace(clean, covariance_m2=(0.0,) * 9,
                         covariance_type=COVARIANCE_TYPE_UNKNOWN)
     return clean, ADD_ACCEPTED, wrapped

@@ -24,6 +24,7 @@ force silently); the parameters ROS itself declares on every node
 from dataclasses import dataclass
 import difflib
 import math
+import reprlib
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from leaf_disease_ros.perception.errors import ConfigError
@@ -297,11 +298,11 @@ def _is_number(value: Any) -> bool:
 
 def _check_range(spec: ParamSpec, value: float) -> None:
     if not math.isfinite(value):
-        raise ConfigError(spec.name, f'{value!r} is not a finite number')
+        raise ConfigError(spec.name, f'{shown(value)} is not a finite number')
     if spec.min_value is not None and value < spec.min_value:
-        raise ConfigError(spec.name, f'{value!r} is below the minimum {spec.min_value}')
+        raise ConfigError(spec.name, f'{shown(value)} is below the minimum {spec.min_value}')
     if spec.max_value is not None and value > spec.max_value:
-        raise ConfigError(spec.name, f'{value!r} is above the maximum {spec.max_value}')
+        raise ConfigError(spec.name, f'{shown(value)} is above the maximum {spec.max_value}')
 
 
 def validate_value(name: str, value: Any) -> Any:
@@ -316,29 +317,29 @@ def validate_value(name: str, value: Any) -> Any:
         raise unknown_parameter_error(name)
     if spec.type == BOOL:
         if not isinstance(value, bool):
-            raise ConfigError(name, f'expected true or false, got {value!r}')
+            raise ConfigError(name, f'expected true or false, got {shown(value)}')
         return value
     if spec.type == INT:
         if not _is_number(value) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(name, f'expected an integer, got {value!r}')
+            raise ConfigError(name, f'expected an integer, got {shown(value)}')
         value = int(value)
         _check_range(spec, value)
         return value
     if spec.type == DOUBLE:
         if not _is_number(value):
-            raise ConfigError(name, f'expected a number, got {value!r}')
+            raise ConfigError(name, f'expected a number, got {shown(value)}')
         value = float(value)
         _check_range(spec, value)
         return value
     if spec.type == STRING:
         if not isinstance(value, str):
-            raise ConfigError(name, f'expected a string, got {value!r}')
+            raise ConfigError(name, f'expected a string, got {shown(value)}')
         if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(name, f'{value!r} is not one of {", ".join(spec.choices)}')
+            raise ConfigError(name, f'{shown(value)} is not one of {", ".join(spec.choices)}')
         return value
     if spec.type == DOUBLE_ARRAY:
         if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
-            raise ConfigError(name, f'expected a list of numbers, got {value!r}')
+            raise ConfigError(name, f'expected a list of numbers, got {shown(value)}')
         if spec.array_length is not None and len(value) != spec.array_length:
             raise ConfigError(name, f'expected {spec.array_length} numbers, got {len(value)}')
         values = [float(v) for v in value]
@@ -402,6 +403,21 @@ def validate_parameters(values: Mapping[str, Any], *,
     return result
 
 
+#: a params file is a few kB; reading stops beyond this
+MAX_PARAMS_FILE_BYTES = 1024 * 1024
+#: values (scalars, lists, mappings) a params file may expand to, aliases counted
+MAX_PARAMS_VALUES = 100_000
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """Return ``repr(value)`` bounded for a message (long strings, big or deep values cut)."""
+    return _SHOWN.repr(value)
+
+
 def load_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, Any]:
     """
     Read the parameters of ``node_name`` from a ROS 2 params YAML file, strictly.
@@ -429,12 +445,26 @@ def read_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, A
     import yaml  # local: pyyaml is only needed when a file is read
 
     try:
-        with open(path, 'r', encoding='utf-8') as stream:
-            document = yaml.safe_load(stream)
+        with open(path, 'rb') as stream:
+            data = stream.read(MAX_PARAMS_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError('params_file', f'cannot read {path}: {exc.strerror}') from exc
+    if len(data) > MAX_PARAMS_FILE_BYTES:
+        raise ConfigError('params_file', f'{path} is larger than '
+                          f'{MAX_PARAMS_FILE_BYTES // 1024} KiB: not a params file')
+    try:
+        loader = yaml.SafeLoader(data.decode('utf-8'))
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, path)
+            document = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError('params_file', f'{path} is not valid YAML: {exc}') from exc
+    except RecursionError as exc:
+        raise ConfigError('params_file', f'{path} nests too deep') from exc
     if not isinstance(document, dict):
         raise ConfigError('params_file', f'{path} does not hold a mapping of parameters')
 
@@ -451,6 +481,44 @@ def read_params_file(path: str, node_name: str = 'detector_node') -> Dict[str, A
     # A section naming the node overrides wildcard sections, as in rcl.
     wildcard.update(exact)
     return wildcard
+
+
+def _check_expansion(root: Any, path: str) -> None:
+    """
+    Refuse a composed YAML document that expands to more than MAX_PARAMS_VALUES values.
+
+    Anchors and aliases share one node, so a few lines can stand for billions of values
+    ("billion laughs"): every later step (flattening, checking, an error message that
+    shows the value) would expand them. Counted once per node, aliases multiplied.
+    """
+    import yaml
+
+    sizes: Dict[int, int] = {}
+    open_nodes: set = set()
+
+    def size(node: Any) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in open_nodes:
+            raise ConfigError('params_file', f'{path} refers to itself (a YAML alias inside '
+                              'its own anchor)')
+        total = 1
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            open_nodes.add(id(node))
+            children = (node.value if isinstance(node, yaml.SequenceNode)
+                        else [part for pair in node.value for part in pair])
+            for child in children:
+                total += size(child)
+                if total > MAX_PARAMS_VALUES:
+                    raise ConfigError('params_file', f'{path} expands to more than '
+                                      f'{MAX_PARAMS_VALUES} values (YAML anchors and '
+                                      'aliases): not a params file')
+            open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _has_ros_parameters(section: Mapping[str, Any]) -> bool:

@@ -11,6 +11,17 @@ programming error still surfaces instead of being counted as a dropped frame.
 from typing import Optional
 
 
+#: a message echoes user input (a value, a key): never more than this of a reason
+MAX_REASON_CHARS = 2000
+
+
+def _bounded(text: str, limit: int) -> str:
+    """Return ``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f'{text[:limit]}... ({len(text) - limit} more characters)'
+
+
 class LeafDiseaseError(Exception):
     """Base class of every error this package raises on purpose."""
 
@@ -21,7 +32,8 @@ class ConfigError(LeafDiseaseError):
     def __init__(self, parameter: str, reason: str) -> None:
         self.parameter = parameter
         self.reason = reason
-        super().__init__(f'parameter {parameter!r}: {reason}')
+        super().__init__(f'parameter {_bounded(str(parameter), 120)!r}: '
+                         f'{_bounded(reason, MAX_REASON_CHARS)}')
 
 
 class ModelCardError(LeafDiseaseError):

@@ -30,6 +30,22 @@ def is_image_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+def entry_is_folder(entry: 'os.DirEntry[str]') -> bool:
+    """Return whether a scandir entry is a folder; a symbolic link loop or dead link is not."""
+    try:
+        return entry.is_dir()
+    except OSError:  # ELOOP, EACCES on the link's target
+        return False
+
+
+def entry_is_file(entry: 'os.DirEntry[str]') -> bool:
+    """Return whether a scandir entry is a regular file (a link loop is not)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def files_below(folder: str) -> List[str]:
     """Return every non-hidden file below ``folder`` (any depth), sorted by path."""
     found: List[str] = []
@@ -58,7 +74,7 @@ def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
     if not os.path.isdir(root):
         raise DatasetError(f'{root} is not a folder; expected one subfolder per class')
     folders = sorted(entry.name for entry in os.scandir(root)
-                     if entry.is_dir() and not entry.name.startswith('.'))
+                     if entry_is_folder(entry) and not entry.name.startswith('.'))
     if labels is None:
         labels = folders
     labels = tuple(labels)

@@ -41,7 +41,8 @@ from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
-from leaf_disease_ros.perception.postprocess import classify, finding_scores, softmax
+from leaf_disease_ros.perception.postprocess import (check_model_outputs, classify,
+                                                     finding_scores, softmax)
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.perception.site_model import SiteModel
 from leaf_disease_ros.perception.tiling import check_frame, crops, gate_fractions, tile_boxes
@@ -289,7 +290,8 @@ class Detector:
         :param fix_buffer: the GPS buffer; None gives no position.
 
         :raises FrameError: the frame is not a ``(H, W, 3)`` uint8 image.
-        :raises InferenceError: the backend failed on this frame.
+        :raises InferenceError: the backend failed on this frame, or returned NaN,
+            infinite or overflowing outputs (the frame is dropped, never published).
         """
         config = self._config  # one read: a concurrent update applies to the next frame
         clock = time.perf_counter
@@ -324,10 +326,13 @@ class Detector:
             reference = self._reference  # one read: a swap applies to the next frame
             if self.distance is None and reference is None and self.site is None:
                 logits = self.classify_batch(batch)
+                check_model_outputs(logits)
             else:
                 logits, embeddings = self.classify_batch_with_embedding(batch)
+                check_model_outputs(logits, embeddings)
                 if self.site is not None:
                     logits = self.site.logits(embeddings)
+                    check_model_outputs(logits)
                 if self.distance is not None:
                     distances = self.distance.distances(embeddings)
                     far = self.distance.out_of_domain(distances)

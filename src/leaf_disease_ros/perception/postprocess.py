@@ -14,7 +14,17 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from leaf_disease_ros.perception.errors import InferenceError
 from leaf_disease_ros.perception.model_card import UNKNOWN_LABEL
+
+#: A logit (or embedding value) beyond this magnitude is no classifier's output: float32
+#: keeps less than one decimal of a number this large, so the model's arithmetic
+#: overflowed (an FP16 engine saturating, broken weights). Trained models stay within
+#: tens.
+MAX_ABS_OUTPUT = 1e6
+#: what a user is told to do about a model whose outputs are not numbers
+BROKEN_MODEL_FIX = ('the model (or its TensorRT engine) is broken: re-export it, rebuild '
+                    'the engine, or check it with leaf-disease-classify on a known photo')
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,35 @@ class Classification:
     top_k: Tuple[Tuple[str, float], ...]
     is_unknown: bool
     is_disease: bool
+
+
+def broken_rows(*outputs: np.ndarray) -> np.ndarray:
+    """
+    Return ``(N,)`` bool: the rows where any of ``outputs`` is not a usable number.
+
+    :param outputs: ``(N, C)`` or ``(N, D)`` arrays of one batch (logits, embeddings);
+        a value that is NaN, infinite or beyond :data:`MAX_ABS_OUTPUT` breaks its row.
+    """
+    bad = np.zeros(len(outputs[0]), dtype=bool)
+    for output in outputs:
+        values = np.asarray(output, dtype=np.float64).reshape(len(bad), -1)
+        with np.errstate(invalid='ignore'):
+            bad |= ~(np.abs(values) <= MAX_ABS_OUTPUT).all(axis=1)
+    return bad
+
+
+def check_model_outputs(*outputs: np.ndarray) -> None:
+    """
+    Raise :class:`InferenceError` when a row of ``outputs`` is not usable numbers.
+
+    Softmax of NaN is NaN and of a huge logit a certainty: either would be published
+    as a confident label, so the caller drops the frame and counts it instead.
+    """
+    bad = broken_rows(*outputs)
+    if bad.any():
+        raise InferenceError(f'the model returned NaN, infinite or overflowing outputs '
+                             f'(|value| > {MAX_ABS_OUTPUT:g}) for {int(bad.sum())} of '
+                             f'{len(bad)} tiles; {BROKEN_MODEL_FIX}')
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

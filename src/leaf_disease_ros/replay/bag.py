@@ -117,6 +117,8 @@ class BagReader:
         self._reader: Any = None
         self._mcap_file: Optional[str] = None  # set when read with the mcap fallback
         self.topics: Dict[str, TopicInfo] = {}
+        #: topics recorded with more than one message type -> their types, in bag order
+        self.mixed_types: Dict[str, List[str]] = {}
         open_path, note = _storage_path(path)
         if note:
             self.notes.append(note)
@@ -140,14 +142,20 @@ class BagReader:
         self._reader = reader
         self.storage = self._storage_name(open_path)
         for connection in reader.connections:
-            known = self.topics.get(connection.topic)
-            count = int(getattr(connection, 'msgcount', 0) or 0)
-            if known is None:
-                self.topics[connection.topic] = TopicInfo(connection.topic,
-                                                          connection.msgtype, count)
-            else:
-                self.topics[connection.topic] = TopicInfo(known.name, known.msgtype,
-                                                          known.count + count)
+            self._add_topic(connection.topic, connection.msgtype,
+                            int(getattr(connection, 'msgcount', 0) or 0))
+
+    def _add_topic(self, topic: str, msgtype: str, count: int) -> None:
+        """Count a connection (channel) of ``topic``; note a second message type."""
+        known = self.topics.get(topic)
+        if known is None:
+            self.topics[topic] = TopicInfo(topic, msgtype, count)
+            return
+        self.topics[topic] = TopicInfo(topic, known.msgtype, known.count + count)
+        if msgtype != known.msgtype:
+            types = self.mixed_types.setdefault(topic, [known.msgtype])
+            if msgtype not in types:
+                types.append(msgtype)
 
     @staticmethod
     def _storage_name(open_path: str) -> str:
@@ -186,8 +194,8 @@ class BagReader:
         except ImportError as exc:
             raise BagError(
                 f'{mcap_file} is truncated (no MCAP footer: the recording was not closed). '
-                'Install the mcap library (pip install mcap) to replay what it holds, or '
-                f'recover it with the MCAP CLI: `mcap recover {mcap_file} -o fixed.mcap`'
+                "Install the mcap library (pip install mcap, or pip install '.[replay]') "
+                'to replay what it holds'
             ) from exc
         schemas: Dict[int, str] = {}
         channels: Dict[int, Tuple[str, str]] = {}
@@ -205,15 +213,18 @@ class BagReader:
             self.truncated_reason = (f'{os.path.basename(mcap_file)} ends early ({cause}; '
                                      f'{type(exc).__name__}): read up to the last complete '
                                      'chunk')
+        if not channels:
+            raise BagError(
+                f'{mcap_file} is truncated inside its first chunk (the recorder stopped before '
+                'it closed one): no topic and no message of it can be read. Record again; '
+                'a recorder stopped with Ctrl-C closes its file')
         if not self.truncated_reason:
             self.truncated_reason = f'{os.path.basename(mcap_file)} has no MCAP footer ({cause})'
         self.notes.append(self.truncated_reason)
         self._mcap_file = mcap_file
         self.storage = 'mcap'
         for channel_id, (topic, msgtype) in channels.items():
-            known = self.topics.get(topic)
-            count = counts.get(channel_id, 0) + (known.count if known else 0)
-            self.topics[topic] = TopicInfo(topic, msgtype, count)
+            self._add_topic(topic, msgtype, counts.get(channel_id, 0))
 
     def message_count(self) -> int:
         """Return the number of messages the bag announces (all topics)."""

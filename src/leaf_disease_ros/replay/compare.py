@@ -240,6 +240,8 @@ def comparison_lines(metrics: Mapping[str, Any]) -> List[str]:
             acc = summary['accuracy']
             if acc is None:
                 return '-'
+            if acc['accuracy'] is None:
+                return 'nothing scored'
             return (f"{acc['accuracy']:.4f} / {acc['macro_f1']:.4f} ({acc['count']} tiles; "
                     f"recall {', '.join(f'{k} {v:.2f}' for k, v in acc['recall'].items())})")
         lines.append(f"| tile accuracy / macro-F1 vs ground truth | {accuracy(per['main'])} | "

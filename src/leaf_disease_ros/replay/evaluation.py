@@ -25,6 +25,22 @@ from leaf_disease_ros.ros.conversions import GroundTruthBox
 IOU_THRESHOLD = 0.5
 
 
+def accuracy_text(accuracy: Dict[str, Any], digits: int = 3) -> str:
+    """
+    Return ``'accuracy A, macro-F1 F'`` of a report, or why nothing was scored.
+
+    With no tile scored the figures are None (metrics.json), never 0: every summary
+    (terminal, report.md, report.html, the comparison) says so in these words.
+    """
+    if accuracy.get('accuracy') is None:
+        return ('accuracy: nothing scored (ground truth on '
+                f"{accuracy.get('frames_with_ground_truth', 0)} processed frames, no tile "
+                'matched a box; joined by header stamp, IoU >= '
+                f'{accuracy.get("iou_threshold", IOU_THRESHOLD)})')
+    return (f"accuracy {accuracy['accuracy']:.{digits}f}, "
+            f"macro-F1 {accuracy['macro_f1']:.{digits}f}")
+
+
 def iou_matrix(boxes_a: ArrayLike, boxes_b: ArrayLike) -> np.ndarray:
     """
     Return the ``(A, B)`` IoU of two sets of ``(x0, y0, x1, y1)`` boxes (x1/y1 exclusive).
@@ -93,6 +109,8 @@ class TileEvaluator:
     def report(self) -> Dict[str, Any]:
         """Return the classification report of the matched tiles plus the match counts."""
         report = classification_report_from_counts(self.pair_counts, self.labels)
+        if not report['count']:  # no figure at all, never "accuracy 0.000"
+            report['accuracy'] = report['macro_f1'] = None
         report.update({
             'iou_threshold': self.iou_threshold,
             'frames_with_ground_truth': self.frames,

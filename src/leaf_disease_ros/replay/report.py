@@ -29,6 +29,7 @@ from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_writ
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.positions import (NO_POSITION_REASONS, REASON_INTERPOLATED,
                                                    REASON_NEAREST)
+from leaf_disease_ros.replay.evaluation import accuracy_text
 from leaf_disease_ros.replay.runner import ReplayState
 from leaf_disease_ros.ros.diagnostics import NOT_ADAPTED
 
@@ -326,7 +327,7 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
             f"IoU >= {accuracy['iou_threshold']}. {accuracy['count']} tiles scored, "
             f"{accuracy['tiles_without_ground_truth']} without a box, "
             f"{accuracy['ground_truth_boxes_unmatched']} boxes without a tile.", '',
-            f"**Tile accuracy {accuracy['accuracy']:.4f}, macro-F1 {accuracy['macro_f1']:.4f}** "
+            f'**Tile {accuracy_text(accuracy, 4)}** '
             f"(unknown: {accuracy['unknown_count']}, counted wrong)", '',
             '| class | precision | recall | F1 | support |', '|---|---|---|---|---|']
         for label in accuracy['labels']:
@@ -441,8 +442,8 @@ def write_report(state: ReplayState, out_dir: str,
         write_confusion_matrix_png(
             accuracy['confusion_matrix'], accuracy['labels'],
             os.path.join(out_dir, CONFUSION_FILE),
-            title=f"tiles vs ground truth: accuracy {accuracy['accuracy']:.3f}, "
-                  f"macro-F1 {accuracy['macro_f1']:.3f}")
+            title=('tiles vs ground truth: ' + ('nothing scored' if accuracy['accuracy'] is None
+                                                else accuracy_text(accuracy))))
     elif os.path.exists(os.path.join(out_dir, CONFUSION_FILE)):
         os.unlink(os.path.join(out_dir, CONFUSION_FILE))  # from an earlier run: misleading
     write_map_png(os.path.join(out_dir, MAP_FILE), features, track, state.labels,

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from leaf_disease_ros.geo.geodesy import distance_m
 from leaf_disease_ros.geo.mapping import label_colour_bgr, MapFeature
 from leaf_disease_ros.perception.atomic_io import atomic_write_text
+from leaf_disease_ros.replay.evaluation import accuracy_text
 from leaf_disease_ros.replay.gallery import GalleryTile, SECTIONS
 from leaf_disease_ros.replay.runner import ReplayState
 
@@ -136,8 +137,7 @@ def _confusion_table(accuracy: Optional[Dict[str, Any]]) -> str:
             f'<td style="background:rgba(40,90,200,{0.75 * value / total:.2f})">{value}</td>'
             for value in row)
         rows.append(f'<tr><th>{_e(label)}</th>{cells}</tr>')
-    return (f'<p>Tile accuracy <b>{accuracy["accuracy"]:.3f}</b>, macro-F1 '
-            f'<b>{accuracy["macro_f1"]:.3f}</b> over {accuracy["count"]} tiles '
+    return (f'<p>Tile <b>{_e(accuracy_text(accuracy))}</b> over {accuracy["count"]} tiles '
             f'(unknown {accuracy["unknown_count"]}, counted wrong). Rows: true label, '
             'columns: predicted.</p>'
             f'<table id="confusion" class="matrix"><tr><th>true \\ predicted</th>{head}</tr>'
@@ -253,7 +253,8 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
         ('frames processed', f"{frames['processed']} / {frames['in_bag']}"),
         ('tiles classified', tiles['classified']),
         ('unknown', f"{100.0 * tiles['unknown_rate']:.1f} %"),
-        ('tile accuracy', f"{accuracy['accuracy']:.3f}" if accuracy else 'no ground truth'),
+        ('tile accuracy', ('no ground truth' if not accuracy else 'nothing scored'
+                           if accuracy['accuracy'] is None else f"{accuracy['accuracy']:.3f}")),
         ('geotag coverage', f"{100.0 * geo['coverage']:.1f} %"),
         ('findings', f"{findings['sightings']} tiles, {findings['features']} spots"),
     ]

@@ -224,6 +224,8 @@ class ReplayState:
     frames_unstamped: int = 0  # header stamp 0: not placed in time, not joined
     frames_unstamped_without_ground_truth: int = 0
     ground_truth_unstamped: int = 0
+    frames_stamp_disorder: int = 0  # stamp repeats or is older than an earlier frame's
+    ground_truth_repeated: int = 0  # a stamp that already had ground truth (replaced)
     fixes_late: int = 0  # fixes older than a frame that was already geotagged
     max_fix_delay_ns: int = 0
     latency_pipeline: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -261,6 +263,7 @@ def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
     wanted = name or default
     info = bag.topics.get(wanted)
     if info is not None:
+        _refuse_mixed_types(bag, wanted, what)
         if info.msgtype not in types:
             raise BagError(f'{what} topic {wanted} has type {info.msgtype}, expected '
                            f'{" or ".join(types)}; choose another with {option} '
@@ -269,14 +272,29 @@ def _find_topic(bag: BagReader, name: str, default: str, types: Tuple[str, ...],
     if not name and by_type:
         candidates = [t.name for t in bag.topics.values() if t.msgtype in types]
         if len(candidates) == 1:
+            _refuse_mixed_types(bag, candidates[0], what)
             notes.append(f'{what} topic {default} is not in the bag; using {candidates[0]} '
                          f'(its only {" / ".join(types)} topic)')
             return candidates[0]
+        if len(candidates) > 1:
+            raise BagError(f'the bag has no {what} topic {default} and {len(candidates)} '
+                           f'{" / ".join(types)} topics: {", ".join(candidates)}. Choose one '
+                           f'with {option} (topics: {describe_topics(bag.topics)})')
     if required or name:
         raise BagError(f'the bag has no {what} topic {wanted}'
                        f'{_closest_topic(bag, wanted, types)}; its topics: '
                        f'{describe_topics(bag.topics)}. Choose one with {option}')
     return None
+
+
+def _refuse_mixed_types(bag: BagReader, topic: str, what: str) -> None:
+    """Raise BagError when ``topic`` was recorded with several message types."""
+    mixed = bag.mixed_types.get(topic)
+    if mixed:
+        raise BagError(f'{what} topic {topic} was recorded with {len(mixed)} message types '
+                       f'({", ".join(mixed)}; two publishers of different types on one '
+                       'topic): the replay reads one type per topic. Record each type on '
+                       'its own topic')
 
 
 def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
@@ -365,6 +383,7 @@ class _Replay:
         self.fix_delay_ns = 0
         self.image_delay_ns: Optional[int] = None
         self.newest_tagged_stamp_ns: Optional[int] = None
+        self.newest_frame_stamp_ns: Optional[int] = None  # of the frames processed so far
         self.pending: Deque[_PendingFrame] = collections.deque()
         self.truth: 'collections.OrderedDict[int, List[GroundTruthBox]]' = \
             collections.OrderedDict()
@@ -466,6 +485,7 @@ class _Replay:
         if stamp_ns <= 0:  # cannot be joined to a frame by stamp
             state.ground_truth_unstamped += 1
             return
+        state.ground_truth_repeated += stamp_ns in self.truth
         self.truth[stamp_ns] = boxes
         while len(self.truth) > self.max_truth:
             self.truth.popitem(last=False)
@@ -500,8 +520,19 @@ class _Replay:
         if state.frames_unstamped:
             state.notes.append(
                 f'{state.frames_unstamped} of {state.frames_read} frames have header stamp 0 '
-                '(the camera driver does not stamp them): they cannot be placed in time, so '
+                '(or nanosec >= 1e9, not a time; the camera driver does not stamp them): '
+                'they cannot be placed in time, so '
                 'they have no position (no_image_stamp) and are not joined with ground truth')
+        if state.frames_stamp_disorder:
+            state.notes.append(
+                f'{state.frames_stamp_disorder} of {state.frames_read} frames repeat the header '
+                'stamp of an earlier frame or go back before it (camera clock reset, a '
+                'driver re-stamping, a spliced bag): ground truth is joined by stamp, so '
+                'such frames get the ground truth of their stamp once, or none '
+                f'({state.frames_without_ground_truth} processed frames without ground truth)')
+        if state.ground_truth_repeated:
+            state.notes.append(f'{state.ground_truth_repeated} ground-truth messages repeat the '
+                               'stamp of an earlier one: the later replaces the earlier')
         if state.ground_truth_unstamped:
             state.notes.append(f'{state.ground_truth_unstamped} ground-truth messages have '
                                'header stamp 0: not joined with any frame')
@@ -528,6 +559,10 @@ class _Replay:
         result: Optional[FrameResult] = None
         unstamped = frame.stamp_ns <= 0
         state.frames_unstamped += unstamped
+        if not unstamped:
+            newest = self.newest_frame_stamp_ns
+            state.frames_stamp_disorder += newest is not None and frame.stamp_ns <= newest
+            self.newest_frame_stamp_ns = max(frame.stamp_ns, newest or 0)
         truth = None if unstamped else self.truth.pop(frame.stamp_ns, None)
         start = time.perf_counter()
         where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'

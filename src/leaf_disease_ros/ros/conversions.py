@@ -112,8 +112,17 @@ class MessageTypes:
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """Return a ``builtin_interfaces/Time`` as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    """
+    Return a ``builtin_interfaces/Time`` as integer nanoseconds; 0 when it is invalid.
+
+    ``nanosec`` is valid in [0, 1e9) (builtin_interfaces/msg/Time.msg); a stamp
+    outside that is no time at all, so it is treated like an unstamped header (0):
+    no position, never joined with ground truth.
+    """
+    nanosec = int(stamp.nanosec)
+    if not 0 <= nanosec < 1_000_000_000:
+        return 0
+    return int(stamp.sec) * 1_000_000_000 + nanosec
 
 
 def ns_to_time(stamp_ns: int, types: MessageTypes) -> Any:

@@ -89,6 +89,8 @@ class BackwardJumpDetector:
         After a jump the new stamp starts a new timeline (the next stamps are compared
         with it). Small reorderings (within the threshold) are not jumps.
         """
+        if stamp_ns <= 0:  # unstamped (or an invalid stamp): no time, so no jump
+            return None
         newest = self._newest_ns
         if newest is None or stamp_ns > newest:
             self._newest_ns = stamp_ns

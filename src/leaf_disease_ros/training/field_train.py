@@ -25,13 +25,15 @@ import math
 import multiprocessing
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+import zipfile
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from leaf_disease_ros.perception.errors import DatasetError
 from leaf_disease_ros.perception.model_card import card_from_dict, card_to_dict, ModelCard
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training import backbones, distill, field_sim
@@ -234,13 +236,31 @@ def train_field(args: argparse.Namespace) -> Dict[str, Any]:
         handler.close()
 
 
+def load_cache(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Return the tiles ``x`` (N, H, W, 3) and targets ``y`` (N,) of a ``train-field`` cache.
+
+    :raises DatasetError: the file is not such a cache (empty, cut, another .npz).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x, y = np.asarray(data['x']), np.asarray(data['y'])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f'--cache {path} is not a cache written by leaf-disease-train-field '
+                           f'({type(exc).__name__}: {str(exc)[:200]}); rebuild it with '
+                           'leaf-disease-train-field cache') from exc
+    if x.ndim != 4 or x.shape[-1] != 3 or y.shape != (len(x),) or not len(x):
+        raise DatasetError(f'--cache {path} holds x {x.shape} and y {y.shape}, not tiles '
+                           '(N, H, W, 3) and their N targets')
+    return x, y
+
+
 def _train(args: argparse.Namespace) -> Dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     name = args.name or os.path.basename(os.path.normpath(args.out))
-    data = np.load(args.cache)
-    x, y = data['x'], data['y']
+    x, y = load_cache(args.cache)
     input_px = x.shape[1]
     card = training_card(name, args.arch, input_px)
     LOG.info('cache %s: %d tiles %dpx, targets %s', args.cache, len(y), input_px,

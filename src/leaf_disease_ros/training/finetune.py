@@ -55,7 +55,7 @@ import numpy as np
 from leaf_disease_ros.perception.atomic_io import atomic_path, atomic_write_json
 from leaf_disease_ros.perception.errors import (DatasetError, LeafDiseaseError,
                                                 MissingDependencyError, ModelLoadError)
-from leaf_disease_ros.perception.image_folders import is_image_file, Sample
+from leaf_disease_ros.perception.image_folders import entry_is_folder, is_image_file, Sample
 from leaf_disease_ros.perception.metrics import classification_report, format_report
 from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
                                                     card_to_dict, check_model_file, load_card,
@@ -196,7 +196,7 @@ def _image_files(folder: str) -> List[str]:
 
 def _label_folders(root: str) -> List[str]:
     return sorted(entry.name for entry in os.scandir(root)
-                  if entry.is_dir() and not entry.name.startswith('.'))
+                  if entry_is_folder(entry) and not entry.name.startswith('.'))
 
 
 def label_corrections(root: str) -> Dict[str, Any]:
