@@ -39,6 +39,7 @@ from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (load_params_file, strict_parameters,
                                                 validate_parameters)
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.perception.metrics import macro_average_note
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import check_outputs_apart
 from leaf_disease_ros.replay.compare import ModelComparison
@@ -245,9 +246,11 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     if accuracy is None:
         lines.append('accuracy: no ground truth in the bag')
     else:
+        note = macro_average_note(accuracy)
         lines.append(f"tile accuracy {accuracy['accuracy']:.3f}, macro-F1 "
                      f"{accuracy['macro_f1']:.3f} ({accuracy['count']} tiles vs ground "
-                     f"truth); unknown {100 * tiles['unknown_rate']:.1f} %")
+                     f"truth{'; macro-F1 ' + note if note else ''}); unknown "
+                     f"{100 * tiles['unknown_rate']:.1f} %")
     missing = {k: v for k, v in geo['by_reason'].items()
                if v and k not in ('interpolated', 'nearest')}
     rejected = geo.get('fixes_rejected', {})

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from leaf_disease_ros.geo.mapping import (features_per_label, write_geojson, write_kml,
                                           write_map_png)
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
+from leaf_disease_ros.perception.metrics import format_figure, macro_average_note
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.positions import (NO_POSITION_REASONS, REASON_INTERPOLATED,
                                                    REASON_NEAREST)
@@ -248,6 +249,11 @@ def _domain_lines(metrics: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _macro_words(accuracy: Dict[str, Any]) -> str:
+    """Say which classes the macro-F1 averages (``n/a``: a class without samples)."""
+    return 'macro-F1 ' + (macro_average_note(accuracy) or 'over all classes')
+
+
 def _pct(value: float) -> str:
     return f'{100.0 * value:.1f} %'
 
@@ -327,12 +333,14 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
             f"{accuracy['tiles_without_ground_truth']} without a box, "
             f"{accuracy['ground_truth_boxes_unmatched']} boxes without a tile.", '',
             f"**Tile accuracy {accuracy['accuracy']:.4f}, macro-F1 {accuracy['macro_f1']:.4f}** "
-            f"(unknown: {accuracy['unknown_count']}, counted wrong)", '',
+            f"({_macro_words(accuracy)}; unknown: {accuracy['unknown_count']}, counted wrong)",
+            '',
             '| class | precision | recall | F1 | support |', '|---|---|---|---|---|']
         for label in accuracy['labels']:
             row = accuracy['per_class'][label]
-            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                         f"{row['f1']:.3f} | {row['support']} |")
+            lines.append(f"| {label} | {format_figure(row['precision'], 3)} | "
+                         f"{format_figure(row['recall'], 3)} | {format_figure(row['f1'], 3)} | "
+                         f"{row['support']} |")
         labels = accuracy['labels']
         lines += ['', 'Confusion matrix (rows: true, columns: predicted; `unknown` not shown):',
                   '', '| true \\ predicted | ' + ' | '.join(labels) + ' |',

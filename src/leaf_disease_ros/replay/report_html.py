@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from leaf_disease_ros.geo.geodesy import distance_m
 from leaf_disease_ros.geo.mapping import label_colour_bgr, MapFeature
 from leaf_disease_ros.perception.atomic_io import atomic_write_text
+from leaf_disease_ros.perception.metrics import macro_average_note
 from leaf_disease_ros.replay.gallery import GalleryTile, SECTIONS
 from leaf_disease_ros.replay.runner import ReplayState
 
@@ -138,7 +139,8 @@ def _confusion_table(accuracy: Optional[Dict[str, Any]]) -> str:
         rows.append(f'<tr><th>{_e(label)}</th>{cells}</tr>')
     return (f'<p>Tile accuracy <b>{accuracy["accuracy"]:.3f}</b>, macro-F1 '
             f'<b>{accuracy["macro_f1"]:.3f}</b> over {accuracy["count"]} tiles '
-            f'(unknown {accuracy["unknown_count"]}, counted wrong). Rows: true label, '
+            f'({_e(macro_average_note(accuracy) or "macro-F1 over all classes")}; unknown '
+            f'{accuracy["unknown_count"]}, counted wrong). Rows: true label, '
             'columns: predicted.</p>'
             f'<table id="confusion" class="matrix"><tr><th>true \\ predicted</th>{head}</tr>'
             + ''.join(rows) + '</table>')
