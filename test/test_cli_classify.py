@@ -74,7 +74,7 @@ def test_json_output_matches_known_counts(tmp_path, monkeypatch, capsys):
     assert 'unknown rejection at 0.300: 1 of 9 images (11.11%) fall to unknown; accuracy ' \
         'of the other 8: 0.8750' in text
     assert 'unknown: 0' not in text
-    assert 'over 3 of 4 classes; leaf_blight has no samples (n/a)' in text
+    assert 'over 3 of 4 classes (leaf_blight: no samples, n/a)' in text
     leaf_blight_row = next(line for line in text.splitlines()
                            if line.startswith('leaf_blight '))
     assert leaf_blight_row.split() == ['leaf_blight', 'n/a', 'n/a', 'n/a', '0']

@@ -147,7 +147,7 @@ def test_absent_class_not_in_macro_average():
                                         'support': 0}
     assert report['macro_f1_labels'] == ['a']
     text = format_report(report)
-    assert 'macro-F1: 1.0000 (over 1 of 2 classes; b has no samples (n/a))' in text
+    assert 'macro-F1: 1.0000 over 1 of 2 classes (b: no samples, n/a)' in text
     per_class_row, matrix_row = (line.split() for line in text.splitlines()
                                  if line.startswith('b '))
     assert per_class_row == ['b', 'n/a', 'n/a', 'n/a', '0'] and matrix_row == ['b', '0', '0']

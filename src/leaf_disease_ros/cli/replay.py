@@ -106,7 +106,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f'vision_msgs/Detection2DArray (default: '
                              f'{DEFAULT_GROUND_TRUTH_TOPIC})')
     topics.add_argument('--node-name', default=DEFAULT_NODE_NAME,
-                        help='name of the node whose output topics detections.mcap holds '
+                        help='name of the node whose output topics the output bag holds '
                              '(/NAME/detections...; default: %(default)s, as the node)')
     model = parser.add_argument_group('model (parameters model_path, backend, ...)')
     model.add_argument('--model', help='ONNX model with its card beside it (default: shipped)')
@@ -139,7 +139,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run = parser.add_argument_group('run')
     run.add_argument('--max-frames', type=int, default=0, help='stop after N frames (0: all)')
     run.add_argument('--no-output-bag', action='store_true',
-                     help='do not write detections.mcap')
+                     help='do not write the output bag detections/')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
     adapt = parser.add_argument_group('adaptation (docs/adaptation.md)')
     adapt.add_argument('--harvest-tiles', metavar='DIR', default='',
@@ -248,8 +248,8 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     else:
         note = macro_average_note(accuracy)
         lines.append(f"tile accuracy {accuracy['accuracy']:.3f}, macro-F1 "
-                     f"{accuracy['macro_f1']:.3f} ({accuracy['count']} tiles vs ground "
-                     f"truth{'; macro-F1 ' + note if note else ''}); unknown "
+                     f"{accuracy['macro_f1']:.3f}{' ' + note if note else ''} "
+                     f"({accuracy['count']} tiles vs ground truth); unknown "
                      f"{100 * tiles['unknown_rate']:.1f} %")
     missing = {k: v for k, v in geo['by_reason'].items()
                if v and k not in ('interpolated', 'nearest')}

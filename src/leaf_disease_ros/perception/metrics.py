@@ -99,15 +99,14 @@ def macro_average_note(report: Dict[str, Any]) -> str:
     Say which classes the macro average covers, when it is not all of them.
 
     Returns ``''`` when every class has samples, else for example
-    ``'over 4 of 5 classes; background has no samples (n/a)'``.
+    ``'over 4 of 5 classes (background: no samples, n/a)'``.
     """
     covered = report['macro_f1_labels']
     absent = [label for label in report['labels'] if label not in covered]
     if not absent:
         return ''
-    return (f"over {len(covered)} of {len(report['labels'])} classes; "
-            f"{', '.join(absent)} {'has' if len(absent) == 1 else 'have'} no samples "
-            f'({NOT_APPLICABLE})')
+    return (f"over {len(covered)} of {len(report['labels'])} classes "
+            f"({', '.join(absent)}: no samples, {NOT_APPLICABLE})")
 
 
 def format_report(report: Dict[str, Any]) -> str:
@@ -122,7 +121,7 @@ def format_report(report: Dict[str, Any]) -> str:
     width = max(len('class'), *(len(label) for label in labels))
     note = macro_average_note(report)
     head = (f"images: {report['count']}   accuracy: {report['accuracy']:.4f}   "
-            f"macro-F1: {report['macro_f1']:.4f}" + (f' ({note})' if note else ''))
+            f"macro-F1: {report['macro_f1']:.4f}" + (f' {note}' if note else ''))
     if report['unknown_count']:
         head += f"   unknown: {report['unknown_count']} (counted wrong)"
     lines = [head, '', f"{'class':<{width}}  precision  recall      f1  support"]
