@@ -105,7 +105,7 @@ def geo_detection_positions(out):
 
     store = make_typestore()
     positions = []
-    with Reader(os.path.join(out, 'detections.mcap')) as reader:
+    with Reader(os.path.join(out, 'detections')) as reader:
         for connection, _, data in reader.messages():
             if connection.topic.endswith('/geo_detections'):
                 msg = store.deserialize_cdr(data, connection.msgtype)
@@ -311,13 +311,13 @@ def test_case3_grey_frames_in_a_colour_recording_are_skipped_and_counted(tmp_pat
 
 def test_case4_the_replay_never_writes_over_its_input(tmp_path, capsys, model, frame_image,
                                                       monkeypatch):
-    # A first run writes replay_report/ with detections.mcap; replaying that output
+    # A first run writes replay_report/ with detections/; replaying that output
     # with the default --out renamed the input to .old and deleted it.
     bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
     monkeypatch.chdir(tmp_path)
     code, _, _ = run([bag, '--image-topic', '/camera/image_raw/compressed'], capsys, model)
     assert code == cli.EXIT_OK
-    output_bag = os.path.join('replay_report', 'detections.mcap')
+    output_bag = os.path.join('replay_report', 'detections')
     before = sorted(os.listdir(output_bag))
     sizes = [os.path.getsize(os.path.join(output_bag, n)) for n in before]
     code, _, err = run([output_bag, '--image-topic', '/camera/image_raw/compressed'], capsys,
@@ -406,7 +406,7 @@ def test_case5_an_interrupted_run_leaves_no_debris_and_the_old_report(tmp_path, 
     assert 'Traceback' not in done.stderr
     assert ('terminated (SIGTERM)' if signum == 'SIGTERM' else 'interrupted') in done.stderr
     assert _snapshot(out) == before  # all of the earlier run, untouched
-    assert _hidden_entries(str(tmp_path)) == []  # no .out.partial-*, no .detections.mcap.*
+    assert _hidden_entries(str(tmp_path)) == []  # no .out.partial-*, no .detections.*
 
 
 def test_case5_a_full_disk_leaves_the_old_report_whole(tmp_path, capsys, model,
@@ -436,7 +436,7 @@ def test_case5_a_new_report_replaces_the_old_one_as_a_whole(tmp_path, capsys, mo
     code, _, _ = run([bag, '--out', out, '--no-output-bag'], capsys, model)
     assert code == cli.EXIT_OK
     assert metrics_of(out)['frames']['processed'] == 3
-    assert not os.path.exists(os.path.join(out, 'detections.mcap'))  # not the old run's
+    assert not os.path.exists(os.path.join(out, 'detections'))  # not the old run's
     assert _hidden_entries(str(tmp_path)) == []
 
 
@@ -545,11 +545,11 @@ def test_case7_an_old_detections_file_leaves_nothing_behind(tmp_path, capsys, mo
     bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames_at(frame_image, [1.0]))
     out = tmp_path / 'out'
     out.mkdir()
-    (out / 'detections.mcap').write_text('an old file of that name')
+    (out / 'detections').write_text('an old file of that name')
     write_manifest(str(out), 'leaf-disease-replay')  # an earlier report, by its manifest
     code, _, _ = run([bag, '--out', str(out)], capsys, model)
     assert code == cli.EXIT_OK
-    assert os.path.isdir(out / 'detections.mcap')
+    assert os.path.isdir(out / 'detections')
     assert not [n for n in os.listdir(out)
                 if n.endswith('.old') or (n.startswith('.') and n != MANIFEST_FILE)]
     assert _hidden_entries(str(tmp_path)) == []

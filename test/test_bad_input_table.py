@@ -384,7 +384,7 @@ def _(ctx):
 def _(ctx):
     ctx.monkeypatch.chdir(ctx.tmp)
     assert replay_cli.main([ctx.bag(), '--model', ctx.model, '--no-progress']) == 0
-    return ctx.replay('replay_report/detections.mcap', '--out', 'replay_report')
+    return ctx.replay('replay_report/detections', '--out', 'replay_report')
 
 
 @case('replay.out_inside_input')

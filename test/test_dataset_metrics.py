@@ -134,12 +134,29 @@ def test_confusion_matrix_and_report_known_answer():
     assert c['precision'] == 1.0 and c['recall'] == pytest.approx(2 / 3)
     assert report['macro_f1'] == pytest.approx((2 / 3 + 0.5 + 0.8) / 3)
     text = format_report(report)
-    assert 'accuracy: 0.6250' in text and 'unknown: 1' in text
+    assert 'accuracy: 0.6250' in text and 'unknown: 1 (counted wrong)' in text
+    # argmax reports (training, classify) have no unknown: the line does not claim 0
+    assert 'unknown' not in format_report(classification_report([0], [0], ['a']))
 
 
 def test_absent_class_not_in_macro_average():
     report = classification_report([0, 0], [0, 0], ['a', 'b'])
     assert report['macro_f1'] == 1.0 and report['per_class']['b']['support'] == 0
+    # not applicable, never a 0.000 beside a macro-F1 of 1.000
+    assert report['per_class']['b'] == {'precision': None, 'recall': None, 'f1': None,
+                                        'support': 0}
+    assert report['macro_f1_labels'] == ['a']
+    text = format_report(report)
+    assert 'macro-F1: 1.0000 over 1 of 2 classes (b: no samples, n/a)' in text
+    per_class_row, matrix_row = (line.split() for line in text.splitlines()
+                                 if line.startswith('b '))
+    assert per_class_row == ['b', 'n/a', 'n/a', 'n/a', '0'] and matrix_row == ['b', '0', '0']
+    # predicted but absent: precision 0 (all false alarms); present, never predicted: 0
+    report = classification_report([0, 0, 1], [1, 0, 0], ['a', 'b', 'c'])
+    assert report['per_class']['b']['precision'] == 0.0
+    assert report['per_class']['b']['recall'] == 0.0
+    assert report['per_class']['c']['precision'] is None
+    assert report['macro_f1_labels'] == ['a', 'b']
 
 
 def test_ece_known_answer():

@@ -160,3 +160,26 @@ def test_embed_command_errors(tmp_path, tiny_model_path, capsys):
     assert main([str(tmp_path / 'nothing'), '--model', tiny_model_path,
                  '--out', str(tmp_path / 'o')]) == 2
     assert 'is not a folder' in capsys.readouterr().err
+
+
+def test_ood_without_fit_on_a_folder_lacking_a_class(leaves_dir, tiny_model_path, tmp_path,
+                                                     capsys):
+    # the shipped model has a background class no leaf folder holds: fitting the
+    # distance on DATA itself ended in "ValueError: need ... a row of every class"
+    import shutil
+
+    import cv2
+    data = tmp_path / 'data'
+    shutil.copytree(leaves_dir, data)
+    shutil.rmtree(data / 'leaf_blight')
+    ood = tmp_path / 'ood'
+    ood.mkdir()
+    cv2.imwrite(str(ood / 'sky.png'), np.full((256, 256, 3), (235, 200, 150), np.uint8))
+    out = tmp_path / 'map'
+    assert main([str(data), '--model', tiny_model_path, '--out', str(out), '--ood', str(ood),
+                 '--ood-tile-size', '128']) == 0
+    check = json.loads((out / 'embedding.json').read_text())['domain_check']
+    assert check['distance'] == ('fitted on DATA itself (18 images: optimistic) (no images '
+                                 'of leaf_blight: their class means are left out)')
+    assert check['all']['out_of_domain'] == 4
+    assert 'AUROC distance' in capsys.readouterr().out

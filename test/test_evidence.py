@@ -224,7 +224,7 @@ def test_the_replay_marks_confirmed_and_unconfirmed_findings(tmp_path):
     from rosbags.rosbag2 import Reader
     store = make_typestore()
     sent = []
-    with Reader(os.path.join(out, 'detections.mcap')) as reader:
+    with Reader(os.path.join(out, 'detections')) as reader:
         connections = [c for c in reader.connections if c.topic.endswith('geo_detections')]
         for connection, _, data in reader.messages(connections=connections):
             msg = store.deserialize_cdr(data, connection.msgtype)

@@ -296,7 +296,7 @@ def check_report(out, code, write_bag_flag):
         assert math.isfinite(lon) and -180.0 <= lon <= 180.0
     assert os.path.exists(os.path.join(out, 'confusion_matrix.png')) == \
         (metrics['accuracy'] is not None)
-    assert os.path.isdir(os.path.join(out, 'detections.mcap')) == write_bag_flag
+    assert os.path.isdir(os.path.join(out, 'detections')) == write_bag_flag
     return metrics
 
 

@@ -166,7 +166,40 @@ def test_kml_is_kml22_with_placemarks_and_track(tmp_path):
 def test_kml_escapes_text():
     feature = geomap.MapFeature('a<b&c', LAT0, LON0, 1, 0.5, 0.5, 0, 0)
     root = ElementTree.fromstring(geomap.kml_document([feature]))
-    assert root.find(f'.//{KML}Placemark/{KML}name').text == 'a<b&c x1'
+    assert root.find(f'.//{KML}Placemark/{KML}name').text == 'A<b&c x1'
+
+
+def test_people_read_display_names_and_machines_the_label(tmp_path):
+    names = {'black_rot': 'Black rot (Guignardia)'}
+    document = geomap.geojson_document(_features(), display_names=names)
+    shown = [(f['properties']['label'], f['properties']['display_name'])
+             for f in document['features']]
+    assert shown == [('black_rot', 'Black rot (Guignardia)'), ('esca', 'Esca')]
+    root = ElementTree.fromstring(geomap.kml_document(_features(), display_names=names))
+    assert [f.find(f'{KML}name').text for f in root.findall(f'.//{KML}Folder')] == [
+        'Black rot (Guignardia)', 'Esca']
+    assert root.find(f'.//{KML}Placemark/{KML}name').text == 'Black rot (Guignardia) x2'
+    assert root.find(f'.//{KML}Placemark/{KML}styleUrl').text == '#finding_black_rot'
+
+
+def test_map_png_says_names_origin_north_and_scale(monkeypatch):
+    texts = []
+    draw = geomap.cv2.putText
+
+    def recording(image, text, *args, **kwargs):
+        texts.append(text)
+        return draw(image, text, *args, **kwargs)
+    monkeypatch.setattr(geomap.cv2, 'putText', recording)
+    geomap.render_map(_features(), [], ('black_rot', 'esca'),
+                      display_names={'black_rot': 'Black rot'})
+    assert 'Black rot' in texts and 'Esca' in texts and 'black_rot' not in ' '.join(texts)
+    # the origin is named as latitude / longitude, north and the grid step are given
+    assert texts.count('origin (0, 0 m):') == 1
+    origin = texts[texts.index('origin (0, 0 m):') + 1:][:2]
+    assert [t.split()[0] for t in origin] == ['latitude', 'longitude']
+    assert float(origin[0].split()[1]) == pytest.approx(LAT0, abs=1e-5)
+    assert float(origin[1].split()[1]) == pytest.approx(LON0, abs=1e-5)
+    assert 'N' in texts and any(t.startswith('grid: ') and t.endswith(' m') for t in texts)
 
 
 def test_map_png_draws_findings_in_their_colour(tmp_path):

@@ -83,5 +83,5 @@ def test_the_readme_main_job_reproduces_the_documented_figures(tmp_path):
         'leaf-disease-replay no longer prints the figures of record in docs/replay.md:\n'
         + run.stdout)
     for name in ('report.md', 'map.png', 'findings.geojson', 'findings.kml',
-                 'confusion_matrix.png', 'detections.mcap'):
+                 'confusion_matrix.png', 'detections'):
         assert os.path.exists(tmp_path / 'replay_report' / name), name

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import REPO_DIR
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.errors import ModelCardError, ModelLoadError
 from leaf_disease_ros.perception.model_card import (card_from_dict, card_path_for_model,
@@ -159,3 +160,23 @@ def test_finding_score_roundtrip(doc):
     assert 'finding_score' not in card.calibration_extra
     assert card_to_dict(card)['calibration']['finding_score'] == 'disease_mass'
     assert card_from_dict(card_to_dict(card), 'x.json') == card
+
+
+def test_display_names_roundtrip_and_default(doc):
+    doc['display_names'] = {'black_rot': 'Black rot (Guignardia bidwellii)'}
+    card = card_from_dict(doc)
+    assert card.display_name('black_rot') == 'Black rot (Guignardia bidwellii)'
+    assert card.display_name('leaf_blight') == 'Leaf blight'  # no name: humanised
+    assert card.display_name_map()['unknown'] == 'Unknown'
+    assert card_from_dict(card_to_dict(card)).display_names == doc['display_names']
+    for bad in ({'powdery_mildew': 'Powdery mildew'}, {'esca': ''}, {'esca': 3}, ['esca']):
+        doc['display_names'] = bad
+        with pytest.raises(ModelCardError, match='display_names'):
+            card_from_dict(doc)
+
+
+@pytest.mark.parametrize('name', ['leaf_lite0_field', 'leaf_resnet18_field'])
+def test_shipped_cards_name_every_label_for_people(name):
+    card = load_card(os.path.join(REPO_DIR, 'engines', name + '.json'))
+    assert set(card.display_names) == set(card.labels)
+    assert card.display_name('black_rot') == 'Black rot'

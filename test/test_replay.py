@@ -160,7 +160,7 @@ def test_known_answers(tmp_path, leaves, predicted, tiny_card, model_path, stora
                                                    zip(predicted[:6], diseased[:6]) if d})
     assert metrics['latency_ms']['pipeline']['count'] == 4
     for name in ('metrics.json', 'report.md', 'confusion_matrix.png', 'map.png',
-                 'findings.geojson', 'findings.kml', 'detections.mcap'):
+                 'findings.geojson', 'findings.kml', 'detections'):
         assert os.path.exists(os.path.join(out, name)), name
     assert not [n for n in os.listdir(out) if n.startswith('.')]  # no temp files left
     with open(os.path.join(out, 'metrics.json'), encoding='utf-8') as stream:
@@ -177,7 +177,7 @@ def test_output_bag_holds_the_node_topics(tmp_path, leaves, predicted, tiny_card
     store = make_typestore()
     counts = {}
     stamps = []
-    with Reader(os.path.join(out, 'detections.mcap')) as reader:
+    with Reader(os.path.join(out, 'detections')) as reader:
         for connection, _, data in reader.messages():
             counts[connection.topic] = counts.get(connection.topic, 0) + 1
             if connection.topic == '/detector_node/detections':
@@ -218,7 +218,7 @@ def test_max_frames_and_cli_flags_override_params_file(tmp_path, leaves, predict
     assert metrics['frames']['processed'] == 4
     assert metrics['tiles']['total'] == 4 * 3  # the flags win over the file
     assert metrics['parameters']['merge_radius_m'] == 2.5
-    assert not (out2 / 'detections.mcap').exists()
+    assert not (out2 / 'detections').exists()
     summary = capsys.readouterr().out
     assert 'tile accuracy' in summary and 'geotag coverage' in summary
 
@@ -234,3 +234,52 @@ def test_frame_queue_is_bounded(tmp_path, leaves, predicted, tiny_card, model_pa
                                      parameters=params, max_pending_frames=2))
     assert state.frames_processed == 6
     assert state.frames_queued_early == 4
+
+
+def test_reports_show_the_values_in_force(tmp_path, leaves, predicted, tiny_card, model_path):
+    # thresholds deferring to the card and backend auto: the reports show what the run
+    # used (the card's 0.3 and 0.5, onnxruntime), never -1.0 or 'auto'
+    frames, fixes, truth, _ = scenario(leaves, predicted, list(tiny_card.labels))
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, fixes, truth)
+    metrics, out = _replay(tmp_path, bag, model_path, params={
+        'unknown_threshold': -1.0, 'disease_score_threshold': -1.0, 'backend': 'auto'})
+    assert metrics['parameters']['unknown_threshold'] == pytest.approx(0.3)
+    assert metrics['parameters']['disease_score_threshold'] == pytest.approx(0.5)
+    assert metrics['parameters']['backend'] == 'onnxruntime'
+    assert metrics['parameters_given']['unknown_threshold'] == -1.0
+    assert metrics['parameter_sources'] == {
+        'backend': 'auto', 'unknown_threshold': "negative: the model card's",
+        'disease_score_threshold': "negative: the model card's"}
+    text = (tmp_path / 'report' / 'report.md').read_text()
+    table = text[text.index('## Parameters'):]
+    assert '| -1' not in table
+    assert "| unknown_threshold | 0.3 | negative: the model card's |" in table
+    assert "| disease_score_threshold | 0.5 | negative: the model card's |" in table
+    assert '| backend | onnxruntime | auto |' in table
+    page = (tmp_path / 'report' / 'report.html').read_text()
+    assert 'a top-label score of at least 0.5,' in page and '-1' not in page.split(
+        'id="findings-map"')[1].split('</p>')[0]
+    # the output bag is detections/ holding detections.mcap (rosbags names the file
+    # after its folder: a folder named detections.mcap held detections.mcap.mcap)
+    bag_files = sorted(os.listdir(os.path.join(out, 'detections')))
+    assert bag_files == ['detections.mcap', 'metadata.yaml']
+    assert metrics['outputs']['detections_mcap'] == 'detections/detections.mcap'
+    assert 'open `detections/detections.mcap` in Foxglove' in text
+
+
+def test_shipped_model_is_named_not_an_empty_path():
+    from leaf_disease_ros.perception.config import defaults
+    from leaf_disease_ros.replay.report import parameters_in_force
+
+    params = defaults()
+    values, sources = parameters_in_force(params, {
+        'backend': 'tensorrt', 'engine_path': '/opt/x/engines/leaf.fp16.engine',
+        'model_path': '/opt/x/engines/leaf.onnx', 'max_batch': 8, 'unknown_threshold': 0.66,
+        'finding_threshold': 0.9, 'finding_threshold_from': 'site'})
+    assert values['model_path'] == 'leaf.fp16.engine'
+    assert sources['model_path'] == 'empty: the shipped model'
+    assert values['max_batch'] == 8 and sources['max_batch'] == (
+        f"{params['max_batch']} given, capped by the backend")
+    assert (values['disease_score_threshold'], sources['disease_score_threshold']) == (
+        0.9, "negative: the site's")
+    assert values['tile_size_px'] == params['tile_size_px'] and 'tile_size_px' not in sources

@@ -82,6 +82,32 @@ def test_report_html_is_self_contained_with_the_gallery(report):
     assert 'ros2 bag play' in page and 'stamp: 1970-01-01T00:00:0' in page
 
 
+def test_report_html_is_for_people(report):
+    metrics, out = report
+    page = open(os.path.join(out, REPORT_HTML_FILE), encoding='utf-8').read()
+    # no path of the machine that wrote it: the bag by its name, also in the commands
+    base = os.path.dirname(out)
+    assert base not in page and metrics['bag']['path'].startswith(base)
+    assert re.findall(r'ros2 bag play (\S+) --start-offset', page) == ['bag'] * page.count(
+        '<figure class="tile"')
+    # display names (the tiny card has none: the labels humanised), positions as
+    # latitude / longitude, the fix status in words
+    assert '<b>Black rot</b>' in page or '<b>Esca</b>' in page or '<b>Healthy</b>' in page
+    assert not re.search(r'<b>(black_rot|leaf_blight)</b>', page)
+    assert 'fix status' not in page and '(ground-augmented fix (GBAS: RTK or DGPS))' in page
+    assert re.search(r'GPS: lat -?\d+\.\d{6}, lon -?\d+\.\d{6}', page)
+    # the map: north arrow, scale bar, the corners' latitude / longitude
+    svg = page[page.index('<svg id="map"'):page.index('</svg>')]
+    assert '<g class="north"' in svg and '>N</text>' in svg
+    assert re.search(r'<g class="scale">.*<text[^>]*>\d+(\.\d+)? m</text>', svg)
+    corners = re.findall(r'<text class="corner"[^>]*>lat (-?[\d.]+), lon (-?[\d.]+)</text>', svg)
+    assert len(corners) == 2
+    (north, west), (south, east) = [(float(a), float(b)) for a, b in corners]
+    # the track runs 19.5 m east and 7.8 m north of (LAT0, LON0), inside the corners
+    assert south < LAT0 < LAT0 + 7.8 / 111_000 < north
+    assert west < LON0 < LON0 + 19.5 / 78_000 < east
+
+
 def test_gallery_keeps_one_tile_per_leaf_and_the_best_ones(tiny_model_path):
     from leaf_disease_ros.perception.pipeline import Detection, FrameResult
     from leaf_disease_ros.perception.positions import GeotagResult

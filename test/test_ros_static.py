@@ -105,7 +105,7 @@ def test_the_entry_point_checks_python_before_importing_the_node():
     tree = ast.parse(read(ENTRY_POINT))
     top_level = {module.split('.')[0] for node in tree.body
                  for module in imported_modules(ast.unparse(node))}
-    assert top_level <= {'sys', 'typing', 'leaf_disease_ros'}
+    assert top_level <= {'sys', 'textwrap', 'typing', 'leaf_disease_ros'}
     assert imported_modules(read(ENTRY_POINT)) >= {'leaf_disease_ros.ros.node'}
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == 'main')
     check = min(n.lineno for n in ast.walk(main)
@@ -376,3 +376,29 @@ def test_the_ros_workflow_builds_and_tests_in_humble_and_jazzy_containers():
                    'leaf_disease_ros', 'colcon test --packages-select leaf_disease_ros',
                    'colcon test-result --verbose', 'PIP_CONSTRAINT'):
         assert needed in script
+
+
+def test_detector_node_help_answers_without_ros():
+    # the README says every command answers --help; detector_node did not without ROS
+    # (ModuleNotFoundError: diagnostic_msgs). It must not even import rclpy or OpenCV.
+    import subprocess
+    import sys
+
+    from leaf_disease_ros.perception.config import PARAMETERS
+
+    script = ('import sys\n'
+              'from leaf_disease_ros.ros.entry_point import main\n'
+              'code = main(sys.argv[1:])\n'
+              'sys.stderr.write(f"{code} {\'rclpy\' in sys.modules} {\'cv2\' in sys.modules}")\n')
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(SRC))
+    for argv in (['--help'], ['-h', '--ros-args', '-p', 'top_k:=2']):
+        run = subprocess.run([sys.executable, '-c', script] + argv, capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert run.stderr.split() == ['0', 'False', 'False'], run.stderr
+        assert run.stdout.startswith('usage: ros2 run leaf_disease_ros detector_node')
+        for spec in PARAMETERS:
+            assert f'\n  {spec.name} (default ' in run.stdout, spec.name
+        assert '~/geo_detections' in run.stdout
+    # after --ros-args, -h is ROS's (rcl's own argument), not ours
+    from leaf_disease_ros.ros.entry_point import wants_help
+    assert not wants_help(['--ros-args', '-p', 'x:=1', '--help'])

@@ -198,7 +198,9 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     accepted = [t == p for t, p, r in zip(true_idx, top1, rejected) if not r]
     report['unknown_rejection'] = {
         'threshold': card.unknown_threshold,
+        'count': int(sum(rejected)),
         'unknown_rate': float(np.mean(rejected)) if rejected else 0.0,
+        'accepted': len(accepted),
         'accepted_accuracy': float(np.mean(accepted)) if accepted else 0.0,
     }
     report['folder'] = os.path.abspath(folder)
@@ -206,6 +208,13 @@ def evaluate_folder(classifier: Classifier, folder: str) -> Dict[str, Any]:
     report['skipped'] = skipped + not_images + loose
     report['files_found'] = len(samples) + len(not_images) + len(loose)
     return report
+
+
+def rejection_line(rejection: Dict[str, Any], count: int) -> str:
+    """Say what the card's ``unknown`` threshold does to ``count`` images, in counts."""
+    return (f"unknown rejection at {rejection['threshold']:.3f}: {rejection['count']} of "
+            f"{count} images ({rejection['unknown_rate']:.2%}) fall to unknown; accuracy of "
+            f"the other {rejection['accepted']}: {rejection['accepted_accuracy']:.4f}")
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -291,12 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 evaluations.append(report)
                 classified += report['count']
                 if args.json is None:
-                    _out(f'== {path}')
+                    _out(f'== {path} (top-1 label of every image, before the unknown '
+                         'rejection)')
                     _out(format_report(report))
-                    rej = report['unknown_rejection']
-                    _out(f"unknown rejection at {rej['threshold']:.3f}: "
-                         f"{rej['unknown_rate']:.2%} of images rejected, accuracy of the rest "
-                         f"{rej['accepted_accuracy']:.4f}")
+                    _out(rejection_line(report['unknown_rejection'], report['count']))
                     if report['skipped']:
                         _out(f"not evaluated: {len(report['skipped'])} of "
                              f"{report['files_found']} files (reasons on stderr)")

@@ -150,6 +150,25 @@ def _ood_tiles(backend: Backend, folder: str, tile_size_px: int
     return np.concatenate(logits), np.concatenate(features), np.concatenate(fractions)
 
 
+def fit_present_classes(features: np.ndarray, indices: np.ndarray, labels: Sequence[str]
+                        ) -> Tuple[EmbeddingDistance, List[str]]:
+    """
+    Fit the distance on the classes that have images; return it and the classes without.
+
+    The distance is to the nearest class mean, so a class without images (the shipped
+    model's ``background`` in a folder of leaf photos) is simply not a mean to be near:
+    fitting it would need rows it does not have (``fit_distance`` refuses).
+
+    :raises DatasetError: no class has an image.
+    """
+    present = sorted({int(i) for i in indices})
+    if not present:
+        raise DatasetError('no image of any label of the model to fit the distance on')
+    remap = {index: rank for rank, index in enumerate(present)}
+    distance = fit_distance(features, np.array([remap[int(i)] for i in indices]), len(present))
+    return distance, [label for index, label in enumerate(labels) if index not in remap]
+
+
 def domain_check(args: argparse.Namespace, backend: Backend, labels: Sequence[str],
                  in_logits: np.ndarray, in_features: np.ndarray) -> Dict[str, Any]:
     """Return the AUROC comparison of the distance and the softmax score (see module doc)."""
@@ -168,7 +187,9 @@ def domain_check(args: argparse.Namespace, backend: Backend, labels: Sequence[st
             fit_features = in_features[labelled]
             indices = np.array([card.labels.index(labels[i]) for i in labelled])
             source = f'fitted on DATA itself ({len(labelled)} images: optimistic)'
-        distance = fit_distance(fit_features, indices, card.num_classes)
+        distance, absent = fit_present_classes(fit_features, indices, card.labels)
+        if absent:
+            source += f" (no images of {', '.join(absent)}: their class means are left out)"
         threshold = distance_threshold(distance.distances(in_features), args.max_reject)
     elif distance.unknown_threshold is not None:
         threshold = distance.unknown_threshold

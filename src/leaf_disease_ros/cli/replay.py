@@ -39,6 +39,7 @@ from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (load_params_file, strict_parameters,
                                                 validate_parameters)
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.perception.metrics import macro_average_note
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import check_outputs_apart
 from leaf_disease_ros.replay.compare import ModelComparison
@@ -106,7 +107,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f'vision_msgs/Detection2DArray (default: '
                              f'{DEFAULT_GROUND_TRUTH_TOPIC})')
     topics.add_argument('--node-name', default=DEFAULT_NODE_NAME,
-                        help='name of the node whose output topics detections.mcap holds '
+                        help='name of the node whose output topics the output bag holds '
                              '(/NAME/detections...; default: %(default)s, as the node)')
     model = parser.add_argument_group('model (parameters model_path, backend, ...)')
     model.add_argument('--model', help='ONNX model with its card beside it (default: shipped)')
@@ -139,7 +140,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run = parser.add_argument_group('run')
     run.add_argument('--max-frames', type=int, default=0, help='stop after N frames (0: all)')
     run.add_argument('--no-output-bag', action='store_true',
-                     help='do not write detections.mcap')
+                     help='do not write the output bag detections/')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
     adapt = parser.add_argument_group('adaptation (docs/adaptation.md)')
     adapt.add_argument('--harvest-tiles', metavar='DIR', default='',
@@ -246,8 +247,10 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
     if accuracy is None:
         lines.append('accuracy: no ground truth in the bag')
     else:
-        lines.append(f"tile {accuracy_text(accuracy)} ({accuracy['count']} tiles vs ground "
-                     f"truth); unknown {100 * tiles['unknown_rate']:.1f} %")
+        note = macro_average_note(accuracy) if accuracy.get('accuracy') is not None else ''
+        lines.append(f"tile {accuracy_text(accuracy)}{' ' + note if note else ''} "
+                     f"({accuracy['count']} tiles vs ground truth); unknown "
+                     f"{100 * tiles['unknown_rate']:.1f} %")
     missing = {k: v for k, v in geo['by_reason'].items()
                if v and k not in ('interpolated', 'nearest')}
     rejected = geo.get('fixes_rejected', {})

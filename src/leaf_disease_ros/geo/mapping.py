@@ -33,13 +33,18 @@ Writers: :func:`write_geojson` (RFC 7946: a FeatureCollection of Points,
 2.2, one folder per label plus the track) and :func:`write_map_png` (OpenCV: the
 findings coloured by disease on a metric grid with the track). Every file is
 written atomically. Pure Python + numpy + OpenCV: no ROS.
+
+What people read (the PNG's legend, KML names and descriptions, GeoJSON's
+``display_name``) uses the model card's display names (``Black rot``, not
+``black_rot``; :meth:`~leaf_disease_ros.perception.model_card.ModelCard.display_name`);
+the machine-readable ``label`` stays the card's label.
 """
 
 from dataclasses import dataclass
 import datetime
 import json
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import xml.etree.ElementTree as ElementTree
 
 import cv2
@@ -47,6 +52,7 @@ import numpy as np
 
 from leaf_disease_ros.geo.geodesy import local_east_north_m, offset_latlon
 from leaf_disease_ros.perception.atomic_io import atomic_write_bytes, atomic_write_text
+from leaf_disease_ros.perception.model_card import humanize_label
 from leaf_disease_ros.perception.plots import encode_png
 
 KML_NAMESPACE = 'http://www.opengis.net/kml/2.2'
@@ -296,9 +302,19 @@ def iso_utc(stamp_ns: int) -> str:
     return moment.strftime('%Y-%m-%dT%H:%M:%S.') + f'{moment.microsecond // 1000:03d}Z'
 
 
-def _feature_properties(feature: MapFeature) -> Dict[str, Any]:
+DisplayNames = Optional[Mapping[str, str]]
+
+
+def shown_name(label: str, display_names: DisplayNames = None) -> str:
+    """Return the name people read for ``label`` (the card's, else the label humanised)."""
+    return (display_names or {}).get(label) or humanize_label(label)
+
+
+def _feature_properties(feature: MapFeature, display_names: DisplayNames = None
+                        ) -> Dict[str, Any]:
     return {
         'label': feature.label,
+        'display_name': shown_name(feature.label, display_names),
         'count': feature.count,
         'score_max': round(feature.score_max, 4),
         'score_mean': round(feature.score_mean, 4),
@@ -312,7 +328,8 @@ def _feature_properties(feature: MapFeature) -> Dict[str, Any]:
 
 
 def geojson_document(features: Sequence[MapFeature],
-                     properties: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                     properties: Optional[Dict[str, Any]] = None,
+                     display_names: DisplayNames = None) -> Dict[str, Any]:
     """
     Return an RFC 7946 FeatureCollection of the features (Points, lon/lat order).
 
@@ -325,7 +342,7 @@ def geojson_document(features: Sequence[MapFeature],
             'type': 'Feature',
             'geometry': {'type': 'Point',
                          'coordinates': [round(f.longitude_deg, 8), round(f.latitude_deg, 8)]},
-            'properties': _feature_properties(f),
+            'properties': _feature_properties(f, display_names),
         } for f in features],
     }
     if properties:
@@ -334,10 +351,11 @@ def geojson_document(features: Sequence[MapFeature],
 
 
 def write_geojson(path: str, features: Sequence[MapFeature],
-                  properties: Optional[Dict[str, Any]] = None) -> None:
+                  properties: Optional[Dict[str, Any]] = None,
+                  display_names: DisplayNames = None) -> None:
     """Write the features as GeoJSON (RFC 7946) atomically."""
-    atomic_write_text(path, json.dumps(geojson_document(features, properties), indent=1)
-                      + '\n')
+    document = geojson_document(features, properties, display_names)
+    atomic_write_text(path, json.dumps(document, indent=1) + '\n')
 
 
 def label_colour_bgr(label: str, labels: Sequence[str] = ()) -> Tuple[int, int, int]:
@@ -355,7 +373,8 @@ def _kml_colour(bgr: Tuple[int, int, int]) -> str:
 
 
 def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[float, float]]]
-                 = (), name: str = 'leaf disease findings') -> bytes:
+                 = (), name: str = 'leaf disease findings',
+                 display_names: DisplayNames = None) -> bytes:
     """
     Return a KML 2.2 document: one folder of Placemarks per label, plus the track.
 
@@ -389,12 +408,13 @@ def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[
     sub(line_style, 'width', '2')
     for label in labels:
         folder = sub(document, 'Folder')
-        sub(folder, 'name', label)
+        shown = shown_name(label, display_names)
+        sub(folder, 'name', shown)
         for feature in (f for f in features if f.label == label):
             placemark = sub(folder, 'Placemark')
-            sub(placemark, 'name', f'{label} x{feature.count}')
+            sub(placemark, 'name', f'{shown} x{feature.count}')
             sub(placemark, 'description',
-                f'{label}: seen {feature.count} time(s) from {iso_utc(feature.first_stamp_ns)} '
+                f'{shown}: seen {feature.count} time(s) from {iso_utc(feature.first_stamp_ns)} '
                 f'to {iso_utc(feature.last_stamp_ns)}; best score {feature.score_max:.3f}; '
                 + ('confirmed (repeated evidence)' if feature.confirmed
                    else 'unconfirmed (not repeated: not sent to navigation)'))
@@ -403,7 +423,7 @@ def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[
             sub(span, 'end', iso_utc(feature.last_stamp_ns))
             sub(placemark, 'styleUrl', f'#finding_{label}')
             extended = sub(placemark, 'ExtendedData')
-            for key, value in _feature_properties(feature).items():
+            for key, value in _feature_properties(feature, display_names).items():
                 data = sub(extended, 'Data')
                 data.set('name', key)
                 sub(data, 'value', str(value))
@@ -429,9 +449,9 @@ def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[
 
 def write_kml(path: str, features: Sequence[MapFeature],
               track: Sequence[Sequence[Tuple[float, float]]] = (),
-              name: str = 'leaf disease findings') -> None:
+              name: str = 'leaf disease findings', display_names: DisplayNames = None) -> None:
     """Write the features (and track) as KML 2.2 atomically."""
-    atomic_write_bytes(path, kml_document(features, track, name))
+    atomic_write_bytes(path, kml_document(features, track, name, display_names))
 
 
 def _nice_step(span_m: float, target_lines: int = 8) -> float:
@@ -446,19 +466,21 @@ def _nice_step(span_m: float, target_lines: int = 8) -> float:
 def render_map(features: Sequence[MapFeature],
                track: Sequence[Sequence[Tuple[float, float]]] = (),
                labels: Sequence[str] = (), size_px: int = 900,
-               title: str = '') -> np.ndarray:
+               title: str = '', display_names: DisplayNames = None) -> np.ndarray:
     """
     Draw findings and track on a local metric grid; return a BGR uint8 image.
 
     The grid is east/north metres from the south-west corner of everything drawn
-    (north up, equal scale on both axes). A finding is a disc coloured by its label,
-    its area growing with the sighting count; an unconfirmed one is a ring.
+    (north up, equal scale on both axes), whose latitude and longitude the legend
+    gives; a north arrow and the grid step give direction and scale. A finding is a
+    disc coloured by its label, its area growing with the sighting count; an
+    unconfirmed one is a ring. The legend uses ``display_names``.
 
     :returns: ``(H, W, 3)`` uint8 image, ``W = size_px + legend``.
     """
     points = [(f.latitude_deg, f.longitude_deg) for f in features]
     points += [p for segment in track for p in segment]
-    legend_w = 230
+    legend_w = 300
     margin = 60
     image = np.full((size_px, size_px + legend_w, 3), 255, dtype=np.uint8)
     if title:
@@ -534,10 +556,10 @@ def render_map(features: Sequence[MapFeature],
         cv2.circle(image, (x0 + 8, y - 5), 7, label_colour_bgr(label, all_labels), -1,
                    cv2.LINE_AA)
         spots, seen = counts[label]
-        cv2.putText(image, f'{label}: {spots} spots', (x0 + 22, y), _FONT, 0.45, (0, 0, 0),
-                    1, cv2.LINE_AA)
-        cv2.putText(image, f'({seen} sightings)', (x0 + 22, y + 16), _FONT, 0.4,
-                    (90, 90, 90), 1, cv2.LINE_AA)
+        cv2.putText(image, shown_name(label, display_names), (x0 + 22, y), _FONT, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, f'({spots} spots, {seen} sightings)', (x0 + 22, y + 16), _FONT,
+                    0.4, (90, 90, 90), 1, cv2.LINE_AA)
         y += 14
     if any(not f.confirmed for f in features):
         y += 26
@@ -551,8 +573,10 @@ def render_map(features: Sequence[MapFeature],
     y += 26
     cv2.putText(image, f'grid: {step:g} m', (x0, y), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     y += 22
-    cv2.putText(image, f'origin {ref_lat:.6f}, {ref_lon:.6f}', (x0, y), _FONT, 0.38,
-                (60, 60, 60), 1, cv2.LINE_AA)
+    for line in ('origin (0, 0 m):', f'  latitude {ref_lat:.6f} deg',
+                 f'  longitude {ref_lon:.6f} deg'):
+        cv2.putText(image, line, (x0, y), _FONT, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
+        y += 16
     # north arrow
     ax, ay = size_px + legend_w - 40, size_px - 90
     cv2.arrowedLine(image, (ax, ay + 40), (ax, ay), (0, 0, 0), 2, cv2.LINE_AA, tipLength=0.3)
@@ -562,6 +586,8 @@ def render_map(features: Sequence[MapFeature],
 
 def write_map_png(path: str, features: Sequence[MapFeature],
                   track: Sequence[Sequence[Tuple[float, float]]] = (),
-                  labels: Sequence[str] = (), title: str = '') -> None:
+                  labels: Sequence[str] = (), title: str = '',
+                  display_names: DisplayNames = None) -> None:
     """Render the map and write it as PNG atomically."""
-    atomic_write_bytes(path, encode_png(render_map(features, track, labels, title=title)))
+    image = render_map(features, track, labels, title=title, display_names=display_names)
+    atomic_write_bytes(path, encode_png(image))

@@ -3,13 +3,16 @@ Classification metrics: confusion matrix, accuracy, macro-F1, per-class P/R/F1, 
 
 One implementation for training, export, the classify CLI and the replay report, so
 a figure means the same thing everywhere. Conventions: rows of the confusion matrix
-are the true class, columns the predicted class; a class that is never predicted
-has precision 0, a class that never occurs has recall 0 and is left out of the
-macro average (``support == 0``), as scikit-learn does with ``zero_division=0``
-restricted to present labels.
+are the true class, columns the predicted class. A figure whose denominator is zero
+is not applicable (``None`` in JSON, ``n/a`` in text), never a 0 beside a perfect
+average: a class with no samples (``support == 0``) has no recall and no F1, and is
+left out of the macro average, whose classes ``macro_f1_labels`` lists (as
+scikit-learn does when given only the present labels). A class with samples that is
+never predicted has precision 0 (scikit-learn's ``zero_division=0``); a class neither
+present nor predicted has no precision either.
 """
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -40,8 +43,10 @@ def classification_report(true_idx: ArrayLike, pred_idx: ArrayLike,
     for accuracy and recall, and is reported as ``unknown_count``.
 
     Returns a JSON-ready dict: ``count``, ``accuracy``, ``macro_f1``,
-    ``unknown_count``, ``per_class`` (label -> precision, recall, f1, support),
-    ``labels`` and ``confusion_matrix`` (list of lists).
+    ``macro_f1_labels`` (the classes it averages: those with samples),
+    ``unknown_count``, ``per_class`` (label -> precision, recall, f1, support; a
+    figure that does not apply is ``None``), ``labels`` and ``confusion_matrix``
+    (list of lists).
     """
     true_arr = np.asarray(true_idx, dtype=np.int64)
     pred_arr = np.asarray(pred_idx, dtype=np.int64)
@@ -81,23 +86,55 @@ def expected_calibration_error(probs: np.ndarray, true_idx: ArrayLike,
     return float(ece)
 
 
+NOT_APPLICABLE = 'n/a'
+
+
+def format_figure(value: Optional[float], digits: int = 4) -> str:
+    """Return ``value`` with ``digits`` decimals, or ``n/a`` when it does not apply."""
+    return NOT_APPLICABLE if value is None else f'{value:.{digits}f}'
+
+
+def macro_average_note(report: Dict[str, Any]) -> str:
+    """
+    Say which classes the macro average covers, when it is not all of them.
+
+    Returns ``''`` when every class has samples, else for example
+    ``'over 4 of 5 classes (background: no samples, n/a)'``.
+    """
+    covered = report['macro_f1_labels']
+    absent = [label for label in report['labels'] if label not in covered]
+    if not absent:
+        return ''
+    return (f"over {len(covered)} of {len(report['labels'])} classes "
+            f"({', '.join(absent)}: no samples, {NOT_APPLICABLE})")
+
+
 def format_report(report: Dict[str, Any]) -> str:
-    """Return a plain-text table of a :func:`classification_report` result."""
+    """
+    Return a plain-text table of a :func:`classification_report` result.
+
+    Columns are as wide as the longest label; ``unknown`` is shown when some sample was
+    predicted unknown (argmax reports never are); figures that do not apply read
+    ``n/a``, and the macro average says which classes it covers.
+    """
     labels = report['labels']
-    width = max(12, *(len(label) for label in labels))
-    lines = [f"images: {report['count']}   accuracy: {report['accuracy']:.4f}   "
-             f"macro-F1: {report['macro_f1']:.4f}   unknown: {report['unknown_count']}",
-             '',
-             f"{'class':<{width}}  precision  recall     f1  support"]
+    width = max(len('class'), *(len(label) for label in labels))
+    note = macro_average_note(report)
+    head = (f"images: {report['count']}   accuracy: {report['accuracy']:.4f}   "
+            f"macro-F1: {report['macro_f1']:.4f}" + (f' {note}' if note else ''))
+    if report['unknown_count']:
+        head += f"   unknown: {report['unknown_count']} (counted wrong)"
+    lines = [head, '', f"{'class':<{width}}  precision  recall      f1  support"]
     for label in labels:
         row = report['per_class'][label]
-        lines.append(f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-                     f"{row['f1']:5.4f}  {row['support']:7d}")
+        lines.append(f"{label:<{width}}  {format_figure(row['precision']):>9}  "
+                     f"{format_figure(row['recall']):>6}  {format_figure(row['f1']):>6}  "
+                     f"{row['support']:7d}")
     lines += ['', 'confusion matrix (rows: true, columns: predicted)']
-    header = ' ' * width + '  ' + ' '.join(f'{label[:10]:>10}' for label in labels)
-    lines.append(header)
+    column = max(len(label) for label in labels)
+    lines.append(' ' * width + '  ' + ' '.join(f'{label:>{column}}' for label in labels))
     for label, row in zip(labels, report['confusion_matrix']):
-        lines.append(f'{label:<{width}}  ' + ' '.join(f'{v:>10d}' for v in row))
+        lines.append(f'{label:<{width}}  ' + ' '.join(f'{v:>{column}d}' for v in row))
     return '\n'.join(lines)
 
 
@@ -123,21 +160,31 @@ def classification_report_from_counts(pair_counts: np.ndarray,
     correct = int(np.trace(matrix))
     support = counts.sum(axis=1)
     predicted = matrix.sum(axis=0)
-    per_class: Dict[str, Dict[str, float]] = {}
+    per_class: Dict[str, Dict[str, Any]] = {}
     f1s: List[float] = []
+    covered: List[str] = []
     for index, label in enumerate(labels):
         tp = float(matrix[index, index])
-        precision = tp / predicted[index] if predicted[index] else 0.0
-        recall = tp / support[index] if support[index] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precision: Optional[float] = None
+        if predicted[index]:
+            precision = tp / predicted[index]
+        elif support[index]:
+            precision = 0.0  # present, never predicted: zero_division=0
+        recall: Optional[float] = None
+        f1: Optional[float] = None
+        if support[index]:
+            recall = tp / support[index]
+            f1 = (2 * precision * recall / (precision + recall)
+                  if precision is not None and precision + recall else 0.0)
+            f1s.append(f1)
+            covered.append(label)
         per_class[label] = {'precision': precision, 'recall': recall, 'f1': f1,
                             'support': int(support[index])}
-        if support[index]:
-            f1s.append(f1)
     return {
         'count': count,
         'accuracy': correct / count if count else 0.0,
         'macro_f1': float(np.mean(f1s)) if f1s else 0.0,
+        'macro_f1_labels': covered,
         'unknown_count': int(counts[:, num_classes].sum()),
         'per_class': per_class,
         'labels': list(labels),

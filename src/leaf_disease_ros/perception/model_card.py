@@ -38,6 +38,11 @@ labels together; ``operating_point_material`` says what it was chosen on.
 ``training``, ``metrics`` and the other keys of ``calibration`` are free-form
 records of how the model was made and scored; the runtime ignores them.
 
+``display_names`` (optional) maps labels to the names people read on maps and in
+reports (``{"black_rot": "Black rot", "esca": "Esca (black measles)"}``); a label
+without one is shown as itself with ``_`` as spaces, capitalised (``Leaf blight``).
+Machine-readable outputs (GeoJSON ``label``, messages) keep the label.
+
 Optional (cards without them keep working): ``output.embedding_name`` and
 ``output.embedding_size`` name a second ONNX output, the penultimate-layer features
 ``(N, D)``, and ``embedding_distance`` holds the distance-to-training-data statistics
@@ -103,6 +108,15 @@ class ModelCard:
     embedding_name: str = ''  # second ONNX output: penultimate features; '' = none
     embedding_size: int = 0
     embedding_distance: Optional[EmbeddingDistance] = None
+    display_names: Mapping[str, str] = field(default_factory=dict)
+
+    def display_name(self, label: str) -> str:
+        """Return the name people read for ``label``: the card's, else the label humanised."""
+        return self.display_names.get(label) or humanize_label(label)
+
+    def display_name_map(self) -> Dict[str, str]:
+        """Return label -> display name for every label and ``unknown``."""
+        return {label: self.display_name(label) for label in self.labels + (UNKNOWN_LABEL,)}
 
     @property
     def num_classes(self) -> int:
@@ -126,6 +140,12 @@ class ModelCard:
     def with_model(self, model_file: str, onnx_sha256: str) -> 'ModelCard':
         """Return a copy bound to another model file and hash (used by export)."""
         return replace(self, model_file=model_file, onnx_sha256=onnx_sha256)
+
+
+def humanize_label(label: str) -> str:
+    """Return ``label`` for people: ``black_rot`` -> ``Black rot``."""
+    words = label.replace('_', ' ').strip()
+    return words[:1].upper() + words[1:] if words else label
 
 
 def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
@@ -159,6 +179,12 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
             or set(background) & set(healthy)):
         raise card.fail('background_labels', f'{background!r} must be a list of labels from '
                         '"labels" that are not healthy labels')
+
+    display_names = card.mapping('display_names')
+    for label, shown in display_names.items():
+        if label not in labels or not isinstance(shown, str) or not shown.strip():
+            raise card.fail('display_names', f'{label!r}: {shown!r} must map a label from '
+                            '"labels" to a non-empty name')
 
     inp = card.section('input')
     height = inp.integer('height_px', minimum=1)
@@ -221,6 +247,7 @@ def card_from_dict(doc: Any, path: str = '<card>') -> ModelCard:
         embedding_name=embedding_name,
         embedding_size=embedding_size,
         embedding_distance=distance,
+        display_names=display_names,
     )
 
 
@@ -255,6 +282,8 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
     }
     if card.embedding_distance is not None:
         doc['embedding_distance'] = card.embedding_distance.to_dict()
+    if card.display_names:
+        doc['display_names'] = dict(card.display_names)
     return doc
 
 

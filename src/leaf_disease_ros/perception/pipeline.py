@@ -258,6 +258,14 @@ class Detector:
             return self.site.finding_threshold
         return self._card.finding_threshold
 
+    def finding_threshold_source(self) -> str:
+        """Say where :meth:`finding_threshold` comes from: parameter, site or model card."""
+        if self._config.disease_score_threshold >= 0:
+            return 'parameter'
+        if self.site is not None and self.site.finding_threshold is not None:
+            return 'site'
+        return 'model card'
+
     def _input_buffer(self, count: int) -> np.ndarray:
         height, width = self._card.input_hw_px
         if self._input is None or self._input.shape[0] < count:

@@ -14,6 +14,10 @@ STATUS_NO_FIX = -1
 STATUS_FIX = 0
 STATUS_SBAS_FIX = 1
 STATUS_GBAS_FIX = 2
+#: NavSatStatus values in words, as sensor_msgs/msg/NavSatStatus.msg comments them
+STATUS_WORDS = {STATUS_NO_FIX: 'no fix', STATUS_FIX: 'unaugmented fix',
+                STATUS_SBAS_FIX: 'satellite-augmented fix (SBAS)',
+                STATUS_GBAS_FIX: 'ground-augmented fix (GBAS: RTK or DGPS)'}
 # sensor_msgs/NavSatFix covariance types
 COVARIANCE_TYPE_UNKNOWN = 0
 REASON_INTERPOLATED = 'interpolated'
@@ -25,6 +29,11 @@ REASON_NO_IMAGE_STAMP = 'no_image_stamp'  # the image header stamp is 0: not pla
 NO_POSITION_REASONS = (REASON_GPS_NO_FIX, REASON_STALE_FIX, REASON_NO_FIX_RECEIVED,
                        REASON_NO_IMAGE_STAMP)
 _ZERO_COVARIANCE = (0.0,) * 9
+
+
+def fix_status_words(status: int) -> str:
+    """Return a NavSatStatus ``status`` in words (``fix status 2`` -> a GBAS fix)."""
+    return STATUS_WORDS.get(status, f'fix status {status} (not a NavSatStatus value)')
 
 
 @dataclass(frozen=True)

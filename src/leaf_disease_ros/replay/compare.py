@@ -29,6 +29,7 @@ from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.mapping import features_per_label, FindingMerger, Sighting
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig
+from leaf_disease_ros.perception.metrics import format_figure
 from leaf_disease_ros.perception.model_card import UNKNOWN_LABEL
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult
 from leaf_disease_ros.replay.evaluation import TileEvaluator
@@ -243,7 +244,8 @@ def comparison_lines(metrics: Mapping[str, Any]) -> List[str]:
             if acc['accuracy'] is None:
                 return 'nothing scored'
             return (f"{acc['accuracy']:.4f} / {acc['macro_f1']:.4f} ({acc['count']} tiles; "
-                    f"recall {', '.join(f'{k} {v:.2f}' for k, v in acc['recall'].items())})")
+                    'recall ' + ', '.join(f'{k} {format_figure(v, 2)}'
+                                          for k, v in acc['recall'].items()) + ')')
         lines.append(f"| tile accuracy / macro-F1 vs ground truth | {accuracy(per['main'])} | "
                      f"{accuracy(per['compared'])} |")
     agreement = metrics['agreement']

@@ -8,6 +8,10 @@ node's resolved names (``/<node>/detections``, ``/<node>/detections/fix``,
 ``/<node>/geo_detections``, ``/<node>/label_info``), each at the log time of its
 image. Messages are built by ``ros/conversions.py`` exactly as the node builds them.
 
+In a report folder the bag is the folder :data:`DETECTIONS_BAG` (``detections/``);
+rosbags names the MCAP file inside after the folder (``<folder>/<folder>.mcap``), so
+the file is ``detections/detections.mcap``, never ``detections.mcap/detections.mcap.mcap``.
+
 The folder is written under a temporary name beside the destination and renamed
 into place by :meth:`OutputBag.commit` (an interrupted run leaves no half bag under
 the final name); :meth:`OutputBag.abort` removes it.
@@ -28,6 +32,14 @@ DETECTIONS_TYPE = 'vision_msgs/msg/Detection2DArray'
 GEO_DETECTIONS_TYPE = 'vision_msgs/msg/Detection3DArray'
 NAVSATFIX_TYPE = 'sensor_msgs/msg/NavSatFix'
 LABEL_INFO_TYPE = 'vision_msgs/msg/LabelInfo'
+#: the output bag's folder in a report folder (the MCAP file inside: detections.mcap)
+DETECTIONS_BAG = 'detections'
+
+
+def mcap_file(bag_folder: str) -> str:
+    """Return the MCAP file rosbags writes in ``bag_folder`` (``<folder>/<name>.mcap``)."""
+    folder = bag_folder.rstrip('/')
+    return os.path.join(folder, os.path.basename(folder) + '.mcap')
 
 
 def node_topic(node_name: str, name: str) -> str:

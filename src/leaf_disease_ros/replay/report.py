@@ -15,7 +15,7 @@ atomically (temp file + rename):
 ``findings.kml``           the same in KML 2.2 (Google Earth), plus the track
 ``report.html``            one self-contained page: summary, confusion matrix, map,
                            gallery with saliency (:mod:`.report_html`)
-``detections.mcap/``       written by the runner (:mod:`.output_bag`)
+``detections/``            the output bag, written by the runner (:mod:`.output_bag`)
 =========================  ======================================================
 """
 
@@ -26,10 +26,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 from leaf_disease_ros.geo.mapping import (features_per_label, write_geojson, write_kml,
                                           write_map_png)
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
+from leaf_disease_ros.perception.metrics import format_figure, macro_average_note
 from leaf_disease_ros.perception.plots import write_confusion_matrix_png
 from leaf_disease_ros.perception.positions import (NO_POSITION_REASONS, REASON_INTERPOLATED,
                                                    REASON_NEAREST)
 from leaf_disease_ros.replay.evaluation import accuracy_text
+from leaf_disease_ros.replay.output_bag import mcap_file
 from leaf_disease_ros.replay.runner import ReplayState
 from leaf_disease_ros.ros.diagnostics import NOT_ADAPTED
 
@@ -50,6 +52,44 @@ REPORTED_PARAMETERS = (
     'hold_findings_out_of_domain')
 
 
+def parameters_in_force(parameters: Dict[str, Any], model: Dict[str, Any]
+                        ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """
+    Return the reported parameters' values in force and, for those not as given, why.
+
+    A parameter that defers (``unknown_threshold`` and ``disease_score_threshold``
+    negative, ``model_path`` empty, ``backend: auto``, ``max_batch`` above an engine's
+    profile) is shown with what the run used, never the placeholder: the model
+    card's or site's threshold, the shipped model's file name, the backend chosen.
+
+    :param parameters: the validated parameters of the run.
+    :param model: the run's model facts (backend ``describe()`` plus the thresholds in
+        force, as :func:`~leaf_disease_ros.replay.runner.run_replay` records them).
+    :returns: ``(values, sources)``: name -> value for every reported parameter, and
+        name -> where the value came from for those that differ from the given one.
+    """
+    values = {name: parameters[name] for name in REPORTED_PARAMETERS}
+    sources: Dict[str, str] = {}
+    model_file = model.get('engine_path') or model.get('model_path') or ''
+    if not parameters['model_path'] and model_file:
+        values['model_path'] = os.path.basename(model_file)
+        sources['model_path'] = 'empty: the shipped model'
+    if parameters['backend'] == 'auto' and model.get('backend'):
+        values['backend'] = model['backend']
+        sources['backend'] = 'auto'
+    if parameters['unknown_threshold'] < 0 and 'unknown_threshold' in model:
+        values['unknown_threshold'] = model['unknown_threshold']
+        sources['unknown_threshold'] = "negative: the model card's"
+    if parameters['disease_score_threshold'] < 0 and 'finding_threshold' in model:
+        values['disease_score_threshold'] = model['finding_threshold']
+        sources['disease_score_threshold'] = (
+            f"negative: the {model.get('finding_threshold_from', 'model card')}'s")
+    if model.get('max_batch') and model['max_batch'] != parameters['max_batch']:
+        values['max_batch'] = model['max_batch']
+        sources['max_batch'] = f"{parameters['max_batch']} given, capped by the backend"
+    return values, sources
+
+
 def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
@@ -67,6 +107,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
     stage_means = {stage: (total / processed if processed else 0.0)
                    for stage, total in state.stage_totals_ms.items()}
     accuracy = state.evaluator.report() if state.evaluator is not None else None
+    in_force, sources = parameters_in_force(state.parameters, state.model)
     if accuracy is not None:
         accuracy['frames_without_ground_truth'] = state.frames_without_ground_truth
         accuracy['frames_unstamped_not_scored'] = state.frames_unstamped_without_ground_truth
@@ -86,7 +127,10 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
         'notes': list(state.notes),
         'model': state.model,
         'labels': list(state.labels),
-        'parameters': {name: state.parameters[name] for name in REPORTED_PARAMETERS},
+        # the values in force; parameters_given holds what was set, the sources why
+        'parameters': in_force,
+        'parameters_given': {name: state.parameters[name] for name in REPORTED_PARAMETERS},
+        'parameter_sources': sources,
         'frames': {
             'in_bag': state.frames_in_bag,
             'read': state.frames_read,
@@ -164,6 +208,9 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
         },
         'outputs': {
             'detections_bag': os.path.basename(state.output_bag) if state.output_bag else None,
+            'detections_mcap': (os.path.relpath(mcap_file(state.output_bag),
+                                                os.path.dirname(state.output_bag))
+                                if state.output_bag else None),
             'detections_bag_messages': state.output_bag_messages,
         },
     }
@@ -249,6 +296,20 @@ def _domain_lines(metrics: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _macro_words(accuracy: Dict[str, Any]) -> str:
+    """Say which classes the macro-F1 averages (``n/a``: a class without samples)."""
+    if accuracy.get('accuracy') is None or 'macro_f1_labels' not in accuracy:
+        return 'no tile scored'
+    return 'macro-F1 ' + (macro_average_note(accuracy) or 'over all classes')
+
+
+def _param_value(value: Any) -> str:
+    """Return a parameter value for a table cell (floats without binary noise)."""
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    return str(value)
+
+
 def _pct(value: float) -> str:
     return f'{100.0 * value:.1f} %'
 
@@ -260,11 +321,11 @@ def _latency_row(name: str, summary: Dict[str, float]) -> str:
             f"| {summary['mean']:.1f} | {summary['max']:.1f} |")
 
 
-def _finding_score_words(model: Dict[str, Any]) -> str:
+def finding_score_words(model: Dict[str, Any]) -> str:
     """Say what the finding threshold of the run's model card is compared with."""
     if model.get('finding_score') == 'disease_mass':
         return 'a disease probability (all diseases together)'
-    return 'score'
+    return 'a top-label score'
 
 
 def _evidence_sentence(findings: Dict[str, Any]) -> str:
@@ -328,12 +389,14 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
             f"{accuracy['tiles_without_ground_truth']} without a box, "
             f"{accuracy['ground_truth_boxes_unmatched']} boxes without a tile.", '',
             f'**Tile {accuracy_text(accuracy, 4)}** '
-            f"(unknown: {accuracy['unknown_count']}, counted wrong)", '',
+            f"({_macro_words(accuracy)}; unknown: {accuracy['unknown_count']}, counted wrong)",
+            '',
             '| class | precision | recall | F1 | support |', '|---|---|---|---|---|']
         for label in accuracy['labels']:
             row = accuracy['per_class'][label]
-            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                         f"{row['f1']:.3f} | {row['support']} |")
+            lines.append(f"| {label} | {format_figure(row['precision'], 3)} | "
+                         f"{format_figure(row['recall'], 3)} | {format_figure(row['f1'], 3)} | "
+                         f"{row['support']} |")
         labels = accuracy['labels']
         lines += ['', 'Confusion matrix (rows: true, columns: predicted; `unknown` not shown):',
                   '', '| true \\ predicted | ' + ' | '.join(labels) + ' |',
@@ -374,7 +437,7 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                   'but not in `geo_detections` (UTM metres) of the output bag.']
     lines += ['', '## Findings', '',
               f"{findings['sightings']} diseased tiles with "
-              f"{_finding_score_words(metrics['model'])} >= "
+              f"{finding_score_words(metrics['model'])} >= "
               f"{metrics['model']['finding_threshold']:g} "
               f"({findings['without_position']} without position), merged within "
               f"{findings['merge_radius_m']} m into {findings['features']} map features: "
@@ -396,11 +459,17 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
               f"{metrics['throughput']['wall_s']:.1f} s (reading, decoding, inference and "
               'writing the output bag).', '']
     if metrics['outputs']['detections_bag']:
-        lines += [f"Output bag: `{metrics['outputs']['detections_bag']}` "
-                  f"({metrics['outputs']['detections_bag_messages']} messages): "
-                  '`ros2 bag play` it or open it in Foxglove.', '']
-    lines += ['## Parameters', '', '| name | value |', '|---|---|']
-    lines += [f'| {k} | {v} |' for k, v in metrics['parameters'].items()]
+        outputs = metrics['outputs']
+        lines += [f"Output bag: `{outputs['detections_bag']}/` "
+                  f"({outputs['detections_bag_messages']} messages): "
+                  f"`ros2 bag play {outputs['detections_bag']}`, or open "
+                  f"`{outputs['detections_mcap']}` in Foxglove.", '']
+    sources = metrics['parameter_sources']
+    lines += ['## Parameters', '', 'The values in force (a parameter that defers to the model '
+              'card, the site or the backend shows what the run used).', '',
+              '| name | value in force | from |', '|---|---|---|']
+    lines += [f"| {k} | {_param_value(v)} | {sources.get(k, 'given')} |"
+              for k, v in metrics['parameters'].items()]
     return '\n'.join(lines) + '\n'
 
 
@@ -446,15 +515,17 @@ def write_report(state: ReplayState, out_dir: str,
                                                 else accuracy_text(accuracy))))
     elif os.path.exists(os.path.join(out_dir, CONFUSION_FILE)):
         os.unlink(os.path.join(out_dir, CONFUSION_FILE))  # from an earlier run: misleading
+    names = metrics['model'].get('display_names')
     write_map_png(os.path.join(out_dir, MAP_FILE), features, track, state.labels,
                   title=f'disease findings ({model_name}), merge radius '
-                        f'{state.merger.merge_radius_m:g} m')
+                        f'{state.merger.merge_radius_m:g} m', display_names=names)
     write_geojson(os.path.join(out_dir, GEOJSON_FILE), features,
                   {'model': model_name, 'merge_radius_m': state.merger.merge_radius_m,
                    'bag': os.path.basename(state.bag_path.rstrip('/')),
-                   'evidence': metrics['findings']['evidence']})
+                   'evidence': metrics['findings']['evidence']}, display_names=names)
     write_kml(os.path.join(out_dir, KML_FILE), features, track,
-              name=f'leaf disease findings: {os.path.basename(state.bag_path.rstrip("/"))}')
+              name=f'leaf disease findings: {os.path.basename(state.bag_path.rstrip("/"))}',
+              display_names=names)
     text = format_markdown(metrics)
     for section in sections:
         text += '\n' + '\n'.join(section.markdown) + '\n'

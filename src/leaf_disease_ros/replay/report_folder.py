@@ -33,7 +33,6 @@ from typing import List, Optional, Sequence
 from leaf_disease_ros.perception.errors import OutputError
 from leaf_disease_ros.perception.output_paths import check_output_folder, write_manifest
 
-DETECTIONS_BAG = 'detections.mcap'
 #: the command a report folder's manifest names
 REPLAY_COMMAND = 'leaf-disease-replay'
 _RENAME_EXCHANGE = 2  # linux/fs.h

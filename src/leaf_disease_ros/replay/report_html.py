@@ -8,13 +8,18 @@ makes no network request, so it works offline in any browser. It shows:
   findings) and the notes of the run;
 - the confusion matrix against ground truth (when the bag has it), as a table;
 - the map: an SVG of the GPS track and the merged findings (circle area ~ sightings,
-  colour = label) in Web Mercator coordinates, with a scale bar. A button lays
+  colour = label) in Web Mercator coordinates (north up), with a north arrow, a
+  scale bar and the latitude / longitude of its corners. A button lays
   OpenStreetMap tiles under it; only that button, when pressed and online, fetches
   anything;
 - the gallery: the most confident findings and the most uncertain tiles
-  (:mod:`.gallery`), each with its saliency overlay, label and top-k, GPS position,
-  image stamp (UTC) and the frame's time in the bag with the ``ros2 bag play``
-  command that starts there.
+  (:mod:`.gallery`), each with its saliency overlay, label and top-k, GPS position
+  (latitude, longitude, the fix status in words), image stamp (UTC) and the frame's
+  time in the bag with the ``ros2 bag play`` command that starts there.
+
+People read the model card's display names (``Black rot``), never a machine path:
+the page names the bag by its folder or file name, so it reads the same wherever it
+is opened (``metrics.json`` keeps the full path).
 """
 
 import base64
@@ -26,10 +31,13 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from leaf_disease_ros.geo.geodesy import distance_m
-from leaf_disease_ros.geo.mapping import label_colour_bgr, MapFeature
+from leaf_disease_ros.geo.mapping import DisplayNames, label_colour_bgr, MapFeature, shown_name
 from leaf_disease_ros.perception.atomic_io import atomic_write_text
+from leaf_disease_ros.perception.metrics import macro_average_note
+from leaf_disease_ros.perception.positions import fix_status_words
 from leaf_disease_ros.replay.evaluation import accuracy_text
 from leaf_disease_ros.replay.gallery import GalleryTile, SECTIONS
+from leaf_disease_ros.replay.report import finding_score_words
 from leaf_disease_ros.replay.runner import ReplayState
 
 REPORT_HTML_FILE = 'report.html'
@@ -37,6 +45,13 @@ MAP_PX = 720
 OSM_MAX_ZOOM = 19
 SECTION_TITLES = {'confident': 'Most confident findings',
                   'uncertain': 'Most uncertain tiles'}
+
+
+def _macro_note(accuracy: Dict[str, Any]) -> str:
+    """Say which classes the macro-F1 averages, or that no tile was scored."""
+    if accuracy.get('accuracy') is None or 'macro_f1_labels' not in accuracy:
+        return 'no tile scored'
+    return macro_average_note(accuracy) or 'macro-F1 over all classes'
 
 
 def _e(value: Any) -> str:
@@ -63,7 +78,7 @@ def mercator_px(latitude_deg: float, longitude_deg: float, zoom: float) -> Tuple
 
 
 def _map_svg(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[float, float]]],
-             labels: Sequence[str]) -> Tuple[str, Dict[str, Any]]:
+             labels: Sequence[str], names: DisplayNames = None) -> Tuple[str, Dict[str, Any]]:
     """Return the SVG of track and findings and the facts the OSM button needs."""
     points = [(f.latitude_deg, f.longitude_deg) for f in features]
     points += [p for segment in track for p in segment]
@@ -94,9 +109,10 @@ def _map_svg(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[floa
         radius = 4.0 + 2.0 * math.sqrt(feature.count)
         parts.append(
             f'<circle class="finding" cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" '
-            f'fill="{_hex(feature.label, labels)}"><title>{_e(feature.label)}: '
-            f'{feature.count} sightings, score max {feature.score_max:.2f}, '
-            f'{feature.latitude_deg:.6f}, {feature.longitude_deg:.6f}</title></circle>')
+            f'fill="{_hex(feature.label, labels)}"><title>'
+            f'{_e(shown_name(feature.label, names))}: {feature.count} sightings, score max '
+            f'{feature.score_max:.2f}, {_latlon(feature.latitude_deg, feature.longitude_deg)}'
+            '</title></circle>')
     # scale bar: metres per pixel at the map's centre latitude
     centre_lat = (min(lats) + max(lats)) / 2.0
     metres_per_px = distance_m(centre_lat, min(lons), centre_lat, min(lons) + 1e-4) / (
@@ -106,6 +122,15 @@ def _map_svg(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[floa
     bar_px = bar_m / metres_per_px
     parts.append(f'<g class="scale"><line x1="20" y1="{MAP_PX - 20}" x2="{20 + bar_px:.1f}" '
                  f'y2="{MAP_PX - 20}"/><text x="20" y="{MAP_PX - 26}">{bar_m:g} m</text></g>')
+    # north arrow (Web Mercator: north is up) and the corners' latitude / longitude
+    parts.append(f'<g class="north" aria-label="north"><path d="M {MAP_PX - 30} 24 L '
+                 f'{MAP_PX - 38} 48 L {MAP_PX - 30} 42 L {MAP_PX - 22} 48 Z"/>'
+                 f'<text x="{MAP_PX - 35}" y="18">N</text></g>')
+    north_west = _latlon(*_mercator_latlon(origin_x, origin_y, zoom))
+    south_east = _latlon(*_mercator_latlon(origin_x + MAP_PX, origin_y + MAP_PX, zoom))
+    parts.append(f'<text class="corner" x="6" y="14">{north_west}</text>'
+                 f'<text class="corner" x="{MAP_PX - 6}" y="{MAP_PX - 6}" '
+                 f'text-anchor="end">{south_east}</text>')
     svg = (f'<svg id="map" width="{MAP_PX}" height="{MAP_PX}" '
            f'viewBox="0 0 {MAP_PX} {MAP_PX}" role="img" aria-label="map of findings">'
            + ''.join(parts) + '</svg>')
@@ -113,6 +138,18 @@ def _map_svg(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[floa
     facts = {'zoom': zoom, 'tile_zoom': tile_zoom, 'origin_x': origin_x,
              'origin_y': origin_y, 'size': MAP_PX}
     return svg, facts
+
+
+def _latlon(latitude_deg: float, longitude_deg: float) -> str:
+    return f'lat {latitude_deg:.6f}, lon {longitude_deg:.6f}'
+
+
+def _mercator_latlon(x: float, y: float, zoom: float) -> Tuple[float, float]:
+    """Return (latitude, longitude) of Web Mercator pixel coordinates (inverse of mercator_px)."""
+    scale = 256.0 * 2.0 ** zoom
+    longitude = x / scale * 360.0 - 180.0
+    latitude = math.degrees(math.atan(math.sinh(math.pi * (1.0 - 2.0 * y / scale))))
+    return latitude, longitude
 
 
 def _nice(value: float) -> float:
@@ -138,34 +175,38 @@ def _confusion_table(accuracy: Optional[Dict[str, Any]]) -> str:
             for value in row)
         rows.append(f'<tr><th>{_e(label)}</th>{cells}</tr>')
     return (f'<p>Tile <b>{_e(accuracy_text(accuracy))}</b> over {accuracy["count"]} tiles '
-            f'(unknown {accuracy["unknown_count"]}, counted wrong). Rows: true label, '
+            f'({_e(_macro_note(accuracy))}; unknown '
+            f'{accuracy["unknown_count"]}, counted wrong). Rows: true label, '
             'columns: predicted.</p>'
             f'<table id="confusion" class="matrix"><tr><th>true \\ predicted</th>{head}</tr>'
             + ''.join(rows) + '</table>')
 
 
-def _figure(tile: GalleryTile, bag_path: str, bag_start_ns: Optional[int]) -> str:
+def _figure(tile: GalleryTile, bag_name: str, bag_start_ns: Optional[int],
+            names: DisplayNames = None) -> str:
     offset_s = ((tile.log_time_ns - bag_start_ns) / 1e9 if bag_start_ns is not None else 0.0)
     if tile.latitude_deg is not None and tile.longitude_deg is not None:
-        where = (f'{tile.latitude_deg:.6f}, {tile.longitude_deg:.6f}'
-                 f' <span class="muted">(fix status {tile.fix_status})</span>')
+        status = ('' if tile.fix_status is None
+                  else f' <span class="muted">({_e(fix_status_words(tile.fix_status))})</span>')
+        where = _latlon(tile.latitude_deg, tile.longitude_deg) + status
     else:
         where = '<span class="muted">no position</span>'
-    top = ', '.join(f'{_e(label)} {score:.3f}' for label, score in tile.top_k)
+    top = ', '.join(f'{_e(shown_name(label, names))} {score:.3f}' for label, score in tile.top_k)
     distance = ('' if tile.distance is None
                 else f'<br>distance to training data {tile.distance:.2f}')
     picture = base64.b64encode(tile.overlay_jpeg).decode('ascii')
     image = (f'<img alt="saliency of a {_e(tile.label)} tile" '
              f'src="data:image/jpeg;base64,{picture}">' if picture
              else '<div class="noimg">no saliency</div>')
-    command = f'ros2 bag play {bag_path} --start-offset {max(0.0, offset_s - 1.0):.1f}'
+    command = f'ros2 bag play {bag_name} --start-offset {max(0.0, offset_s - 1.0):.1f}'
     return (f'<figure class="tile" data-label="{_e(tile.label)}" data-score="{tile.score:.4f}">'
-            f'{image}<figcaption><b>{_e(tile.label)}</b> {tile.score:.3f}'
+            f'{image}<figcaption><b>{_e(shown_name(tile.label, names))}</b> {tile.score:.3f}'
             f'<br>top-k: {top}{distance}'
             f'<br>GPS: {where}'
             f'<br>stamp: {_iso(tile.stamp_ns)}'
             f'<br>frame: {offset_s:.2f} s into the bag, box {list(tile.box_xyxy_px)}'
-            f'<br><code title="play the bag from just before this frame">{_e(command)}</code>'
+            '<br><code title="play the bag from just before this frame (run it in the folder '
+            f'that holds the bag)">{_e(command)}</code>'
             '</figcaption></figure>')
 
 
@@ -184,6 +225,8 @@ th { background: #f3f3f3; }
 #map .track { fill: none; stroke: #888; stroke-width: 2; }
 #map .finding { stroke: #222; stroke-width: 1; fill-opacity: 0.85; }
 #map .scale line { stroke: #222; stroke-width: 3; } #map .scale text { font-size: 12px; }
+#map .north path { fill: #222; } #map .north text { font-size: 13px; font-weight: bold; }
+#map .corner { font-size: 10px; fill: #555; }
 .legend span { margin-right: 14px; } .legend i { display: inline-block; width: 10px;
   height: 10px; border-radius: 5px; margin-right: 4px; }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; }
@@ -240,8 +283,9 @@ def _held_section(held: Dict[str, Any]) -> str:
 def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
     """Return the page (see the module doc) for a finished replay and its metrics."""
     labels = list(state.labels)
+    names = metrics['model'].get('display_names')
     features = state.merger.features()
-    svg, facts = _map_svg(features, state.track.segments(), labels)
+    svg, facts = _map_svg(features, state.track.segments(), labels, names)
     bag = metrics['bag']
     frames = metrics['frames']
     tiles = metrics['tiles']
@@ -258,15 +302,16 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
         ('geotag coverage', f"{100.0 * geo['coverage']:.1f} %"),
         ('findings', f"{findings['sightings']} tiles, {findings['features']} spots"),
     ]
-    legend = ' '.join(f'<span><i style="background:{_hex(label, labels)}"></i>{_e(label)}'
+    legend = ' '.join(f'<span><i style="background:{_hex(label, labels)}"></i>'
+                      f'{_e(shown_name(label, names))}'
                       f' ({count})</span>'
                       for label, count in findings['features_by_label'].items())
     gallery = state.gallery
-    bag_path = bag['path']
+    bag_name = os.path.basename(bag['path'].rstrip('/'))
     sections: List[str] = []
     for name in SECTIONS:
         kept = gallery.sections[name] if gallery is not None else []
-        body = ''.join(_figure(tile, bag_path, state.first_log_time_ns) for tile in kept)
+        body = ''.join(_figure(tile, bag_name, state.first_log_time_ns, names) for tile in kept)
         if not kept:
             body = '<p class="empty">none</p>'
         note = ('diseased tiles with the highest scores (one per leaf)' if name == 'confident'
@@ -287,9 +332,9 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>Field report: {_e(os.path.basename(bag_path.rstrip("/")))}</title>'
+        f'<title>Field report: {_e(bag_name)}</title>'
         f'<style>{_STYLE}</style></head><body>'
-        f'<h1>Field report</h1><p class="muted">Bag <code>{_e(bag_path)}</code> '
+        f'<h1>Field report</h1><p class="muted">Bag <code>{_e(bag_name)}</code> '
         f'({_e(bag["storage"])}, {bag["duration_read_s"]:.1f} s); model '
         f'{_e(model.get("model", "?"))} ({_e(model.get("backend", "?"))}, '
         f'{_e(model.get("model_id", ""))})</p>'
@@ -302,8 +347,9 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
         + f'<section id="accuracy"><h2>Confusion matrix</h2>{_confusion_table(accuracy)}'
           '</section>'
         + '<section id="findings-map"><h2>Map of findings</h2>'
-          f'<p>{findings["sightings"]} diseased tiles with a score of at least '
-          f'{metrics["parameters"]["disease_score_threshold"]}, merged within '
+          f'<p>{findings["sightings"]} diseased tiles with '
+          f'{_e(finding_score_words(model))} of at least '
+          f'{model["finding_threshold"]:g}, merged within '
           f'{findings["merge_radius_m"]} m into {findings["features"]} spots '
           f'({findings["without_position"]} without position). Grey: GPS track.</p>'
           f'<p class="legend">{legend}</p>{osm}{svg}'

@@ -61,7 +61,7 @@ from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
 from leaf_disease_ros.replay.images import decode_image, grey_source, IMAGE_TYPES
-from leaf_disease_ros.replay.output_bag import OutputBag
+from leaf_disease_ros.replay.output_bag import DETECTIONS_BAG, OutputBag
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.tile_sample import TileSample
 from leaf_disease_ros.replay.typestore import make_typestore
@@ -722,6 +722,8 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 model=dict(backend.describe(), site=site.site_id if site else '',
                            unknown_threshold=detector.unknown_threshold(),
                            finding_threshold=detector.finding_threshold(),
+                           finding_threshold_from=detector.finding_threshold_source(),
+                           display_names=card.display_name_map(),
                            finding_score=card.finding_score),
                 bag_path=os.path.abspath(options.bag_path),
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
@@ -739,7 +741,7 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 gallery=GalleryCollector(options.gallery_size) if options.gallery_size else None,
                 tile_sample=TileSample(options.save_tiles, card) if options.save_tiles else None)
             if options.write_bag:
-                output = OutputBag(os.path.join(options.out_dir, 'detections.mcap'), store,
+                output = OutputBag(os.path.join(options.out_dir, DETECTIONS_BAG), store,
                                    options.node_name, topics.image, topics.image_type,
                                    topics.fix, params['geo_frame_id'])
             _Replay(bag, topics, detector, state, options, output, store, progress).run()

@@ -395,7 +395,7 @@ def run_export(args: argparse.Namespace) -> Dict[str, Any]:
                 'accuracy': report['accuracy'],
                 'macro_f1': report['macro_f1'],
                 'per_class': report['per_class'],
-                'min_recall': min(recall.values()),
+                'min_recall': min(v for v in recall.values() if v is not None),
                 'confusion_matrix': report['confusion_matrix'],
                 'ece_before_calibration': calibration['ece_before'],
                 'ece_after_calibration': calibration['ece_after'],
