@@ -255,3 +255,29 @@ def test_a_worker_killed_mid_task_is_retried(cluster, tmp_path, colours, tiny_mo
     done = _json(out / 'bags' / entry['bag_id'] / 'pass.json')
     assert done['worker']['pid'] != killed[0]  # Ray ran it again on another worker
     assert done['coverage']['frames_judged'] == 400
+
+
+def test_the_single_bag_replay_and_the_task_body_never_import_ray():
+    import subprocess
+    import sys
+    code = ('import sys; import leaf_disease_ros.cli.replay, leaf_disease_ros.cli.season, '
+            'leaf_disease_ros.replay.season_task, leaf_disease_ros.replay.season_map; '
+            'assert "ray" not in sys.modules, "ray imported"')
+    subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
+
+
+def test_season_report_opens_offline_in_headless_chromium(first_run):
+    from test_report_html import _browser_tool
+    _, out, _ = first_run
+    tool = _browser_tool()
+    reason = tool.browser_missing()
+    if reason:
+        if os.environ.get('LEAF_DISEASE_REQUIRE_BROWSER') == '1':
+            pytest.fail(f'LEAF_DISEASE_REQUIRE_BROWSER=1 but {reason}')
+        pytest.skip(reason)
+    from test_report_html import ARTIFACTS
+    result = tool.check_report(str(out / 'report.html'),
+                               os.path.join(ARTIFACTS, 'season_report_screenshot.png'))
+    assert result['ready_state'] == 'complete'
+    assert result['console_errors'] == [] and result['external_resources'] == []
+    assert result['screenshot_bytes'] > 10_000
