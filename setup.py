@@ -76,6 +76,9 @@ setup(
             'hypothesis>=6.80',
             'selenium>=4.10',  # report.html in headless chromium (Debian chromium-driver)
         ],
+        # leaf-disease-season: bags as tasks on Ray (a local cluster by default); Ray core
+        # only (no dashboard, no grpcio): its protobuf>=3.20.3 fits onnx's protobuf pin
+        'season': ['ray>=2.9'],
         # t-SNE embedding maps (leaf-disease-embed --projection tsne); PCA needs nothing
         'explain': ['scikit-learn>=1.1'],
         'train': [
@@ -107,6 +110,7 @@ setup(
             'leaf-disease-explain = leaf_disease_ros.cli.explain:main',
             'leaf-disease-embed = leaf_disease_ros.cli.embed:main',
             'leaf-disease-site = leaf_disease_ros.cli.adapt_site:main',
+            'leaf-disease-season = leaf_disease_ros.cli.season:main',
         ],
     },
 )

@@ -5,6 +5,8 @@ Benchmark the perception pipeline against its own backend, and print JSON.
 Usage::
 
     python tools/benchmark.py [--model M.onnx] [--frames DIR] [--frames-count 60]
+    python tools/benchmark.py --mode replay [--bag-frames 40] [--out benchmarks/replay.json]
+    python tools/benchmark.py --mode season [--bags 4] [--out benchmarks/season.json]
 
 Measures, on this machine:
 
@@ -16,6 +18,18 @@ Measures, on this machine:
 
 and ``pipeline_efficiency = pipeline tiles/s / raw backend images/s``: the share of
 the model's speed the pipeline keeps (1.0 means our code costs nothing).
+
+``--mode replay``: a 1280x720 JPEG bag (leaf mosaics, GPS at 10 Hz) is written to a
+temporary folder and replayed whole (``run_replay``: bag reading, decoding, pipeline,
+output bag), interleaved with raw ``backend.infer`` blocks on the batch of one frame's
+tiles; ``replay_efficiency = replay tiles/s / raw images/s`` in the same run.
+
+``--mode season``: ``--bags`` copies of the shipped demo bag replayed (a) one after
+another in this process with the season's task body (:func:`replay_bag`, no Ray), (b)
+on a fresh local Ray cluster with 1 worker and (c) with 2 workers (one inference thread
+each): bags/s, ``scaling_efficiency`` = bags/s(2) / (2 x bags/s(1)), ``speedup_2_vs_1``,
+Ray's start-up and its overhead per task (driver wall time per bag minus the task's
+own time).
 
 The two are measured in interleaved blocks (raw, pipeline, raw, pipeline, ...) so a
 machine whose speed drifts (thermal, other load) affects both equally. Frames are
@@ -30,8 +44,9 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -49,6 +64,7 @@ from leaf_disease_ros.perception.tiling import crops, tile_boxes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAVES = os.path.join(REPO, 'test', 'data', 'leaves')
+NS_PER_S = 1_000_000_000
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -66,6 +82,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='interleaved measurement blocks per side')
     parser.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
     parser.add_argument('--out', help='also write the JSON to this file')
+    parser.add_argument('--mode', default='pipeline', choices=('pipeline', 'replay', 'season'))
+    parser.add_argument('--bag-frames', type=int, default=40, help='replay mode: frames')
+    parser.add_argument('--bags', type=int, default=4, help='season mode: bags')
     return parser.parse_args(argv)
 
 
@@ -170,11 +189,169 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
+def machine() -> Dict[str, Any]:
+    """Return what the figures were measured on."""
+    return {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
+            'processor': platform.processor() or platform.machine(),
+            'python': platform.python_version(), 'numpy': np.__version__,
+            'opencv': cv2.__version__, 'load_average_1min': os.getloadavg()[0]}
+
+
+def write_row_bag(path: str, frame_count: int, size_px: Tuple[int, int] = (1280, 720),
+                  quality: int = 90) -> str:
+    """Write a bag of ``frame_count`` JPEG frames (leaf mosaics resized) with GPS at 10 Hz."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from leaf_disease_ros.geo.geodesy import offset_latlon
+    from leaf_disease_ros.replay.typestore import make_typestore
+    from leaf_disease_ros.ros.conversions import make_header, MessageTypes
+
+    store = make_typestore()
+    types = MessageTypes.from_typestore(store)
+    mosaics = mosaic_frames(8)
+    events = []
+    for k in range(frame_count):
+        frame = cv2.resize(mosaics[k % len(mosaics)], size_px, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        msg = store.types['sensor_msgs/msg/CompressedImage'](
+            header=make_header(k * NS_PER_S, 'camera', types), format='jpeg',
+            data=np.frombuffer(jpeg.tobytes(), dtype=np.uint8))
+        events.append((k * NS_PER_S, 'image', store.serialize_cdr(
+            msg, 'sensor_msgs/msg/CompressedImage')))
+    for k in range(10 * frame_count + 10):
+        lat, lon = offset_latlon(46.0, 7.0, 0.0, 0.07 * k)
+        cov = np.zeros(9, dtype=np.float64)
+        fix = types.NavSatFix(header=make_header(k * NS_PER_S // 10, 'gps', types),
+                              status=types.NavSatStatus(status=2, service=1),
+                              latitude=lat, longitude=lon, altitude=30.0,
+                              position_covariance=cov, position_covariance_type=2)
+        events.append((k * NS_PER_S // 10, 'fix',
+                       store.serialize_cdr(fix, 'sensor_msgs/msg/NavSatFix')))
+    events.sort(key=lambda e: (e[0], e[1]))
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        image = writer.add_connection('/camera/image_raw/compressed',
+                                      'sensor_msgs/msg/CompressedImage', typestore=store)
+        gps = writer.add_connection('/gps/fix', 'sensor_msgs/msg/NavSatFix', typestore=store)
+        for log, kind, data in events:
+            writer.write(image if kind == 'image' else gps, log, data)
+    return path
+
+
+def run_replay_mode(args: argparse.Namespace) -> Dict[str, Any]:
+    """Replay a 1280 px bag and run the raw model in interleaved blocks; return the JSON."""
+    from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
+
+    backend = load_backend(args.model, args.backend, intra_op_threads=args.threads,
+                           warn=lambda text: sys.stderr.write(text + '\n'))
+    card = backend.card
+    config = DetectorConfig()
+    with tempfile.TemporaryDirectory(prefix='replay_bench_') as folder:
+        bag = write_row_bag(os.path.join(folder, 'row'), args.bag_frames)
+        frame = cv2.resize(mosaic_frames(1)[0], (1280, 720), interpolation=cv2.INTER_AREA)
+        boxes = tile_boxes(720, 1280, config.tiling, config.tile_size_px, config.tile_stride_px)
+        tiles = preprocess(crops(frame, boxes), card)
+        chunks = [np.ascontiguousarray(tiles[i:i + backend.max_batch])
+                  for i in range(0, len(tiles), backend.max_batch)]
+        for chunk in chunks:
+            backend.infer(chunk)
+        raw_s = replay_s = 0.0
+        raw_images = replay_tiles = replay_frames = 0
+        decode_ms: List[float] = []
+        for block in range(args.blocks):
+            start = time.perf_counter()
+            for _ in range(args.bag_frames):
+                for chunk in chunks:
+                    backend.infer(chunk)
+            raw_s += time.perf_counter() - start
+            raw_images += args.bag_frames * len(tiles)
+            options = ReplayOptions(bag_path=bag, out_dir=os.path.join(folder, f'out{block}'),
+                                    gallery_size=0, parameters={'model_path': args.model,
+                                                                'backend': args.backend})
+            os.makedirs(options.out_dir)
+            start = time.perf_counter()
+            state = run_replay(options, backend=backend)
+            replay_s += time.perf_counter() - start
+            replay_tiles += state.tiles_classified
+            replay_frames += state.frames_processed
+            decode_ms.append(state.latency_decode.summary()['p50'])
+    backend.close()
+    raw_ips = raw_images / raw_s
+    replay_tps = replay_tiles / replay_s
+    return {
+        'mode': 'replay', 'machine': machine(), 'model': backend.describe(),
+        'frame_px': [720, 1280], 'tiles_per_frame': len(tiles), 'jpeg_quality': 90,
+        'raw_backend': {'images': raw_images, 'seconds': raw_s, 'images_per_s': raw_ips},
+        'replay': {'frames': replay_frames, 'tiles': replay_tiles, 'seconds': replay_s,
+                   'tiles_per_s': replay_tps, 'frames_per_s': replay_frames / replay_s,
+                   'decode_ms_p50': float(np.median(decode_ms)),
+                   'includes': 'bag reading, JPEG decoding, pipeline, output bag'},
+        'replay_efficiency': replay_tps / raw_ips,
+        'target_efficiency': 0.80,
+        'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
+    """Replay copies of the demo bag serially, then on Ray with 1 and 2 workers."""
+    import shutil
+
+    from leaf_disease_ros.perception.config import validate_parameters
+    from leaf_disease_ros.replay.demo import demo_bag_path
+    from leaf_disease_ros.replay.season import run_jobs
+    from leaf_disease_ros.replay.season_store import find_bags
+    from leaf_disease_ros.replay.season_task import BagJob, replay_bag
+
+    params = validate_parameters({'model_path': args.model, 'backend': args.backend})
+    results: Dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix='season_bench_') as folder:
+        for index in range(args.bags):
+            shutil.copytree(demo_bag_path(), os.path.join(folder, 'in', 'robot', f'pass{index}'))
+        bags = find_bags([os.path.join(folder, 'in')])
+
+        def jobs(run: str) -> List[BagJob]:
+            out = os.path.join(folder, run, 'bags')
+            os.makedirs(out)
+            return [BagJob(bag=bag, bags_dir=out, key=run, parameters=dict(params),
+                           threads=1, write_bag=True) for bag in bags]
+        start = time.perf_counter()
+        plain = [replay_bag(job) for job in jobs('plain')]
+        plain_s = time.perf_counter() - start
+        task_s = [r['worker']['task_s'] for r in plain]
+        results['plain_one_after_another'] = {
+            'seconds': plain_s, 'bags_per_s': len(bags) / plain_s,
+            'task_s_mean': float(np.mean(task_s)),
+            'model_load_s_mean': float(np.mean([r['worker']['load_s'] for r in plain]))}
+        for workers in (1, 2):
+            run = run_jobs(jobs(f'ray{workers}'), workers=workers, threads=1)
+            done = [o.result for o in run.outcomes.values()]
+            failed = [r for r in done if r['status'] != 'done']
+            if failed:
+                raise LeafDiseaseError(f'season benchmark: a bag failed: {failed[0]}')
+            tasks = sum(r['worker']['task_s'] for r in done)
+            results[f'ray_{workers}_worker'] = {
+                'ray_init_s': run.ray_init_s, 'seconds': run.wall_s,
+                'bags_per_s': len(bags) / run.wall_s,
+                'task_s_mean': tasks / len(done),
+                'ray_overhead_per_task_s': (run.wall_s * workers - tasks) / len(done)}
+    one = results['ray_1_worker']['bags_per_s']
+    two = results['ray_2_worker']['bags_per_s']
+    return {
+        'mode': 'season', 'machine': machine(), 'bags': args.bags,
+        'bag': 'copies of demo/vineyard_demo (181 JPEG frames 768x256, 3 tiles each, 12 MB)',
+        'threads_per_task': 1, **results,
+        'speedup_2_vs_1': two / one, 'scaling_efficiency': two / (2.0 * one),
+        'ray_1_worker_vs_plain': one / results['plain_one_after_another']['bags_per_s'],
+        'note': 'ray_overhead_per_task_s = (wall x workers - sum of task times) / bags: '
+                'scheduling, worker start and result transfer, Ray start-up excluded',
+    }
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     try:
-        document = run(args)
+        document = {'pipeline': run, 'replay': run_replay_mode,
+                    'season': run_season_mode}[args.mode](args)
     except LeafDiseaseError as exc:
         sys.stderr.write(f'error: {exc}\n')
         return 1

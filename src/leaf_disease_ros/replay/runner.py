@@ -34,6 +34,7 @@ track (:mod:`leaf_disease_ros.geo.mapping`). :mod:`.report` writes the files.
 """
 
 import collections
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 import difflib
 import os
@@ -62,6 +63,7 @@ from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
 from leaf_disease_ros.replay.images import decode_image, grey_source, IMAGE_TYPES
 from leaf_disease_ros.replay.output_bag import DETECTIONS_BAG, OutputBag
+from leaf_disease_ros.replay.overlap import AsyncWriter, Decoder, Prefetch
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.tile_sample import TileSample
 from leaf_disease_ros.replay.typestore import make_typestore
@@ -167,6 +169,7 @@ class _PendingFrame:
     header: Any
     msg: Any
     data: bytes
+    decoded: 'Optional[Future[Tuple[np.ndarray, float]]]' = None  # overlap.Decoder
 
 
 @dataclass
@@ -370,7 +373,8 @@ class _Replay:
         self.detector = detector
         self.state = state
         self.options = options
-        self.output = output
+        self.output: Any = output  # an overlap.AsyncWriter while running
+        self.decoder = Decoder(decode_image)
         self.store = typestore
         self.progress = progress
         params = state.parameters
@@ -410,11 +414,44 @@ class _Replay:
         return self.store.deserialize_cdr(message.data, message.msgtype)
 
     def run(self) -> None:
+        """Replay the bag with reading, decoding and writing beside inference (.overlap)."""
+        output = self.output
+        writer = AsyncWriter(output) if output is not None else None
+        self.output = writer
+        try:
+            self._run()
+            if writer is not None:
+                writer.flush()
+        finally:
+            self.decoder.close()
+            if writer is not None:
+                try:
+                    writer.flush()
+                except Exception:  # noqa: B902 - the run's own error is the one to raise
+                    pass
+            self.output = output
+
+    def _run(self) -> None:
         state = self.state
         wanted = [t for t in (self.topics.image, self.topics.fix, self.topics.ground_truth)
                   if t]
+        messages = Prefetch(self.bag.messages(wanted))
+        try:
+            self._loop(messages)
+        finally:
+            messages.close()
+        while self.pending:
+            self._process(self.pending.popleft())
+        state.truncated_reason = self.bag.truncated_reason
+        if self.fixes is not None:
+            state.fix_buffer_stats = self.fixes.stats()
+        self._closing_notes()
+        state.wall_s = time.perf_counter() - self.start
+
+    def _loop(self, messages: Prefetch) -> None:
+        state = self.state
         last_frame_log_ns: Optional[int] = None
-        for message in self.bag.messages(wanted):
+        for message in messages:
             now = message.log_time_ns
             if state.first_log_time_ns is None:
                 state.first_log_time_ns = now
@@ -434,13 +471,6 @@ class _Replay:
                     and not self.pending and last_frame_log_ns is not None
                     and now >= last_frame_log_ns + self.hold_ns):
                 break
-        while self.pending:
-            self._process(self.pending.popleft())
-        state.truncated_reason = self.bag.truncated_reason
-        if self.fixes is not None:
-            state.fix_buffer_stats = self.fixes.stats()
-        self._closing_notes()
-        state.wall_s = time.perf_counter() - self.start
 
     def _on_fix(self, message: BagMessage) -> None:
         state = self.state
@@ -506,7 +536,8 @@ class _Replay:
             self.image_delay_ns = (delay_ns if self.image_delay_ns is None
                                    else min(self.image_delay_ns, delay_ns))
         self.pending.append(_PendingFrame(message.log_time_ns, stamp_ns, msg.header, msg,
-                                          message.data))
+                                          message.data,
+                                          self.decoder.submit(msg, self.topics.image_type)))
         if len(self.pending) > self.options.max_pending_frames:
             state.frames_queued_early += 1
             self._process(self.pending.popleft())
@@ -567,8 +598,11 @@ class _Replay:
         start = time.perf_counter()
         where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
         try:
-            image = decode_image(frame.msg, self.topics.image_type)
-            decoded = time.perf_counter()
+            if frame.decoded is not None:  # decoded on the decoder's thread meanwhile
+                image, decode_s = frame.decoded.result()
+            else:
+                image = decode_image(frame.msg, self.topics.image_type)
+                decode_s = time.perf_counter() - start
             if not has_colour(image):
                 raise _NoColour(NO_COLOUR_REASON)
             result = self.detector.process(image, frame.stamp_ns, self.fixes)
@@ -586,7 +620,7 @@ class _Replay:
             self._skip('inference_error', f'{where}: {exc}')
         confirmed: Optional[AbstractSet[int]] = None
         if result is not None:
-            decode_ms = (decoded - start) * 1e3
+            decode_ms = decode_s * 1e3
             confirmed = self._account(result, truth, decode_ms)
             for observer in self.options.observers:
                 observer.observe(image, result, truth)
