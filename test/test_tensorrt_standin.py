@@ -49,6 +49,7 @@ def standin(monkeypatch):
     """Install the stand-in; afterwards check that nothing was done wrong."""
     installed = trt_standin.install(monkeypatch)
     monkeypatch.setattr(tensorrt_backend, '_PRIMARY_CONTEXTS', {})
+    monkeypatch.setattr(tensorrt_backend, '_LOGGER', None)
     monkeypatch.setattr(tensorrt_backend, 'L4T_RELEASE_FILE', '/nonexistent/nv_tegra_release')
     monkeypatch.setattr(tensorrt_backend, 'POWER_MODE_FILE', '/nonexistent/nvpmodel')
     yield installed
@@ -225,7 +226,10 @@ def test_probe_machine_reads_the_module_facts(standin, monkeypatch, tmp_path):
     monkeypatch.setattr(tensorrt_backend, 'POWER_MODE_FILE', str(status))
     machine = tensorrt_backend.probe_machine()
     assert machine == MachineInfo('10.3.0', 'Orin', (8, 7), sm_count=16, memory_mib=32768,
-                                  l4t_release='36.4.0', power_mode='2')
+                                  dla_cores=2, l4t_release='36.4.0', power_mode='2')
+    assert trt_standin.current_context() is None  # the runtime was asked inside a push/pop
+    monkeypatch.setitem(trt_standin.GPU, 'dla_cores', 0)
+    assert tensorrt_backend.probe_machine().dla_cores == 0
 
 
 # --- the build tool ---------------------------------------------------------------------------
@@ -256,7 +260,7 @@ def engine_path(onnx_path: str, precision: str = 'fp16') -> str:
 def test_fp16_build_check_and_load_through_auto(tool, tiny_model_copy, tiny_card, leaf_batch):
     code, out, err = tool(tiny_model_copy)
     assert code == 0, out + err
-    assert 'machine: Orin (sm87), TensorRT 10.3.0 (16 SMs, 32768 MiB)' in out
+    assert 'machine: Orin (sm87), TensorRT 10.3.0 (16 SMs, 32768 MiB, 2 DLA cores)' in out
     engine = engine_path(tiny_model_copy)
     sidecar = read_sidecar(sidecar_path_for_engine(engine))
     assert (sidecar.sm_count, sidecar.memory_mib, sidecar.dla_cores) == (16, 32768, 2)
