@@ -506,10 +506,11 @@ def _cv_bridge_module(world: 'RosWorld') -> Any:
                                     f'[{desired_encoding}] is. The conversion does not make '
                                     'sense')
             count = channels[encoding]
-            data = np.frombuffer(bytes(img_msg.data), dtype=np.uint8)
-            rows = data[:img_msg.step * img_msg.height].reshape(img_msg.height, img_msg.step)
-            image = rows[:, :img_msg.width * count].reshape(img_msg.height, img_msg.width,
-                                                            count)
+            # as cv_bridge core.py (humble, rolling): a view of step / channels columns,
+            # sliced to the width: a step given in pixels silently gives a narrower image
+            image = np.ndarray(shape=(img_msg.height, img_msg.step // count, count),
+                               dtype=np.uint8, buffer=bytes(img_msg.data))
+            image = np.ascontiguousarray(image[:img_msg.height, :img_msg.width, :])
             codes = {'rgb8': cv2.COLOR_RGB2BGR, 'mono8': cv2.COLOR_GRAY2BGR,
                      'bgra8': cv2.COLOR_BGRA2BGR, 'rgba8': cv2.COLOR_RGBA2BGR}
             if desired_encoding == 'bgr8' and encoding in codes:

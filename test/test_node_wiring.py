@@ -247,6 +247,24 @@ def test_an_unconvertible_raw_encoding_is_counted_not_fatal(world, tiny_model_pa
         stop(node)
 
 
+def test_a_raw_image_whose_step_counts_pixels_is_a_failed_frame(world, tiny_model_path, mosaic):
+    # cv_bridge would return a 256 px wide image of a 768 px frame (step 768 read as bytes)
+    node = start(world, tiny_model_path)
+    try:
+        msg = image_msg(world, mosaic, T0)
+        msg.step = msg.width
+        assert world.modules['cv_bridge'].CvBridge().imgmsg_to_cv2(msg, 'bgr8').shape == (
+            512, 256, 3)
+        world.deliver('/image', msg)
+        wait_until(lambda: diagnostics(world)[f'{NODE}: detector']['frames_failed'] == '1')
+        assert any('step 768 bytes is shorter than a row of 768 pixels' in t
+                   for t in world.log_texts('warning'))
+        assert f'{NODE}/detections' not in world.published or \
+            world.published[f'{NODE}/detections'] == []
+    finally:
+        stop(node)
+
+
 # --- the publishing path never ends the worker (issue item 2) ------------------------------
 
 def test_a_failing_publisher_drops_the_frame_counts_it_and_the_worker_goes_on(
