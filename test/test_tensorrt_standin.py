@@ -371,6 +371,56 @@ def test_calibration_that_tensorrt_ends_early_fails_the_build(
     assert code == 1 and 'calibration stopped after 1 batch(es)' in err, out + err
 
 
+def test_a_calibration_cache_that_cannot_be_written_is_not_recorded(tool, tiny_model_copy,
+                                                                    monkeypatch):
+    # TensorRT's wrapper (pyInt8.cpp) would print the exception and build on; the sidecar
+    # named the cache all the same, and the next INT8 build without images found none
+    from leaf_disease_ros.inference.engine import build as build_module
+
+    real = build_module.atomic_write_bytes
+
+    def disk_full(path: str, data: bytes) -> None:
+        if path.endswith('.calib_cache'):
+            raise OSError(28, 'No space left on device')
+        real(path, data)
+
+    monkeypatch.setattr(build_module, 'atomic_write_bytes', disk_full)
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8', '--calib-images', LEAVES,
+                          '--calib-batch', '8')
+    assert code == 0, out + err
+    cache = calibration_cache_path(os.path.dirname(tiny_model_copy), 'tiny', STANDIN,
+                                   sha256_file(tiny_model_copy))
+    assert f'the calibration cache {cache} could not be written (OSError: [Errno 28] No ' \
+        'space left on device)' in out and 'needs --calib-images again' in out
+    assert 'Exception caught' not in err  # nothing reached TensorRT's wrapper
+    calibration = read_sidecar(sidecar_path_for_engine(engine_path(tiny_model_copy, 'int8'))
+                               ).builder_options['calibration']
+    assert calibration['cache'] is None and 'No space left' in calibration['cache_error']
+    assert not os.path.exists(cache)
+    monkeypatch.setattr(build_module, 'atomic_write_bytes', real)
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8', '--calib-images', LEAVES,
+                          '--calib-batch', '8', '--force')
+    calibration = read_sidecar(sidecar_path_for_engine(engine_path(tiny_model_copy, 'int8'))
+                               ).builder_options['calibration']
+    assert code == 0 and calibration['cache'] == cache and 'cache_error' not in calibration
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8', '--force')  # from the cache
+    calibration = read_sidecar(sidecar_path_for_engine(engine_path(tiny_model_copy, 'int8'))
+                               ).builder_options['calibration']
+    assert code == 0 and calibration == {'cache': cache}
+
+
+def test_an_unreadable_calibration_cache_fails_the_build_with_the_reason(tool, tiny_model_copy,
+                                                                         monkeypatch):
+    cache = calibration_cache_path(os.path.dirname(tiny_model_copy), 'tiny', STANDIN,
+                                   sha256_file(tiny_model_copy))
+    os.makedirs(cache)  # exists, but open() fails: IsADirectoryError
+    monkeypatch.setattr(os.path, 'isfile', lambda path: path == cache or os.path.exists(path)
+                        and not os.path.isdir(path))
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8')
+    assert code == 1, out + err
+    assert f'the calibration cache {cache} cannot be read: Is a directory' in err
+
+
 def test_dla_needs_one_batch_size_and_the_placement_is_recorded(tool, tiny_model_copy):
     code, _, err = tool(tiny_model_copy, '--dla-core', '0')
     assert code == 2 and '--dla-core: DLA has no dynamic shapes' in err

@@ -875,6 +875,15 @@ class IInt8EntropyCalibrator2:
         pass
 
 
+def _trampoline(call: Any, name: str, failed: Any) -> Any:
+    """Call a calibrator override as pyInt8.cpp does: an exception is printed, not raised."""
+    try:
+        return call()
+    except Exception as exc:  # noqa: B902 (the C++ side catches std::exception and ...)
+        print(f'[ERROR] Exception caught in {name}(): {exc}', file=sys.stderr)
+        return failed
+
+
 class Builder(_TrtObject):
     """tensorrt.Builder: 'builds' a stand-in engine, calibrating and placing layers."""
 
@@ -900,31 +909,41 @@ class Builder(_TrtObject):
         if calibrator is None:
             _log(self.logger, Logger.ERROR, 'INT8 without a calibrator')
             return None
-        cache = calibrator.read_calibration_cache()
+        # TensorRT's Python wrapper (python/src/infer/pyInt8.cpp, pyCalibratorTrampoline,
+        # 10.x): every override is called inside try/catch; an exception is printed to
+        # stderr and becomes -1 / false / nullptr / nothing, never a Python exception
+        batch_size = _trampoline(calibrator.get_batch_size, 'get_batch_size', -1)
+        if config.calibration_profile is None:
+            _log(self.logger, Logger.ERROR, 'a dynamic-shape network needs a calibration profile')
+            return None
+        shape = config.calibration_profile.shapes[network.get_input(0).name][0]
+        expected = shape[0]
+        if not isinstance(batch_size, int) or batch_size != expected:
+            _log(self.logger, Logger.ERROR, f'Calibrator batch size {batch_size} does not match '
+                 f'the calibration profile batch {expected}')
+            return None
+        cache = _trampoline(calibrator.read_calibration_cache, 'read_calibration_cache', None)
         key = hashlib.sha256(network.onnx_bytes).hexdigest()
         if cache:
-            if bytes(cache) == CALIB_MAGIC + key.encode():
+            if bytes(memoryview(cache)) == CALIB_MAGIC + key.encode():
                 return bytes(cache)
             _log(self.logger, Logger.WARNING, 'calibration cache does not match: calibrating')
         batches = 0
         name = network.get_input(0).name
         while True:
-            try:  # TensorRT's Python wrapper: an exception in get_batch ends calibration
-                pointers = calibrator.get_batch([name])
-            except Exception as exc:
-                _log(self.logger, Logger.ERROR, f'Exception caught in get_batch(): {exc}')
-                pointers = None
+            pointers = _trampoline(lambda: calibrator.get_batch([name]), 'get_batch', None)
             if not pointers:
                 break
             require_context('calibration')
-            _device_view(int(pointers[0]), 4)
+            _device_view(int(pointers[0]), 4 * int(np.prod(shape)))  # the whole float32 batch
             batches += 1
         if batches == 0:
             _log(self.logger, Logger.ERROR, 'Calibration failure occurred with no scaling '
                  'factors detected')
             return None
         cache = CALIB_MAGIC + key.encode()
-        calibrator.write_calibration_cache(cache)
+        _trampoline(lambda: calibrator.write_calibration_cache(memoryview(cache)),
+                    'write_calibration_cache', None)
         return cache
 
     def build_serialized_network(self, network: INetworkDefinition,
