@@ -452,6 +452,22 @@ def test_dla_placement_is_read_from_the_build_log():
     assert dla_placement(['[MemUsageChange] Init CUDA']) == (None, None)
 
 
+def test_readme_first_build_of_the_shipped_model_on_tensorrt_10_12(monkeypatch, tool, tmp_path):
+    # TensorRT >= 10.12 with --typing auto builds FP16 strongly typed from the built-in
+    # FP16 copy; the shipped default's 33 Clip (ReLU6) nodes stopped it before
+    pytest.importorskip('onnx', reason='the FP16 copy needs onnx')
+    trt_standin.install(monkeypatch, version='10.12.0')
+    shipped = os.path.join(os.path.dirname(LEAVES), '..', '..', 'engines',
+                           'leaf_lite0_field.onnx')
+    code, out, err = tool(shipped, '--out-dir', str(tmp_path), '--no-timing-cache')
+    assert code == 0, out + err
+    assert 'building a strongly typed network from an FP16 copy' in out
+    assert 'converted ' in out and 'to FP16 (100 initializers' in out
+    sidecar = read_sidecar(str(tmp_path / 'leaf_lite0_field.fp16.sm87.trt10.12.0.engine.json'))
+    assert sidecar.builder_options['typing'] == 'strong'
+    assert sidecar.builder_options['fp16_conversion']['constants'] == 66
+
+
 def test_fp16_io_in_a_given_fp16_onnx_is_refused_before_building(tool, tiny_model_copy,
                                                                  tmp_path):
     onnx = pytest.importorskip('onnx', reason='building an FP16-I/O model needs onnx')

@@ -565,14 +565,15 @@ class ICudaEngine(_TrtObject):
         super().__init__()
         self.header = header
         self.session = session
-        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        inp = session.get_inputs()[0]
 
         def shape(value: Any) -> Tuple[int, ...]:
             return tuple(d if isinstance(d, int) else -1 for d in value.shape)
+        # every output of the network is an I/O tensor of the engine (logits, embedding)
         self._io = [(inp.name, TensorIOMode.INPUT, shape(inp),
-                     _ORT_TYPES.get(inp.type, DataType.FLOAT)),
-                    (out.name, TensorIOMode.OUTPUT, shape(out),
-                     _ORT_TYPES.get(out.type, DataType.FLOAT))]
+                     _ORT_TYPES.get(inp.type, DataType.FLOAT))] + [
+            (out.name, TensorIOMode.OUTPUT, shape(out), _ORT_TYPES.get(out.type, DataType.FLOAT))
+            for out in session.get_outputs()]
         self.executed_batches: List[int] = []
 
     @property
@@ -655,19 +656,21 @@ class IExecutionContext(_TrtObject):
     def execute_async_v3(self, stream_handle: int) -> bool:
         require_context('execute_async_v3')
         stream = _STREAMS.get(stream_handle)
-        (inp, _, _, in_type), (out, _, _, out_type) = self.engine._io
-        if stream is None or inp not in self._shapes or {inp, out} - set(self._addresses):
-            return False
+        (inp, _, _, in_type), outputs = self.engine._io[0], self.engine._io[1:]
+        names = {inp} | {out[0] for out in outputs}
+        if stream is None or inp not in self._shapes or names - set(self._addresses):
+            return False  # TensorRT: every I/O tensor needs an address
         shape = self._shapes[inp]
-        in_dtype, out_dtype = np.dtype(nptype(in_type)), np.dtype(nptype(out_type))
+        in_dtype = np.dtype(nptype(in_type))
 
         def run() -> None:
             count = int(np.prod(shape))
             batch = np.frombuffer(_device_view(self._addresses[inp], count * in_dtype.itemsize),
                                   dtype=in_dtype).reshape(shape)
-            (logits,) = self.engine.session.run([out], {inp: batch.copy()})
-            logits = np.ascontiguousarray(logits, dtype=out_dtype)
-            _device_view(self._addresses[out], logits.nbytes)[:] = logits.tobytes()
+            results = self.engine.session.run([out[0] for out in outputs], {inp: batch.copy()})
+            for (name, _, _, out_type), result in zip(outputs, results):
+                result = np.ascontiguousarray(result, dtype=np.dtype(nptype(out_type)))
+                _device_view(self._addresses[name], result.nbytes)[:] = result.tobytes()
             self.engine.executed_batches.append(shape[0])
         stream.enqueue(run)
         return True
@@ -976,7 +979,7 @@ class Builder(_TrtObject):
                      if BuilderFlag.FP16 in config.flags or network.flags else 'fp32')
         return IHostMemory(engine_bytes(
             network.onnx_bytes, (low[0], opt[0], high[0]), precision,
-            config.DLA_core if dla else None,
+            config.DLA_core if dla else None, version=__version__,
             layers={'dla': 1 if on_dla else 0, 'gpu': len(gpu)}))
 
 
