@@ -27,6 +27,7 @@ fire timers, read what was published.
 
 import array
 import enum
+import re
 import sys
 import threading
 import time
@@ -538,6 +539,89 @@ def _cv_bridge_module(world: 'RosWorld') -> Any:
     return module
 
 
+# --- rcl's command line -----------------------------------------------------------------
+
+_RCL_TRUE = {'Y', 'y', 'yes', 'Yes', 'YES', 'true', 'True', 'TRUE', 'on', 'On', 'ON'}
+_RCL_FALSE = {'N', 'n', 'no', 'No', 'NO', 'false', 'False', 'FALSE', 'off', 'Off', 'OFF'}
+_RCL_SPECIAL_FLOATS = {'.nan', '.NaN', '.NAN', '.inf', '.Inf', '.INF', '+.inf', '+.Inf',
+                       '+.INF', '-.inf', '-.Inf', '-.INF'}
+# strtoll(value, &end, 0) consuming the whole text: decimal, 0x hex, 0 octal
+_STRTOLL = re.compile(r'\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)')
+# strtod consuming the whole text: decimal (with exponent), hex float, inf/infinity/nan
+_STRTOD = re.compile(r'\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|0[xX][0-9a-fA-F.]+'
+                     r'([pP][+-]?\d+)?|(?i:inf(inity)?|nan))')
+
+
+def rcl_scalar(text: str, quoted: bool) -> Any:
+    """
+    Return the value rcl gives one YAML scalar of a parameter rule.
+
+    rcl_yaml_param_parser ``get_value`` (ros2/rcl humble and jazzy, src/parse.c): a
+    quoted scalar is a string; otherwise the words Y/y/yes/true/on... are booleans, what
+    ``strtoll(value, &end, 0)`` reads to the end is an integer (``0x10`` 16, ``010``
+    8), what ``strtod`` reads to the end a double (``1e3``, ``inf``, ``nan``), and
+    anything else a string. Not YAML 1.1 (PyYAML): ``010`` is not 10, ``1_0`` is a
+    string, ``.5`` a double.
+    """
+    if quoted:
+        return text
+    if text in _RCL_TRUE:
+        return True
+    if text in _RCL_FALSE:
+        return False
+    if _STRTOLL.fullmatch(text):
+        return int(text.strip(), 0) if not re.fullmatch(r'\s*[+-]?0[0-7]+', text) \
+            else int(text.strip(), 8)
+    if text in _RCL_SPECIAL_FLOATS:
+        return float(text.replace('.', ''))
+    if _STRTOD.fullmatch(text):
+        body = text.strip()
+        return float.fromhex(body) if 'x' in body.lower() else float(body)
+    return text
+
+
+def rcl_parameter_value(text: str) -> Any:
+    """Return the value of ``-p name:=TEXT`` as rcl parses it (a scalar or a flat list)."""
+    node = yaml.compose(text) if text.strip() else None
+    if node is None:
+        raise ValueError(f'rcl: empty parameter value in {text!r}')
+    if isinstance(node, yaml.SequenceNode):
+        items = [rcl_scalar(item.value, item.style in ("'", '"')) for item in node.value]
+        if len({type(item) for item in items}) > 1:
+            raise ValueError(f'rcl: sequence {text!r} mixes types')
+        return items
+    if not isinstance(node, yaml.ScalarNode):
+        raise ValueError(f'rcl: {text!r} is not a parameter value')
+    return rcl_scalar(node.value, node.style in ("'", '"'))
+
+
+def ros_param_rules(args: List[str]) -> List[Tuple[str, Any]]:
+    """
+    Return the ``(name, value)`` of each ``-p``/``--param`` rule of a command line.
+
+    As rcl_parse_arguments (ros2/rcl rcl/src/rcl/arguments.c) reads them: only between
+    ``--ros-args`` and ``--`` (or the end); elsewhere ``-p`` belongs to the program.
+    """
+    rules: List[Tuple[str, Any]] = []
+    in_ros_args = False
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word == '--ros-args':
+            in_ros_args = True
+        elif word == '--' and in_ros_args:
+            in_ros_args = False
+        elif in_ros_args and word in ('-p', '--param') and index + 1 < len(args):
+            rule = args[index + 1]
+            name, separator, text = rule.partition(':=')
+            if not separator or not name:
+                raise ValueError(f"rcl: couldn't parse parameter override rule {rule!r}")
+            rules.append((name, rcl_parameter_value(text)))
+            index += 1
+        index += 1
+    return rules
+
+
 # --- the world --------------------------------------------------------------------------
 
 class RosWorld:
@@ -628,11 +712,8 @@ class RosWorld:
         def init(*, args: Optional[List[str]] = None, context: Any = None) -> None:
             world.context = Context()
             parameter = self.modules['rclpy.parameter'].Parameter
-            words = list(args or [])
-            for index, word in enumerate(words[:-1]):
-                if word == '-p' and ':=' in words[index + 1]:
-                    name, text = words[index + 1].split(':=', 1)
-                    world.global_overrides[name] = parameter(name, value=yaml.safe_load(text))
+            for name, value in ros_param_rules(list(args or [])):
+                world.global_overrides[name] = parameter(name, value=value)
 
         def try_shutdown(*, context: Any = None) -> None:
             (context or world.context).try_shutdown()

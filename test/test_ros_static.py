@@ -251,6 +251,63 @@ def test_launch_arguments_override_the_params_file_only_when_given():
         k.arg == 'parameters' for k in n.keywords) for n in ast.walk(tree))
 
 
+def launch_rules(source: str, given: Dict[str, str]) -> List[str]:
+    """
+    Return the ``-p`` words launch_ros gives the node for the launch arguments ``given``.
+
+    Each ``SetParameter(value=ParameterValue([...], value_type=str))`` is evaluated as
+    launch does (the substitutions concatenated; ``coerce_to_type`` returns a str value
+    unchanged) and written as launch_ros/actions/node.py does: ``f'{name}:={value}'``.
+    """
+    tree = ast.parse(source)
+    constants = {target.id: ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) for target in node.targets
+                 if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant)}
+    rules = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and call_name(node) == 'SetParameter'):
+            continue
+        keywords = {k.arg: k.value for k in node.keywords}
+        argument = ast.literal_eval(keywords['condition'].args[0])
+        if argument not in given:
+            continue
+        value = keywords['value'].args[0]
+        parts = value.elts if isinstance(value, ast.List) else [value]
+        text = ''
+        for part in parts:
+            if isinstance(part, ast.Name):
+                text += constants[part.id]
+            elif isinstance(part, ast.Constant):
+                text += part.value
+            else:  # LaunchConfiguration(argument)
+                text += given[ast.literal_eval(part.args[0])]
+        rules += ['-p', f'{ast.literal_eval(keywords["name"])}:={text}']
+    return rules
+
+
+@pytest.mark.parametrize('text', ['2024', 'yes', 'on', 'off', '1e3', 'nan', '0x10', '010',
+                                  '.inf', 'maps 2024', '/data/run:1', 'true'])
+def test_string_launch_arguments_reach_the_node_as_strings(text):
+    # launch_ros passes SetParameter values as '-p name:=value' and rcl re-types the text
+    from rclpy_standin import ros_param_rules
+
+    given = {'model': text, 'live_map_dir': text, 'backend': 'onnxruntime',
+             'image_transport': 'raw', 'use_sim_time': 'true'}
+    rules = dict(ros_param_rules(['--ros-args'] + launch_rules(read(LAUNCH), given)))
+    assert rules == {'model_path': text, 'live_map_dir': text, 'backend': 'onnxruntime',
+                     'image_transport': 'raw', 'use_sim_time': True}
+
+
+def test_unquoted_launch_values_would_be_retyped_by_rcl():
+    # what the launch file did before: ParameterValue(LaunchConfiguration(...), value_type=str)
+    from rclpy_standin import ros_param_rules
+
+    source = read(LAUNCH).replace("[QUOTE, LaunchConfiguration('live_map_dir'), QUOTE]",
+                                  "LaunchConfiguration('live_map_dir')")
+    rules = ros_param_rules(['--ros-args'] + launch_rules(source, {'live_map_dir': '2024'}))
+    assert rules == [('live_map_dir', 2024)]
+
+
 def test_launch_override_check_can_fail():
     source = read(LAUNCH)
     broken = source.replace("condition=given('backend'),", '', 1)
