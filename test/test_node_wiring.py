@@ -265,6 +265,29 @@ def test_a_raw_image_whose_step_counts_pixels_is_a_failed_frame(world, tiny_mode
         stop(node)
 
 
+def test_qos_of_every_output_and_input(world, tiny_model_path):
+    # README's ROS interface table; ~/debug_image is best effort (images for people over
+    # Wi-Fi; rqt_image_view subscribes with rmw_qos_profile_sensor_data, best effort)
+    qos = world.modules['rclpy.qos']
+    node = start(world, tiny_model_path)
+    try:
+        def profile(endpoint: Any) -> tuple:
+            return (endpoint.qos.reliability, endpoint.qos.durability, endpoint.qos.depth)
+
+        reliable = (qos.ReliabilityPolicy.RELIABLE, qos.DurabilityPolicy.VOLATILE, 10)
+        assert {topic: profile(p) for topic, p in world.publishers.items()} == {
+            f'{NODE}/detections': reliable, f'{NODE}/detections/fix': reliable,
+            f'{NODE}/geo_detections': reliable, '/diagnostics': reliable,
+            f'{NODE}/label_info': (qos.ReliabilityPolicy.RELIABLE,
+                                   qos.DurabilityPolicy.TRANSIENT_LOCAL, 1),
+            f'{NODE}/debug_image': (qos.ReliabilityPolicy.BEST_EFFORT,
+                                    qos.DurabilityPolicy.VOLATILE, 1)}
+        assert profile(world.subscriptions['/image']) == (
+            qos.ReliabilityPolicy.BEST_EFFORT, qos.DurabilityPolicy.VOLATILE, 1)
+    finally:
+        stop(node)
+
+
 # --- the publishing path never ends the worker (issue item 2) ------------------------------
 
 def test_a_failing_publisher_drops_the_frame_counts_it_and_the_worker_goes_on(

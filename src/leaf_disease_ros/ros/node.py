@@ -339,8 +339,10 @@ class DetectorNode(Node):
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # images for people, often over Wi-Fi: best effort, as camera drivers publish
+        # (rqt_image_view subscribes with the sensor-data profile, best effort)
         debug = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                           reliability=ReliabilityPolicy.RELIABLE,
+                           reliability=ReliabilityPolicy.BEST_EFFORT,
                            durability=DurabilityPolicy.VOLATILE)
         self._pub_detections = self.create_publisher(Detection2DArray, '~/detections', reliable)
         self._pub_fix = self.create_publisher(NavSatFix, '~/detections/fix', reliable)
