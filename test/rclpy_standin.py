@@ -17,6 +17,12 @@ What is modelled on the real sources (rclpy humble, ``rclpy/node.py``,
   their ``SetParametersResult`` (type and read-only checks first, as
   ``_apply_descriptor`` does);
 - ``Publisher.publish`` raises ``TypeError`` for a message of another type, as rclpy;
+- ``QoSProfile`` takes only rclpy's nine keywords and needs a history or a depth
+  (KEEP_LAST needs a depth); ``Node``, ``create_publisher``, ``create_subscription``
+  and ``create_service`` take exactly rclpy's keywords (humble = jazzy, plus jazzy's
+  ``enable_logger_service``), keyword-only where rclpy's are;
+- ``-p name:=value`` counts only between ``--ros-args`` and ``--`` and is typed as
+  rcl's YAML parser types it (:func:`rcl_parameter_value`), not as PyYAML would;
 - message classes are generated from the real Humble (or Jazzy) definitions
   (``test/ros_messages.py``), so a field name or type the node gets wrong fails here.
 
@@ -199,14 +205,46 @@ class HistoryPolicy(enum.IntEnum):
     KEEP_ALL = 2
 
 
+class InvalidQoSProfileException(Exception):
+    """rclpy.qos.InvalidQoSProfileException."""
+
+
 class QoSProfile:
-    """rclpy.qos.QoSProfile (keyword arguments kept)."""
+    """
+    rclpy.qos.QoSProfile, as strict as rclpy's (humble and jazzy ``rclpy/qos.py``).
+
+    Only its nine keywords (an unknown one fails rclpy's ``assert`` on ``__slots__``);
+    neither history nor depth, or KEEP_LAST without a depth, is an
+    :class:`InvalidQoSProfileException`.
+    """
+
+    KEYWORDS = ('history', 'depth', 'reliability', 'durability', 'lifespan', 'deadline',
+                'liveliness', 'liveliness_lease_duration', 'avoid_ros_namespace_conventions')
 
     def __init__(self, **kwargs: Any) -> None:
-        self.history = kwargs.get('history', HistoryPolicy.KEEP_LAST)
-        self.depth = kwargs.get('depth', 10)
+        unknown = sorted(set(kwargs) - set(self.KEYWORDS))
+        if unknown:
+            raise AssertionError(f'Invalid arguments passed to constructor: {unknown!r}')
+        if 'history' not in kwargs:
+            if 'depth' not in kwargs:
+                raise InvalidQoSProfileException('History and/or depth settings are required.')
+            kwargs['history'] = HistoryPolicy.KEEP_LAST
+        if kwargs['history'] == HistoryPolicy.KEEP_LAST and 'depth' not in kwargs:
+            raise InvalidQoSProfileException('History set to KEEP_LAST without a depth setting.')
+        self.history = kwargs['history']
+        self.depth = kwargs.get('depth', 0)
         self.reliability = kwargs.get('reliability', ReliabilityPolicy.RELIABLE)
         self.durability = kwargs.get('durability', DurabilityPolicy.VOLATILE)
+
+
+def _qos(qos_profile: Any) -> QoSProfile:
+    """Return the profile of ``create_publisher/subscription``'s qos_profile (or depth)."""
+    if isinstance(qos_profile, QoSProfile):
+        return qos_profile
+    if isinstance(qos_profile, int) and not isinstance(qos_profile, bool):
+        return QoSProfile(depth=qos_profile)
+    raise TypeError('Expected QoSProfile or int, but received '
+                    f'{type(qos_profile).__name__}')
 
 
 class Logger:
@@ -332,8 +370,22 @@ def _node_class(world: 'RosWorld') -> type:
     class Node:
         """rclpy.node.Node: the surface ros/node.py uses, parameters modelled on humble."""
 
-        def __init__(self, node_name: str, *, context: Any = None, namespace: str = '/',
-                     parameter_overrides: Optional[List[Any]] = None, **_: Any) -> None:
+        def __init__(self, node_name: str, *, context: Any = None,
+                     cli_args: Optional[List[str]] = None, namespace: Optional[str] = None,
+                     use_global_arguments: bool = True, enable_rosout: bool = True,
+                     start_parameter_services: bool = True,
+                     parameter_overrides: Optional[List[Any]] = None,
+                     allow_undeclared_parameters: bool = False,
+                     automatically_declare_parameters_from_overrides: bool = False,
+                     **jazzy: Any) -> None:
+            # rclpy/node.py Node.__init__: keyword-only, these names (jazzy adds
+            # enable_logger_service); anything else is a TypeError
+            allowed = {'enable_logger_service'} if world.distro != 'humble' else set()
+            if set(jazzy) - allowed:
+                raise TypeError(f'Node.__init__() got an unexpected keyword argument '
+                                f'{sorted(set(jazzy) - allowed)[0]!r}')
+            namespace = namespace or '/'
+
             self._name = node_name
             self._namespace = namespace
             self.context = context or world.context
@@ -445,22 +497,28 @@ def _node_class(world: 'RosWorld') -> type:
         def describe_parameter(self, name: str) -> Any:
             return self._descriptors[name]
 
-        # entities
-        def create_publisher(self, msg_type: type, topic: str, qos: Any, **_: Any) -> Any:
-            publisher = Publisher(msg_type, self.resolve_topic_name(topic), qos, world)
+        # entities: rclpy/node.py signatures (humble = jazzy), keyword-only after the qos
+        def create_publisher(self, msg_type: type, topic: str, qos_profile: Any, *,
+                             callback_group: Any = None, event_callbacks: Any = None,
+                             qos_overriding_options: Any = None,
+                             publisher_class: Any = None) -> Any:
+            publisher = Publisher(msg_type, self.resolve_topic_name(topic), _qos(qos_profile),
+                                  world)
             world.publishers[publisher.topic] = publisher
             return publisher
 
         def create_subscription(self, msg_type: type, topic: str, callback: Callable,
-                                qos: Any, *, callback_group: Any = None, **_: Any) -> Any:
+                                qos_profile: Any, *, callback_group: Any = None,
+                                event_callbacks: Any = None, qos_overriding_options: Any = None,
+                                raw: bool = False) -> Any:
             subscription = Subscription(msg_type, self.resolve_topic_name(topic), callback,
-                                        qos, callback_group)
+                                        _qos(qos_profile), callback_group)
             world.subscriptions[subscription.topic] = subscription
             return subscription
 
-        def create_service(self, srv_type: Any, name: str, callback: Callable, *,
-                           callback_group: Any = None, **_: Any) -> Any:
-            service = Service(srv_type, self.resolve_service_name(name), callback,
+        def create_service(self, srv_type: Any, srv_name: str, callback: Callable, *,
+                           qos_profile: Any = None, callback_group: Any = None) -> Any:
+            service = Service(srv_type, self.resolve_service_name(srv_name), callback,
                               callback_group)
             world.services[service.name] = service
             return service
@@ -683,6 +741,7 @@ class RosWorld:
 
         self._module('rclpy.clock', Clock=make_clock, ClockType=ClockType)
         self._module('rclpy.qos', QoSProfile=QoSProfile, ReliabilityPolicy=ReliabilityPolicy,
+                     InvalidQoSProfileException=InvalidQoSProfileException,
                      DurabilityPolicy=DurabilityPolicy, HistoryPolicy=HistoryPolicy)
 
         class MultiThreadedExecutor:

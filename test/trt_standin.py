@@ -21,9 +21,13 @@ hard to get right enforced as strictly as the real libraries do, or more:
   ``Stream.synchronize()``: a missing synchronise leaves the output untouched;
 - engines have an optimisation profile: ``set_input_shape`` outside it is refused;
   a damaged or foreign engine deserialises to ``None``;
+- network flags are TensorRT 10's (``STRONGLY_TYPED`` = 1, ``create_network`` refuses
+  unknown bits, a strongly typed network refuses the FP16/INT8 builder flags);
 - the builder parses the ONNX (through onnxruntime), builds with a profile, runs an
-  INT8 calibrator as TensorRT's Python wrapper does (an exception in ``get_batch`` is
-  logged and taken as "no more data"), reads and writes calibration and timing caches
+  INT8 calibrator as TensorRT's Python wrapper does (pyInt8.cpp: every override is
+  called inside try/catch, an exception printed and taken as -1 / no more data / no
+  cache / nothing; ``get_batch_size`` is asked and must match the calibration
+  profile), reads and writes calibration and timing caches
   (a damaged timing cache gives ``None`` from ``create_timing_cache``, and
   ``set_timing_cache(None, ...)`` is a ``TypeError`` as in pybind11), and places
   layers on a DLA core only when min = opt = max batch, logging the placement as
@@ -482,9 +486,19 @@ class MemoryPoolType:
 
 
 class NetworkDefinitionCreationFlag:
-    """tensorrt.NetworkDefinitionCreationFlag."""
+    """
+    tensorrt.NetworkDefinitionCreationFlag (NvInfer.h, TensorRT 10.x).
 
-    STRONGLY_TYPED = 5
+    ``kEXPLICIT_BATCH = 0`` (deprecated, ignored: every 10.x network is explicit batch),
+    ``kSTRONGLY_TYPED = 1``; ``create_network`` takes ``1 << flag`` bits.
+    """
+
+    EXPLICIT_BATCH = 0
+    STRONGLY_TYPED = 1
+
+
+#: NvInfer.h EnumMax<NetworkDefinitionCreationFlag>() in 10.x: bits beyond are invalid
+_NETWORK_FLAG_BITS = 2
 
 
 class LayerInformationFormat:
@@ -898,7 +912,12 @@ class Builder(_TrtObject):
     def num_DLA_cores(self) -> int:  # noqa: N802 (TensorRT's name)
         return int(GPU['dla_cores'])
 
-    def create_network(self, flags: int = 0) -> INetworkDefinition:
+    def create_network(self, flags: int = 0) -> Optional[INetworkDefinition]:
+        if not isinstance(flags, int) or flags < 0 or flags >> _NETWORK_FLAG_BITS:
+            # IBuilder::createNetworkV2 refuses unknown bits: an error and no network
+            _log(self.logger, Logger.ERROR, f'IBuilder::createNetworkV2: Error Code 3: API '
+                 f'Usage Error (invalid NetworkDefinitionCreationFlags {flags!r})')
+            return None
         return INetworkDefinition(flags)
 
     def create_builder_config(self) -> IBuilderConfig:
@@ -956,6 +975,14 @@ class Builder(_TrtObject):
             _log(self.logger, Logger.ERROR, 'network needs an optimization profile')
             return None
         low, opt, high = config.profiles[0].shapes[network.get_input(0).name]
+        strong = bool(network.flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        weak_flags = {BuilderFlag.FP16, BuilderFlag.INT8} & config.flags
+        if strong and weak_flags:
+            # a strongly typed network takes its precision from its tensors: TensorRT
+            # refuses the weakly typed precision flags on it
+            _log(self.logger, Logger.ERROR, 'Error Code 4: API Usage Error (precision flags '
+                 f'{sorted(weak_flags)} are not allowed on a strongly typed network)')
+            return None
         if BuilderFlag.INT8 in config.flags and self._calibrate(config, network) is None:
             return None
         dla = config.default_device_type == DeviceType.DLA
@@ -976,7 +1003,7 @@ class Builder(_TrtObject):
         if config._timing_cache is not None:
             config._timing_cache.entries += len(network.layers)
         precision = ('int8' if BuilderFlag.INT8 in config.flags else 'fp16'
-                     if BuilderFlag.FP16 in config.flags or network.flags else 'fp32')
+                     if BuilderFlag.FP16 in config.flags else 'typed' if strong else 'fp32')
         return IHostMemory(engine_bytes(
             network.onnx_bytes, (low[0], opt[0], high[0]), precision,
             config.DLA_core if dla else None, version=__version__,

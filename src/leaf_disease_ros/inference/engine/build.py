@@ -252,6 +252,9 @@ def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: str,
     if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)  # TensorRT 10: always explicit batch
+    if network is None:  # IBuilder::createNetworkV2 refuses flags this TensorRT lacks
+        raise BuildFailed(f'TensorRT {trt.__version__} cannot create a network with flags '
+                          f'{flags:#x} (its messages are above)')
     parser = trt.OnnxParser(network, logger)
     with open(onnx_path, 'rb') as stream:
         ok = parser.parse(stream.read(), onnx_path)
