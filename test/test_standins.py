@@ -112,6 +112,121 @@ def test_create_service_takes_rclpy_keywords(node_class):
         node.create_service(set_bool, 's', print, None)  # keyword-only after the callback
 
 
+# --- rclpy.lifecycle (rclpy/lifecycle/*.py humble = jazzy, rcl_lifecycle's state machine) ---
+
+@pytest.fixture()
+def lifecycle(monkeypatch):
+    """Return (world, rclpy.lifecycle) of an installed stand-in."""
+    world = rclpy_standin.install(monkeypatch, 'humble')
+    return world, world.modules['rclpy.lifecycle']
+
+
+def _managed_node(lifecycle_module, **callbacks):
+    """Return a LifecycleNode named ``n`` whose on_* are ``callbacks``."""
+    node_type = type('Managed', (lifecycle_module.LifecycleNode,),
+                     {name: (lambda f: lambda self, state: f(state))(f)
+                      for name, f in callbacks.items()})
+    return node_type('n')
+
+
+def test_lifecycle_return_codes_are_the_transition_constants(lifecycle):
+    world, module = lifecycle
+    transition = world.msg('lifecycle_msgs/msg/Transition')
+    code = module.TransitionCallbackReturn  # lifecycle.cpp TransitionCallbackReturnType
+    assert (code.SUCCESS.value, code.FAILURE.value, code.ERROR.value) == (
+        transition.TRANSITION_CALLBACK_SUCCESS, transition.TRANSITION_CALLBACK_FAILURE,
+        transition.TRANSITION_CALLBACK_ERROR) == (97, 98, 99)
+    assert code.FAILURE.to_label() == 'transition_failure'
+
+
+def test_a_transition_the_state_does_not_offer_is_refused(lifecycle):
+    world, module = lifecycle
+    node = _managed_node(module)
+    with pytest.raises(rclpy_standin.RCLError, match='Failed to trigger'):
+        node.trigger_activate()  # lifecycle.cpp: rcl_lifecycle_trigger_transition_by_id
+    assert not world.change_state('/n', 'cleanup')  # the service answers success false
+    assert world.lifecycle_state('/n') == 'unconfigured'
+
+
+def test_the_return_code_decides_the_next_state(lifecycle):
+    world, module = lifecycle
+    code = module.TransitionCallbackReturn
+    node = _managed_node(module, on_configure=lambda state: code.FAILURE,
+                         on_shutdown=lambda state: code.FAILURE)
+    assert node.trigger_configure() == code.FAILURE
+    assert world.lifecycle_state('/n') == 'unconfigured'
+    assert node.trigger_shutdown() == code.FAILURE  # shutting down fails into finalized
+    assert world.lifecycle_state('/n') == 'finalized'
+
+
+def test_a_raising_callback_is_an_error_handled_by_on_error(lifecycle):
+    world, module = lifecycle
+    code = module.TransitionCallbackReturn
+    seen = []
+
+    def boom(state):
+        raise RuntimeError('bug')
+
+    node = _managed_node(module, on_configure=boom,
+                         on_error=lambda state: seen.append(state.label) or code.SUCCESS)
+    assert node.trigger_configure() == code.ERROR  # rclpy catches it (and logs nothing)
+    assert seen == ['unconfigured']  # on_error gets the state the transition started from
+    assert node._state_machine.history == ['unconfigured', 'configuring', 'errorprocessing',
+                                           'unconfigured']
+    assert not world.logs
+
+
+def test_a_callback_returning_no_code_breaks_the_transition(lifecycle):
+    world, module = lifecycle
+    node = _managed_node(module, on_configure=lambda state: None)
+    with pytest.raises(AttributeError, match='to_label'):
+        node.trigger_configure()  # rclpy: cb_return_code.to_label() on None
+    assert world.lifecycle_state('/n') == 'configuring'  # stuck, as rclpy leaves it
+
+
+def test_lifecycle_publishers_publish_only_while_activated(lifecycle):
+    world, module = lifecycle
+    header = world.msg('std_msgs/msg/Header')
+    node = _managed_node(module)
+    with pytest.raises(TypeError, match='publisher_class'):
+        node.create_lifecycle_publisher(header, 't', 1, publisher_class=None)
+    publisher = node.create_lifecycle_publisher(header, 't', 1)
+    publisher.publish(header())
+    assert '/t' not in world.published and len(world.dropped_inactive['/t']) == 1
+    node.trigger_configure()
+    node.trigger_activate()  # the default on_activate activates the managed entities
+    publisher.publish(header())
+    assert len(world.published['/t']) == 1
+    node.trigger_deactivate()
+    publisher.publish(header())
+    assert len(world.published['/t']) == 1
+    assert node.destroy_lifecycle_publisher(publisher) and '/t' not in world.publishers
+
+
+def test_an_override_that_skips_super_leaves_the_publishers_inactive(lifecycle):
+    world, module = lifecycle
+    code = module.TransitionCallbackReturn
+    header = world.msg('std_msgs/msg/Header')
+    node = _managed_node(module, on_activate=lambda state: code.SUCCESS)
+    publisher = node.create_lifecycle_publisher(header, 't', 1)
+    node.trigger_configure()
+    node.trigger_activate()
+    assert not publisher.is_activated
+
+
+def test_destroy_returns_whether_the_entity_was_the_nodes(lifecycle):
+    world, module = lifecycle
+    node = _managed_node(module)
+    header = world.msg('std_msgs/msg/Header')
+    subscription = node.create_subscription(header, 't', print, 1)
+    assert node.destroy_subscription(subscription) and not world.subscriptions
+    assert not node.destroy_subscription(subscription)
+    timer = node.create_timer(1.0, print)
+    assert node.destroy_timer(timer) and not node.destroy_timer(timer)
+    with pytest.raises(ValueError):
+        node.remove_on_set_parameters_callback(print)  # never added: list.remove
+
+
 # --- TensorRT: network flags (NvInfer.h 10.x, pyCore.cpp create_network) -------------------
 
 def test_strongly_typed_is_bit_1_as_in_tensorrt_10():
