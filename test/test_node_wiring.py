@@ -43,6 +43,11 @@ def world(monkeypatch):
 @pytest.fixture(scope='module')
 def mosaic(leaf_images) -> np.ndarray:
     """Return a 768x512 BGR frame of six real leaves (3 x 2 tiles of 256 px)."""
+    return mosaic_of(leaf_images)
+
+
+def mosaic_of(leaf_images: Dict[str, List[str]]) -> np.ndarray:
+    """Return a 768x512 BGR frame of six real leaves (3 x 2 tiles of 256 px)."""
     images = [cv2.imread(leaf_images[label][0]) for label in sorted(leaf_images)]
     images += [cv2.imread(leaf_images['esca'][1]), cv2.imread(leaf_images['healthy'][1])]
     return np.vstack([np.hstack(images[:3]), np.hstack(images[3:6])])

@@ -166,7 +166,8 @@ def test_package_xml_check_can_fail():
 # --- launch file -------------------------------------------------------------------------
 
 LAUNCH_ARGUMENTS = {'model', 'backend', 'image_topic', 'fix_topic', 'image_transport',
-                    'live_map_dir', 'params_file', 'namespace', 'use_sim_time', 'log_level'}
+                    'live_map_dir', 'params_file', 'namespace', 'use_sim_time', 'log_level',
+                    'lifecycle'}
 # launch arguments that override parameters of params_file, only when given
 OVERRIDES = {'model': 'model_path', 'backend': 'backend', 'image_transport': 'image_transport',
              'live_map_dir': 'live_map_dir', 'use_sim_time': 'use_sim_time'}
@@ -207,6 +208,36 @@ def launch_problems(source: str) -> List[str]:
 
 def test_launch_file_declares_the_arguments_and_has_no_logic():
     assert launch_problems(read(LAUNCH)) == []
+
+
+def test_lifecycle_argument_starts_exactly_one_of_the_two_executables():
+    # launch.conditions IfCondition / UnlessCondition on the same argument: one runs;
+    # both actions take the same keywords (name, namespace, remappings, arguments), so
+    # the params file and the overrides of the group reach either
+    tree = ast.parse(read(LAUNCH))
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and call_name(node) in ('Node', 'LifecycleNode'):
+            keywords = {k.arg: k.value for k in node.keywords}
+            condition = keywords['condition']
+            (configuration,) = condition.args
+            found[call_name(node)] = (ast.literal_eval(keywords['executable']),
+                                      call_name(condition),
+                                      ast.literal_eval(configuration.args[0]),
+                                      ast.unparse(keywords[None]))
+    assert found == {'Node': ('detector_node', 'UnlessCondition', 'lifecycle', 'common'),
+                     'LifecycleNode': ('detector_lifecycle_node', 'IfCondition', 'lifecycle',
+                                       'common')}
+    common = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], 'id', '') == 'common')
+    assert {ast.literal_eval(k) for k in common.keys} >= {'name', 'namespace', 'remappings'}
+    declared = {ast.literal_eval(n.args[0]): {k.arg: k.value for k in n.keywords}
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and call_name(n) == 'DeclareLaunchArgument'}
+    assert ast.literal_eval(declared['lifecycle']['default_value']) == 'false'
+    assert ("'detector_lifecycle_node = leaf_disease_ros.ros.entry_point:main_lifecycle'"
+            in read(SETUP_PY))
+    assert 'detector_lifecycle_node' in read(os.path.join(REPO_DIR, '.ci', 'run'))
 
 
 def set_parameters(source: str) -> Dict[str, str]:
@@ -333,8 +364,13 @@ NARROW = {'FrameError', 'InferenceError', 'self._bridge_error',
           'InvalidParameterTypeException', 'InvalidParameterValueException',
           'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException', 'OSError'}
 # broader catches, each allowed in the functions named only: the worker's last resort,
-# the publishing path (no exception from it may end the worker), start-up clean-up
-BROAD = {'Exception': {'_worker_main', '_publish_frame'}, 'BaseException': {'__init__'},
+# the publishing path (no exception from it may end the worker), start-up clean-up, the
+# lifecycle transitions (rclpy turns an exception there into ERROR and logs nothing:
+# rclpy/lifecycle/node.py __execute_callback, so the node logs the traceback itself)
+LIFECYCLE_CALLBACKS = {'on_configure', 'on_activate', 'on_deactivate', 'on_cleanup',
+                       'on_shutdown', 'on_error'}
+BROAD = {'Exception': {'_worker_main', '_publish_frame'} | LIFECYCLE_CALLBACKS,
+         'BaseException': {'__init__'},
          'broken_import': {'_make_bridge'},
          'broken_import + (cv_bridge.CvBridgeError,)': {'_make_bridge'}}
 
@@ -354,7 +390,10 @@ def names_in(call_args, name: str, tree: ast.AST) -> Set[str]:
 
 def test_the_node_uses_the_topic_and_service_names_of_the_design():
     tree = ast.parse(read(NODE))
-    assert names_in(1, 'create_publisher', tree) == TOPICS_OUT
+    # every output through _create_output (a lifecycle publisher in the managed node)
+    assert names_in(1, 'create', tree) == TOPICS_OUT
+    assert names_in(1, 'create_publisher', tree) == {'<variable topic>'}
+    assert names_in(1, 'create_lifecycle_publisher', tree) == {'<variable topic>'}
     subscribed = names_in(1, 'create_subscription', tree)
     assert subscribed == {'fix', '<variable name>'}
     for topic in TOPICS_IN:
