@@ -100,6 +100,7 @@ setup(
     entry_points={
         'console_scripts': [
             'detector_node = leaf_disease_ros.ros.entry_point:main',
+            'detector_lifecycle_node = leaf_disease_ros.ros.entry_point:main_lifecycle',
             'leaf-disease-classify = leaf_disease_ros.cli.classify:main',
             'leaf-disease-replay = leaf_disease_ros.cli.replay:main',
             'leaf-disease-train = leaf_disease_ros.cli.train:main',

@@ -11,16 +11,34 @@ the params file and the given arguments are passed in that order as ``--params-f
 and ``-p`` rules (launch_ros ``SetParametersFromFile`` / ``SetParameter``, scoped to
 the node by a ``GroupAction``), and rcl applies parameter rules in command-line order.
 No other logic here: what the node does with a value is the node's business.
+
+``lifecycle:=true`` starts ``detector_lifecycle_node`` (a launch_ros ``LifecycleNode``
+action: same name, remappings and parameters) instead of ``detector_node``; the node
+then waits unconfigured for a lifecycle manager (nav2's ``lifecycle_manager``, see
+docs/robot.md) or ``ros2 lifecycle set /detector_node configure``. The two actions
+carry opposite conditions on the one argument, so exactly one runs.
+
+String arguments stay strings. launch_ros turns a ``SetParameter`` into the command-line
+rule ``-p name:=value`` (launch_ros/actions/node.py, humble and jazzy:
+``cmd_extension = ['-p', f'{name}:={value}']``, the ``value_type`` is not passed on)
+and rcl types that text again as YAML (rcl_yaml_param_parser ``get_value``: ``2024``
+an integer, ``yes``/``on`` a boolean, ``1e3``/``nan`` a double), so
+``live_map_dir:=2024`` reached the node as an integer and the string parameter refused
+it at start. The string values are therefore sent single-quoted (``'2024'``), which rcl
+keeps as a string whatever it holds; a value that itself contains a single quote cannot
+be given this way (rcl refuses the rule at start): put it in ``params_file``.
 """
 
 from launch import Condition, LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node, SetParameter, SetParametersFromFile
+from launch_ros.actions import LifecycleNode, Node, SetParameter, SetParametersFromFile
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'leaf_disease_ros'
+QUOTE = "'"  # a YAML single-quoted scalar: rcl keeps it a string
 
 
 def given(argument: str) -> Condition:
@@ -73,38 +91,52 @@ def generate_launch_description() -> LaunchDescription:
             description='true when playing a bag with ros2 bag play --clock; empty: as in '
                         'params_file (default false)'),
         DeclareLaunchArgument(
+            'lifecycle', default_value='false', choices=['true', 'false'],
+            description='true: the managed node detector_lifecycle_node, which waits '
+                        'unconfigured for a lifecycle manager (nav2 lifecycle_manager, '
+                        'ros2 lifecycle set); false: detector_node, detecting at once'),
+        DeclareLaunchArgument(
             'log_level', default_value='info',
             choices=['debug', 'info', 'warn', 'error', 'fatal'],
             description='log level of the node'),
     ]
-    overrides = [
+    overrides = [  # strings single-quoted: rcl re-types the -p text (see the docstring)
         SetParameter(name='model_path', condition=given('model'),
-                     value=ParameterValue(LaunchConfiguration('model'), value_type=str)),
-        SetParameter(name='backend', condition=given('backend'),
-                     value=ParameterValue(LaunchConfiguration('backend'), value_type=str)),
-        SetParameter(name='image_transport', condition=given('image_transport'),
-                     value=ParameterValue(LaunchConfiguration('image_transport'),
+                     value=ParameterValue([QUOTE, LaunchConfiguration('model'), QUOTE],
                                           value_type=str)),
+        SetParameter(name='backend', condition=given('backend'),
+                     value=ParameterValue([QUOTE, LaunchConfiguration('backend'), QUOTE],
+                                          value_type=str)),
+        SetParameter(name='image_transport', condition=given('image_transport'),
+                     value=ParameterValue([QUOTE, LaunchConfiguration('image_transport'),
+                                           QUOTE], value_type=str)),
         SetParameter(name='live_map_dir', condition=given('live_map_dir'),
-                     value=ParameterValue(LaunchConfiguration('live_map_dir'), value_type=str)),
+                     value=ParameterValue([QUOTE, LaunchConfiguration('live_map_dir'), QUOTE],
+                                          value_type=str)),
         SetParameter(name='use_sim_time', condition=given('use_sim_time'),
                      value=ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool)),
     ]
-    detector = Node(
-        package=PACKAGE,
-        executable='detector_node',
-        name='detector_node',
-        namespace=LaunchConfiguration('namespace'),
-        output='screen',
-        emulate_tty=True,
-        remappings=[
+    common = {
+        'package': PACKAGE,
+        'name': 'detector_node',
+        'namespace': LaunchConfiguration('namespace'),
+        'output': 'screen',
+        'emulate_tty': True,
+        'remappings': [
             ('image', LaunchConfiguration('image_topic')),
             ('image/compressed', [LaunchConfiguration('image_topic'), '/compressed']),
             ('fix', LaunchConfiguration('fix_topic')),
         ],
-        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
-    )
+        'arguments': ['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+    }
+    detector = Node(executable='detector_node',
+                    condition=UnlessCondition(LaunchConfiguration('lifecycle')), **common)
+    # launch_ros LifecycleNode (humble and jazzy): name and namespace are required
+    managed_detector = LifecycleNode(executable='detector_lifecycle_node',
+                                     condition=IfCondition(LaunchConfiguration('lifecycle')),
+                                     **common)
     node_group = GroupAction(
-        [SetParametersFromFile(LaunchConfiguration('params_file'))] + overrides + [detector],
+        [SetParametersFromFile(LaunchConfiguration('params_file'))] + overrides
+        + [detector, managed_detector],
         scoped=True)
     return LaunchDescription(arguments + [node_group])

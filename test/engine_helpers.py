@@ -6,7 +6,8 @@ placeholder ``.engine`` (arbitrary bytes, so its sha256 can be recorded) and a r
 sidecar, which is all the GPU-free match rules read. :func:`install_fake_runtime`
 makes ``import tensorrt`` / ``import pycuda.driver`` succeed with just enough
 surface for :func:`leaf_disease_ros.inference.tensorrt_backend.probe_machine`
-(version, GPU name, compute capability), and :func:`hide_tensorrt` makes the
+(version, GPU name, compute capability, SMs, memory, and the DLA cores of a
+``tensorrt.Runtime`` asked with the primary context pushed), and :func:`hide_tensorrt` makes the
 import fail, so the backend factory's choice can be tested on any machine.
 """
 
@@ -78,10 +79,33 @@ class FakeCudaError(Exception):
 def install_fake_runtime(monkeypatch: Any, version: str = '10.3.0', gpu_name: str = 'Orin',
                          compute_capability: Tuple[int, int] = (8, 7), device_count: int = 1,
                          pycuda: bool = True, sm_count: int = 16,
-                         memory_bytes: int = 30 << 30) -> None:
+                         memory_bytes: int = 30 << 30, dla_cores: int = 2) -> None:
     """Make ``import tensorrt`` and ``import pycuda.driver`` succeed (probe surface only)."""
+    from leaf_disease_ros.inference import tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, '_PRIMARY_CONTEXTS', {})
+    monkeypatch.setattr(tensorrt_backend, '_LOGGER', None)
+    pushed: list = []
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            self.severity = severity
+
+    class Runtime:
+
+        def __init__(self, logger: Any) -> None:
+            assert pushed, 'tensorrt.Runtime created with no CUDA context current'
+
+        @property
+        def num_DLA_cores(self) -> int:  # noqa: N802 (TensorRT's name)
+            return dla_cores
+
     trt = types.ModuleType('tensorrt')
     trt.__version__ = version
+    trt.Runtime = Runtime
+    trt.Logger = Logger
     monkeypatch.setitem(sys.modules, 'tensorrt', trt)
     if not pycuda:
         monkeypatch.setitem(sys.modules, 'pycuda', None)
@@ -110,7 +134,14 @@ def install_fake_runtime(monkeypatch: Any, version: str = '10.3.0', gpu_name: st
         def total_memory(self) -> int:
             return memory_bytes
 
+        def retain_primary_context(self) -> Any:
+            return types.SimpleNamespace(push=lambda: pushed.append(self.index))
+
+    def pop() -> None:
+        pushed.pop()
+
     driver = types.ModuleType('pycuda.driver')
+    driver.Context = types.SimpleNamespace(pop=pop)
     driver.Error = FakeCudaError
     driver.init = lambda: None
     driver.Device = Device

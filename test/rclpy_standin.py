@@ -17,6 +17,20 @@ What is modelled on the real sources (rclpy humble, ``rclpy/node.py``,
   their ``SetParametersResult`` (type and read-only checks first, as
   ``_apply_descriptor`` does);
 - ``Publisher.publish`` raises ``TypeError`` for a message of another type, as rclpy;
+- ``QoSProfile`` takes only rclpy's nine keywords and needs a history or a depth
+  (KEEP_LAST needs a depth); ``Node``, ``create_publisher``, ``create_subscription``
+  and ``create_service`` take exactly rclpy's keywords (humble = jazzy, plus jazzy's
+  ``enable_logger_service``), keyword-only where rclpy's are;
+- ``-p name:=value`` counts only between ``--ros-args`` and ``--`` and is typed as
+  rcl's YAML parser types it (:func:`rcl_parameter_value`), not as PyYAML would;
+- ``rclpy.lifecycle`` (rclpy/lifecycle/node.py, publisher.py, managed_entity.py:
+  identical on humble and jazzy) over rcl_lifecycle's default state machine
+  (rcl_lifecycle/src/default_state_machine.c): ``<node>/change_state`` and
+  ``get_state``, a transition the state does not offer refused, the return code
+  deciding the next state, a raising callback an ERROR handled by ``on_error``, a
+  callback returning no code breaking the transition, lifecycle publishers that drop
+  what is published while deactivated (counted in ``world.dropped_inactive``); and
+  ``destroy_publisher/subscription/timer``, ``remove_on_set_parameters_callback``;
 - message classes are generated from the real Humble (or Jazzy) definitions
   (``test/ros_messages.py``), so a field name or type the node gets wrong fails here.
 
@@ -27,11 +41,12 @@ fire timers, read what was published.
 
 import array
 import enum
+import re
 import sys
 import threading
 import time
 import types
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -198,14 +213,46 @@ class HistoryPolicy(enum.IntEnum):
     KEEP_ALL = 2
 
 
+class InvalidQoSProfileException(Exception):
+    """rclpy.qos.InvalidQoSProfileException."""
+
+
 class QoSProfile:
-    """rclpy.qos.QoSProfile (keyword arguments kept)."""
+    """
+    rclpy.qos.QoSProfile, as strict as rclpy's (humble and jazzy ``rclpy/qos.py``).
+
+    Only its nine keywords (an unknown one fails rclpy's ``assert`` on ``__slots__``);
+    neither history nor depth, or KEEP_LAST without a depth, is an
+    :class:`InvalidQoSProfileException`.
+    """
+
+    KEYWORDS = ('history', 'depth', 'reliability', 'durability', 'lifespan', 'deadline',
+                'liveliness', 'liveliness_lease_duration', 'avoid_ros_namespace_conventions')
 
     def __init__(self, **kwargs: Any) -> None:
-        self.history = kwargs.get('history', HistoryPolicy.KEEP_LAST)
-        self.depth = kwargs.get('depth', 10)
+        unknown = sorted(set(kwargs) - set(self.KEYWORDS))
+        if unknown:
+            raise AssertionError(f'Invalid arguments passed to constructor: {unknown!r}')
+        if 'history' not in kwargs:
+            if 'depth' not in kwargs:
+                raise InvalidQoSProfileException('History and/or depth settings are required.')
+            kwargs['history'] = HistoryPolicy.KEEP_LAST
+        if kwargs['history'] == HistoryPolicy.KEEP_LAST and 'depth' not in kwargs:
+            raise InvalidQoSProfileException('History set to KEEP_LAST without a depth setting.')
+        self.history = kwargs['history']
+        self.depth = kwargs.get('depth', 0)
         self.reliability = kwargs.get('reliability', ReliabilityPolicy.RELIABLE)
         self.durability = kwargs.get('durability', DurabilityPolicy.VOLATILE)
+
+
+def _qos(qos_profile: Any) -> QoSProfile:
+    """Return the profile of ``create_publisher/subscription``'s qos_profile (or depth)."""
+    if isinstance(qos_profile, QoSProfile):
+        return qos_profile
+    if isinstance(qos_profile, int) and not isinstance(qos_profile, bool):
+        return QoSProfile(depth=qos_profile)
+    raise TypeError('Expected QoSProfile or int, but received '
+                    f'{type(qos_profile).__name__}')
 
 
 class Logger:
@@ -331,8 +378,22 @@ def _node_class(world: 'RosWorld') -> type:
     class Node:
         """rclpy.node.Node: the surface ros/node.py uses, parameters modelled on humble."""
 
-        def __init__(self, node_name: str, *, context: Any = None, namespace: str = '/',
-                     parameter_overrides: Optional[List[Any]] = None, **_: Any) -> None:
+        def __init__(self, node_name: str, *, context: Any = None,
+                     cli_args: Optional[List[str]] = None, namespace: Optional[str] = None,
+                     use_global_arguments: bool = True, enable_rosout: bool = True,
+                     start_parameter_services: bool = True,
+                     parameter_overrides: Optional[List[Any]] = None,
+                     allow_undeclared_parameters: bool = False,
+                     automatically_declare_parameters_from_overrides: bool = False,
+                     **jazzy: Any) -> None:
+            # rclpy/node.py Node.__init__: keyword-only, these names (jazzy adds
+            # enable_logger_service); anything else is a TypeError
+            allowed = {'enable_logger_service'} if world.distro != 'humble' else set()
+            if set(jazzy) - allowed:
+                raise TypeError(f'Node.__init__() got an unexpected keyword argument '
+                                f'{sorted(set(jazzy) - allowed)[0]!r}')
+            namespace = namespace or '/'
+
             self._name = node_name
             self._namespace = namespace
             self.context = context or world.context
@@ -424,6 +485,9 @@ def _node_class(world: 'RosWorld') -> type:
         def add_on_set_parameters_callback(self, callback: Callable) -> None:
             self._parameters_callbacks.insert(0, callback)
 
+        def remove_on_set_parameters_callback(self, callback: Callable) -> None:
+            self._parameters_callbacks.remove(callback)  # ValueError when absent, as rclpy
+
         def set_parameters(self, parameter_list: List[Any]) -> List[Any]:
             results = []
             for parameter in parameter_list:
@@ -444,22 +508,49 @@ def _node_class(world: 'RosWorld') -> type:
         def describe_parameter(self, name: str) -> Any:
             return self._descriptors[name]
 
-        # entities
-        def create_publisher(self, msg_type: type, topic: str, qos: Any, **_: Any) -> Any:
-            publisher = Publisher(msg_type, self.resolve_topic_name(topic), qos, world)
+        # entities: rclpy/node.py signatures (humble = jazzy), keyword-only after the qos
+        def create_publisher(self, msg_type: type, topic: str, qos_profile: Any, *,
+                             callback_group: Any = None, event_callbacks: Any = None,
+                             qos_overriding_options: Any = None,
+                             publisher_class: Any = None) -> Any:
+            publisher = (publisher_class or Publisher)(
+                msg_type, self.resolve_topic_name(topic), _qos(qos_profile), world)
             world.publishers[publisher.topic] = publisher
             return publisher
 
+        # destroy_*: rclpy/node.py (humble = jazzy): True when the entity was this node's
+        def destroy_publisher(self, publisher: Any) -> bool:
+            if world.publishers.get(publisher.topic) is not publisher:
+                return False
+            del world.publishers[publisher.topic]
+            publisher.fail_with = RuntimeError('publisher destroyed (InvalidHandle)')
+            return True
+
+        def destroy_subscription(self, subscription: Any) -> bool:
+            if world.subscriptions.get(subscription.topic) is not subscription:
+                return False
+            del world.subscriptions[subscription.topic]
+            return True
+
+        def destroy_timer(self, timer: Any) -> bool:
+            if timer not in world.timers:
+                return False
+            world.timers.remove(timer)
+            timer.cancelled = True
+            return True
+
         def create_subscription(self, msg_type: type, topic: str, callback: Callable,
-                                qos: Any, *, callback_group: Any = None, **_: Any) -> Any:
+                                qos_profile: Any, *, callback_group: Any = None,
+                                event_callbacks: Any = None, qos_overriding_options: Any = None,
+                                raw: bool = False) -> Any:
             subscription = Subscription(msg_type, self.resolve_topic_name(topic), callback,
-                                        qos, callback_group)
+                                        _qos(qos_profile), callback_group)
             world.subscriptions[subscription.topic] = subscription
             return subscription
 
-        def create_service(self, srv_type: Any, name: str, callback: Callable, *,
-                           callback_group: Any = None, **_: Any) -> Any:
-            service = Service(srv_type, self.resolve_service_name(name), callback,
+        def create_service(self, srv_type: Any, srv_name: str, callback: Callable, *,
+                           qos_profile: Any = None, callback_group: Any = None) -> Any:
+            service = Service(srv_type, self.resolve_service_name(srv_name), callback,
                               callback_group)
             world.services[service.name] = service
             return service
@@ -479,6 +570,318 @@ def _node_class(world: 'RosWorld') -> type:
                 publisher.fail_with = RuntimeError('publisher destroyed (InvalidHandle)')
 
     return Node
+
+
+# --- rclpy.lifecycle --------------------------------------------------------------------
+
+class RCLError(RuntimeError):
+    """rclpy._rclpy_pybind11.RCLError (what the lifecycle state machine raises)."""
+
+
+# rcl_lifecycle default_state_machine.c (ros2/rcl humble = jazzy): (transition label,
+# lifecycle_msgs/Transition constant, start state, goal state), states by their label
+_TRANSITIONS = [
+    ('configure', 'TRANSITION_CONFIGURE', 'unconfigured', 'configuring'),
+    ('transition_success', 'TRANSITION_ON_CONFIGURE_SUCCESS', 'configuring', 'inactive'),
+    ('transition_failure', 'TRANSITION_ON_CONFIGURE_FAILURE', 'configuring', 'unconfigured'),
+    ('transition_error', 'TRANSITION_ON_CONFIGURE_ERROR', 'configuring', 'errorprocessing'),
+    ('cleanup', 'TRANSITION_CLEANUP', 'inactive', 'cleaningup'),
+    ('transition_success', 'TRANSITION_ON_CLEANUP_SUCCESS', 'cleaningup', 'unconfigured'),
+    ('transition_failure', 'TRANSITION_ON_CLEANUP_FAILURE', 'cleaningup', 'inactive'),
+    ('transition_error', 'TRANSITION_ON_CLEANUP_ERROR', 'cleaningup', 'errorprocessing'),
+    ('activate', 'TRANSITION_ACTIVATE', 'inactive', 'activating'),
+    ('transition_success', 'TRANSITION_ON_ACTIVATE_SUCCESS', 'activating', 'active'),
+    ('transition_failure', 'TRANSITION_ON_ACTIVATE_FAILURE', 'activating', 'inactive'),
+    ('transition_error', 'TRANSITION_ON_ACTIVATE_ERROR', 'activating', 'errorprocessing'),
+    ('deactivate', 'TRANSITION_DEACTIVATE', 'active', 'deactivating'),
+    ('transition_success', 'TRANSITION_ON_DEACTIVATE_SUCCESS', 'deactivating', 'inactive'),
+    ('transition_failure', 'TRANSITION_ON_DEACTIVATE_FAILURE', 'deactivating', 'active'),
+    ('transition_error', 'TRANSITION_ON_DEACTIVATE_ERROR', 'deactivating', 'errorprocessing'),
+    ('shutdown', 'TRANSITION_UNCONFIGURED_SHUTDOWN', 'unconfigured', 'shuttingdown'),
+    ('shutdown', 'TRANSITION_INACTIVE_SHUTDOWN', 'inactive', 'shuttingdown'),
+    ('shutdown', 'TRANSITION_ACTIVE_SHUTDOWN', 'active', 'shuttingdown'),
+    ('transition_success', 'TRANSITION_ON_SHUTDOWN_SUCCESS', 'shuttingdown', 'finalized'),
+    ('transition_failure', 'TRANSITION_ON_SHUTDOWN_FAILURE', 'shuttingdown', 'finalized'),
+    ('transition_error', 'TRANSITION_ON_SHUTDOWN_ERROR', 'shuttingdown', 'errorprocessing'),
+    ('transition_success', 'TRANSITION_ON_ERROR_SUCCESS', 'errorprocessing', 'unconfigured'),
+    ('transition_failure', 'TRANSITION_ON_ERROR_FAILURE', 'errorprocessing', 'finalized'),
+    ('transition_error', 'TRANSITION_ON_ERROR_ERROR', 'errorprocessing', 'finalized'),
+]
+_STATE_CONSTANTS = {
+    'unconfigured': 'PRIMARY_STATE_UNCONFIGURED', 'inactive': 'PRIMARY_STATE_INACTIVE',
+    'active': 'PRIMARY_STATE_ACTIVE', 'finalized': 'PRIMARY_STATE_FINALIZED',
+    'configuring': 'TRANSITION_STATE_CONFIGURING', 'cleaningup': 'TRANSITION_STATE_CLEANINGUP',
+    'shuttingdown': 'TRANSITION_STATE_SHUTTINGDOWN',
+    'activating': 'TRANSITION_STATE_ACTIVATING', 'deactivating': 'TRANSITION_STATE_DEACTIVATING',
+    'errorprocessing': 'TRANSITION_STATE_ERRORPROCESSING',
+}
+# the transition state whose callback runs, and that callback (LifecycleNodeMixin.__init__)
+_STATE_CALLBACKS = {'configuring': 'on_configure', 'cleaningup': 'on_cleanup',
+                    'shuttingdown': 'on_shutdown', 'activating': 'on_activate',
+                    'deactivating': 'on_deactivate', 'errorprocessing': 'on_error'}
+
+
+class LifecycleStateMachine:
+    """rclpy's ``_rclpy.LifecycleStateMachine`` over rcl_lifecycle's default state machine."""
+
+    def __init__(self, world: 'RosWorld') -> None:
+        state = world.msg('lifecycle_msgs/msg/State')
+        transition = world.msg('lifecycle_msgs/msg/Transition')
+        self.ids = {label: getattr(state, name) for label, name in _STATE_CONSTANTS.items()}
+        self.transitions = [(label, getattr(transition, name), start, goal)
+                            for label, name, start, goal in _TRANSITIONS]
+        self.label = 'unconfigured'
+        self.initialized = True
+        self.history: List[str] = ['unconfigured']
+
+    @property
+    def current_state(self) -> Tuple[int, str]:
+        return self.ids[self.label], self.label
+
+    def _go(self, found: List[Tuple[str, int, str, str]]) -> None:
+        if not found:
+            # lifecycle.cpp: rcl_lifecycle_trigger_transition_by_* != RCL_RET_OK
+            raise RCLError('Failed to trigger lifecycle state machine transition')
+        self.label = found[0][3]
+        self.history.append(self.label)
+
+    def trigger_transition_by_id(self, transition_id: int, publish_update: bool) -> None:
+        self._go([t for t in self.transitions if t[1] == transition_id and t[2] == self.label])
+
+    def trigger_transition_by_label(self, label: str, publish_update: bool) -> None:
+        self._go([t for t in self.transitions if t[0] == label and t[2] == self.label])
+
+    def get_transition_by_label(self, label: str) -> int:
+        found = [t for t in self.transitions if t[0] == label and t[2] == self.label]
+        if not found:
+            raise RCLError('Failed to get transition from label')
+        return found[0][1]
+
+
+def _lifecycle_module(world: 'RosWorld') -> Any:
+    """
+    rclpy.lifecycle as in ros2/rclpy humble = jazzy (rclpy/lifecycle/*.py, identical).
+
+    ``TransitionCallbackReturn`` is the C extension's enum (SUCCESS 97, FAILURE 98,
+    ERROR 99 with ``to_label``); a callback that raises is an ERROR (rclpy logs
+    nothing); a callback that returns anything else breaks the transition with an
+    AttributeError, leaving the machine in the transition state, as rclpy does. The
+    default ``on_*`` callbacks call every managed entity (the lifecycle publishers) and
+    raise TypeError for a return value of another type. ``LifecyclePublisher.publish``
+    drops the message silently while deactivated (humble and jazzy: ``when_enabled``
+    without ``when_not_enabled``); the stand-in counts such messages in
+    ``world.dropped_inactive`` so a test can see the node tried.
+    """
+    Node = world.modules['rclpy.node'].Node
+    transition_msg = world.msg('lifecycle_msgs/msg/Transition')
+
+    class TransitionCallbackReturn(enum.Enum):
+        """_rclpy.TransitionCallbackReturnType (lifecycle.cpp)."""
+
+        SUCCESS = transition_msg.TRANSITION_CALLBACK_SUCCESS
+        FAILURE = transition_msg.TRANSITION_CALLBACK_FAILURE
+        ERROR = transition_msg.TRANSITION_CALLBACK_ERROR
+
+        def to_label(self) -> str:
+            return {'SUCCESS': 'transition_success', 'FAILURE': 'transition_failure',
+                    'ERROR': 'transition_error'}[self.name]
+
+    class LifecycleState(NamedTuple):
+        """rclpy.lifecycle.LifecycleState."""
+
+        label: str
+        state_id: int
+
+    class ManagedEntity:
+        """rclpy.lifecycle.ManagedEntity: every callback SUCCESS."""
+
+        def on_configure(self, state: Any) -> Any:
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_cleanup(self, state: Any) -> Any:
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_shutdown(self, state: Any) -> Any:
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_activate(self, state: Any) -> Any:
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_deactivate(self, state: Any) -> Any:
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_error(self, state: Any) -> Any:
+            return TransitionCallbackReturn.SUCCESS
+
+    class LifecyclePublisher(ManagedEntity, Publisher):
+        """rclpy.lifecycle.LifecyclePublisher: publishes only while activated."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._enabled = False
+            Publisher.__init__(self, *args, **kwargs)
+
+        def on_activate(self, state: Any) -> Any:
+            self._enabled = True
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_deactivate(self, state: Any) -> Any:
+            self._enabled = False
+            return TransitionCallbackReturn.SUCCESS
+
+        @property
+        def is_activated(self) -> bool:
+            return self._enabled
+
+        def publish(self, msg: Any) -> None:
+            if not self._enabled:
+                with world.lock:
+                    world.dropped_inactive.setdefault(self.topic, []).append(msg)
+                return
+            Publisher.publish(self, msg)
+
+    class LifecycleNodeMixin(ManagedEntity):
+        """rclpy.lifecycle.LifecycleNodeMixin (use with Node, as LifecycleNode does)."""
+
+        def __init__(self, *, enable_communication_interface: bool = True,
+                     callback_group: Any = None) -> None:
+            self._managed_entities: set = set()
+            self._state_machine = LifecycleStateMachine(world)
+            self._lifecycle_callbacks = {state: getattr(self, name)
+                                         for state, name in _STATE_CALLBACKS.items()}
+            if enable_communication_interface:
+                srv = world.factory.service
+                name = self.get_fully_qualified_name()
+                world.services[f'{name}/change_state'] = Service(
+                    srv('lifecycle_msgs/srv/ChangeState'), f'{name}/change_state',
+                    self._on_change_state, callback_group)
+                world.services[f'{name}/get_state'] = Service(
+                    srv('lifecycle_msgs/srv/GetState'), f'{name}/get_state',
+                    self._on_get_state, callback_group)
+
+        def trigger_configure(self) -> Any:
+            return self._change_state(transition_msg.TRANSITION_CONFIGURE)
+
+        def trigger_cleanup(self) -> Any:
+            return self._change_state(transition_msg.TRANSITION_CLEANUP)
+
+        def trigger_activate(self) -> Any:
+            return self._change_state(transition_msg.TRANSITION_ACTIVATE)
+
+        def trigger_deactivate(self) -> Any:
+            return self._change_state(transition_msg.TRANSITION_DEACTIVATE)
+
+        def trigger_shutdown(self) -> Any:
+            current = self._state_machine.current_state[1]
+            ids = {'unconfigured': transition_msg.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                   'inactive': transition_msg.TRANSITION_INACTIVE_SHUTDOWN,
+                   'active': transition_msg.TRANSITION_ACTIVE_SHUTDOWN}
+            if current not in ids:
+                raise RCLError('Shutdown transtion not possible')
+            return self._change_state(ids[current])
+
+        def add_managed_entity(self, entity: Any) -> None:
+            if not isinstance(entity, ManagedEntity):
+                raise TypeError('Expected a rclpy.lifecycle.ManagedEntity instance.')
+            self._managed_entities.add(entity)
+
+        def _entities(self, callback_name: str, state: Any) -> Any:
+            for entity in self._managed_entities:
+                ret = getattr(entity, callback_name)(state)
+                if not isinstance(ret, TransitionCallbackReturn):
+                    raise TypeError(f'{callback_name}() return value of class {type(entity)} '
+                                    'should be `TransitionCallbackReturn`.')
+                if ret != TransitionCallbackReturn.SUCCESS:
+                    return ret
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_configure(self, state: Any) -> Any:
+            return self._entities('on_configure', state)
+
+        def on_cleanup(self, state: Any) -> Any:
+            return self._entities('on_cleanup', state)
+
+        def on_shutdown(self, state: Any) -> Any:
+            return self._entities('on_shutdown', state)
+
+        def on_activate(self, state: Any) -> Any:
+            return self._entities('on_activate', state)
+
+        def on_deactivate(self, state: Any) -> Any:
+            return self._entities('on_deactivate', state)
+
+        def on_error(self, state: Any) -> Any:
+            return self._entities('on_error', state)
+
+        def create_lifecycle_publisher(self, *args: Any, **kwargs: Any) -> Any:
+            if 'publisher_class' in kwargs:
+                raise TypeError('create_publisher() got an unexpected keyword argument '
+                                "'publisher_class'")
+            publisher = Node.create_publisher(self, *args, **kwargs,
+                                              publisher_class=LifecyclePublisher)
+            self._managed_entities.add(publisher)
+            return publisher
+
+        def destroy_lifecycle_publisher(self, publisher: Any) -> bool:
+            self._managed_entities.discard(publisher)
+            return Node.destroy_publisher(self, publisher)
+
+        def _execute_callback(self, previous: Any) -> Any:
+            callback = self._lifecycle_callbacks.get(self._state_machine.label)
+            if callback is None:
+                return TransitionCallbackReturn.SUCCESS
+            try:
+                return callback(previous)
+            except Exception:
+                return TransitionCallbackReturn.ERROR
+
+        def _change_state(self, transition_id: int) -> Any:
+            state_id, label = self._state_machine.current_state
+            initial = LifecycleState(label=label, state_id=state_id)
+            self._state_machine.trigger_transition_by_id(transition_id, True)
+            code = self._execute_callback(initial)
+            self._state_machine.trigger_transition_by_label(code.to_label(), True)
+            if code == TransitionCallbackReturn.ERROR:
+                error_code = self._execute_callback(initial)
+                self._state_machine.trigger_transition_by_label(error_code.to_label(), True)
+            return code
+
+        def _on_change_state(self, request: Any, response: Any) -> Any:
+            transition_id = request.transition.id
+            if request.transition.label:
+                try:
+                    transition_id = self._state_machine.get_transition_by_label(
+                        request.transition.label)
+                except RCLError:
+                    response.success = False
+                    return response
+            code = self._change_state(transition_id)
+            response.success = code == TransitionCallbackReturn.SUCCESS
+            return response
+
+        def _on_get_state(self, request: Any, response: Any) -> Any:
+            response.current_state.id, response.current_state.label = \
+                self._state_machine.current_state
+            return response
+
+    class LifecycleNode(LifecycleNodeMixin, Node):
+        """rclpy.lifecycle.LifecycleNode."""
+
+        def __init__(self, node_name: str, *, enable_communication_interface: bool = True,
+                     **kwargs: Any) -> None:
+            Node.__init__(self, node_name, **kwargs)
+            LifecycleNodeMixin.__init__(
+                self, enable_communication_interface=enable_communication_interface)
+
+    module = types.ModuleType('rclpy.lifecycle')
+    for name, value in (('LifecycleNode', LifecycleNode), ('Node', LifecycleNode),
+                        ('LifecycleNodeMixin', LifecycleNodeMixin),
+                        ('NodeMixin', LifecycleNodeMixin),
+                        ('LifecycleState', LifecycleState), ('State', LifecycleState),
+                        ('LifecyclePublisher', LifecyclePublisher),
+                        ('Publisher', LifecyclePublisher), ('ManagedEntity', ManagedEntity),
+                        ('TransitionCallbackReturn', TransitionCallbackReturn)):
+        setattr(module, name, value)
+    return module
 
 
 # --- cv_bridge --------------------------------------------------------------------------
@@ -506,10 +909,11 @@ def _cv_bridge_module(world: 'RosWorld') -> Any:
                                     f'[{desired_encoding}] is. The conversion does not make '
                                     'sense')
             count = channels[encoding]
-            data = np.frombuffer(bytes(img_msg.data), dtype=np.uint8)
-            rows = data[:img_msg.step * img_msg.height].reshape(img_msg.height, img_msg.step)
-            image = rows[:, :img_msg.width * count].reshape(img_msg.height, img_msg.width,
-                                                            count)
+            # as cv_bridge core.py (humble, rolling): a view of step / channels columns,
+            # sliced to the width: a step given in pixels silently gives a narrower image
+            image = np.ndarray(shape=(img_msg.height, img_msg.step // count, count),
+                               dtype=np.uint8, buffer=bytes(img_msg.data))
+            image = np.ascontiguousarray(image[:img_msg.height, :img_msg.width, :])
             codes = {'rgb8': cv2.COLOR_RGB2BGR, 'mono8': cv2.COLOR_GRAY2BGR,
                      'bgra8': cv2.COLOR_BGRA2BGR, 'rgba8': cv2.COLOR_RGBA2BGR}
             if desired_encoding == 'bgr8' and encoding in codes:
@@ -537,6 +941,89 @@ def _cv_bridge_module(world: 'RosWorld') -> Any:
     return module
 
 
+# --- rcl's command line -----------------------------------------------------------------
+
+_RCL_TRUE = {'Y', 'y', 'yes', 'Yes', 'YES', 'true', 'True', 'TRUE', 'on', 'On', 'ON'}
+_RCL_FALSE = {'N', 'n', 'no', 'No', 'NO', 'false', 'False', 'FALSE', 'off', 'Off', 'OFF'}
+_RCL_SPECIAL_FLOATS = {'.nan', '.NaN', '.NAN', '.inf', '.Inf', '.INF', '+.inf', '+.Inf',
+                       '+.INF', '-.inf', '-.Inf', '-.INF'}
+# strtoll(value, &end, 0) consuming the whole text: decimal, 0x hex, 0 octal
+_STRTOLL = re.compile(r'\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)')
+# strtod consuming the whole text: decimal (with exponent), hex float, inf/infinity/nan
+_STRTOD = re.compile(r'\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|0[xX][0-9a-fA-F.]+'
+                     r'([pP][+-]?\d+)?|(?i:inf(inity)?|nan))')
+
+
+def rcl_scalar(text: str, quoted: bool) -> Any:
+    """
+    Return the value rcl gives one YAML scalar of a parameter rule.
+
+    rcl_yaml_param_parser ``get_value`` (ros2/rcl humble and jazzy, src/parse.c): a
+    quoted scalar is a string; otherwise the words Y/y/yes/true/on... are booleans, what
+    ``strtoll(value, &end, 0)`` reads to the end is an integer (``0x10`` 16, ``010``
+    8), what ``strtod`` reads to the end a double (``1e3``, ``inf``, ``nan``), and
+    anything else a string. Not YAML 1.1 (PyYAML): ``010`` is not 10, ``1_0`` is a
+    string, ``.5`` a double.
+    """
+    if quoted:
+        return text
+    if text in _RCL_TRUE:
+        return True
+    if text in _RCL_FALSE:
+        return False
+    if _STRTOLL.fullmatch(text):
+        return int(text.strip(), 0) if not re.fullmatch(r'\s*[+-]?0[0-7]+', text) \
+            else int(text.strip(), 8)
+    if text in _RCL_SPECIAL_FLOATS:
+        return float(text.replace('.', ''))
+    if _STRTOD.fullmatch(text):
+        body = text.strip()
+        return float.fromhex(body) if 'x' in body.lower() else float(body)
+    return text
+
+
+def rcl_parameter_value(text: str) -> Any:
+    """Return the value of ``-p name:=TEXT`` as rcl parses it (a scalar or a flat list)."""
+    node = yaml.compose(text) if text.strip() else None
+    if node is None:
+        raise ValueError(f'rcl: empty parameter value in {text!r}')
+    if isinstance(node, yaml.SequenceNode):
+        items = [rcl_scalar(item.value, item.style in ("'", '"')) for item in node.value]
+        if len({type(item) for item in items}) > 1:
+            raise ValueError(f'rcl: sequence {text!r} mixes types')
+        return items
+    if not isinstance(node, yaml.ScalarNode):
+        raise ValueError(f'rcl: {text!r} is not a parameter value')
+    return rcl_scalar(node.value, node.style in ("'", '"'))
+
+
+def ros_param_rules(args: List[str]) -> List[Tuple[str, Any]]:
+    """
+    Return the ``(name, value)`` of each ``-p``/``--param`` rule of a command line.
+
+    As rcl_parse_arguments (ros2/rcl rcl/src/rcl/arguments.c) reads them: only between
+    ``--ros-args`` and ``--`` (or the end); elsewhere ``-p`` belongs to the program.
+    """
+    rules: List[Tuple[str, Any]] = []
+    in_ros_args = False
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word == '--ros-args':
+            in_ros_args = True
+        elif word == '--' and in_ros_args:
+            in_ros_args = False
+        elif in_ros_args and word in ('-p', '--param') and index + 1 < len(args):
+            rule = args[index + 1]
+            name, separator, text = rule.partition(':=')
+            if not separator or not name:
+                raise ValueError(f"rcl: couldn't parse parameter override rule {rule!r}")
+            rules.append((name, rcl_parameter_value(text)))
+            index += 1
+        index += 1
+    return rules
+
+
 # --- the world --------------------------------------------------------------------------
 
 class RosWorld:
@@ -553,6 +1040,7 @@ class RosWorld:
         self.remap: Dict[str, str] = {}
         self.logs: List[Tuple[str, str]] = []
         self.published: Dict[str, List[Any]] = {}
+        self.dropped_inactive: Dict[str, List[Any]] = {}  # LifecyclePublisher, deactivated
         self.publishers: Dict[str, Publisher] = {}
         self.subscriptions: Dict[str, Subscription] = {}
         self.services: Dict[str, Service] = {}
@@ -579,11 +1067,14 @@ class RosWorld:
 
     def _build_modules(self) -> None:
         for package in ('builtin_interfaces', 'std_msgs', 'sensor_msgs', 'geometry_msgs',
-                        'vision_msgs', 'diagnostic_msgs', 'rcl_interfaces'):
+                        'vision_msgs', 'diagnostic_msgs', 'rcl_interfaces', 'lifecycle_msgs'):
             self._module(package)
             self._module(f'{package}.msg', **message_module(self.factory, package))
         self._module('std_srvs')
         self._module('std_srvs.srv', SetBool=self.factory.service('std_srvs/srv/SetBool'))
+        self._module('lifecycle_msgs.srv', **{
+            name: self.factory.service(f'lifecycle_msgs/srv/{name}')
+            for name in ('ChangeState', 'GetState')})
         parameter_type = self.modules['rcl_interfaces.msg'].ParameterType
         self._module('rclpy.parameter', Parameter=_parameter_module(parameter_type))
         self._module('rclpy.exceptions', ParameterException=ParameterException,
@@ -598,6 +1089,7 @@ class RosWorld:
 
         self._module('rclpy.clock', Clock=make_clock, ClockType=ClockType)
         self._module('rclpy.qos', QoSProfile=QoSProfile, ReliabilityPolicy=ReliabilityPolicy,
+                     InvalidQoSProfileException=InvalidQoSProfileException,
                      DurabilityPolicy=DurabilityPolicy, HistoryPolicy=HistoryPolicy)
 
         class MultiThreadedExecutor:
@@ -623,15 +1115,13 @@ class RosWorld:
         self._module('rclpy.executors', MultiThreadedExecutor=MultiThreadedExecutor,
                      ExternalShutdownException=ExternalShutdownException)
         self._module('rclpy.node', Node=_node_class(self))
+        self.modules['rclpy.lifecycle'] = _lifecycle_module(self)
 
         def init(*, args: Optional[List[str]] = None, context: Any = None) -> None:
             world.context = Context()
             parameter = self.modules['rclpy.parameter'].Parameter
-            words = list(args or [])
-            for index, word in enumerate(words[:-1]):
-                if word == '-p' and ':=' in words[index + 1]:
-                    name, text = words[index + 1].split(':=', 1)
-                    world.global_overrides[name] = parameter(name, value=yaml.safe_load(text))
+            for name, value in ros_param_rules(list(args or [])):
+                world.global_overrides[name] = parameter(name, value=value)
 
         def try_shutdown(*, context: Any = None) -> None:
             (context or world.context).try_shutdown()
@@ -641,7 +1131,7 @@ class RosWorld:
         rclpy = self._module('rclpy', init=init, try_shutdown=try_shutdown,
                              logging=logging_module)
         for sub in ('node', 'parameter', 'exceptions', 'callback_groups', 'clock', 'qos',
-                    'executors'):
+                    'executors', 'lifecycle'):
             setattr(rclpy, sub, self.modules[f'rclpy.{sub}'])
         self.modules['cv_bridge'] = _cv_bridge_module(self)
 
@@ -657,6 +1147,18 @@ class RosWorld:
         """Call the service ``name``; return its response."""
         service = self.services[name]
         return service.callback(request, service.srv_type.Response())
+
+    def change_state(self, node_name: str, label: str) -> bool:
+        """Call ``<node>/change_state`` as ``ros2 lifecycle set`` does; return its success."""
+        service = self.services[f'{node_name}/change_state']
+        transition = self.msg('lifecycle_msgs/msg/Transition')(label=label)
+        return bool(self.call(service.name, service.srv_type.Request(transition=transition))
+                    .success)
+
+    def lifecycle_state(self, node_name: str) -> str:
+        """Return the label of the node's state (``<node>/get_state``)."""
+        service = self.services[f'{node_name}/get_state']
+        return str(self.call(service.name, service.srv_type.Request()).current_state.label)
 
     def fire_timers(self) -> None:
         """Run every timer callback that is not cancelled, once."""

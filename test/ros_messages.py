@@ -35,8 +35,14 @@ FIELD_DEFAULTS = {
     'jazzy': {('sensor_msgs/msg/NavSatStatus', 'status'): -2},
     'humble': {},
 }
-# std_srvs is not in the rosbags stores: ros2/common_interfaces std_srvs/srv/SetBool.srv
-SERVICES = {'std_srvs/srv/SetBool': ('bool data\n', 'bool success\nstring message\n')}
+# services are not in the rosbags stores: ros2/common_interfaces std_srvs/srv/SetBool.srv,
+# ros2/rcl_interfaces lifecycle_msgs/srv/ChangeState.srv and GetState.srv (humble = jazzy)
+SERVICES = {
+    'std_srvs/srv/SetBool': ('bool data\n', 'bool success\nstring message\n'),
+    'lifecycle_msgs/srv/ChangeState': ('lifecycle_msgs/Transition transition\n',
+                                       'bool success\n'),
+    'lifecycle_msgs/srv/GetState': ('', 'lifecycle_msgs/State current_state\n'),
+}
 
 _INT_RANGES = {
     'int8': (-2**7, 2**7 - 1), 'uint8': (0, 2**8 - 1), 'int16': (-2**15, 2**15 - 1),

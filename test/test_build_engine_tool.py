@@ -4,7 +4,7 @@ leaf-disease-build-engine exits cleanly where it cannot build: run as a subproce
 Where tensorrt, pycuda or a GPU must look absent (or present, to reach a later
 check), a folder put first on PYTHONPATH shadows them with tiny modules that only
 answer the environment probe (version, device count, name, compute capability, SM
-count, memory).
+count, memory, and the DLA cores of a TensorRT runtime made with the context pushed).
 Every case below exits before any GPU work; none imitates a build.
 """
 
@@ -24,11 +24,50 @@ TOOL = ['-c', 'import sys; from leaf_disease_ros.cli.build_engine import main; '
         'sys.exit(main(sys.argv[1:]))']
 
 HIDDEN = {'tensorrt.py': "raise ImportError(\"No module named 'tensorrt'\")\n"}
-TRT_10_3 = {'tensorrt.py': "__version__ = '10.3.0'\n"}
+# the runtime probe: Runtime(logger).num_DLA_cores, asked with the primary context pushed
+TRT_PROBE = """
+__version__ = '{version}'
+
+
+class Logger:
+    WARNING = 2
+
+    def __init__(self, severity):
+        self.severity = severity
+
+
+class Runtime:
+    def __init__(self, logger):
+        import pycuda.driver
+        assert pycuda.driver.PUSHED, 'tensorrt.Runtime created with no CUDA context current'
+
+    num_DLA_cores = 0
+"""
+
+
+def _tensorrt(version: str) -> Dict[str, str]:
+    return {'tensorrt.py': TRT_PROBE.replace('{version}', version)}
+
+
+TRT_10_3 = _tensorrt('10.3.0')
 NO_PYCUDA = {'pycuda/__init__.py': "raise ImportError(\"No module named 'pycuda'\")\n"}
 DRIVER = """
+PUSHED = []
+
+
 class Error(Exception):
     pass
+
+
+class _Primary:
+    def push(self):
+        PUSHED.append(self)
+
+
+class Context:
+    @staticmethod
+    def pop():
+        PUSHED.pop()
 
 
 def init():
@@ -54,6 +93,9 @@ class Device:
 
     def total_memory(self):
         return 30 << 30
+
+    def retain_primary_context(self):
+        return _Primary()
 
 
 class device_attribute:
@@ -144,7 +186,7 @@ def test_int8_needs_calibration_images(tmp_path, tiny_model_copy: str) -> None:
 
 def test_int8_on_tensorrt_11_says_what_to_do(tmp_path, tiny_model_copy: str) -> None:
     result = run_tool([tiny_model_copy, '--precision', 'int8'], str(tmp_path),
-                      {'tensorrt.py': "__version__ = '11.0.0'\n", **_driver(1)})
+                      {**_tensorrt('11.0.0'), **_driver(1)})
     assert_clean_exit(result, 2, 'removed implicit INT8', '--precision fp16')
 
 

@@ -23,6 +23,8 @@ from leaf_disease_ros.inference.engine.sidecar import (read_sidecar, sidecar_fro
 from leaf_disease_ros.perception.errors import ConfigError, EngineMismatchError, ModelLoadError
 from leaf_disease_ros.perception.model_card import ModelCard
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 # --- naming -----------------------------------------------------------------------
 
@@ -377,6 +379,20 @@ def test_impossible_plans_say_what_to_do(version: str, precision: str, typing: s
     with pytest.raises(ConfigError) as info:
         precision_plan(version, precision, typing)
     assert info.value.parameter == parameter
+
+
+def test_tensorrt_8_refusal_names_the_jetpack_releases_docs_tensorrt_md_lists() -> None:
+    # JetPack 6.0 (L4T 36.3) ships TensorRT 8.6, 6.1 (L4T 36.4) TensorRT 10.3: "JetPack 6.x"
+    # was wrong for 6.0; the message must agree with the supported-versions table
+    table = open(os.path.join(REPO, 'docs', 'tensorrt.md'), encoding='utf-8').read()
+    rows = [line.split('|')[1:3] for line in table.splitlines() if line.startswith('| JetPack')]
+    jetpack_of = {trt.strip(): platform for platform, trt in rows}
+    assert 'JetPack 6.0' in jetpack_of['8.x'] and 'JetPack 6.1' in jetpack_of['10.3']
+    with pytest.raises(ConfigError) as info:
+        precision_plan('8.6.2', 'fp16')
+    assert 'JetPack 6.1 or newer' in info.value.reason
+    assert 'JetPack 6.0 ships TensorRT 8.6' in info.value.reason
+    assert '6.x' not in info.value.reason
 
 
 def test_fp32_and_explicit_typing() -> None:

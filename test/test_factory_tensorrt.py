@@ -16,6 +16,7 @@ import pytest
 from engine_helpers import hide_tensorrt, install_fake_runtime, make_engine_files
 from leaf_disease_ros.inference import tensorrt_backend
 from leaf_disease_ros.inference.engine.machine import MachineInfo
+from leaf_disease_ros.inference.engine.policy import BatchProfile
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.inference.onnxruntime_backend import OnnxRuntimeBackend
 from leaf_disease_ros.perception.errors import (BackendUnavailableError, ConfigError,
@@ -170,6 +171,21 @@ def test_tensorrt_with_mismatched_engine_lists_the_mismatch(monkeypatch, record,
     assert "built on GPU 'Orin', this GPU is 'Xavier'" in message
     assert f'leaf-disease-build-engine {tiny_model_copy}' in message
     assert record == []
+
+
+def test_tensorrt_refuses_an_engine_for_a_missing_dla_core(monkeypatch, record, tiny_model_copy,
+                                                           tiny_card: ModelCard) -> None:
+    # built on an AGX Orin for DLA core 1; this Orin NX 8GB has one DLA core (probe_machine
+    # asks TensorRT's runtime); same GPU name and sm87 on both
+    install_fake_runtime(monkeypatch, dla_cores=1)
+    make_engine_files(tiny_model_copy, tiny_card, dla_core=1, dla_cores=2,
+                      batch_profile=BatchProfile(8, 8, 8))
+    with pytest.raises(EngineMismatchError, match=r'built for DLA core 1, this machine has 1 DLA '
+                                                  r'core\(s\)'):
+        load_backend(tiny_model_copy, 'tensorrt')
+    assert record == []
+    install_fake_runtime(monkeypatch, dla_cores=2)
+    assert load_backend(tiny_model_copy, 'tensorrt') is record[0]
 
 
 def test_tensorrt_without_tensorrt_module_fails_at_start(monkeypatch, record,

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from leaf_disease_ros.perception.errors import FrameError, ImageDecodeError
-from leaf_disease_ros.ros.image_input import (check_compressed, check_decoded,
-                                              check_raw_layout, decode_compressed)
+from leaf_disease_ros.ros.image_input import (bytes_per_pixel, check_compressed,
+                                              check_decoded, check_raw_layout,
+                                              decode_compressed)
 
 
 def test_a_consistent_raw_image_passes():
@@ -19,7 +20,9 @@ def test_a_consistent_raw_image_passes():
 @pytest.mark.parametrize('height, width, step, data_len, words', [
     (0, 6, 18, 0, 'empty'),
     (4, 0, 0, 0, 'empty'),
-    (4, 6, 5, 72, 'shorter than its width'),
+    (4, 6, 5, 72, 'shorter than a row of 6 pixels'),
+    (4, 6, 6, 72, 'shorter than a row of 6 pixels'),  # step in pixels, not bytes
+    (4, 6, 17, 72, r"'bgr8' \(18 bytes\)"),
     (4, 6, 18, 71, 'truncated'),
 ])
 def test_a_malformed_raw_image_is_an_image_decode_error(height, width, step, data_len, words):
@@ -27,6 +30,22 @@ def test_a_malformed_raw_image_is_an_image_decode_error(height, width, step, dat
         check_raw_layout(height, width, step, data_len, 'bgr8')
     assert isinstance(info.value, FrameError)  # the node counts it as a failed frame
     assert info.value.encoding == 'bgr8'
+
+
+@pytest.mark.parametrize('encoding, expected', [
+    ('bgr8', 3), ('rgba8', 4), ('mono8', 1), ('mono16', 2), ('rgb16', 6), ('bgra16', 8),
+    ('bayer_rggb8', 1), ('bayer_grbg16', 2), ('yuv422', 2), ('uyvy', 2), ('nv12', 1),
+    ('8UC3', 3), ('16UC1', 2), ('32FC1', 4), ('64FC2', 16), ('8UC', 1), ('jpeg', None),
+])
+def test_bytes_per_pixel_follows_image_encodings_hpp(encoding, expected):
+    assert bytes_per_pixel(encoding) == expected
+
+
+@pytest.mark.parametrize('encoding, step', [('mono16', 6), ('rgba8', 18), ('32FC1', 12)])
+def test_a_step_counted_in_pixels_or_too_short_is_refused(encoding, step):
+    with pytest.raises(ImageDecodeError, match='shorter than a row'):
+        check_raw_layout(4, 6, step, 4 * 48, encoding)
+    check_raw_layout(4, 6, 6 * bytes_per_pixel(encoding), 4 * 48, encoding)
 
 
 def test_an_empty_compressed_image_is_rejected():

@@ -43,6 +43,11 @@ def world(monkeypatch):
 @pytest.fixture(scope='module')
 def mosaic(leaf_images) -> np.ndarray:
     """Return a 768x512 BGR frame of six real leaves (3 x 2 tiles of 256 px)."""
+    return mosaic_of(leaf_images)
+
+
+def mosaic_of(leaf_images: Dict[str, List[str]]) -> np.ndarray:
+    """Return a 768x512 BGR frame of six real leaves (3 x 2 tiles of 256 px)."""
     images = [cv2.imread(leaf_images[label][0]) for label in sorted(leaf_images)]
     images += [cv2.imread(leaf_images['esca'][1]), cv2.imread(leaf_images['healthy'][1])]
     return np.vstack([np.hstack(images[:3]), np.hstack(images[3:6])])
@@ -243,6 +248,47 @@ def test_an_unconvertible_raw_encoding_is_counted_not_fatal(world, tiny_model_pa
         send_frame(world, mosaic, T0 + NS)
         world.wait_for(f'{NODE}/detections', 1)
         assert node.context.ok()
+    finally:
+        stop(node)
+
+
+def test_a_raw_image_whose_step_counts_pixels_is_a_failed_frame(world, tiny_model_path, mosaic):
+    # cv_bridge would return a 256 px wide image of a 768 px frame (step 768 read as bytes)
+    node = start(world, tiny_model_path)
+    try:
+        msg = image_msg(world, mosaic, T0)
+        msg.step = msg.width
+        assert world.modules['cv_bridge'].CvBridge().imgmsg_to_cv2(msg, 'bgr8').shape == (
+            512, 256, 3)
+        world.deliver('/image', msg)
+        wait_until(lambda: diagnostics(world)[f'{NODE}: detector']['frames_failed'] == '1')
+        assert any('step 768 bytes is shorter than a row of 768 pixels' in t
+                   for t in world.log_texts('warning'))
+        assert f'{NODE}/detections' not in world.published or \
+            world.published[f'{NODE}/detections'] == []
+    finally:
+        stop(node)
+
+
+def test_qos_of_every_output_and_input(world, tiny_model_path):
+    # README's ROS interface table; ~/debug_image is best effort (images for people over
+    # Wi-Fi; rqt_image_view subscribes with rmw_qos_profile_sensor_data, best effort)
+    qos = world.modules['rclpy.qos']
+    node = start(world, tiny_model_path)
+    try:
+        def profile(endpoint: Any) -> tuple:
+            return (endpoint.qos.reliability, endpoint.qos.durability, endpoint.qos.depth)
+
+        reliable = (qos.ReliabilityPolicy.RELIABLE, qos.DurabilityPolicy.VOLATILE, 10)
+        assert {topic: profile(p) for topic, p in world.publishers.items()} == {
+            f'{NODE}/detections': reliable, f'{NODE}/detections/fix': reliable,
+            f'{NODE}/geo_detections': reliable, '/diagnostics': reliable,
+            f'{NODE}/label_info': (qos.ReliabilityPolicy.RELIABLE,
+                                   qos.DurabilityPolicy.TRANSIENT_LOCAL, 1),
+            f'{NODE}/debug_image': (qos.ReliabilityPolicy.BEST_EFFORT,
+                                    qos.DurabilityPolicy.VOLATILE, 1)}
+        assert profile(world.subscriptions['/image']) == (
+            qos.ReliabilityPolicy.BEST_EFFORT, qos.DurabilityPolicy.VOLATILE, 1)
     finally:
         stop(node)
 

@@ -43,6 +43,39 @@ def test_fp16_copy_keeps_float32_io_and_close_logits(tmp_path, tiny_model_path: 
     assert os.path.getsize(target) < os.path.getsize(tiny_model_path)
 
 
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'engines',
+                       'leaf_lite0_field.onnx')
+
+
+def test_the_shipped_default_model_converts_with_its_relu6_clips(tmp_path, leaf_images) -> None:
+    # EfficientNet-Lite0's ReLU6 exports as 33 Clip nodes (min 0, max 6 from Constants);
+    # ONNX Clip-13 takes float16 for input, min and max alike (type constraint T)
+    from leaf_disease_ros.perception.model_card import load_card
+
+    source = onnx.load(SHIPPED)
+    assert sum(node.op_type == 'Clip' for node in source.graph.node) == 33
+    assert unsupported_ops(source) == []
+    target = str(tmp_path / 'leaf_lite0_field.fp16.onnx')
+    summary = convert_to_fp16(SHIPPED, target)
+    assert summary['inputs'] == ['input'] and summary['outputs'] == ['logits', 'embedding']
+    assert summary['constants'] == 66 and summary['clipped_values'] == 0
+    model = onnx.load(target)
+    constants = {node.output[0]: node for node in model.graph.node if node.op_type == 'Constant'}
+    clips = [node for node in model.graph.node if node.op_type == 'Clip']
+    assert len(clips) == 33
+    for clip in clips:
+        for bound in clip.input[1:]:
+            assert constants[bound].attribute[0].t.data_type == TensorProto.FLOAT16
+    card = load_card(SHIPPED[:-len('.onnx')] + '.json')
+    paths = [p for values in leaf_images.values() for p in values]
+    batch = preprocess([cv2.imread(p) for p in paths], card)
+    outputs = [ort.InferenceSession(path, providers=['CPUExecutionProvider']).run(
+        ['logits'], {'input': batch})[0] for path in (SHIPPED, target)]
+    # FP16 weights and activations: logits within 0.05 (measured 0.0035), same top class
+    assert np.max(np.abs(outputs[0] - outputs[1])) <= 0.05
+    assert np.array_equal(outputs[0].argmax(axis=1), outputs[1].argmax(axis=1))
+
+
 def test_unsupported_operators_are_refused_with_the_way_out(tmp_path,
                                                             tiny_model_path: str) -> None:
     model = onnx.load(tiny_model_path)

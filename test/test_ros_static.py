@@ -166,7 +166,8 @@ def test_package_xml_check_can_fail():
 # --- launch file -------------------------------------------------------------------------
 
 LAUNCH_ARGUMENTS = {'model', 'backend', 'image_topic', 'fix_topic', 'image_transport',
-                    'live_map_dir', 'params_file', 'namespace', 'use_sim_time', 'log_level'}
+                    'live_map_dir', 'params_file', 'namespace', 'use_sim_time', 'log_level',
+                    'lifecycle'}
 # launch arguments that override parameters of params_file, only when given
 OVERRIDES = {'model': 'model_path', 'backend': 'backend', 'image_transport': 'image_transport',
              'live_map_dir': 'live_map_dir', 'use_sim_time': 'use_sim_time'}
@@ -207,6 +208,36 @@ def launch_problems(source: str) -> List[str]:
 
 def test_launch_file_declares_the_arguments_and_has_no_logic():
     assert launch_problems(read(LAUNCH)) == []
+
+
+def test_lifecycle_argument_starts_exactly_one_of_the_two_executables():
+    # launch.conditions IfCondition / UnlessCondition on the same argument: one runs;
+    # both actions take the same keywords (name, namespace, remappings, arguments), so
+    # the params file and the overrides of the group reach either
+    tree = ast.parse(read(LAUNCH))
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and call_name(node) in ('Node', 'LifecycleNode'):
+            keywords = {k.arg: k.value for k in node.keywords}
+            condition = keywords['condition']
+            (configuration,) = condition.args
+            found[call_name(node)] = (ast.literal_eval(keywords['executable']),
+                                      call_name(condition),
+                                      ast.literal_eval(configuration.args[0]),
+                                      ast.unparse(keywords[None]))
+    assert found == {'Node': ('detector_node', 'UnlessCondition', 'lifecycle', 'common'),
+                     'LifecycleNode': ('detector_lifecycle_node', 'IfCondition', 'lifecycle',
+                                       'common')}
+    common = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], 'id', '') == 'common')
+    assert {ast.literal_eval(k) for k in common.keys} >= {'name', 'namespace', 'remappings'}
+    declared = {ast.literal_eval(n.args[0]): {k.arg: k.value for k in n.keywords}
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and call_name(n) == 'DeclareLaunchArgument'}
+    assert ast.literal_eval(declared['lifecycle']['default_value']) == 'false'
+    assert ("'detector_lifecycle_node = leaf_disease_ros.ros.entry_point:main_lifecycle'"
+            in read(SETUP_PY))
+    assert 'detector_lifecycle_node' in read(os.path.join(REPO_DIR, '.ci', 'run'))
 
 
 def set_parameters(source: str) -> Dict[str, str]:
@@ -251,6 +282,63 @@ def test_launch_arguments_override_the_params_file_only_when_given():
         k.arg == 'parameters' for k in n.keywords) for n in ast.walk(tree))
 
 
+def launch_rules(source: str, given: Dict[str, str]) -> List[str]:
+    """
+    Return the ``-p`` words launch_ros gives the node for the launch arguments ``given``.
+
+    Each ``SetParameter(value=ParameterValue([...], value_type=str))`` is evaluated as
+    launch does (the substitutions concatenated; ``coerce_to_type`` returns a str value
+    unchanged) and written as launch_ros/actions/node.py does: ``f'{name}:={value}'``.
+    """
+    tree = ast.parse(source)
+    constants = {target.id: ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.Assign) for target in node.targets
+                 if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant)}
+    rules = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and call_name(node) == 'SetParameter'):
+            continue
+        keywords = {k.arg: k.value for k in node.keywords}
+        argument = ast.literal_eval(keywords['condition'].args[0])
+        if argument not in given:
+            continue
+        value = keywords['value'].args[0]
+        parts = value.elts if isinstance(value, ast.List) else [value]
+        text = ''
+        for part in parts:
+            if isinstance(part, ast.Name):
+                text += constants[part.id]
+            elif isinstance(part, ast.Constant):
+                text += part.value
+            else:  # LaunchConfiguration(argument)
+                text += given[ast.literal_eval(part.args[0])]
+        rules += ['-p', f'{ast.literal_eval(keywords["name"])}:={text}']
+    return rules
+
+
+@pytest.mark.parametrize('text', ['2024', 'yes', 'on', 'off', '1e3', 'nan', '0x10', '010',
+                                  '.inf', 'maps 2024', '/data/run:1', 'true'])
+def test_string_launch_arguments_reach_the_node_as_strings(text):
+    # launch_ros passes SetParameter values as '-p name:=value' and rcl re-types the text
+    from rclpy_standin import ros_param_rules
+
+    given = {'model': text, 'live_map_dir': text, 'backend': 'onnxruntime',
+             'image_transport': 'raw', 'use_sim_time': 'true'}
+    rules = dict(ros_param_rules(['--ros-args'] + launch_rules(read(LAUNCH), given)))
+    assert rules == {'model_path': text, 'live_map_dir': text, 'backend': 'onnxruntime',
+                     'image_transport': 'raw', 'use_sim_time': True}
+
+
+def test_unquoted_launch_values_would_be_retyped_by_rcl():
+    # what the launch file did before: ParameterValue(LaunchConfiguration(...), value_type=str)
+    from rclpy_standin import ros_param_rules
+
+    source = read(LAUNCH).replace("[QUOTE, LaunchConfiguration('live_map_dir'), QUOTE]",
+                                  "LaunchConfiguration('live_map_dir')")
+    rules = ros_param_rules(['--ros-args'] + launch_rules(source, {'live_map_dir': '2024'}))
+    assert rules == [('live_map_dir', 2024)]
+
+
 def test_launch_override_check_can_fail():
     source = read(LAUNCH)
     broken = source.replace("condition=given('backend'),", '', 1)
@@ -276,8 +364,13 @@ NARROW = {'FrameError', 'InferenceError', 'self._bridge_error',
           'InvalidParameterTypeException', 'InvalidParameterValueException',
           'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException', 'OSError'}
 # broader catches, each allowed in the functions named only: the worker's last resort,
-# the publishing path (no exception from it may end the worker), start-up clean-up
-BROAD = {'Exception': {'_worker_main', '_publish_frame'}, 'BaseException': {'__init__'},
+# the publishing path (no exception from it may end the worker), start-up clean-up, the
+# lifecycle transitions (rclpy turns an exception there into ERROR and logs nothing:
+# rclpy/lifecycle/node.py __execute_callback, so the node logs the traceback itself)
+LIFECYCLE_CALLBACKS = {'on_configure', 'on_activate', 'on_deactivate', 'on_cleanup',
+                       'on_shutdown', 'on_error'}
+BROAD = {'Exception': {'_worker_main', '_publish_frame'} | LIFECYCLE_CALLBACKS,
+         'BaseException': {'__init__'},
          'broken_import': {'_make_bridge'},
          'broken_import + (cv_bridge.CvBridgeError,)': {'_make_bridge'}}
 
@@ -297,7 +390,10 @@ def names_in(call_args, name: str, tree: ast.AST) -> Set[str]:
 
 def test_the_node_uses_the_topic_and_service_names_of_the_design():
     tree = ast.parse(read(NODE))
-    assert names_in(1, 'create_publisher', tree) == TOPICS_OUT
+    # every output through _create_output (a lifecycle publisher in the managed node)
+    assert names_in(1, 'create', tree) == TOPICS_OUT
+    assert names_in(1, 'create_publisher', tree) == {'<variable topic>'}
+    assert names_in(1, 'create_lifecycle_publisher', tree) == {'<variable topic>'}
     subscribed = names_in(1, 'create_subscription', tree)
     assert subscribed == {'fix', '<variable name>'}
     for topic in TOPICS_IN:

@@ -49,6 +49,7 @@ def standin(monkeypatch):
     """Install the stand-in; afterwards check that nothing was done wrong."""
     installed = trt_standin.install(monkeypatch)
     monkeypatch.setattr(tensorrt_backend, '_PRIMARY_CONTEXTS', {})
+    monkeypatch.setattr(tensorrt_backend, '_LOGGER', None)
     monkeypatch.setattr(tensorrt_backend, 'L4T_RELEASE_FILE', '/nonexistent/nv_tegra_release')
     monkeypatch.setattr(tensorrt_backend, 'POWER_MODE_FILE', '/nonexistent/nvpmodel')
     yield installed
@@ -225,7 +226,10 @@ def test_probe_machine_reads_the_module_facts(standin, monkeypatch, tmp_path):
     monkeypatch.setattr(tensorrt_backend, 'POWER_MODE_FILE', str(status))
     machine = tensorrt_backend.probe_machine()
     assert machine == MachineInfo('10.3.0', 'Orin', (8, 7), sm_count=16, memory_mib=32768,
-                                  l4t_release='36.4.0', power_mode='2')
+                                  dla_cores=2, l4t_release='36.4.0', power_mode='2')
+    assert trt_standin.current_context() is None  # the runtime was asked inside a push/pop
+    monkeypatch.setitem(trt_standin.GPU, 'dla_cores', 0)
+    assert tensorrt_backend.probe_machine().dla_cores == 0
 
 
 # --- the build tool ---------------------------------------------------------------------------
@@ -256,7 +260,7 @@ def engine_path(onnx_path: str, precision: str = 'fp16') -> str:
 def test_fp16_build_check_and_load_through_auto(tool, tiny_model_copy, tiny_card, leaf_batch):
     code, out, err = tool(tiny_model_copy)
     assert code == 0, out + err
-    assert 'machine: Orin (sm87), TensorRT 10.3.0 (16 SMs, 32768 MiB)' in out
+    assert 'machine: Orin (sm87), TensorRT 10.3.0 (16 SMs, 32768 MiB, 2 DLA cores)' in out
     engine = engine_path(tiny_model_copy)
     sidecar = read_sidecar(sidecar_path_for_engine(engine))
     assert (sidecar.sm_count, sidecar.memory_mib, sidecar.dla_cores) == (16, 32768, 2)
@@ -367,6 +371,56 @@ def test_calibration_that_tensorrt_ends_early_fails_the_build(
     assert code == 1 and 'calibration stopped after 1 batch(es)' in err, out + err
 
 
+def test_a_calibration_cache_that_cannot_be_written_is_not_recorded(tool, tiny_model_copy,
+                                                                    monkeypatch):
+    # TensorRT's wrapper (pyInt8.cpp) would print the exception and build on; the sidecar
+    # named the cache all the same, and the next INT8 build without images found none
+    from leaf_disease_ros.inference.engine import build as build_module
+
+    real = build_module.atomic_write_bytes
+
+    def disk_full(path: str, data: bytes) -> None:
+        if path.endswith('.calib_cache'):
+            raise OSError(28, 'No space left on device')
+        real(path, data)
+
+    monkeypatch.setattr(build_module, 'atomic_write_bytes', disk_full)
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8', '--calib-images', LEAVES,
+                          '--calib-batch', '8')
+    assert code == 0, out + err
+    cache = calibration_cache_path(os.path.dirname(tiny_model_copy), 'tiny', STANDIN,
+                                   sha256_file(tiny_model_copy))
+    assert f'the calibration cache {cache} could not be written (OSError: [Errno 28] No ' \
+        'space left on device)' in out and 'needs --calib-images again' in out
+    assert 'Exception caught' not in err  # nothing reached TensorRT's wrapper
+    calibration = read_sidecar(sidecar_path_for_engine(engine_path(tiny_model_copy, 'int8'))
+                               ).builder_options['calibration']
+    assert calibration['cache'] is None and 'No space left' in calibration['cache_error']
+    assert not os.path.exists(cache)
+    monkeypatch.setattr(build_module, 'atomic_write_bytes', real)
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8', '--calib-images', LEAVES,
+                          '--calib-batch', '8', '--force')
+    calibration = read_sidecar(sidecar_path_for_engine(engine_path(tiny_model_copy, 'int8'))
+                               ).builder_options['calibration']
+    assert code == 0 and calibration['cache'] == cache and 'cache_error' not in calibration
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8', '--force')  # from the cache
+    calibration = read_sidecar(sidecar_path_for_engine(engine_path(tiny_model_copy, 'int8'))
+                               ).builder_options['calibration']
+    assert code == 0 and calibration == {'cache': cache}
+
+
+def test_an_unreadable_calibration_cache_fails_the_build_with_the_reason(tool, tiny_model_copy,
+                                                                         monkeypatch):
+    cache = calibration_cache_path(os.path.dirname(tiny_model_copy), 'tiny', STANDIN,
+                                   sha256_file(tiny_model_copy))
+    os.makedirs(cache)  # exists, but open() fails: IsADirectoryError
+    monkeypatch.setattr(os.path, 'isfile', lambda path: path == cache or os.path.exists(path)
+                        and not os.path.isdir(path))
+    code, out, err = tool(tiny_model_copy, '--precision', 'int8')
+    assert code == 1, out + err
+    assert f'the calibration cache {cache} cannot be read: Is a directory' in err
+
+
 def test_dla_needs_one_batch_size_and_the_placement_is_recorded(tool, tiny_model_copy):
     code, _, err = tool(tiny_model_copy, '--dla-core', '0')
     assert code == 2 and '--dla-core: DLA has no dynamic shapes' in err
@@ -396,6 +450,22 @@ def test_dla_placement_is_read_from_the_build_log():
            '[GpuLayer] SOFTMAX: softmax']
     assert dla_placement(log) == (1, 2)
     assert dla_placement(['[MemUsageChange] Init CUDA']) == (None, None)
+
+
+def test_readme_first_build_of_the_shipped_model_on_tensorrt_10_12(monkeypatch, tool, tmp_path):
+    # TensorRT >= 10.12 with --typing auto builds FP16 strongly typed from the built-in
+    # FP16 copy; the shipped default's 33 Clip (ReLU6) nodes stopped it before
+    pytest.importorskip('onnx', reason='the FP16 copy needs onnx')
+    trt_standin.install(monkeypatch, version='10.12.0')
+    shipped = os.path.join(os.path.dirname(LEAVES), '..', '..', 'engines',
+                           'leaf_lite0_field.onnx')
+    code, out, err = tool(shipped, '--out-dir', str(tmp_path), '--no-timing-cache')
+    assert code == 0, out + err
+    assert 'building a strongly typed network from an FP16 copy' in out
+    assert 'converted ' in out and 'to FP16 (100 initializers' in out
+    sidecar = read_sidecar(str(tmp_path / 'leaf_lite0_field.fp16.sm87.trt10.12.0.engine.json'))
+    assert sidecar.builder_options['typing'] == 'strong'
+    assert sidecar.builder_options['fp16_conversion']['constants'] == 66
 
 
 def test_fp16_io_in_a_given_fp16_onnx_is_refused_before_building(tool, tiny_model_copy,

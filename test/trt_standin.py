@@ -21,9 +21,13 @@ hard to get right enforced as strictly as the real libraries do, or more:
   ``Stream.synchronize()``: a missing synchronise leaves the output untouched;
 - engines have an optimisation profile: ``set_input_shape`` outside it is refused;
   a damaged or foreign engine deserialises to ``None``;
+- network flags are TensorRT 10's (``STRONGLY_TYPED`` = 1, ``create_network`` refuses
+  unknown bits, a strongly typed network refuses the FP16/INT8 builder flags);
 - the builder parses the ONNX (through onnxruntime), builds with a profile, runs an
-  INT8 calibrator as TensorRT's Python wrapper does (an exception in ``get_batch`` is
-  logged and taken as "no more data"), reads and writes calibration and timing caches
+  INT8 calibrator as TensorRT's Python wrapper does (pyInt8.cpp: every override is
+  called inside try/catch, an exception printed and taken as -1 / no more data / no
+  cache / nothing; ``get_batch_size`` is asked and must match the calibration
+  profile), reads and writes calibration and timing caches
   (a damaged timing cache gives ``None`` from ``create_timing_cache``, and
   ``set_timing_cache(None, ...)`` is a ``TypeError`` as in pybind11), and places
   layers on a DLA core only when min = opt = max batch, logging the placement as
@@ -482,9 +486,19 @@ class MemoryPoolType:
 
 
 class NetworkDefinitionCreationFlag:
-    """tensorrt.NetworkDefinitionCreationFlag."""
+    """
+    tensorrt.NetworkDefinitionCreationFlag (NvInfer.h, TensorRT 10.x).
 
-    STRONGLY_TYPED = 5
+    ``kEXPLICIT_BATCH = 0`` (deprecated, ignored: every 10.x network is explicit batch),
+    ``kSTRONGLY_TYPED = 1``; ``create_network`` takes ``1 << flag`` bits.
+    """
+
+    EXPLICIT_BATCH = 0
+    STRONGLY_TYPED = 1
+
+
+#: NvInfer.h EnumMax<NetworkDefinitionCreationFlag>() in 10.x: bits beyond are invalid
+_NETWORK_FLAG_BITS = 2
 
 
 class LayerInformationFormat:
@@ -565,14 +579,15 @@ class ICudaEngine(_TrtObject):
         super().__init__()
         self.header = header
         self.session = session
-        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        inp = session.get_inputs()[0]
 
         def shape(value: Any) -> Tuple[int, ...]:
             return tuple(d if isinstance(d, int) else -1 for d in value.shape)
+        # every output of the network is an I/O tensor of the engine (logits, embedding)
         self._io = [(inp.name, TensorIOMode.INPUT, shape(inp),
-                     _ORT_TYPES.get(inp.type, DataType.FLOAT)),
-                    (out.name, TensorIOMode.OUTPUT, shape(out),
-                     _ORT_TYPES.get(out.type, DataType.FLOAT))]
+                     _ORT_TYPES.get(inp.type, DataType.FLOAT))] + [
+            (out.name, TensorIOMode.OUTPUT, shape(out), _ORT_TYPES.get(out.type, DataType.FLOAT))
+            for out in session.get_outputs()]
         self.executed_batches: List[int] = []
 
     @property
@@ -655,19 +670,21 @@ class IExecutionContext(_TrtObject):
     def execute_async_v3(self, stream_handle: int) -> bool:
         require_context('execute_async_v3')
         stream = _STREAMS.get(stream_handle)
-        (inp, _, _, in_type), (out, _, _, out_type) = self.engine._io
-        if stream is None or inp not in self._shapes or {inp, out} - set(self._addresses):
-            return False
+        (inp, _, _, in_type), outputs = self.engine._io[0], self.engine._io[1:]
+        names = {inp} | {out[0] for out in outputs}
+        if stream is None or inp not in self._shapes or names - set(self._addresses):
+            return False  # TensorRT: every I/O tensor needs an address
         shape = self._shapes[inp]
-        in_dtype, out_dtype = np.dtype(nptype(in_type)), np.dtype(nptype(out_type))
+        in_dtype = np.dtype(nptype(in_type))
 
         def run() -> None:
             count = int(np.prod(shape))
             batch = np.frombuffer(_device_view(self._addresses[inp], count * in_dtype.itemsize),
                                   dtype=in_dtype).reshape(shape)
-            (logits,) = self.engine.session.run([out], {inp: batch.copy()})
-            logits = np.ascontiguousarray(logits, dtype=out_dtype)
-            _device_view(self._addresses[out], logits.nbytes)[:] = logits.tobytes()
+            results = self.engine.session.run([out[0] for out in outputs], {inp: batch.copy()})
+            for (name, _, _, out_type), result in zip(outputs, results):
+                result = np.ascontiguousarray(result, dtype=np.dtype(nptype(out_type)))
+                _device_view(self._addresses[name], result.nbytes)[:] = result.tobytes()
             self.engine.executed_batches.append(shape[0])
         stream.enqueue(run)
         return True
@@ -875,6 +892,15 @@ class IInt8EntropyCalibrator2:
         pass
 
 
+def _trampoline(call: Any, name: str, failed: Any) -> Any:
+    """Call a calibrator override as pyInt8.cpp does: an exception is printed, not raised."""
+    try:
+        return call()
+    except Exception as exc:  # noqa: B902 (the C++ side catches std::exception and ...)
+        print(f'[ERROR] Exception caught in {name}(): {exc}', file=sys.stderr)
+        return failed
+
+
 class Builder(_TrtObject):
     """tensorrt.Builder: 'builds' a stand-in engine, calibrating and placing layers."""
 
@@ -886,7 +912,12 @@ class Builder(_TrtObject):
     def num_DLA_cores(self) -> int:  # noqa: N802 (TensorRT's name)
         return int(GPU['dla_cores'])
 
-    def create_network(self, flags: int = 0) -> INetworkDefinition:
+    def create_network(self, flags: int = 0) -> Optional[INetworkDefinition]:
+        if not isinstance(flags, int) or flags < 0 or flags >> _NETWORK_FLAG_BITS:
+            # IBuilder::createNetworkV2 refuses unknown bits: an error and no network
+            _log(self.logger, Logger.ERROR, f'IBuilder::createNetworkV2: Error Code 3: API '
+                 f'Usage Error (invalid NetworkDefinitionCreationFlags {flags!r})')
+            return None
         return INetworkDefinition(flags)
 
     def create_builder_config(self) -> IBuilderConfig:
@@ -900,31 +931,41 @@ class Builder(_TrtObject):
         if calibrator is None:
             _log(self.logger, Logger.ERROR, 'INT8 without a calibrator')
             return None
-        cache = calibrator.read_calibration_cache()
+        # TensorRT's Python wrapper (python/src/infer/pyInt8.cpp, pyCalibratorTrampoline,
+        # 10.x): every override is called inside try/catch; an exception is printed to
+        # stderr and becomes -1 / false / nullptr / nothing, never a Python exception
+        batch_size = _trampoline(calibrator.get_batch_size, 'get_batch_size', -1)
+        if config.calibration_profile is None:
+            _log(self.logger, Logger.ERROR, 'a dynamic-shape network needs a calibration profile')
+            return None
+        shape = config.calibration_profile.shapes[network.get_input(0).name][0]
+        expected = shape[0]
+        if not isinstance(batch_size, int) or batch_size != expected:
+            _log(self.logger, Logger.ERROR, f'Calibrator batch size {batch_size} does not match '
+                 f'the calibration profile batch {expected}')
+            return None
+        cache = _trampoline(calibrator.read_calibration_cache, 'read_calibration_cache', None)
         key = hashlib.sha256(network.onnx_bytes).hexdigest()
         if cache:
-            if bytes(cache) == CALIB_MAGIC + key.encode():
+            if bytes(memoryview(cache)) == CALIB_MAGIC + key.encode():
                 return bytes(cache)
             _log(self.logger, Logger.WARNING, 'calibration cache does not match: calibrating')
         batches = 0
         name = network.get_input(0).name
         while True:
-            try:  # TensorRT's Python wrapper: an exception in get_batch ends calibration
-                pointers = calibrator.get_batch([name])
-            except Exception as exc:
-                _log(self.logger, Logger.ERROR, f'Exception caught in get_batch(): {exc}')
-                pointers = None
+            pointers = _trampoline(lambda: calibrator.get_batch([name]), 'get_batch', None)
             if not pointers:
                 break
             require_context('calibration')
-            _device_view(int(pointers[0]), 4)
+            _device_view(int(pointers[0]), 4 * int(np.prod(shape)))  # the whole float32 batch
             batches += 1
         if batches == 0:
             _log(self.logger, Logger.ERROR, 'Calibration failure occurred with no scaling '
                  'factors detected')
             return None
         cache = CALIB_MAGIC + key.encode()
-        calibrator.write_calibration_cache(cache)
+        _trampoline(lambda: calibrator.write_calibration_cache(memoryview(cache)),
+                    'write_calibration_cache', None)
         return cache
 
     def build_serialized_network(self, network: INetworkDefinition,
@@ -934,6 +975,14 @@ class Builder(_TrtObject):
             _log(self.logger, Logger.ERROR, 'network needs an optimization profile')
             return None
         low, opt, high = config.profiles[0].shapes[network.get_input(0).name]
+        strong = bool(network.flags & (1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        weak_flags = {BuilderFlag.FP16, BuilderFlag.INT8} & config.flags
+        if strong and weak_flags:
+            # a strongly typed network takes its precision from its tensors: TensorRT
+            # refuses the weakly typed precision flags on it
+            _log(self.logger, Logger.ERROR, 'Error Code 4: API Usage Error (precision flags '
+                 f'{sorted(weak_flags)} are not allowed on a strongly typed network)')
+            return None
         if BuilderFlag.INT8 in config.flags and self._calibrate(config, network) is None:
             return None
         dla = config.default_device_type == DeviceType.DLA
@@ -954,10 +1003,10 @@ class Builder(_TrtObject):
         if config._timing_cache is not None:
             config._timing_cache.entries += len(network.layers)
         precision = ('int8' if BuilderFlag.INT8 in config.flags else 'fp16'
-                     if BuilderFlag.FP16 in config.flags or network.flags else 'fp32')
+                     if BuilderFlag.FP16 in config.flags else 'typed' if strong else 'fp32')
         return IHostMemory(engine_bytes(
             network.onnx_bytes, (low[0], opt[0], high[0]), precision,
-            config.DLA_core if dla else None,
+            config.DLA_core if dla else None, version=__version__,
             layers={'dla': 1 if on_dla else 0, 'gpu': len(gpu)}))
 
 

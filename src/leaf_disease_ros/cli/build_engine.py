@@ -103,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILED
     except BackendUnavailableError as exc:
         fail(f'TensorRT engines are built and checked on the machine that runs them (a Jetson '
-             f'with JetPack 6, or a PC with TensorRT 10, pycuda and an NVIDIA GPU): {exc}')
+             f'with JetPack 6.1 or newer, or a PC with TensorRT 10, pycuda and an NVIDIA '
+             f'GPU): {exc}')
         return EXIT_USAGE
     except ConfigError as exc:
         fail(f'--{exc.parameter.replace("_", "-")}: {exc.reason}')

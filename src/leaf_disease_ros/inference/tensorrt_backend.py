@@ -120,8 +120,11 @@ def probe_machine(device_index: int = 0) -> MachineInfo:
     Return this machine's TensorRT version, GPU and module facts.
 
     GPU name, compute capability, SM count and memory come from the CUDA driver; the
-    L4T release and power mode from Jetson Linux's files (absent on a PC). Initialises
-    the CUDA driver but creates no context.
+    DLA cores from TensorRT's runtime (``Runtime.num_DLA_cores``, IRuntime::getNbDLACores:
+    0 on a PC, 2 on an AGX Orin or Orin NX 16GB, 1 on an Orin NX 8GB, 0 on an Orin
+    Nano), asked with the GPU's primary context current (retained as the backend
+    retains it, popped after); the L4T release and power mode from Jetson Linux's
+    files (absent on a PC).
 
     :raises BackendUnavailableError: tensorrt or pycuda is missing, or there is no
         usable CUDA GPU number ``device_index``.
@@ -144,8 +147,27 @@ def probe_machine(device_index: int = 0) -> MachineInfo:
         raise BackendUnavailableError(f'no usable CUDA GPU: {exc}') from exc
     return MachineInfo(str(trt.__version__), name, (int(major), int(minor)),
                        sm_count=sm_count, memory_mib=memory_mib,
+                       dla_cores=count_dla_cores(trt, cuda, device_index),
                        l4t_release=parse_l4t_release(read_text(L4T_RELEASE_FILE)),
                        power_mode=parse_power_mode(read_text(POWER_MODE_FILE)))
+
+
+def count_dla_cores(trt: Any, cuda: Any, device_index: int = 0) -> int:
+    """
+    Return the DLA cores TensorRT can use on this machine (0 where there are none).
+
+    Asked of a ``trt.Runtime`` (``num_DLA_cores``, bound to IRuntime::getNbDLACores in
+    TensorRT's python/src/infer/pyCore.cpp), created and dropped with the GPU's primary
+    context current, like every TensorRT object here.
+
+    :raises BackendUnavailableError: the driver cannot provide the context.
+    """
+    with CudaContext(cuda, device_index).active():
+        runtime = trt.Runtime(trt_logger(trt))
+        try:
+            return int(runtime.num_DLA_cores)
+        finally:
+            del runtime
 
 
 def trt_logger(trt: Any) -> Any:

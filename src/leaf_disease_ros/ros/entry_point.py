@@ -1,5 +1,5 @@
 """
-The ``detector_node`` command: check this Python, then run the node.
+The ``detector_node`` and ``detector_lifecycle_node`` commands: check this Python, then run.
 
 The node module (``ros/node.py``) imports rclpy, OpenCV and cv_bridge when it is
 imported. On a machine where NumPy does not match the ROS distribution's compiled
@@ -65,10 +65,11 @@ def help_text() -> str:
     return '\n'.join(lines) + '\n'
 
 
-def main(args: Optional[List[str]] = None) -> int:
+def main(args: Optional[List[str]] = None, *, lifecycle: bool = False) -> int:
     """
     Run the detector node (``ros2 run leaf_disease_ros detector_node``); return the exit code.
 
+    :param lifecycle: run the managed node instead (:func:`main_lifecycle`).
     :returns: 0 after ``--help``; 1 when this Python cannot run the node (the reason and
         fix are written to stderr), else what :func:`leaf_disease_ros.ros.node.main`
         returns.
@@ -83,7 +84,17 @@ def main(args: Optional[List[str]] = None) -> int:
         return 1
     from leaf_disease_ros.ros import node  # rclpy, OpenCV and cv_bridge from here on
 
-    return node.main(args)
+    return node.main(args, lifecycle=lifecycle)
+
+
+def main_lifecycle(args: Optional[List[str]] = None) -> int:
+    """
+    Run the managed detector node (``detector_lifecycle_node``); return the exit code.
+
+    Same checks as :func:`main`; the node starts unconfigured and waits for a lifecycle
+    manager (nav2's, launch_ros's LifecycleNode events or ``ros2 lifecycle set``).
+    """
+    return main(args, lifecycle=True)
 
 
 if __name__ == '__main__':

@@ -6,8 +6,11 @@ these checks keep a malformed message from reaching the converter and a failed
 conversion from reaching the pipeline:
 
 - :func:`check_raw_layout`: a ``sensor_msgs/Image`` whose size fields contradict its
-  data (empty, or fewer bytes than ``step * height``) would make the converter read
-  past the buffer; it is rejected with the numbers;
+  data (empty, a row of ``step`` bytes shorter than ``width`` pixels of its encoding,
+  or fewer bytes than ``step * height``) would make the converter read past the
+  buffer or, for a short row, silently return a narrower image (cv_bridge's
+  ``imgmsg_to_cv2`` views the data as ``step / bytes_per_pixel`` columns and slices
+  ``[:, :width]``); it is rejected with the numbers;
 - :func:`check_compressed` : an empty ``sensor_msgs/CompressedImage``;
 - :func:`check_decoded`: the converter's result must be an ``(H, W, 3)`` uint8 array
   (a corrupt JPEG decodes to nothing).
@@ -22,12 +25,46 @@ Each raises :class:`~leaf_disease_ros.perception.errors.ImageDecodeError`, a Fra
 node counts as a failed frame.
 """
 
-from typing import Any
+import re
+from typing import Any, Optional
 
 import cv2
 import numpy as np
 
 from leaf_disease_ros.perception.errors import ImageDecodeError
+
+
+# sensor_msgs/image_encodings.hpp (ros2/common_interfaces): numChannels and bitDepth of the
+# named encodings; the generic ones are (8|16|32|64)(U|S|F)C<n>
+_NAMED_ENCODINGS = {
+    'mono8': (1, 8), 'mono16': (1, 16),
+    'bgr8': (3, 8), 'rgb8': (3, 8), 'bgr16': (3, 16), 'rgb16': (3, 16),
+    'bgra8': (4, 8), 'rgba8': (4, 8), 'bgra16': (4, 16), 'rgba16': (4, 16),
+    'bayer_rggb8': (1, 8), 'bayer_bggr8': (1, 8), 'bayer_gbrg8': (1, 8), 'bayer_grbg8': (1, 8),
+    'bayer_rggb16': (1, 16), 'bayer_bggr16': (1, 16), 'bayer_gbrg16': (1, 16),
+    'bayer_grbg16': (1, 16),
+    'yuv422': (2, 8), 'yuv422_yuy2': (2, 8), 'uyvy': (2, 8), 'yuyv': (2, 8),
+    'nv12': (1, 8), 'nv21': (1, 8), 'nv24': (2, 8),
+}
+_GENERIC_ENCODING = re.compile(r'(8|16|32|64)(U|S|F)C([0-9]*)')
+
+
+def bytes_per_pixel(encoding: str) -> Optional[int]:
+    """
+    Return the bytes one pixel of a row takes in ``encoding`` (None when unknown).
+
+    As ``sensor_msgs/image_encodings.hpp`` defines it: ``numChannels * bitDepth / 8``
+    (``bgr8`` 3, ``mono16`` 2, ``32FC1`` 4, ``yuv422`` 2; the luma row of ``nv12`` 1).
+    """
+    named = _NAMED_ENCODINGS.get(encoding)
+    if named is not None:
+        channels, bits = named
+    else:
+        match = _GENERIC_ENCODING.fullmatch(encoding)
+        if match is None:
+            return None
+        channels, bits = int(match.group(3) or 1), int(match.group(1))
+    return channels * bits // 8
 
 
 def check_raw_layout(height: int, width: int, step: int, data_len: int,
@@ -39,17 +76,20 @@ def check_raw_layout(height: int, width: int, step: int, data_len: int,
     :param width: columns (``Image.width``).
     :param step: bytes per row (``Image.step``).
     :param data_len: ``len(Image.data)``.
-    :param encoding: ``Image.encoding`` (for the message only).
+    :param encoding: ``Image.encoding`` (its bytes per pixel; 1 when unknown, and the
+        converter rejects an unknown encoding itself).
 
-    :raises ImageDecodeError: an empty image, a row shorter than its width, or less
-        data than ``step * height``.
+    :raises ImageDecodeError: an empty image, a row of ``step`` bytes shorter than
+        ``width * bytes_per_pixel(encoding)``, or less data than ``step * height``.
     """
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f'image is empty ({width}x{height}, encoding {encoding!r})',
                                encoding)
-    if step < width:
-        raise ImageDecodeError(f'image step {step} bytes is shorter than its width {width} '
-                               f'(encoding {encoding!r}): the publisher fills step wrongly',
+    row_bytes = width * (bytes_per_pixel(encoding) or 1)
+    if step < row_bytes:
+        raise ImageDecodeError(f'image step {step} bytes is shorter than a row of {width} '
+                               f'pixels of {encoding!r} ({row_bytes} bytes): the publisher '
+                               'fills step wrongly (it must be bytes per row, not pixels)',
                                encoding)
     if data_len < step * height:
         raise ImageDecodeError(f'image data has {data_len} bytes, step {step} x height '

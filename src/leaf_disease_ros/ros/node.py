@@ -1,5 +1,5 @@
 """
-The rclpy node ``detector_node``: the only module of the package that imports rclpy.
+The rclpy nodes ``detector_node`` and ``detector_lifecycle_node``: the only rclpy importer.
 
 A thin adapter around the core: it declares the parameter table, loads and warms up
 the backend, subscribes, converts messages, calls the pipeline and publishes. Every
@@ -16,6 +16,11 @@ Start, in this order (a failure is logged with its fix and the process exits 1):
 4. publishers, the ``~/enable`` service, the live map (``live_map_dir``), the worker
    thread, timers;
 5. subscribe to ``fix`` and ``image`` (or ``image/compressed``); log ``detector ready:``.
+
+Steps 1-4 less the declaration are ``_configure``, step 5 with the label info and the
+timers ``_activate``; the plain node runs both at start. The managed node
+(:class:`DetectorLifecycleNode`) declares at start and runs them on configure and
+activate; ``_deactivate`` and ``_release`` undo them (see docs/robot.md "Lifecycle").
 
 Threads: a MultiThreadedExecutor runs the image callback, the fix callback and the
 control callbacks (service, timers) in separate callback groups. The image callback
@@ -48,6 +53,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -194,26 +200,45 @@ class DetectorNode(Node):
         self._closed = False
         self._closing = threading.Event()
         self._enabled = threading.Event()
+        self._active = threading.Event()  # activated: frames are taken and published
         self._publish_lock = threading.Lock()
         self._mailbox: LatestMailbox[_Pending] = LatestMailbox()
         self._backend: Any = None
         self._worker: Optional[threading.Thread] = None
         self._live_map: Optional[LiveMap] = None
+        # not _publishers/_subscriptions/_timers: rclpy's Node owns those names
+        self._outputs: List[Any] = []
+        self._inputs: List[Any] = []
+        self._control_timers: List[Any] = []
         self.fatal_error = ''
         try:
-            self._start()
+            self._declare_parameters()
+            self._types = ros_message_types()
+            self._image_group = MutuallyExclusiveCallbackGroup()
+            self._fix_group = MutuallyExclusiveCallbackGroup()
+            self._control_group = MutuallyExclusiveCallbackGroup()
+            self.create_service(SetBool, '~/enable', self._on_enable,
+                                callback_group=self._control_group)
+            self._bring_up()
         except BaseException:
             self.close()
             self.destroy_node()
             raise
 
-    # --- start -------------------------------------------------------------------
+    # --- start: configure, then activate (a managed node waits to be told) -------
 
-    def _start(self) -> None:
-        self._values = self._declare_parameters()
+    def _bring_up(self) -> None:
+        """Configure and activate at once: the plain node starts detecting."""
+        self._configure()
+        self._activate()
+
+    def _configure(self) -> None:
+        """Read the parameters, load the model and backend, create publishers and worker."""
+        self._values = self._read_parameters()
         values = self._values
-        self._types = ros_message_types()
         self._bridge, self._bridge_error = _make_bridge()
+        self._closing.clear()
+        self._mailbox = LatestMailbox()
 
         self._backend = load_backend(
             values['model_path'], values['backend'], onnx_provider=values['onnx_provider'],
@@ -224,7 +249,7 @@ class DetectorNode(Node):
             self.get_logger().warning(stale_site_note(site))
         self._detector = Detector(self._backend, self._backend.card,
                                   DetectorConfig.from_parameters(values), site=site)
-        warmup_ms = self._warm_up()
+        self._warmup_ms = self._warm_up()
 
         self._fixes = FixBuffer(values['fix_buffer_size'], values['max_fix_speed_mps'])
         self._fix_jump = BackwardJumpDetector()
@@ -236,14 +261,10 @@ class DetectorNode(Node):
                                          values['evidence_radius_m'])
         if values['start_enabled']:
             self._enabled.set()
+        else:
+            self._enabled.clear()
 
-        self._image_group = MutuallyExclusiveCallbackGroup()
-        self._fix_group = MutuallyExclusiveCallbackGroup()
-        self._control_group = MutuallyExclusiveCallbackGroup()
         self._create_publishers()
-        self._publish_label_info()
-        self.create_service(SetBool, '~/enable', self._on_enable,
-                            callback_group=self._control_group)
         if values['live_map_dir']:
             self._live_map = LiveMap(values['live_map_dir'], values['merge_radius_m'], {
                 'model': self._backend.card.name, 'model_id': self._backend.model_id,
@@ -259,6 +280,13 @@ class DetectorNode(Node):
         self._worker = threading.Thread(target=self._worker_main, name='leaf_detector_worker',
                                         daemon=True)
         self._worker.start()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _activate(self) -> None:
+        """Let the worker publish, publish the label info, subscribe, start the timers."""
+        values = self._values
+        self._active.set()
+        self._publish_label_info()
         self._subscribe(values)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._diagnostics_timer = self.create_timer(
@@ -267,16 +295,17 @@ class DetectorNode(Node):
         self._no_image_timer = self.create_timer(
             values['no_image_warn_s'], self._on_no_image_check,
             callback_group=self._control_group, clock=steady)
+        self._control_timers = [self._diagnostics_timer, self._no_image_timer]
         if self._live_map is not None:
             self._live_map_timer = self.create_timer(
                 values['live_map_period_s'], self._on_live_map,
                 callback_group=self._control_group, clock=steady)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+            self._control_timers.append(self._live_map_timer)
 
         facts = self._backend.describe()
         self.get_logger().info(ready_message(
             model_id=self._backend.model_id, backend=str(facts.get('backend', '')),
-            providers=list(facts.get('providers', [])), warmup_ms=warmup_ms,
+            providers=list(facts.get('providers', [])), warmup_ms=self._warmup_ms,
             image_topic=self._image_topic, image_type=self._image_type,
             reliability=values['image_qos_reliability'], depth=values['image_qos_depth'],
             fix_topic=self._fix_topic,
@@ -291,9 +320,8 @@ class DetectorNode(Node):
                 f"to {self._live_map.path} every {values['live_map_period_s']:g} s and at "
                 'shutdown')
 
-    def _declare_parameters(self) -> Dict[str, Any]:
-        """Declare the parameter table with descriptors; return the validated values."""
-        values: Dict[str, Any] = {}
+    def _declare_parameters(self) -> None:
+        """Declare the parameter table with descriptors; refuse unknown overrides."""
         for spec in PARAMETERS:
             fields = descriptor_fields(spec)
             descriptor = ParameterDescriptor(
@@ -309,19 +337,22 @@ class DetectorNode(Node):
                     from_value=fields.floating_point_range[0],
                     to_value=fields.floating_point_range[1], step=0.0)]
             try:
-                parameter = self.declare_parameter(spec.name, ros_default(spec), descriptor)
+                self.declare_parameter(spec.name, ros_default(spec), descriptor)
             except InvalidParameterTypeException as exc:
                 raise ConfigError(spec.name, f'{exc}; {type_hint(spec)}') from exc
             except InvalidParameterValueException as exc:
                 raise ConfigError(spec.name, str(exc)) from exc
-            values[spec.name] = from_ros_value(parameter.value)
         # rclpy keeps the overrides it was given (params file, -p) in this attribute, the
         # one declare_parameters() reads (rclpy/node.py on humble, jazzy and rolling; no
         # public getter exists). ROS ignores overrides that name no declared parameter:
         # a typo is an error here.
         overrides = getattr(self, '_parameter_overrides', None) or {}
         check_overrides(list(overrides))
-        return validate_parameters(values)
+
+    def _read_parameters(self) -> Dict[str, Any]:
+        """Return the validated values of the parameters now (a managed node: at configure)."""
+        return validate_parameters({spec.name: from_ros_value(self.get_parameter(spec.name).value)
+                                    for spec in PARAMETERS})
 
     def _warm_up(self) -> float:
         """Run one frame through the whole pipeline; return its duration in ms."""
@@ -339,22 +370,31 @@ class DetectorNode(Node):
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # images for people, often over Wi-Fi: best effort, as camera drivers publish
+        # (rqt_image_view subscribes with the sensor-data profile, best effort)
         debug = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                           reliability=ReliabilityPolicy.RELIABLE,
+                           reliability=ReliabilityPolicy.BEST_EFFORT,
                            durability=DurabilityPolicy.VOLATILE)
-        self._pub_detections = self.create_publisher(Detection2DArray, '~/detections', reliable)
-        self._pub_fix = self.create_publisher(NavSatFix, '~/detections/fix', reliable)
-        self._pub_geo = self.create_publisher(Detection3DArray, '~/geo_detections', reliable)
-        self._pub_labels = self.create_publisher(LabelInfo, '~/label_info', latched)
-        self._pub_debug = self.create_publisher(Image, '~/debug_image', debug)
-        self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+        create = self._create_output
+        self._pub_detections = create(Detection2DArray, '~/detections', reliable)
+        self._pub_fix = create(NavSatFix, '~/detections/fix', reliable)
+        self._pub_geo = create(Detection3DArray, '~/geo_detections', reliable)
+        self._pub_labels = create(LabelInfo, '~/label_info', latched)
+        self._pub_debug = create(Image, '~/debug_image', debug)
+        self._pub_diagnostics = create(DiagnosticArray, '/diagnostics', reliable)
+        self._outputs = [self._pub_detections, self._pub_fix, self._pub_geo, self._pub_labels,
+                         self._pub_debug, self._pub_diagnostics]
+
+    def _create_output(self, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
+        """Return a publisher of an output (the managed node's are lifecycle publishers)."""
+        return self.create_publisher(msg_type, topic, qos)
 
     def _subscribe(self, values: Dict[str, Any]) -> None:
         fix_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=FIX_QOS_DEPTH,
                              reliability=ReliabilityPolicy.BEST_EFFORT,
                              durability=DurabilityPolicy.VOLATILE)
-        self.create_subscription(NavSatFix, 'fix', self._on_fix, fix_qos,
-                                 callback_group=self._fix_group)
+        fix_subscription = self.create_subscription(NavSatFix, 'fix', self._on_fix, fix_qos,
+                                                    callback_group=self._fix_group)
         self._fix_topic = self.resolve_topic_name('fix')
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST,
                                depth=values['image_qos_depth'],
@@ -365,9 +405,10 @@ class DetectorNode(Node):
                 COMPRESSED_IMAGE_TYPE
         else:
             name, msg_type, self._image_type = 'image', Image, IMAGE_TYPE
-        self.create_subscription(msg_type, name, self._on_image, image_qos,
-                                 callback_group=self._image_group)
+        image_subscription = self.create_subscription(msg_type, name, self._on_image, image_qos,
+                                                      callback_group=self._image_group)
         self._image_topic = self.resolve_topic_name(name)
+        self._inputs = [fix_subscription, image_subscription]
 
     # --- callbacks (executor threads) ---------------------------------------------
 
@@ -378,10 +419,14 @@ class DetectorNode(Node):
         jump_s = self._image_jump.update(stamp_ns)
         if jump_s is not None:
             self._forget_fixes('image', jump_s)
-        if not self._enabled.is_set():
+        if not self._detecting():
             self._stats.frame_ignored()
             return
         self._mailbox.put(_Pending(msg, stamp_ns))
+
+    def _detecting(self) -> bool:
+        """Return whether frames are detected: activated and not paused by ~/enable."""
+        return self._active.is_set() and self._enabled.is_set()
 
     def _on_fix(self, msg: NavSatFix) -> None:
         """Add a fix to the buffer (it validates: rejected fixes are counted, not stored)."""
@@ -411,6 +456,9 @@ class DetectorNode(Node):
         response.success = True
         response.message = ('detection resumed' if request.data else
                             'detection paused: subscriptions stay, frames are ignored')
+        if not self._active.is_set():  # a managed node, not active: applies once activated
+            response.message += (' (the node is not active: this applies once it is '
+                                 'activated)')
         self.get_logger().info(response.message)
         return response
 
@@ -556,8 +604,8 @@ class DetectorNode(Node):
             self.get_logger().warning(f'frame dropped: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
-        with self._publish_lock:
-            if not self._enabled.is_set():
+        with self._publish_lock:  # deactivate and ~/enable take it: no frame after them
+            if not self._detecting():
                 self._stats.frame_ignored()
                 return
             # the domain check judges with this frame in its window, before publishing
@@ -617,11 +665,27 @@ class DetectorNode(Node):
 
     # --- shutdown ----------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop the worker thread and release the backend; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+    def _deactivate(self) -> None:
+        """
+        Stop detecting: no frame is published after this returns; unsubscribe, stop timers.
+
+        A frame being published holds the publish lock and is finished first; a frame
+        still being decoded or classified finds the node inactive and is dropped
+        (counted as ignored). Safe to call when not active.
+        """
+        with self._publish_lock:
+            self._active.clear()
+            self._mailbox.clear()
+        for subscription in self._inputs:  # rclpy has no managed subscriptions
+            self.destroy_subscription(subscription)
+        for timer in self._control_timers:
+            self.destroy_timer(timer)
+        self._inputs, self._control_timers = [], []
+        self._write_live_map()
+
+    def _release(self) -> None:
+        """Stop the worker thread, free the backend (engine, buffers), write the live map."""
+        self._active.clear()
         self._closing.set()
         self._mailbox.close()
         if self._worker is not None and self._worker.is_alive():
@@ -629,23 +693,155 @@ class DetectorNode(Node):
             if self._worker.is_alive():
                 self.get_logger().warning(f'the worker thread did not stop within '
                                           f'{WORKER_JOIN_S:.0f} s (inference still running)')
+        self._worker = None
         if self._backend is not None:
             self._backend.close()
             self._backend = None
         self._write_live_map()  # the last findings, after the worker stopped
+        self._live_map = None
+
+    def close(self) -> None:
+        """Stop the worker thread and release the backend; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
 
 
-def main(args: Optional[List[str]] = None) -> int:
+class DetectorLifecycleNode(LifecycleNodeMixin, DetectorNode):
+    """
+    The detector as a managed (lifecycle) node: ``detector_lifecycle_node``.
+
+    Built as rclpy builds ``rclpy.lifecycle.LifecycleNode`` (``LifecycleNodeMixin`` +
+    a Node; rclpy/lifecycle/node.py, humble and jazzy alike), over the plain node's
+    parts. It starts unconfigured with its parameters declared and ``~/enable``
+    offered; then:
+
+    - configure: read and validate the parameters, load the model and backend (warmed
+      up), create the (lifecycle) publishers and the worker thread. A failure logs the
+      reason with its fix, releases what was acquired and returns FAILURE (the node
+      stays unconfigured);
+    - activate: activate the publishers (``super().on_activate`` activates rclpy's
+      managed entities), publish the label info, subscribe, start the timers;
+    - deactivate: no frame is published after it (see ``DetectorNode._deactivate``),
+      destroy the subscriptions (rclpy has no managed subscriptions) and timers;
+    - cleanup: stop the worker, free the backend, destroy the publishers;
+    - shutdown (from unconfigured, inactive or active) and error processing: all of it.
+
+    ``~/enable`` is the operator's pause inside the active state: it neither activates
+    nor deactivates; deactivate and activate keep its setting; configure resets it to
+    ``start_enabled``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Create the node unconfigured (parameters declared, ``~/enable`` offered)."""
+        DetectorNode.__init__(self, **kwargs)
+        LifecycleNodeMixin.__init__(self)
+        self._watching_parameters = False
+        self.get_logger().info(
+            f'{self.get_fully_qualified_name()} is unconfigured: waiting for a lifecycle '
+            f'manager or ros2 lifecycle set {self.get_fully_qualified_name()} configure')
+
+    def _bring_up(self) -> None:
+        """Do nothing: a lifecycle manager configures and activates the node."""
+
+    def _create_output(self, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
+        return self.create_lifecycle_publisher(msg_type, topic, qos)
+
+    def _unconfigure(self) -> None:
+        """Undo configure: the worker, the backend, the publishers, the parameter callback."""
+        self._release()
+        for publisher in self._outputs:
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = []
+        if self._watching_parameters:
+            self.remove_on_set_parameters_callback(self._on_set_parameters)
+            self._watching_parameters = False
+
+    def _failed(self, transition: str) -> TransitionCallbackReturn:
+        """Log a bug in a transition with its traceback; return ERROR (on_error follows)."""
+        self.get_logger().error(f'{transition} failed (a bug: please report it with this '
+                                f'traceback)\n{traceback.format_exc()}')
+        return TransitionCallbackReturn.ERROR
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model and backend; FAILURE with the reason logged when it cannot."""
+        try:
+            self._configure()
+            self._watching_parameters = True
+        except LeafDiseaseError as exc:
+            self.get_logger().error(f'configure failed, the node stays unconfigured: '
+                                    f'{start_failure_message(exc)}')
+            self._unconfigure()
+            return TransitionCallbackReturn.FAILURE
+        except Exception:
+            return self._failed('configure')
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Activate the publishers, then subscribe and detect."""
+        result = super().on_activate(state)  # the lifecycle publishers
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        try:
+            self._activate()
+        except Exception:
+            return self._failed('activate')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop publishing and unsubscribe; the model stays loaded."""
+        try:
+            self._deactivate()
+        except Exception:
+            return self._failed('deactivate')
+        self.get_logger().info('deactivated: subscriptions destroyed, the model stays loaded')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the backend (engine and buffers), the worker and the publishers."""
+        try:
+            self._unconfigure()
+        except Exception:
+            return self._failed('cleanup')
+        self.get_logger().info('cleaned up: the model and its buffers are released')
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, from whichever state (``state``) shutdown started."""
+        try:
+            self._deactivate()
+            self._unconfigure()
+        except Exception:
+            return self._failed('shutdown')
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything after a failed transition; SUCCESS returns to unconfigured."""
+        self.get_logger().error(f'a transition from {state.label} failed: releasing '
+                                'everything, the node goes back to unconfigured')
+        try:
+            self._deactivate()
+            self._unconfigure()
+        except Exception:
+            self.get_logger().fatal(f'releasing failed:\n{traceback.format_exc()}')
+            return TransitionCallbackReturn.FAILURE  # finalized
+        return super().on_error(state)
+
+
+def main(args: Optional[List[str]] = None, *, lifecycle: bool = False) -> int:
     """
     Run the detector node until Ctrl-C; return the process exit code.
 
+    :param lifecycle: run :class:`DetectorLifecycleNode` (``detector_lifecycle_node``),
+        which waits unconfigured for a lifecycle manager, instead of :class:`DetectorNode`.
     :returns: 0 after a clean shutdown, 1 when the node cannot start (the reason and
         its fix are logged) or stopped on an internal error.
     """
     rclpy.init(args=args)
     logger = rclpy.logging.get_logger(NODE_NAME)
     try:
-        node = DetectorNode()
+        node = DetectorLifecycleNode() if lifecycle else DetectorNode()
     except LeafDiseaseError as exc:
         logger.fatal(start_failure_message(exc))
         rclpy.try_shutdown()

@@ -124,10 +124,17 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
     With ``batches`` the images calibrate and an existing cache is ignored (then
     rewritten); with ``batches`` None only the calibration cache can calibrate; if
     TensorRT rejects it, calibration gets no batch and the build fails with that
-    reason. TensorRT's Python wrapper takes any exception raised in ``get_batch`` as
-    "no more data", which would end calibration early and let the build succeed:
-    ``get_batch`` catches everything, records it in ``errors`` (the build then
-    fails), and ``exhausted`` tells whether every batch was delivered.
+    reason. TensorRT's Python wrapper (``pyCalibratorTrampoline`` in NVIDIA/TensorRT
+    python/src/infer/pyInt8.cpp, 10.x) calls every override inside ``try``/``catch``,
+    prints what it caught and carries on: an exception in ``get_batch`` means "no more
+    data" (calibration ends early and the build succeeds), one in
+    ``read_calibration_cache`` "no cache", one in ``write_calibration_cache`` nothing
+    at all. So no override lets an exception out: ``get_batch`` and
+    ``read_calibration_cache`` record it in ``errors`` (the build then fails),
+    ``exhausted`` tells whether every batch was delivered, and
+    ``write_calibration_cache`` keeps its failure in ``cache_error`` (the engine is
+    still good; the sidecar then records no cache). ``cache_state`` says what became
+    of the cache: ``read`` (it calibrated), ``written`` or ``''``.
     """
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -139,6 +146,8 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
             self.exhausted = batches is None
             self._iterator = iter(batches) if batches is not None else iter(())
             self._device = cuda.mem_alloc(int(np.prod(batch_shape)) * 4)
+            self.cache_state = ''
+            self.cache_error = ''
 
         def get_batch_size(self) -> int:
             return int(batch_shape[0])
@@ -170,12 +179,24 @@ def make_calibrator(trt: Any, cuda: Any, batches: Optional[CalibrationBatches],
                 return None
             if os.path.isfile(cache_path):
                 say(f'  using calibration cache {cache_path} (delete it to calibrate again)')
-                with open(cache_path, 'rb') as stream:
-                    return stream.read()
+                try:
+                    with open(cache_path, 'rb') as stream:
+                        data = stream.read()
+                except OSError as exc:
+                    errors.append(f'the calibration cache {cache_path} cannot be read: '
+                                  f'{exc.strerror or exc}')
+                    return None
+                self.cache_state = 'read'
+                return data
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            atomic_write_bytes(cache_path, bytes(cache))
+            try:
+                atomic_write_bytes(cache_path, bytes(cache))
+            except Exception as exc:  # TensorRT's wrapper would print and drop it
+                self.cache_error = f'{type(exc).__name__}: {exc}'
+                return
+            self.cache_state = 'written'
             say(f'  wrote calibration cache {cache_path}')
 
         def free(self) -> None:
@@ -231,6 +252,9 @@ def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: str,
     if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)  # TensorRT 10: always explicit batch
+    if network is None:  # IBuilder::createNetworkV2 refuses flags this TensorRT lacks
+        raise BuildFailed(f'TensorRT {trt.__version__} cannot create a network with flags '
+                          f'{flags:#x} (its messages are above)')
     parser = trt.OnnxParser(network, logger)
     with open(onnx_path, 'rb') as stream:
         ok = parser.parse(stream.read(), onnx_path)
@@ -365,6 +389,9 @@ def build_engine(trt: Any, cuda: Any, args: argparse.Namespace, card: ModelCard,
     finally:
         if calibrator is not None:
             options['calibration_batches'] = calibrator.batches_done
+            options['calibration_cache'] = calibrator.cache_state
+            if calibrator.cache_error:
+                options['calibration_cache_error'] = calibrator.cache_error
             calibrator.free()
     seconds = time.monotonic() - start
     if errors:
@@ -485,7 +512,6 @@ def build(args: argparse.Namespace) -> int:
         else:
             raise ConfigError('calib_images', f'INT8 needs --calib-images DIR (representative '
                               f'leaf images) or an existing calibration cache {calib_cache}')
-        calib_record['cache'] = calib_cache
 
     context = tensorrt_backend.CudaContext(cuda, args.device)
     try:
@@ -509,6 +535,16 @@ def build(args: argparse.Namespace) -> int:
             say(f'note: calibration skipped unreadable image {path}')
 
     options: Dict[str, Any] = dict(result.options)
+    if plan.calibrator:
+        # the sidecar names the cache only where this engine's scales are in it
+        cache_state = options.pop('calibration_cache', '')
+        cache_error = options.pop('calibration_cache_error', '')
+        calib_record['cache'] = calib_cache if cache_state in ('read', 'written') else None
+        if cache_error:
+            calib_record['cache_error'] = cache_error
+            say(f'note: the calibration cache {calib_cache} could not be written '
+                f'({cache_error}); the engine is built, but the next INT8 build of this '
+                'model needs --calib-images again')
     options.update(fp16_record)
     options['timing_cache'] = timing_cache
     if calib_record:

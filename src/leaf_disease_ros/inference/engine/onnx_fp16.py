@@ -10,8 +10,10 @@ each float32 graph output, so the engine still takes and returns float32 like th
 card says.
 
 This is deliberately small and honest: it only converts graphs made of the
-operators in :data:`SUPPORTED_OPS` (what a torchvision ResNet exports to), whose
-float inputs may all be float16. Anything else is refused with
+operators in :data:`SUPPORTED_OPS` (what a torchvision ResNet and the shipped
+EfficientNet-Lite0 export to: its ReLU6 is ``Clip`` with ``min``/``max`` from
+``Constant`` nodes, converted with them), whose float inputs may all be float16.
+Anything else is refused with
 :class:`~leaf_disease_ros.perception.errors.ModelLoadError` naming the operators, and the
 NVIDIA Model Optimizer AutoCast tool is the documented way out (it knows which
 operators must stay float32)::
@@ -31,9 +33,10 @@ import numpy as np
 
 from leaf_disease_ros.perception.errors import BackendUnavailableError, ModelLoadError
 
-#: operators whose every float input may be float16 (ONNX type constraints)
+#: operators whose every float input may be float16 (ONNX type constraints; Clip-13's
+#: input, min and max share T, which includes tensor(float16))
 SUPPORTED_OPS = frozenset((
-    'Add', 'AveragePool', 'BatchNormalization', 'Concat', 'Constant', 'Conv', 'Div',
+    'Add', 'AveragePool', 'BatchNormalization', 'Clip', 'Concat', 'Constant', 'Conv', 'Div',
     'Flatten', 'Gemm', 'GlobalAveragePool', 'Identity', 'MatMul', 'MaxPool', 'Mul', 'Relu',
     'Reshape', 'Shape', 'Sigmoid', 'Softmax', 'Squeeze', 'Sub', 'Transpose', 'Unsqueeze',
 ))

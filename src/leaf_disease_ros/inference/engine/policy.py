@@ -131,7 +131,9 @@ def precision_plan(tensorrt_version: str, precision: str, typing: str = 'auto') 
         raise ConfigError('tensorrt', str(exc)) from exc
     if version[0] < SUPPORTED_TENSORRT_MAJOR:
         raise ConfigError('tensorrt', f'TensorRT {tensorrt_version} is installed; this tool '
-                          'uses the TensorRT 10 API (JetPack 6.x or newer)')
+                          'uses the TensorRT 10 API: JetPack 6.1 or newer on a Jetson (JetPack '
+                          '6.0 ships TensorRT 8.6, JetPack 5 TensorRT 8.5), or a TensorRT 10 '
+                          'wheel on a PC; until then run the node with backend: onnxruntime')
     removed = version >= WEAK_TYPING_REMOVED_IN
     deprecated = version >= WEAK_TYPING_DEPRECATED_IN
     notes: List[str] = []
