@@ -35,8 +35,10 @@ FIELD_DEFAULTS = {
     'jazzy': {('sensor_msgs/msg/NavSatStatus', 'status'): -2},
     'humble': {},
 }
-# std_srvs is not in the rosbags stores: ros2/common_interfaces std_srvs/srv/SetBool.srv
-SERVICES = {'std_srvs/srv/SetBool': ('bool data\n', 'bool success\nstring message\n')}
+# services are not in the rosbags stores: ros2/common_interfaces std_srvs/srv/SetBool.srv,
+# ros2/geometry2 tf2_msgs/srv/FrameGraph.srv (an empty request)
+SERVICES = {'std_srvs/srv/SetBool': ('bool data\n', 'bool success\nstring message\n'),
+            'tf2_msgs/srv/FrameGraph': ('', 'string frame_yaml\n')}
 
 _INT_RANGES = {
     'int8': (-2**7, 2**7 - 1), 'uint8': (0, 2**8 - 1), 'int16': (-2**15, 2**15 - 1),
