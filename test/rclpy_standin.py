@@ -32,7 +32,16 @@ What is modelled on the real sources (rclpy humble, ``rclpy/node.py``,
   what is published while deactivated (counted in ``world.dropped_inactive``); and
   ``destroy_publisher/subscription/timer``, ``remove_on_set_parameters_callback``;
 - message classes are generated from the real Humble (or Jazzy) definitions
-  (``test/ros_messages.py``), so a field name or type the node gets wrong fails here.
+  (``test/ros_messages.py``), so a field name or type the node gets wrong fails here;
+- ``rclpy.time.Time`` / ``rclpy.duration.Duration``: keyword-only, non-negative,
+  ``ClockType`` checked (``rclpy/time.py``, ``rclpy/duration.py``);
+- ``tf2_ros`` (ros2/geometry2 ``tf2_ros_py``: ``buffer.py``, ``transform_listener.py``,
+  and tf2_py's exceptions): ``Buffer(cache_time=None, node=None)`` (a node gets the
+  ``tf2_frames`` service), ``TransformListener(buffer, node, *, spin_thread, qos,
+  static_qos)`` subscribing to ``/tf`` and ``/tf_static``, ``lookup_transform(target,
+  source, time, timeout=Duration())`` composing the chain from ``source`` up to
+  ``target`` (``LookupException`` for an unknown frame, ``ConnectivityException`` for
+  frames in different trees; no interpolation in time: the newest transform is used).
 
 Install with :func:`install` (monkeypatches ``sys.modules``); the returned
 :class:`RosWorld` is what a test drives: publish into subscriptions, call services,
@@ -162,16 +171,39 @@ class ClockType(enum.IntEnum):
     STEADY_TIME = 3
 
 
-class Time:
-    """rclpy.time.Time (nanoseconds and to_msg)."""
+class Duration:
+    """rclpy.duration.Duration (keyword-only, as rclpy/duration.py)."""
 
-    def __init__(self, nanoseconds: int, world: 'RosWorld') -> None:
-        self.nanoseconds = int(nanoseconds)
-        self._world = world
+    def __init__(self, *, seconds: float = 0, nanoseconds: int = 0) -> None:
+        self.nanoseconds = int(seconds * S_TO_NS) + int(nanoseconds)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Duration):
+            return self.nanoseconds == other.nanoseconds
+        return NotImplemented
+
+
+class Time:
+    """rclpy.time.Time (keyword-only, non-negative, a ClockType; to_msg)."""
+
+    world: Optional['RosWorld'] = None  # set by RosWorld: to_msg builds its classes
+
+    def __init__(self, *, seconds: float = 0, nanoseconds: int = 0,
+                 clock_type: 'ClockType' = None) -> None:  # type: ignore[assignment]
+        clock_type = ClockType.SYSTEM_TIME if clock_type is None else clock_type
+        if not isinstance(clock_type, ClockType):
+            raise TypeError('Clock type must be a ClockType enum')
+        if seconds < 0:
+            raise ValueError('Seconds value must not be negative')
+        if nanoseconds < 0:
+            raise ValueError('Nanoseconds value must not be negative')
+        self.nanoseconds = int(seconds * S_TO_NS) + int(nanoseconds)
+        self.clock_type = clock_type
 
     def to_msg(self) -> Any:
+        assert self.world is not None
         sec, nanosec = divmod(self.nanoseconds, S_TO_NS)
-        return self._world.msg('builtin_interfaces/msg/Time')(sec=sec, nanosec=nanosec)
+        return self.world.msg('builtin_interfaces/msg/Time')(sec=sec, nanosec=nanosec)
 
 
 class Clock:
@@ -185,8 +217,8 @@ class Clock:
     def now(self) -> Time:
         assert self._world is not None
         if self.clock_type == ClockType.ROS_TIME and self._world.ros_time_ns is not None:
-            return Time(self._world.ros_time_ns, self._world)
-        return Time(time.time_ns(), self._world)
+            return Time(nanoseconds=self._world.ros_time_ns, clock_type=self.clock_type)
+        return Time(nanoseconds=time.time_ns(), clock_type=self.clock_type)
 
 
 class ReliabilityPolicy(enum.IntEnum):
@@ -884,6 +916,156 @@ def _lifecycle_module(world: 'RosWorld') -> Any:
     return module
 
 
+# --- tf2_ros ----------------------------------------------------------------------------
+
+class TransformException(Exception):
+    """tf2_py TransformException (tf2_ros re-exports tf2_py's names)."""
+
+
+class LookupException(TransformException):
+    """tf2_py LookupException: a frame that does not exist."""
+
+
+class ConnectivityException(TransformException):
+    """tf2_py ConnectivityException: frames in two unconnected trees."""
+
+
+class ExtrapolationException(TransformException):
+    """tf2_py ExtrapolationException."""
+
+
+class InvalidArgumentException(TransformException):
+    """tf2_py InvalidArgumentException."""
+
+
+class TimeoutException(TransformException):
+    """tf2_py TimeoutException."""
+
+
+def _quaternion_multiply(a: Tuple[float, ...], b: Tuple[float, ...]) -> Tuple[float, ...]:
+    """Return a * b of (x, y, z, w) quaternions."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return (aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz)
+
+
+def _rotate(q: Tuple[float, ...], v: Tuple[float, ...]) -> Tuple[float, ...]:
+    """Return the vector ``v`` rotated by the unit quaternion ``q``."""
+    conjugate = (-q[0], -q[1], -q[2], q[3])
+    x, y, z, _ = _quaternion_multiply(_quaternion_multiply(q, (v[0], v[1], v[2], 0.0)),
+                                      conjugate)
+    return (x, y, z)
+
+
+def _tf2_modules(world: 'RosWorld') -> Dict[str, Any]:
+    transform_stamped = world.msg('geometry_msgs/msg/TransformStamped')
+    tf_message = world.msg('tf2_msgs/msg/TFMessage')
+    time_msg = world.msg('builtin_interfaces/msg/Time')
+
+    class Buffer:
+        """tf2_ros.buffer.Buffer: parent <- child transforms, newest kept per child."""
+
+        def __init__(self, cache_time: Optional[Duration] = None, node: Any = None) -> None:
+            if cache_time is not None and not isinstance(cache_time, Duration):
+                raise TypeError('cache_time must be an rclpy.duration.Duration')
+            self._edges: Dict[str, Any] = {}  # child frame -> TransformStamped
+            self._lock = threading.Lock()
+            if node is not None:
+                self.srv = node.create_service(world.factory.service('tf2_msgs/srv/FrameGraph'),
+                                               'tf2_frames', lambda req, res: res)
+
+        def set_transform(self, transform: Any, authority: str) -> None:
+            if not isinstance(transform, transform_stamped):
+                raise TypeError('transform must be a geometry_msgs/TransformStamped')
+            with self._lock:
+                self._edges[transform.child_frame_id] = transform
+
+        set_transform_static = set_transform
+
+        def _chain(self, frame: str) -> List[str]:
+            chain = [frame]
+            while chain[-1] in self._edges and len(chain) < 100:
+                chain.append(self._edges[chain[-1]].header.frame_id)
+            return chain
+
+        def can_transform(self, target_frame: str, source_frame: str, time: Any,
+                          timeout: Duration = Duration(), return_debug_tuple: bool = False
+                          ) -> Any:
+            try:
+                self.lookup_transform(target_frame, source_frame, time)
+            except TransformException as exc:
+                return (False, str(exc)) if return_debug_tuple else False
+            return (True, '') if return_debug_tuple else True
+
+        def lookup_transform(self, target_frame: str, source_frame: str, time: Any,
+                             timeout: Duration = Duration()) -> Any:
+            if not isinstance(time, (Time, time_msg)):
+                raise TypeError('time must be an rclpy.time.Time or builtin_interfaces/Time')
+            if not isinstance(timeout, Duration):
+                raise TypeError('timeout must be an rclpy.duration.Duration')
+            with self._lock:
+                known = set(self._edges) | {t.header.frame_id for t in self._edges.values()}
+                for name, frame in (('target_frame', target_frame),
+                                    ('source_frame', source_frame)):
+                    if frame not in known and target_frame != source_frame:
+                        raise LookupException(f'"{frame}" passed to lookupTransform argument '
+                                              f'{name} does not exist. ')
+                chain = self._chain(source_frame)
+                if target_frame not in chain:
+                    raise ConnectivityException(
+                        f"Could not find a connection between '{target_frame}' and "
+                        f"'{source_frame}' because they are not part of the same tree.")
+                rotation: Tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)
+                translation: Tuple[float, ...] = (0.0, 0.0, 0.0)
+                for child in chain[:chain.index(target_frame)]:  # source up to target
+                    edge = self._edges[child].transform
+                    q = (edge.rotation.x, edge.rotation.y, edge.rotation.z, edge.rotation.w)
+                    moved = _rotate(q, translation)
+                    translation = (moved[0] + edge.translation.x,
+                                   moved[1] + edge.translation.y,
+                                   moved[2] + edge.translation.z)
+                    rotation = _quaternion_multiply(q, rotation)
+            out = transform_stamped(child_frame_id=source_frame)
+            out.header.frame_id = target_frame
+            out.transform.translation.x, out.transform.translation.y, \
+                out.transform.translation.z = (float(v) for v in translation)
+            out.transform.rotation.x, out.transform.rotation.y, out.transform.rotation.z, \
+                out.transform.rotation.w = (float(v) for v in rotation)
+            return out
+
+    class TransformListener:
+        """tf2_ros.transform_listener.TransformListener: /tf and /tf_static into a buffer."""
+
+        def __init__(self, buffer: Buffer, node: Any, *, spin_thread: bool = False,
+                     qos: Any = None, static_qos: Any = None) -> None:
+            if node is None:
+                raise NotImplementedError('the stand-in needs the node (spin_thread unmodelled)')
+            self.buffer = buffer
+            self.node = node
+            static_qos = static_qos or QoSProfile(depth=100,
+                                                  durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                                  history=HistoryPolicy.KEEP_LAST)
+            qos = qos or QoSProfile(depth=100, durability=DurabilityPolicy.VOLATILE,
+                                    history=HistoryPolicy.KEEP_LAST)
+            self.tf_sub = node.create_subscription(tf_message, '/tf', self.callback, qos)
+            self.tf_static_sub = node.create_subscription(tf_message, '/tf_static',
+                                                          self.static_callback, static_qos)
+
+        def callback(self, data: Any) -> None:
+            for transform in data.transforms:
+                self.buffer.set_transform(transform, 'default_authority')
+
+        def static_callback(self, data: Any) -> None:
+            for transform in data.transforms:
+                self.buffer.set_transform_static(transform, 'default_authority')
+
+    exceptions = {cls.__name__: cls for cls in (
+        TransformException, LookupException, ConnectivityException, ExtrapolationException,
+        InvalidArgumentException, TimeoutException)}
+    return {'buffer': Buffer, 'listener': TransformListener, 'exceptions': exceptions}
+
+
 # --- cv_bridge --------------------------------------------------------------------------
 
 class CvBridgeError(TypeError):
@@ -1067,7 +1249,8 @@ class RosWorld:
 
     def _build_modules(self) -> None:
         for package in ('builtin_interfaces', 'std_msgs', 'sensor_msgs', 'geometry_msgs',
-                        'vision_msgs', 'diagnostic_msgs', 'rcl_interfaces', 'lifecycle_msgs'):
+                        'vision_msgs', 'diagnostic_msgs', 'rcl_interfaces', 'lifecycle_msgs',
+                        'nav_msgs', 'tf2_msgs'):
             self._module(package)
             self._module(f'{package}.msg', **message_module(self.factory, package))
         self._module('std_srvs')
@@ -1088,6 +1271,16 @@ class RosWorld:
             return Clock(clock_type=clock_type, world=world)
 
         self._module('rclpy.clock', Clock=make_clock, ClockType=ClockType)
+        Time.world = self
+        self._module('rclpy.time', Time=Time)
+        self._module('rclpy.duration', Duration=Duration)
+        tf2 = _tf2_modules(self)
+        self._module('tf2_ros.buffer', Buffer=tf2['buffer'])
+        self._module('tf2_ros.transform_listener', TransformListener=tf2['listener'])
+        self._module('tf2_ros', Buffer=tf2['buffer'], TransformListener=tf2['listener'],
+                     buffer=self.modules['tf2_ros.buffer'],
+                     transform_listener=self.modules['tf2_ros.transform_listener'],
+                     **tf2['exceptions'])
         self._module('rclpy.qos', QoSProfile=QoSProfile, ReliabilityPolicy=ReliabilityPolicy,
                      InvalidQoSProfileException=InvalidQoSProfileException,
                      DurabilityPolicy=DurabilityPolicy, HistoryPolicy=HistoryPolicy)
@@ -1131,7 +1324,7 @@ class RosWorld:
         rclpy = self._module('rclpy', init=init, try_shutdown=try_shutdown,
                              logging=logging_module)
         for sub in ('node', 'parameter', 'exceptions', 'callback_groups', 'clock', 'qos',
-                    'executors', 'lifecycle'):
+                    'executors', 'lifecycle', 'time', 'duration'):
             setattr(rclpy, sub, self.modules[f'rclpy.{sub}'])
         self.modules['cv_bridge'] = _cv_bridge_module(self)
 

@@ -36,12 +36,14 @@ FIELD_DEFAULTS = {
     'humble': {},
 }
 # services are not in the rosbags stores: ros2/common_interfaces std_srvs/srv/SetBool.srv,
-# ros2/rcl_interfaces lifecycle_msgs/srv/ChangeState.srv and GetState.srv (humble = jazzy)
+# ros2/rcl_interfaces lifecycle_msgs/srv/ChangeState.srv and GetState.srv (humble = jazzy);
+# ros2/geometry2 tf2_msgs/srv/FrameGraph.srv (an empty request)
 SERVICES = {
     'std_srvs/srv/SetBool': ('bool data\n', 'bool success\nstring message\n'),
     'lifecycle_msgs/srv/ChangeState': ('lifecycle_msgs/Transition transition\n',
                                        'bool success\n'),
     'lifecycle_msgs/srv/GetState': ('', 'lifecycle_msgs/State current_state\n'),
+    'tf2_msgs/srv/FrameGraph': ('', 'string frame_yaml\n'),
 }
 
 _INT_RANGES = {

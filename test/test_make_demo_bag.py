@@ -65,6 +65,7 @@ def test_topics_rates_and_ground_truth(built):
     topics, messages = _messages(path)
     assert {name: info.msgtype for name, info in topics.items()} == {
         '/camera/image_raw/compressed': 'sensor_msgs/msg/CompressedImage',
+        '/camera/camera_info': 'sensor_msgs/msg/CameraInfo',
         '/gps/fix': 'sensor_msgs/msg/NavSatFix',
         '/ground_truth': 'vision_msgs/msg/Detection2DArray'}
     images = [m for t, _, m in messages if t == '/camera/image_raw/compressed']
@@ -72,7 +73,7 @@ def test_topics_rates_and_ground_truth(built):
     truth = [m for t, _, m in messages if t == '/ground_truth']
     assert len(images) == len(truth) == figures['frames'] > 80
     stamp = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in images]
-    assert np.median(np.diff(stamp)) == pytest.approx(0.25)
+    assert np.median(np.diff(stamp)) == pytest.approx(1.0 / 3.0)  # a leaf (1/3 m) at 1 m/s
     fix_stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in fixes]
     assert np.median(np.diff(fix_stamps)) == pytest.approx(0.2)
     assert images[0].header.frame_id == 'camera_optical_frame'
@@ -119,10 +120,38 @@ def test_deterministic_from_the_seed(tool, leaves_dir, tmp_path, built):
 def test_the_shipped_demo_bag():
     with BagReader(DEMO_BAG) as bag:
         assert bag.storage == 'mcap'
-        assert bag.topics['/camera/image_raw/compressed'].count > 150
+        assert bag.topics['/camera/image_raw/compressed'].count > 120
         frames = bag.topics['/camera/image_raw/compressed'].count
-        assert bag.topics['/ground_truth'].count == frames
+        assert bag.topics['/ground_truth'].count == bag.topics['/camera/camera_info'].count \
+            == frames
         assert bag.topics['/gps/fix'].count > 250
     size = sum(os.path.getsize(os.path.join(DEMO_BAG, f)) for f in os.listdir(DEMO_BAG))
     assert size < 16e6
     assert os.path.isfile(os.path.join(REPO, 'demo', 'README.md'))
+
+
+def test_camera_info_and_leaves_where_the_geometry_puts_them(tool, built):
+    """Each leaf is in its frame where a left-looking pinhole 0.75 m away puts it."""
+    figures, path, _ = built
+    _, messages = _messages(path)
+    infos = [m for t, _, m in messages if t == '/camera/camera_info']
+    truth = [m for t, _, m in messages if t == '/ground_truth']
+    assert len(infos) == figures['frames']
+    info = infos[0]
+    assert (info.width, info.height, info.distortion_model) == (768, 256, 'plumb_bob')
+    assert list(info.k) == [576.0, 0.0, 383.5, 0.0, 576.0, 127.5, 0.0, 0.0, 1.0]
+    assert info.header.frame_id == 'camera_optical_frame' and not any(info.d)
+    args = tool.parse_args(['x', '--row-length-m', '10'])
+    track = tool.Track(args)
+    t0_ns = int(tool.START_UTC.timestamp()) * tool.NS
+    spacing_m = args.footprint_m / 3
+    for msg in truth:
+        _, place = track.at((msg.header.stamp.sec * tool.NS + msg.header.stamp.nanosec
+                             - t0_ns) / tool.NS)
+        row, along_m = place
+        forward = 1.0 if row % 2 == 0 else -1.0  # the image's right is ahead
+        for detection in msg.detections:
+            column = int(detection.id.split('/leaf')[1].split('.')[0])
+            centre_px = detection.bbox.center.position.x - 0.5  # pixel centre
+            seen_m = along_m + forward * (centre_px - 383.5) * 0.75 / 576.0
+            assert seen_m == pytest.approx((column + 0.5) * spacing_m, abs=1e-3)

@@ -105,7 +105,7 @@ def test_transitions_create_and_release_what_each_state_needs(world, tiny_model_
         assert world.change_state(NODE, 'activate')
         assert world.lifecycle_state(NODE) == 'active'
         assert all(p.is_activated for p in world.publishers.values())
-        assert set(world.subscriptions) == {'/image', '/fix'} and world.timers
+        assert set(world.subscriptions) == {'/image', '/fix', '/camera_info'} and world.timers
         assert published(world, f'{NODE}/label_info') == 1
         assert any(t.startswith(READY_PREFIX) for t in world.log_texts('info'))
         send_frame(world, mosaic, T0)

@@ -146,7 +146,8 @@ def stop(node: Any) -> None:
 def test_start_declares_subscribes_and_logs_ready(world, tiny_model_path):
     node = start(world, tiny_model_path)
     try:
-        assert set(world.subscriptions) == {'/image', '/fix'}
+        # camera_info: beside the image, as image_transport pairs them
+        assert set(world.subscriptions) == {'/image', '/fix', '/camera_info'}
         assert set(world.publishers) >= {f'{NODE}/detections', f'{NODE}/detections/fix',
                                          f'{NODE}/geo_detections', f'{NODE}/label_info',
                                          f'{NODE}/debug_image', '/diagnostics'}
@@ -165,7 +166,7 @@ def test_start_declares_subscribes_and_logs_ready(world, tiny_model_path):
 
 def test_image_and_fixes_give_detections_a_positioned_fix_and_geo_detections(
         world, tiny_model_path, mosaic):
-    node = start(world, tiny_model_path)
+    node = start(world, tiny_model_path, ground_positions=False)  # findings at the camera
     try:
         stamp = T0 + 123_456_789
         send_frame(world, mosaic, stamp)
@@ -182,6 +183,7 @@ def test_image_and_fixes_give_detections_a_positioned_fix_and_geo_detections(
         assert fix.longitude == pytest.approx(LON)
         assert list(fix.position_covariance)[::4] == pytest.approx([0.04, 0.04, 0.09])
         # ~/geo_detections: the findings in UTM metres, frame utm, ids shared with 2D
+        assert 'ground positions' not in ' '.join(world.log_texts('info'))
         assert geo.header.frame_id == 'utm' and len(geo.detections) >= 1
         utm = latlon_to_utm(fix.latitude, fix.longitude)
         ids_2d = {d.id for d in detections.detections}
@@ -222,7 +224,8 @@ def test_a_mono_jpeg_compressed_frame_is_detected(world, tiny_model_path, mosaic
     node = start(world, tiny_model_path, image_transport='compressed',
                  min_vegetation_fraction=0.0)
     try:
-        assert set(world.subscriptions) == {'/image/compressed', '/fix'}
+        # image_transport's base topic of image/compressed is image: its pair /camera_info
+        assert set(world.subscriptions) == {'/image/compressed', '/fix', '/camera_info'}
         world.deliver('/image/compressed', msg)
         (detections,) = world.wait_for(f'{NODE}/detections', 1)
         assert len(detections.detections) == 6
@@ -671,6 +674,87 @@ def test_the_node_classifies_with_the_site_it_is_given(world, tmp_path, mosaic):
         stop(node)
 
 
+# --- ground positions: each finding at its leaf (geo/leaf_position.py) --------------------
+
+FX_PX = 576.0  # the mosaic's camera: 768x512, principal point at the image centre
+CANOPY_M = 0.75
+
+
+def camera_info_msg(world: Any, stamp_ns: int) -> Any:
+    """Return the calibrated sensor_msgs/CameraInfo of the 768x512 mosaic's camera."""
+    return world.msg('sensor_msgs/msg/CameraInfo')(
+        header=header(world, stamp_ns), width=768, height=512, distortion_model='plumb_bob',
+        d=[0.0] * 5, k=[FX_PX, 0.0, 383.5, 0.0, FX_PX, 255.5, 0.0, 0.0, 1.0],
+        r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        p=[FX_PX, 0.0, 383.5, 0.0, 0.0, FX_PX, 255.5, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+@pytest.fixture(scope='module')
+def edges(mosaic) -> np.ndarray:
+    """Return the mosaic with its bottom-right tile (a finding) copied to the bottom left."""
+    frame = mosaic.copy()
+    frame[256:, :256] = mosaic[256:, 512:]
+    return frame
+
+
+def placed_findings(detections: Any, geo: Any) -> Dict[str, Any]:
+    """Return finding id -> (tile centre pixel x, easting m, northing m) of a frame."""
+    # vision_msgs box centres are continuous (x0 + x1) / 2; a pixel centre is 0.5 less
+    centre_x = {d.id: d.bbox.center.position.x - 0.5 for d in detections.detections}
+    return {d.id: (centre_x[d.id], d.bbox.center.position.x, d.bbox.center.position.y)
+            for d in geo.detections}
+
+
+def expected_utm(centre_x_px: float) -> Any:
+    """
+    Return where a tile's leaf is, worked by hand for the mosaic's frames.
+
+    The robot drives north (the fixes of :func:`send_frame`), the camera looks left
+    (west) at a canopy 0.75 m away; facing west, the image's right is north: a tile
+    ``u`` px right of the principal point is ``u * 0.75 / 576`` m north of the camera.
+    """
+    from leaf_disease_ros.geo.geodesy import offset_latlon
+
+    lat, lon = offset_latlon(LAT + 0.5e-5, LON, -CANOPY_M,
+                             (centre_x_px - 383.5) * CANOPY_M / FX_PX)
+    return latlon_to_utm(lat, lon)
+
+
+def check_leaf_positions(found: Dict[str, Any]) -> None:
+    """Each finding at its hand-worked leaf within 2 cm; left and right edge apart."""
+    assert len(found) >= 2, found
+    for centre_x, easting, northing in found.values():
+        utm = expected_utm(centre_x)
+        assert (easting, northing) == pytest.approx((utm.easting_m, utm.northing_m), abs=0.02)
+    columns = {centre_x: (easting, northing) for centre_x, easting, northing in found.values()}
+    if 127.5 in columns and 639.5 in columns:  # the image's left and right edge tiles
+        (e0, n0), (e2, n2) = columns[127.5], columns[639.5]
+        assert np.hypot(e2 - e0, n2 - n0) == pytest.approx(512 * CANOPY_M / FX_PX, abs=0.02)
+
+
+def test_camera_info_and_the_mount_place_each_finding_at_its_leaf(world, tiny_model_path,
+                                                                  edges):
+    node = start(world, tiny_model_path, mount_yaw_deg=90.0, canopy_distance_m=CANOPY_M)
+    try:
+        assert f'{NODE}/odom' not in world.subscriptions  # heading_source course
+        world.deliver('/camera_info', camera_info_msg(world, T0))  # image_transport's pair
+        assert any('camera model camera_info' in t for t in world.log_texts('info'))
+        send_frame(world, edges, T0)
+        (detections,) = world.wait_for(f'{NODE}/detections', 1)
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 1)
+        roundtrip(world, geo)
+        found = placed_findings(detections, geo)
+        check_leaf_positions(found)
+        # the tiles of the image's three columns are three places along the row
+        assert len({round(northing, 2) for _, _, northing in found.values()}) == \
+            len({centre_x for centre_x, _, _ in found.values()})
+        # the covariance: RTK (0.04 m2) plus heading, canopy distance and tile footprint
+        covariance = geo.detections[0].results[0].pose.covariance
+        assert covariance[0] > 0.04 and covariance[7] > 0.04
+    finally:
+        stop(node)
+
+
 def test_a_site_of_another_model_fails_at_start(world, tmp_path, tiny_model_path):
     from leaf_disease_ros.perception.site_model import SiteError
     from tiny_model import make_tiny_model
@@ -679,3 +763,88 @@ def test_a_site_of_another_model_fails_at_start(world, tmp_path, tiny_model_path
     (tmp_path / 'site.json').write_text(json.dumps(_site_doc(card, 1)))
     with pytest.raises(SiteError, match=r'was made for model tiny@[0-9a-f]{12}, not tiny@'):
         start(world, tiny_model_path, site_path=str(tmp_path / 'site.json'))
+
+
+def test_without_camera_info_the_hfov_fallback_places_findings(world, tiny_model_path,
+                                                               edges):
+    # camera_hfov_deg 67.4: 768 px wide with f = 384 / tan(33.7 deg) = 576 px
+    node = start(world, tiny_model_path, camera_hfov_deg=2 * np.degrees(np.arctan(384 / FX_PX)),
+                 canopy_distance_m=CANOPY_M)
+    try:
+        send_frame(world, edges, T0)
+        (detections,) = world.wait_for(f'{NODE}/detections', 1)
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 1)
+        check_leaf_positions(placed_findings(detections, geo))
+    finally:
+        stop(node)
+
+
+def transform_msg(world: Any, parent: str, child: str, xyz: Any, xyzw: Any) -> Any:
+    """Return a geometry_msgs/TransformStamped parent <- child."""
+    transform = world.msg('geometry_msgs/msg/TransformStamped')(
+        header=header(world, T0, parent), child_frame_id=child)
+    translation, rotation = transform.transform.translation, transform.transform.rotation
+    translation.x, translation.y, translation.z = (float(v) for v in xyz)
+    rotation.x, rotation.y, rotation.z, rotation.w = (float(v) for v in xyzw)
+    return transform
+
+
+def test_mount_from_tf_takes_the_camera_rotation_from_the_tf_chain(world, tiny_model_path,
+                                                                   edges):
+    # the parameters say "looks right": TF (looks left) must win
+    node = start(world, tiny_model_path, mount_from_tf=True, mount_yaw_deg=-90.0,
+                 canopy_distance_m=CANOPY_M)
+    try:
+        world.deliver('/camera_info', camera_info_msg(world, T0))
+        send_frame(world, edges, T0)  # before TF: at the camera, flagged, a warning
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 1)
+        utm = latlon_to_utm(LAT + 0.5e-5, LON)
+        for det in geo.detections:
+            position = det.bbox.center.position
+            assert (position.x, position.y) == pytest.approx((utm.easting_m, utm.northing_m),
+                                                             abs=1e-3)
+        assert any("no transform base_link -> 'camera'" in t
+                   for t in world.log_texts('warning'))
+        # base_link -> camera_link (turned 90 deg left, 1 m up) -> camera (optical frame:
+        # z forward, x right, y down; REP 103 / REP 105)
+        half = float(np.sqrt(0.5))
+        tf_static = world.msg('tf2_msgs/msg/TFMessage')(transforms=[
+            transform_msg(world, 'base_link', 'camera_link', (0.2, 0.3, 1.0),
+                          (0.0, 0.0, half, half)),
+            transform_msg(world, 'camera_link', 'camera', (0.0, 0.0, 0.0),
+                          (-0.5, 0.5, -0.5, 0.5))])
+        world.deliver('/tf_static', tf_static)
+        send_frame(world, edges, T0 + 10 * NS)  # fixes of its own (no interpolation across)
+        (detections,) = world.wait_for(f'{NODE}/detections', 2)[1:]
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 2)[1:]
+        check_leaf_positions(placed_findings(detections, geo))
+        assert any('camera mount from TF base_link -> camera' in t
+                   for t in world.log_texts('info'))
+    finally:
+        stop(node)
+
+
+def test_odometry_gives_the_heading_and_depth_images_are_taken(world, tiny_model_path,
+                                                               edges):
+    node = start(world, tiny_model_path, heading_source='odometry', depth_enabled=True,
+                 canopy_distance_m=CANOPY_M)
+    try:
+        world.deliver('/camera_info', camera_info_msg(world, T0))
+        odometry = world.msg('nav_msgs/msg/Odometry')(header=header(world, T0, 'odom'))
+        half = float(np.sqrt(0.5))
+        odometry.pose.pose.orientation.z, odometry.pose.pose.orientation.w = half, half
+        world.deliver('/odom', odometry)  # yaw 90 deg in ENU: north, as the fixes
+        # the depth image says the canopy is 0.75 m away everywhere (16UC1 millimetres)
+        depth = np.full((512, 768), 750, dtype=np.uint16)
+        world.deliver('/depth', world.msg('sensor_msgs/msg/Image')(
+            header=header(world, T0), height=512, width=768, encoding='16UC1',
+            is_bigendian=0, step=768 * 2, data=depth.tobytes()))
+        send_frame(world, edges, T0)
+        (detections,) = world.wait_for(f'{NODE}/detections', 1)
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 1)
+        check_leaf_positions(placed_findings(detections, geo))
+        report = node._locator.report()
+        assert report['heading_sources'] == {'odometry': 1}
+        assert set(report['placed']) == {'depth'}
+    finally:
+        stop(node)

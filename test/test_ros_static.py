@@ -35,7 +35,9 @@ ROS_PACKAGES = {'rclpy', 'rclcpp', 'launch', 'launch_ros', 'launch_testing',
                 'builtin_interfaces'}
 # rosdep keys of the Python libraries the package imports
 PYTHON_DEPS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml',
-               'onnxruntime': 'python3-onnxruntime-pip', 'pytest': 'python3-pytest'}
+               'onnxruntime': 'python3-onnxruntime-pip', 'pytest': 'python3-pytest',
+               # the module tf2_ros ships in tf2_ros_py (ros2/geometry2 tf2_ros_py/package.xml)
+               'tf2_ros': 'tf2_ros_py'}
 LOCAL = {'leaf_disease_ros', 'conftest', 'tiny_model'}
 
 
@@ -357,12 +359,13 @@ def test_launch_check_can_fail():
 
 TOPICS_OUT = {'~/detections', '~/detections/fix', '~/geo_detections', '~/label_info',
               '~/debug_image', '/diagnostics'}
-TOPICS_IN = {'image', 'image/compressed', 'fix'}
+TOPICS_IN = {'image', 'image/compressed', 'fix', 'odom', 'imu', 'depth'}
 SERVICES = {'~/enable'}
 # exception names the node may catch, and where the broad ones are allowed
 NARROW = {'FrameError', 'InferenceError', 'self._bridge_error',
           'InvalidParameterTypeException', 'InvalidParameterValueException',
-          'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException', 'OSError'}
+          'LeafDiseaseError', 'KeyboardInterrupt', 'ExternalShutdownException', 'OSError',
+          'CameraGeometryError', 'TransformException'}
 # broader catches, each allowed in the functions named only: the worker's last resort,
 # the publishing path (no exception from it may end the worker), start-up clean-up, the
 # lifecycle transitions (rclpy turns an exception there into ERROR and logs nothing:
@@ -395,7 +398,9 @@ def test_the_node_uses_the_topic_and_service_names_of_the_design():
     assert names_in(1, 'create_publisher', tree) == {'<variable topic>'}
     assert names_in(1, 'create_lifecycle_publisher', tree) == {'<variable topic>'}
     subscribed = names_in(1, 'create_subscription', tree)
-    assert subscribed == {'fix', '<variable name>'}
+    # camera_info: beside the image (image_transport's pairing) or camera_info_topic
+    assert subscribed == {'fix', '<variable name>', '<variable info_topic>', 'odom', 'imu',
+                          'depth'}
     for topic in TOPICS_IN:
         assert f"'{topic}'" in read(NODE)
     assert names_in(1, 'create_service', tree) == SERVICES

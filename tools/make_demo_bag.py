@@ -9,12 +9,21 @@ Usage::
 
 What it writes (all stamps from one simulated clock, deterministic from ``--seed``):
 
-- ``/camera/image_raw/compressed`` (sensor_msgs/CompressedImage, JPEG, ``--rate-hz``):
-  frames are mosaics of whole 256 px PlantVillage leaf photos, ``--grid`` columns x
-  rows (default 3x1: 768x256), the leaves the camera sees at that point of the row.
-  Leaves sit along each row at a fixed spacing (the camera's footprint / columns),
-  so consecutive frames see the same leaves shifted, as a real camera would. The
-  camera is off during the headland turns.
+- ``/camera/image_raw/compressed`` (sensor_msgs/CompressedImage, JPEG): frames are
+  mosaics of whole 256 px PlantVillage leaf photos, ``--grid`` columns x rows (default
+  3x1: 768x256), the leaves the camera sees at that point of the row. Leaves sit along
+  each row at a fixed spacing (the camera's footprint / columns). The camera is
+  triggered by distance (as a wheel-odometry trigger would): once per leaf spacing,
+  when the optical axis points at the gap between two leaves' columns, so every leaf
+  is in a frame exactly where the camera geometry below puts it, and each leaf is seen
+  in ``columns`` consecutive frames, shifted by one tile. The camera is off during the
+  headland turns.
+- ``/camera/camera_info`` (sensor_msgs/CameraInfo, with each frame, image_transport's
+  pair of the image topic): the camera looks **left**, square to the row, level,
+  ``--canopy-distance-m`` (0.75 m) from the canopy, which it sees ``--footprint-m``
+  (1 m) wide: a pinhole without distortion, fx = fy = width x distance / footprint
+  (576 px), principal point at the image centre (cx = 383.5, cy = 127.5). Facing left,
+  the image's right is the direction of travel, in both directions of travel.
 - ``/gps/fix`` (sensor_msgs/NavSatFix, 5 Hz) along the track: RTK fix (GBAS_FIX, 2 cm
   noise) most of the time, a stretch of degraded plain FIX (0.6 m noise, large
   covariance) in the second row, and a GPS outage (NO_FIX, NaN coordinates) in the
@@ -50,6 +59,7 @@ from leaf_disease_ros.training.dataset import grouped_split, list_class_folders,
 NS = 1_000_000_000
 LEAF_PX = 256
 IMAGE_TOPIC = '/camera/image_raw/compressed'
+CAMERA_INFO_TOPIC = '/camera/camera_info'
 FIX_TOPIC = '/gps/fix'
 GROUND_TRUTH_TOPIC = '/ground_truth'
 CAMERA_FRAME = 'camera_optical_frame'
@@ -87,11 +97,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--row-spacing-m', type=float, default=2.5)
     parser.add_argument('--speed-mps', type=float, default=1.0)
     parser.add_argument('--turn-speed-mps', type=float, default=0.6)
-    parser.add_argument('--rate-hz', type=float, default=4.0, help='camera rate')
     parser.add_argument('--gps-rate-hz', type=float, default=5.0)
     parser.add_argument('--grid', default='3x1', help='leaves per frame, COLSxROWS')
     parser.add_argument('--footprint-m', type=float, default=1.0,
                         help='length of row the camera sees')
+    parser.add_argument('--canopy-distance-m', type=float, default=0.75,
+                        help='optical centre to canopy (the default canopy_distance_m)')
     parser.add_argument('--jpeg-quality', type=int, default=85)
     return parser.parse_args(argv)
 
@@ -179,6 +190,28 @@ class Track:
             start += duration
         raise ValueError(t_s)  # pragma: no cover - the last segment catches every t
 
+    def trigger_times(self, spacing_m: float, cols: int) -> List[float]:
+        """
+        Return the camera's trigger times (s), in time order.
+
+        In each row, the camera fires where its optical axis is at
+        ``(n + cols / 2) * spacing_m`` along the row (leaf n in the image's edge column).
+        """
+        args = self.args
+        times = []
+        start = 0.0
+        for kind, row, duration in self.segments:
+            if kind == 'row':
+                lead = self.lead_in_m if row == 0 else 0.0
+                n = 0
+                while (n + cols / 2.0) * spacing_m <= args.row_length_m + 1e-9:
+                    along = (n + cols / 2.0) * spacing_m
+                    travelled = along if row % 2 == 0 else args.row_length_m - along
+                    times.append(start + (lead + travelled) / args.speed_mps)
+                    n += 1
+            start += duration
+        return sorted(times)
+
 
 def gnss_condition(place: Optional[Tuple[int, float]]) -> str:
     """Return 'rtk', 'degraded' or 'outage' for a point of the track."""
@@ -242,14 +275,12 @@ def build(args: argparse.Namespace) -> Dict[str, float]:
         (east, north), place = track.at(t)
         events.append((t0_ns + int(t * NS) + 25_000_000, 'fix', t0_ns + int(t * NS),
                        (east, north, gnss_condition(place))))
-    cam_period = 1.0 / args.rate_hz
-    for k in range(int(track.duration_s / cam_period) + 1):
-        t = k * cam_period
+    for t in track.trigger_times(spacing_m, cols):
         _, place = track.at(t)
-        if place is None or not 0.0 <= place[1] <= args.row_length_m:
-            continue  # camera off in the turns and before the row
+        if place is None:
+            raise SystemExit(f'a trigger at {t:.3f} s is not in a row')  # pragma: no cover
         jitter_ns = int(rng.integers(0, 6_000_000))
-        stamp = t0_ns + int(t * NS)
+        stamp = t0_ns + int(round(t * NS))
         events.append((stamp + 12_000_000 + jitter_ns, 'image', stamp, place))
     events.sort(key=lambda e: (e[0], e[1]))
 
@@ -260,6 +291,11 @@ def build(args: argparse.Namespace) -> Dict[str, float]:
                                          typestore=store)
         truth_conn = writer.add_connection(GROUND_TRUTH_TOPIC,
                                            'vision_msgs/msg/Detection2DArray', typestore=store)
+        info_conn = writer.add_connection(CAMERA_INFO_TOPIC, 'sensor_msgs/msg/CameraInfo',
+                                          typestore=store)
+        width_px, height_px = cols * LEAF_PX, rows_per_frame * LEAF_PX
+        focal_px = width_px * args.canopy_distance_m / args.footprint_m
+        cx_px, cy_px = (width_px - 1) / 2.0, (height_px - 1) / 2.0
         for log_ns, kind, stamp, payload in events:
             if kind == 'fix':
                 east, north, condition = payload
@@ -295,7 +331,7 @@ def build(args: argparse.Namespace) -> Dict[str, float]:
                 figures['fixes'] += 1
                 continue
             row, along = payload
-            first = int(round(along / spacing_m - cols / 2.0))
+            first = int(round(along / spacing_m - cols / 2.0))  # exact: trigger_times
             first = min(max(first, 0), columns_per_row - cols)
             mosaic = np.zeros((rows_per_frame * LEAF_PX, cols * LEAF_PX, 3), dtype=np.uint8)
             detections = []
@@ -327,6 +363,18 @@ def build(args: argparse.Namespace) -> Dict[str, float]:
             ok, jpeg = cv2.imencode('.jpg', mosaic, [cv2.IMWRITE_JPEG_QUALITY, args.jpeg_quality])
             if not ok:
                 raise SystemExit('OpenCV could not encode a JPEG')
+            info = T['sensor_msgs/msg/CameraInfo'](
+                header=header, height=height_px, width=width_px, distortion_model='plumb_bob',
+                d=np.zeros(5, dtype=np.float64),
+                k=np.array([focal_px, 0.0, cx_px, 0.0, focal_px, cy_px, 0.0, 0.0, 1.0]),
+                r=np.eye(3).reshape(9),
+                p=np.array([focal_px, 0.0, cx_px, 0.0, 0.0, focal_px, cy_px, 0.0,
+                            0.0, 0.0, 1.0, 0.0]),
+                binning_x=0, binning_y=0,
+                roi=T['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0,
+                                                          width=0, do_rectify=False))
+            writer.write(info_conn, log_ns - 1_000_000,
+                         store.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo'))
             image = T['sensor_msgs/msg/CompressedImage'](
                 header=header, format='jpeg', data=np.frombuffer(jpeg.tobytes(), np.uint8))
             writer.write(image_conn, log_ns,

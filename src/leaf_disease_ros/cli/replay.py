@@ -106,6 +106,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     topics.add_argument('--ground-truth-topic', default='',
                         help=f'vision_msgs/Detection2DArray (default: '
                              f'{DEFAULT_GROUND_TRUTH_TOPIC})')
+    topics.add_argument('--camera-info-topic', default='',
+                        help='sensor_msgs/CameraInfo of the camera (default: camera_info beside '
+                             "the image topic, as image_transport pairs them, else the bag's "
+                             'only CameraInfo topic; none: the camera_hfov_deg fallback). The '
+                             'mount is the mount_* parameters (--param, --params-file)')
     topics.add_argument('--node-name', default=DEFAULT_NODE_NAME,
                         help='name of the node whose output topics the output bag holds '
                              '(/NAME/detections...; default: %(default)s, as the node)')
@@ -272,6 +277,17 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                     if findings['features'] else '')
                  + (f"; {findings['outside_utm']} beyond UTM (not in geo_detections)"
                     if findings.get('outside_utm') else ''))
+    placement = metrics.get('placement', {})
+    if placement.get('enabled') and placement.get('placed'):
+        placed = placement['placed']
+        at_camera = placed.get('camera', 0)
+        at_leaf = sum(v for k, v in placed.items() if k != 'camera')
+        why = placement.get('not_placed_because', {})
+        lines.append(f'placed: {at_leaf} findings at the leaf, {at_camera} at the camera'
+                     + (f" ({', '.join(f'{k}: {v}' for k, v in why.items())})" if why else '')
+                     + f"; camera model {placement['camera']}"
+                     + (f" from {placement['camera_info_topic']}"
+                        if placement.get('camera_info_topic') else ''))
     held = findings.get('held', {})
     if held.get('count'):
         lines.append(f"held back: {held['count']} diseased tiles kept off the map and "
@@ -345,7 +361,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         options = ReplayOptions(
             bag_path=bag, out_dir=folder.staging, image_topic=args.image_topic,
             fix_topic=args.fix_topic, ground_truth_topic=args.ground_truth_topic,
-            parameters=parameters, max_frames=args.max_frames,
+            camera_info_topic=args.camera_info_topic, parameters=parameters,
+            max_frames=args.max_frames,
             node_name=args.node_name, write_bag=not args.no_output_bag, observers=observers,
             gallery_size=args.gallery, save_tiles=args.save_tiles)
         progress = None if args.no_progress else ProgressBar(err)

@@ -368,6 +368,12 @@ class FixBuffer:
                     return True
         return False
 
+    def course_at(self, stamp_ns: int, window_s: float) -> Tuple[Optional[float], float, str]:
+        """Return :func:`course_over_ground` of the fixes within ``window_s`` around a stamp."""
+        with self._lock:
+            window = self._window(stamp_ns, window_s)
+        return course_over_ground(window)
+
     def _window(self, stamp_ns: int, window_s: float) -> List[Fix]:
         half_ns = int(window_s * _NS_PER_S / 2)
         lo = bisect.bisect_left(self._stamps, stamp_ns - half_ns)

@@ -10,7 +10,15 @@ sightings into map features with a greedy, online rule:
   ``merge_radius_m`` (strictly); otherwise it starts a new feature;
 - a feature's centre is the mean of its sightings' positions; it keeps the count,
   the best and mean score, and the first and last stamp (its time span);
-- ``merge_radius_m = 0`` merges nothing.
+- ``merge_radius_m = 0`` merges nothing;
+- with ground positions (a sighting carrying its horizontal covariance, the leaf's own
+  position from ``geo/leaf_position.py``) and ``gate_sigma > 0``, the radius follows
+  the covariance: the sighting joins only when its offset from the centre is within
+  ``gate_sigma`` sigmas of their combined covariance (Mahalanobis distance; the
+  feature's covariance is the mean of its sightings'), still below
+  ``merge_radius_m``: centimetres with RTK, the radius without it. A feature that
+  already holds a sighting of the same frame (same stamp) is not joined: two tiles
+  of one frame are two places by construction.
 
 :meth:`FindingMerger.add` returns the index of the feature the sighting joined, so
 :mod:`leaf_disease_ros.geo.evidence` counts repeated sightings of one spot with the
@@ -76,6 +84,26 @@ class Sighting:
     longitude_deg: float
     stamp_ns: int
     confirmed: bool = False  # passed the evidence rule (geo/evidence.py)
+    #: (var_east, cov_east_north, var_north) m^2 of a ground position; zeros = unknown
+    covariance_en_m2: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def has_covariance(self) -> bool:
+        """Return whether the sighting carries a ground position's covariance."""
+        return self.covariance_en_m2[0] > 0.0 and self.covariance_en_m2[2] > 0.0
+
+
+def sighting_at(label: str, score: float, position: Any, stamp_ns: int,
+                confirmed: bool = False) -> Sighting:
+    """
+    Return the sighting of a finding at a ``GroundPosition`` (``perception/positions.py``).
+
+    A leaf position carries its covariance (the covariance gate); the camera's position
+    (no ground position) does not: it merges by radius, as all tiles of a frame share it.
+    """
+    covariance = position.horizontal_covariance_m2() if position.at_leaf else (0.0, 0.0, 0.0)
+    return Sighting(label, score, position.latitude_deg, position.longitude_deg, stamp_ns,
+                    confirmed, covariance)
 
 
 @dataclass(frozen=True)
@@ -109,7 +137,7 @@ class _Cluster:
 
     __slots__ = ('label', 'east_m', 'north_m', 'count', 'score_max', 'score_sum',
                  'first_stamp_ns', 'last_stamp_ns', 'cell', 'confirmed_count',
-                 'index')
+                 'index', 'covariance', 'covariance_count', 'last_leaf_stamp_ns')
 
     def __init__(self, sighting: Sighting, east_m: float, north_m: float) -> None:
         self.label = sighting.label
@@ -123,8 +151,20 @@ class _Cluster:
         self.cell: Tuple[int, int] = (0, 0)
         self.confirmed_count = int(sighting.confirmed)
         self.index = 0  # position in FindingMerger's list
+        self.covariance = np.zeros(3)
+        self.covariance_count = 0
+        self.last_leaf_stamp_ns: Optional[int] = None
+        self._add_covariance(sighting)
+
+    def _add_covariance(self, sighting: Sighting) -> None:
+        if sighting.has_covariance:
+            self.covariance_count += 1
+            self.covariance += (np.asarray(sighting.covariance_en_m2) - self.covariance) \
+                / self.covariance_count
+            self.last_leaf_stamp_ns = sighting.stamp_ns
 
     def add(self, sighting: Sighting, east_m: float, north_m: float) -> None:
+        self._add_covariance(sighting)
         self.count += 1
         self.east_m += (east_m - self.east_m) / self.count
         self.north_m += (north_m - self.north_m) / self.count
@@ -138,10 +178,13 @@ class _Cluster:
 class FindingMerger:
     """Merges sightings into map features online (rule in the module docstring)."""
 
-    def __init__(self, merge_radius_m: float) -> None:
+    def __init__(self, merge_radius_m: float, gate_sigma: float = 0.0) -> None:
         if not merge_radius_m >= 0.0:
             raise ValueError(f'merge_radius_m must be >= 0, got {merge_radius_m}')
+        if not gate_sigma >= 0.0:
+            raise ValueError(f'gate_sigma must be >= 0, got {gate_sigma}')
         self._radius_m = float(merge_radius_m)
+        self._gate_sigma = float(gate_sigma)
         # Cells at least 1 mm wide so a zero radius still indexes.
         self._cell_m = max(self._radius_m, 1e-3)
         self._origin: Optional[Tuple[float, float]] = None
@@ -181,7 +224,8 @@ class FindingMerger:
             for dy in (-1, 0, 1):
                 for cluster in self._grid.get((sighting.label, cx + dx, cy + dy), ()):
                     distance = math.hypot(cluster.east_m - east, cluster.north_m - north)
-                    if distance < best_distance:
+                    if distance < best_distance and self._within_gate(
+                            sighting, cluster, east - cluster.east_m, north - cluster.north_m):
                         best, best_distance = cluster, distance
         if best is None:
             cluster = _Cluster(sighting, east, north)
@@ -197,6 +241,24 @@ class FindingMerger:
             best.cell = cell
             self._grid.setdefault((best.label,) + cell, []).append(best)
         return best.index
+
+    def _within_gate(self, sighting: Sighting, cluster: _Cluster, east_m: float,
+                     north_m: float) -> bool:
+        """Return whether the covariance rule lets ``sighting`` join ``cluster``."""
+        if not sighting.has_covariance or cluster.covariance_count == 0:
+            return True  # a camera position: the radius alone
+        if cluster.last_leaf_stamp_ns == sighting.stamp_ns:
+            return False  # another tile of the same frame: another place
+        if self._gate_sigma <= 0.0:
+            return True
+        var_e, cov_en, var_n = (a + b for a, b in zip(sighting.covariance_en_m2,
+                                                      cluster.covariance))
+        determinant = var_e * var_n - cov_en * cov_en
+        if determinant <= 0.0:
+            return True
+        squared = (var_n * east_m * east_m - 2.0 * cov_en * east_m * north_m
+                   + var_e * north_m * north_m) / determinant
+        return bool(squared <= self._gate_sigma ** 2)
 
     def features(self) -> List[MapFeature]:
         """Return the merged features in order of first sighting."""
@@ -215,9 +277,10 @@ class FindingMerger:
         return out
 
 
-def merge_sightings(sightings: Sequence[Sighting], merge_radius_m: float) -> List[MapFeature]:
+def merge_sightings(sightings: Sequence[Sighting], merge_radius_m: float,
+                    gate_sigma: float = 0.0) -> List[MapFeature]:
     """Return the features of ``sightings`` (sorted by stamp first) merged within a radius."""
-    merger = FindingMerger(merge_radius_m)
+    merger = FindingMerger(merge_radius_m, gate_sigma)
     for sighting in sorted(sightings, key=lambda s: s.stamp_ns):
         merger.add(sighting)
     return merger.features()

@@ -40,6 +40,7 @@ BACKENDS = ('auto', 'onnxruntime', 'tensorrt')
 ONNX_PROVIDERS = ('auto', 'cpu', 'cuda')
 IMAGE_TRANSPORTS = ('raw', 'compressed')
 QOS_RELIABILITIES = ('best_effort', 'reliable')
+HEADING_SOURCES = ('course', 'odometry', 'imu')
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,67 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('heading_window_s', DOUBLE, 2.0,
               'Span of fixes around the image stamp used for the course over ground.',
               'gps', min_value=0.05, max_value=60.0),
+    # --- camera geometry: where each finding is (docs/robot.md) -------------------
+    ParamSpec('ground_positions', BOOL, True,
+              "Place each finding at its leaf: the tile's ray met with the canopy plane (or "
+              'the depth image); false = every finding at the camera position.',
+              'camera', read_only=True),
+    ParamSpec('camera_info_topic', STRING, '',
+              'Node: sensor_msgs/CameraInfo topic; empty = camera_info beside the image topic '
+              "(image_transport's pairing). Replay: --camera-info-topic.",
+              'camera', read_only=True),
+    ParamSpec('camera_rectified', BOOL, False,
+              "The image is rectified (an image_rect topic): camera_info's P is used, no "
+              'distortion.',
+              'camera', read_only=True),
+    ParamSpec('camera_hfov_deg', DOUBLE, 70.0,
+              'Horizontal field of view used without camera_info, or when its K is all '
+              'zeros (uncalibrated).',
+              'camera', min_value=1.0, max_value=179.0, read_only=True),
+    ParamSpec('mount_from_tf', BOOL, False,
+              'Take the camera rotation and height from TF (mount_tf_base_frame -> the '
+              "image's frame_id) instead of the mount_* parameters.",
+              'camera', read_only=True),
+    ParamSpec('mount_tf_base_frame', STRING, 'base_link',
+              'TF frame of the robot (x forward, z up) for mount_from_tf; on the ground '
+              '(base_footprint) for the height to be above the ground.',
+              'camera', read_only=True),
+    ParamSpec('mount_yaw_deg', DOUBLE, 90.0,
+              "Optical axis direction from the robot's heading, counter-clockwise seen from "
+              'above: +90 looks left, -90 right.',
+              'camera', min_value=-180.0, max_value=180.0, read_only=True),
+    ParamSpec('mount_pitch_deg', DOUBLE, 0.0,
+              'Optical axis elevation: positive up, negative down.',
+              'camera', min_value=-89.0, max_value=89.0, read_only=True),
+    ParamSpec('mount_roll_deg', DOUBLE, 0.0,
+              'Rotation of the image about the optical axis (0: image rows level).',
+              'camera', min_value=-180.0, max_value=180.0, read_only=True),
+    ParamSpec('mount_height_m', DOUBLE, 1.0,
+              'Optical centre above the ground.',
+              'camera', min_value=0.0, max_value=20.0, read_only=True),
+    ParamSpec('canopy_distance_m', DOUBLE, 0.75,
+              'Distance from the optical centre to the canopy, a vertical plane parallel to '
+              'the direction of travel on the side the camera looks at.',
+              'camera', min_value=0.05, max_value=50.0, read_only=True),
+    ParamSpec('canopy_distance_sigma_m', DOUBLE, 0.10,
+              'Uncertainty (1 sigma) of canopy_distance_m: the canopy is not a plane.',
+              'camera', min_value=0.0, max_value=50.0, read_only=True),
+    ParamSpec('heading_source', STRING, 'course',
+              "The robot's heading: course (over ground, from the fixes), odometry "
+              "(nav_msgs/Odometry on 'odom', yaw in an ENU frame) or imu (sensor_msgs/Imu on "
+              "'imu', ENU yaw).",
+              'camera', choices=HEADING_SOURCES, read_only=True),
+    ParamSpec('heading_sigma_deg', DOUBLE, 2.0,
+              'Heading uncertainty (1 sigma) of the course, and of a yaw without covariance.',
+              'camera', min_value=0.0, max_value=180.0, read_only=True),
+    ParamSpec('heading_hold_s', DOUBLE, 10.0,
+              'Without a heading (robot stopped) the last good one is held this long, its '
+              'uncertainty growing; then findings are at the camera position, flagged.',
+              'camera', min_value=0.0, max_value=3600.0, read_only=True),
+    ParamSpec('depth_enabled', BOOL, False,
+              "Node: subscribe to 'depth', a depth image aligned to the colour image (same "
+              'stamp; 16UC1 mm or 32FC1 m; zero = no depth): the distance per tile.',
+              'camera', read_only=True),
     # --- map (replay) ------------------------------------------------------------
     ParamSpec('merge_radius_m', DOUBLE, 1.5,
               'Findings of one label closer than this are merged into one map feature '
@@ -171,8 +233,14 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'evidence', min_value=1, max_value=1000, read_only=True),
     ParamSpec('evidence_radius_m', DOUBLE, 1.0,
               'Sightings of one disease closer than this count as one spot (the map merge '
-              'rule); 0 = frames rule only.',
+              'rule); with ground positions also within position_gate_sigma; 0 = frames '
+              'rule only.',
               'evidence', min_value=0.0, max_value=100.0, read_only=True),
+    ParamSpec('position_gate_sigma', DOUBLE, 2.45,
+              'Two ground positions are one spot (evidence, map merge) when their distance is '
+              'within this many sigmas of their combined covariance (2.45: 95 % of one '
+              "spot's pairs), capped by evidence_radius_m / merge_radius_m; 0 = radii only.",
+              'evidence', min_value=0.0, max_value=10.0, read_only=True),
     ParamSpec('live_map_dir', STRING, '',
               'Node only: folder where the node keeps findings.geojson, the merged findings '
               'of the run (rewritten every live_map_period_s and at shutdown); empty = off.',

@@ -11,7 +11,9 @@ The perception pipeline: frame + stamp (+ fix buffer) -> FrameResult.
    card's ``embedding_distance`` is in use and the backend returns embeddings
    (``infer_with_embedding``), tiles too far from the training data are unknown too;
    with a site (:mod:`.site_model`), the logits come from the site's head on the embeddings;
-5. the frame's position at its own stamp (:mod:`.geotag`).
+5. the frame's position at its own stamp (:mod:`.geotag`), and, with a
+   :attr:`Detector.locator` (``geo/leaf_position.py``), each finding's own ground
+   position from the camera's geometry (``FrameResult.positions``).
 
 The domain reference (:attr:`Detector.domain_reference`, a :class:`DomainReference`)
 says per tile whether it is far from what the model knows (``Detection.distance``,
@@ -40,7 +42,9 @@ from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.model_card import ModelCard
-from leaf_disease_ros.perception.positions import GeotagResult, REASON_NO_FIX_RECEIVED
+from leaf_disease_ros.perception.positions import (COVARIANCE_TYPE_UNKNOWN, GeotagResult,
+                                                   GroundPosition, PLACED_CAMERA,
+                                                   REASON_NO_FIX_RECEIVED)
 from leaf_disease_ros.perception.postprocess import (check_model_outputs, classify,
                                                      finding_scores, softmax)
 from leaf_disease_ros.perception.preprocess import preprocess
@@ -57,6 +61,15 @@ class PositionSource(Protocol):
                lever_arm_m: Sequence[float] = (0.0, 0.0, 0.0),
                min_speed_mps: float = 0.3, heading_window_s: float = 2.0) -> GeotagResult:
         """Return the position at ``stamp_ns``."""
+
+
+class LeafLocator(Protocol):
+    """What places findings on the ground (``geo/leaf_position.py``'s ``LeafLocator``)."""
+
+    def locate(self, stamp_ns: int, geotag: GeotagResult, detections: Sequence['Detection'],
+               frame_hw_px: Tuple[int, int], fixes: Optional[PositionSource]
+               ) -> Tuple[Optional[GroundPosition], ...]:
+        """Return one position per detection (None for those that are not findings)."""
 
 
 class DomainReference(Protocol):
@@ -168,7 +181,9 @@ class FrameResult:
     """
     Everything the pipeline knows about one frame.
 
-    ``timings_ms`` has one entry per name in :data:`STAGES`.
+    ``timings_ms`` has one entry per name in :data:`STAGES`. ``positions``: one per
+    detection (None for non-findings) when a locator placed the findings, else empty
+    (:meth:`position_of` then gives the camera's position).
     """
 
     stamp_ns: int
@@ -179,11 +194,30 @@ class FrameResult:
     tiles_gated: int
     geotag: GeotagResult
     timings_ms: Dict[str, float]
+    positions: Tuple[Optional[GroundPosition], ...] = ()
 
     @property
     def findings(self) -> Tuple[Detection, ...]:
         """Detections that are disease findings."""
         return tuple(d for d in self.detections if d.is_finding)
+
+    def position_of(self, index: int) -> Optional[GroundPosition]:
+        """
+        Return where detection ``index`` is: its ground position, else the camera's.
+
+        The camera's position (method ``camera``) carries the fix's covariance; None
+        when the frame has no position at all.
+        """
+        if self.positions and self.positions[index] is not None:
+            return self.positions[index]
+        tag = self.geotag.geotag
+        if tag is None:
+            return None
+        covariance = (tag.covariance_m2 if tag.covariance_type != COVARIANCE_TYPE_UNKNOWN
+                      else (0.0,) * 9)
+        return GroundPosition(tag.latitude_deg, tag.longitude_deg, tag.altitude_m,
+                              tuple(covariance), PLACED_CAMERA,
+                              note='no camera geometry in use')
 
 
 class Detector:
@@ -209,6 +243,8 @@ class Detector:
         self.distance = (distance if distance is not None and distance.use_for_unknown
                          and self._embeds else None)
         self._reference: Optional[DomainReference] = None
+        #: places each finding on the ground (None: findings at the camera's position)
+        self.locator: Optional[LeafLocator] = None
         self.domain_reference = (card_domain_reference(card) if site is None
                                  else site_domain_reference(card, site))
 
@@ -379,10 +415,15 @@ class Detector:
             geotag = fix_buffer.lookup(stamp_ns, config.max_fix_gap_s, config.max_fix_age_s,
                                        config.lever_arm_m, config.min_speed_for_heading_mps,
                                        config.heading_window_s)
+        locator = self.locator
+        positions: Tuple[Optional[GroundPosition], ...] = ()
+        if locator is not None and any(d.is_finding for d in detections):
+            positions = locator.locate(stamp_ns, geotag, detections, (height, width),
+                                       fix_buffer)
         end = clock()
         timings['geotag'] = (end - t_geo) * 1e3
         timings['total'] = (end - start) * 1e3
         return FrameResult(stamp_ns=int(stamp_ns), frame_height_px=height,
                            frame_width_px=width, detections=detections,
                            tiles_total=len(boxes), tiles_gated=len(boxes) - len(kept_boxes),
-                           geotag=geotag, timings_ms=timings)
+                           geotag=geotag, timings_ms=timings, positions=positions)

@@ -88,3 +88,42 @@ class GeotagResult:
     def has_position(self) -> bool:
         """Return whether the frame has a position."""
         return self.geotag is not None
+
+
+# How a finding was placed (GroundPosition.method)
+PLACED_CANOPY = 'canopy_plane'  # the tile's ray met the canopy plane
+PLACED_DEPTH = 'depth'  # the tile's ray at the aligned depth image's distance
+PLACED_CAMERA = 'camera'  # no ground position: the camera's position (``note`` says why)
+LEAF_METHODS = (PLACED_CANOPY, PLACED_DEPTH)
+
+
+@dataclass(frozen=True)
+class GroundPosition:
+    """
+    Where one finding is (WGS84), from the camera's geometry (``geo/leaf_position.py``).
+
+    ``covariance_m2``: 3x3 ENU, row-major (GPS + heading x range + distance + tile);
+    ``method``: :data:`PLACED_CANOPY`, :data:`PLACED_DEPTH`, or :data:`PLACED_CAMERA`
+    (the camera's position, flagged: ``note`` says why there is no ground position);
+    ``range_m``: camera to leaf (NaN for the camera position); ``heading_source``:
+    ``odometry``, ``imu``, ``course``, ``held`` (last good course) or empty.
+    """
+
+    latitude_deg: float
+    longitude_deg: float
+    altitude_m: float
+    covariance_m2: Tuple[float, ...]
+    method: str
+    range_m: float = float('nan')
+    heading_source: str = ''
+    note: str = ''
+
+    @property
+    def at_leaf(self) -> bool:
+        """Return whether this is the leaf's own position (not the camera's)."""
+        return self.method in LEAF_METHODS
+
+    def horizontal_covariance_m2(self) -> Tuple[float, float, float]:
+        """Return ``(var_east, cov_east_north, var_north)`` in square metres."""
+        c = self.covariance_m2
+        return (float(c[0]), float(c[1]), float(c[4]))

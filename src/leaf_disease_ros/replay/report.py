@@ -172,6 +172,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'fixes_late': state.fixes_late,
             'max_fix_delay_s': state.max_fix_delay_ns / 1e9,
         },
+        'placement': _placement_metrics(state),
         'findings': {
             'sightings': state.findings,
             'with_position': state.findings - state.findings_without_position,
@@ -337,6 +338,24 @@ def _evidence_sentence(findings: Dict[str, Any]) -> str:
             f"{findings['sightings']} diseased tiles; map features confirmed "
             f"{findings['features_confirmed']}, unconfirmed {findings['features_unconfirmed']} "
             '(rings on the map, `confirmed: false` in the GeoJSON).')
+
+
+def _placement_metrics(state: Any) -> Dict[str, Any]:
+    """Return how findings were placed: at the leaf (camera geometry) or the camera."""
+    locator = getattr(state, 'locator', None)
+    out: Dict[str, Any] = {'camera_info_topic': getattr(state.topics, 'camera_info', None),
+                           'camera_info_messages': getattr(state, 'camera_info_messages', 0),
+                           'camera_info_rejected': getattr(state, 'camera_info_rejected', 0)}
+    if locator is None:
+        out.update(enabled=False, camera='', placed={}, not_placed_because={},
+                   heading_sources={})
+        return out
+    report = locator.report()
+    out.update(enabled=True, camera=report['camera'],
+               placed=dict(sorted(report['placed'].items())),
+               not_placed_because=dict(sorted(report['not_placed_because'].items())),
+               heading_sources=dict(sorted(report['heading_sources'].items())))
+    return out
 
 
 def format_markdown(metrics: Dict[str, Any]) -> str:

@@ -13,6 +13,11 @@ topics, and streams them in log-time order through the same
   fixes in real time; a replay that tagged frames at once would only ever
   extrapolate). The queue holds at most ``max_pending_frames`` frames: memory is
   bounded whatever the bag's length, and nothing keeps a list of all frames;
+- ``camera_info`` (``--camera-info-topic``, else the topic image_transport pairs with
+  the image, else the bag's only CameraInfo topic) feeds the camera geometry that
+  places each finding at its leaf (:mod:`leaf_disease_ros.geo.leaf_position`, the
+  node's rule and mount parameters); without it the ``camera_hfov_deg`` fallback is
+  used and the notes say so;
 - ground truth (``vision_msgs/Detection2DArray`` with the image's stamp) is joined
   to its frame by header stamp and scored tile by tile (:mod:`.evaluation`);
 - findings pass the node's evidence rule (:mod:`leaf_disease_ros.geo.evidence`):
@@ -45,10 +50,12 @@ from typing import (AbstractSet, Any, Callable, Deque, Dict, List, Mapping, Opti
 
 import numpy as np
 
+from leaf_disease_ros.geo.camera_geometry import CameraGeometryError
 from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geodesy import in_utm_domain
 from leaf_disease_ros.geo.geotag import FixBuffer, OUTAGES
-from leaf_disease_ros.geo.mapping import FindingMerger, Sighting, TrackRecorder
+from leaf_disease_ros.geo.leaf_position import LeafLocator, LocatorSettings
+from leaf_disease_ros.geo.mapping import FindingMerger, sighting_at, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
 from leaf_disease_ros.perception.errors import (BagError, FrameError, ImageDecodeError,
@@ -67,6 +74,8 @@ from leaf_disease_ros.replay.overlap import AsyncWriter, Decoder, Prefetch
 from leaf_disease_ros.replay.stats import LatencyHistogram
 from leaf_disease_ros.replay.tile_sample import TileSample
 from leaf_disease_ros.replay.typestore import make_typestore
+from leaf_disease_ros.ros.camera_inputs import (apply_camera_info, camera_info_topic,
+                                                CAMERA_INFO_TYPE)
 from leaf_disease_ros.ros.conversions import (ground_truth_from_detection2d_array, GroundTruthBox,
                                               navsatfix_to_fix, stamp_to_ns)
 from leaf_disease_ros.ros.diagnostics import (COLLECTING, domain_verdict, DomainRule,
@@ -128,6 +137,7 @@ class ReplayOptions:
     image_topic: str = ''
     fix_topic: str = ''
     ground_truth_topic: str = ''
+    camera_info_topic: str = ''
     parameters: Mapping[str, Any] = field(default_factory=dict)
     max_frames: int = 0
     node_name: str = DEFAULT_NODE_NAME
@@ -160,6 +170,7 @@ class Topics:
     fix: Optional[str]
     ground_truth: Optional[str]
     notes: Tuple[str, ...]
+    camera_info: Optional[str] = None
 
 
 @dataclass
@@ -244,6 +255,9 @@ class ReplayState:
     output_bag_messages: int = 0
     gallery: Optional[GalleryCollector] = None
     tile_sample: Optional[TileSample] = None
+    locator: Optional[LeafLocator] = None
+    camera_info_messages: int = 0
+    camera_info_rejected: int = 0
 
 
 def _closest_topic(bag: BagReader, wanted: str, types: Tuple[str, ...]) -> str:
@@ -324,8 +338,14 @@ def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
     if truth is None:
         notes.append(f'no ground truth: the bag has no topic {DEFAULT_GROUND_TRUTH_TOPIC}; no '
                      'accuracy figures')
+    paired = camera_info_topic(image)
+    camera_info = _find_topic(bag, options.camera_info_topic, paired, (CAMERA_INFO_TYPE,),
+                              'camera_info', '--camera-info-topic', False, notes)
+    if camera_info is None:
+        notes.append(f'no camera_info: the bag has no CameraInfo topic {paired}; findings are '
+                     'placed with the camera_hfov_deg field of view (fallback)')
     return Topics(image=image, image_type=bag.topics[image].msgtype, fix=fix,
-                  ground_truth=truth, notes=tuple(notes))
+                  ground_truth=truth, notes=tuple(notes), camera_info=camera_info)
 
 
 def refuse_grey_camera(bag: BagReader, topics: Topics, typestore: Any) -> None:
@@ -433,8 +453,8 @@ class _Replay:
 
     def _run(self) -> None:
         state = self.state
-        wanted = [t for t in (self.topics.image, self.topics.fix, self.topics.ground_truth)
-                  if t]
+        wanted = [t for t in (self.topics.image, self.topics.fix, self.topics.ground_truth,
+                              self.topics.camera_info) if t]
         messages = Prefetch(self.bag.messages(wanted))
         try:
             self._loop(messages)
@@ -460,6 +480,8 @@ class _Replay:
                 self._on_fix(message)
             elif message.topic == self.topics.ground_truth:
                 self._on_truth(message)
+            elif message.topic == self.topics.camera_info:
+                self._on_camera_info(message)
             elif message.topic == self.topics.image:
                 if self.options.max_frames and state.frames_read >= self.options.max_frames:
                     pass  # enough frames: keep reading fixes until the queue is done
@@ -499,6 +521,17 @@ class _Replay:
                 self.state.track.add(stored.latitude_deg, stored.longitude_deg, stored.stamp_ns)
         if self.output is not None:
             self.output.write_fix(message.log_time_ns, message.data)
+
+    def _on_camera_info(self, message: BagMessage) -> None:
+        state = self.state
+        state.camera_info_messages += 1
+        if state.locator is None:
+            return
+        try:
+            apply_camera_info(state.locator, self._deserialize(message))
+        except _DESERIALIZE_ERRORS + (CameraGeometryError,) as exc:
+            state.camera_info_rejected += 1
+            self._example(f'camera_info at log time {message.log_time_ns} not used: {exc}')
 
     def _on_truth(self, message: BagMessage) -> None:
         state = self.state
@@ -687,12 +720,13 @@ class _Replay:
                 state.findings_confirmed += 1
                 state.findings_confirmed_by_label[detection.label] = \
                     state.findings_confirmed_by_label.get(detection.label, 0) + 1
-            if tag is None:
+            position = result.position_of(index)
+            if position is None:
                 state.findings_without_position += 1
             else:
                 state.findings_outside_utm += outside_utm
-                state.merger.add(Sighting(detection.label, detection.score, tag.latitude_deg,
-                                          tag.longitude_deg, result.stamp_ns, is_confirmed))
+                state.merger.add(sighting_at(detection.label, detection.score, position,
+                                             result.stamp_ns, is_confirmed))
         if state.evaluator is not None:
             if truth is None and result.stamp_ns <= 0:
                 state.frames_unstamped_without_ground_truth += 1
@@ -762,7 +796,7 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 bag_path=os.path.abspath(options.bag_path),
                 bag_storage=bag.storage, frames_in_bag=bag.topics[topics.image].count,
                 evaluator=TileEvaluator(card.labels) if topics.ground_truth else None,
-                merger=FindingMerger(params['merge_radius_m']),
+                merger=FindingMerger(params['merge_radius_m'], params['position_gate_sigma']),
                 # a silence longer than this leaves some frame in it without a position
                 track=TrackRecorder(max_gap_s=max(params['max_fix_gap_s'],
                                                   2.0 * params['max_fix_age_s'])),
@@ -770,10 +804,14 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                 domain_rule=DomainRule.from_parameters(params),
                 evidence=EvidenceTracker(params['evidence_min_sightings'],
                                          params['evidence_window_frames'],
-                                         params['evidence_radius_m']),
+                                         params['evidence_radius_m'],
+                                         params['position_gate_sigma']),
                 notes=list(bag.notes) + list(topics.notes),
                 gallery=GalleryCollector(options.gallery_size) if options.gallery_size else None,
                 tile_sample=TileSample(options.save_tiles, card) if options.save_tiles else None)
+            if params['ground_positions']:
+                state.locator = detector.locator = LeafLocator(
+                    LocatorSettings.from_parameters(params))
             if options.write_bag:
                 output = OutputBag(os.path.join(options.out_dir, DETECTIONS_BAG), store,
                                    options.node_name, topics.image, topics.image_type,

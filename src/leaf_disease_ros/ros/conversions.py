@@ -40,6 +40,8 @@ from leaf_disease_ros.perception.positions import COVARIANCE_TYPE_UNKNOWN, Fix, 
 from leaf_disease_ros.ros.diagnostics import DiagnosticReport
 
 UNKNOWN_POSITION_VARIANCE_M2 = 100.0
+#: sensor_msgs/NavSatFix COVARIANCE_TYPE_KNOWN (a ground position's full covariance)
+COVARIANCE_TYPE_KNOWN = 3
 UNKNOWN_ROTATION_VARIANCE_RAD2 = 1.0e6
 # vision_msgs/LabelInfo reserves the largest uint16 id for "unlabeled"; rejected
 # tiles are published with this id in the class map.
@@ -236,31 +238,37 @@ def to_detection3d_array(result: FrameResult, header: Any, frame_id: str,
     """
     Return the frame's disease findings in UTM metres as a ``Detection3DArray``.
 
-    The header keeps the image stamp with ``frame_id`` (the geo frame). Without a
-    position, with a position UTM does not cover (polar caps), or without findings,
-    the array is empty.
+    One ``Detection3D`` per finding, at the finding's own position
+    (``FrameResult.position_of``: its leaf from the camera geometry, else the camera)
+    with that position's covariance. The header keeps the image stamp with
+    ``frame_id`` (the geo frame). Without a position, with a position UTM does not
+    cover (polar caps), or without findings, the array is empty.
 
     :param confirmed: indices (in ``result.detections``) of the findings that passed
         the evidence rule (``geo/evidence.py``); only those are included. None
         includes every finding.
     """
     out_header = _with_frame(header, frame_id, types)
-    tag = result.geotag.geotag
     detections = []
-    utm = None if tag is None else utm_or_none(tag.latitude_deg, tag.longitude_deg)
-    if tag is not None and utm is not None:
-        altitude = 0.0 if math.isnan(tag.altitude_m) else tag.altitude_m
+    for index, detection in enumerate(result.detections):
+        if not detection.is_finding or (confirmed is not None and index not in confirmed):
+            continue
+        position = result.position_of(index)
+        utm = (None if position is None
+               else utm_or_none(position.latitude_deg, position.longitude_deg))
+        if position is None or utm is None:
+            continue
+        altitude = 0.0 if math.isnan(position.altitude_m) else position.altitude_m
+        known = any(position.covariance_m2)
         pose = types.PoseWithCovariance(
             pose=_identity_pose(types, utm.easting_m, utm.northing_m, altitude),
-            covariance=position_covariance_6x6(tag.covariance_m2, tag.covariance_type))
-        for index, detection in enumerate(result.detections):
-            if not detection.is_finding or (confirmed is not None and index not in confirmed):
-                continue
-            bbox = types.BoundingBox3D(center=pose.pose,
-                                       size=types.Vector3(x=0.0, y=0.0, z=0.0))
-            detections.append(types.Detection3D(header=out_header,
-                                                results=_hypotheses(detection, pose, types),
-                                                bbox=bbox, id=_detection_id(header, index)))
+            covariance=position_covariance_6x6(
+                position.covariance_m2,
+                COVARIANCE_TYPE_KNOWN if known else COVARIANCE_TYPE_UNKNOWN))
+        bbox = types.BoundingBox3D(center=pose.pose, size=types.Vector3(x=0.0, y=0.0, z=0.0))
+        detections.append(types.Detection3D(header=out_header,
+                                            results=_hypotheses(detection, pose, types),
+                                            bbox=bbox, id=_detection_id(header, index)))
     return types.Detection3DArray(header=out_header, detections=detections)
 
 

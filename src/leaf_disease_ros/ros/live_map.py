@@ -8,10 +8,12 @@ that folder every ``live_map_period_s`` (when something changed) and once more w
 the node stops. The rule is the replay's, by construction:
 
 - a sighting is a tile that is a finding (``Detection.is_finding``) of a frame with a
-  position (``GeotagResult.geotag``), at that position and the frame's stamp
+  position (``GeotagResult.geotag``), at the finding's own ground position
+  (``FrameResult.position_of``: the leaf, else the camera) and the frame's stamp
   (:func:`sightings_of`, the same selection as ``replay/runner.py``);
 - sightings are merged by :class:`~leaf_disease_ros.geo.mapping.FindingMerger` with
-  ``merge_radius_m``, and written by :func:`~leaf_disease_ros.geo.mapping.write_geojson`
+  ``merge_radius_m`` and ``position_gate_sigma``, and written by
+  :func:`~leaf_disease_ros.geo.mapping.write_geojson`
   (RFC 7946, atomically: a reader never sees half a file, and a crash leaves the last
   complete map).
 
@@ -23,7 +25,8 @@ import os
 import threading
 from typing import Any, Dict, List, Mapping, Optional
 
-from leaf_disease_ros.geo.mapping import FindingMerger, MapFeature, Sighting, write_geojson
+from leaf_disease_ros.geo.mapping import (FindingMerger, MapFeature, Sighting, sighting_at,
+                                          write_geojson)
 from leaf_disease_ros.perception.errors import ConfigError
 from leaf_disease_ros.perception.pipeline import FrameResult
 
@@ -31,20 +34,22 @@ GEOJSON_FILE = 'findings.geojson'
 
 
 def sightings_of(result: FrameResult) -> List[Sighting]:
-    """Return the sightings of one frame: its findings at its position (none without one)."""
-    tag = result.geotag.geotag
-    if tag is None:
-        return []
-    return [Sighting(detection.label, detection.score, tag.latitude_deg, tag.longitude_deg,
-                     result.stamp_ns)
-            for detection in result.detections if detection.is_finding]
+    """Return the sightings of one frame: each finding at its position (none without one)."""
+    out = []
+    for index, detection in enumerate(result.detections):
+        position = result.position_of(index) if detection.is_finding else None
+        if position is not None:
+            out.append(sighting_at(detection.label, detection.score, position,
+                                   result.stamp_ns))
+    return out
 
 
 class LiveMap:
     """Merged findings of a run, written to ``<folder>/findings.geojson``."""
 
     def __init__(self, folder: str, merge_radius_m: float,
-                 properties: Optional[Mapping[str, Any]] = None) -> None:
+                 properties: Optional[Mapping[str, Any]] = None,
+                 gate_sigma: float = 0.0) -> None:
         """
         Create the folder and write an empty map, so a bad folder fails at start.
 
@@ -52,13 +57,14 @@ class LiveMap:
         :param merge_radius_m: the replay's merge radius (``merge_radius_m``).
         :param properties: written in the GeoJSON's ``leaf_disease_ros`` member (model,
             node...).
+        :param gate_sigma: ``position_gate_sigma`` (the covariance rule of the merge).
 
         :raises ConfigError: (``live_map_dir``) the folder cannot be created or written.
         """
         self.folder = os.path.abspath(folder)
         self.path = os.path.join(self.folder, GEOJSON_FILE)
         self._properties: Dict[str, Any] = dict(properties or {})
-        self._merger = FindingMerger(merge_radius_m)
+        self._merger = FindingMerger(merge_radius_m, gate_sigma)
         self._lock = threading.Lock()
         self._version = 0          # bumped by every sighting added
         self._written_version = -1

@@ -15,7 +15,12 @@ Start, in this order (a failure is logged with its fix and the process exits 1):
 3. load the backend (``inference/factory.py``) and run one warm-up frame;
 4. publishers, the ``~/enable`` service, the live map (``live_map_dir``), the worker
    thread, timers;
-5. subscribe to ``fix`` and ``image`` (or ``image/compressed``); log ``detector ready:``.
+5. subscribe to ``fix`` and ``image`` (or ``image/compressed``), and, for the camera
+   geometry that places each finding at its leaf (``ground_positions``,
+   ``geo/leaf_position.py``): ``camera_info`` beside the image (image_transport's
+   pairing, or ``camera_info_topic``), ``odom`` or ``imu`` (``heading_source``),
+   ``depth`` (``depth_enabled``), and TF (``mount_from_tf``: ``mount_tf_base_frame``
+   -> the image's frame_id, looked up in the worker until found); log ``detector ready:``.
 
 Steps 1-4 less the declaration are ``_configure``, step 5 with the label info and the
 timers ``_activate``; the plain node runs both at start. The managed node
@@ -57,13 +62,16 @@ from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallba
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+import rclpy.time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix
 from std_msgs.msg import Header
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
+from leaf_disease_ros.geo.camera_geometry import CameraGeometryError
 from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geotag import FixBuffer
+from leaf_disease_ros.geo.leaf_position import LeafLocator, LocatorSettings
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
                                                 PARAMETERS, STRING, validate_parameters)
@@ -71,6 +79,9 @@ from leaf_disease_ros.perception.errors import (ConfigError, FrameError, Inferen
                                                 LeafDiseaseError)
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult
 from leaf_disease_ros.perception.site_model import site_for_parameters, stale_site_note
+from leaf_disease_ros.ros.camera_inputs import (apply_camera_info, camera_info_topic,
+                                                depth_metres, imu_yaw, mount_from_transform,
+                                                odometry_yaw)
 from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, stamp_to_ns,
                                               to_detection2d_array, to_detection3d_array,
                                               to_diagnostic_array, to_geotag_fix, to_label_info)
@@ -210,6 +221,9 @@ class DetectorNode(Node):
         self._outputs: List[Any] = []
         self._inputs: List[Any] = []
         self._control_timers: List[Any] = []
+        self._locator: Optional[LeafLocator] = None
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
         self.fatal_error = ''
         try:
             self._declare_parameters()
@@ -217,6 +231,7 @@ class DetectorNode(Node):
             self._image_group = MutuallyExclusiveCallbackGroup()
             self._fix_group = MutuallyExclusiveCallbackGroup()
             self._control_group = MutuallyExclusiveCallbackGroup()
+            self._geometry_group = MutuallyExclusiveCallbackGroup()
             self.create_service(SetBool, '~/enable', self._on_enable,
                                 callback_group=self._control_group)
             self._bring_up()
@@ -250,6 +265,9 @@ class DetectorNode(Node):
         self._detector = Detector(self._backend, self._backend.card,
                                   DetectorConfig.from_parameters(values), site=site)
         self._warmup_ms = self._warm_up()
+        if values['ground_positions']:  # after the warm-up: its frame places nothing
+            self._locator = LeafLocator(LocatorSettings.from_parameters(values))
+            self._detector.locator = self._locator
 
         self._fixes = FixBuffer(values['fix_buffer_size'], values['max_fix_speed_mps'])
         self._fix_jump = BackwardJumpDetector()
@@ -258,7 +276,8 @@ class DetectorNode(Node):
         self._geo_frame_id = values['geo_frame_id']
         self._evidence = EvidenceTracker(values['evidence_min_sightings'],
                                          values['evidence_window_frames'],
-                                         values['evidence_radius_m'])
+                                         values['evidence_radius_m'],
+                                         values['position_gate_sigma'])
         if values['start_enabled']:
             self._enabled.set()
         else:
@@ -268,7 +287,7 @@ class DetectorNode(Node):
         if values['live_map_dir']:
             self._live_map = LiveMap(values['live_map_dir'], values['merge_radius_m'], {
                 'model': self._backend.card.name, 'model_id': self._backend.model_id,
-                'node': self.get_fully_qualified_name()})
+                'node': self.get_fully_qualified_name()}, values['position_gate_sigma'])
 
         start_s = time.monotonic()
         self._stats = DetectorStats(start_s)
@@ -409,6 +428,41 @@ class DetectorNode(Node):
                                                       callback_group=self._image_group)
         self._image_topic = self.resolve_topic_name(name)
         self._inputs = [fix_subscription, image_subscription]
+        if self._locator is not None:
+            self._inputs += self._subscribe_geometry(values, image_qos)
+
+    def _subscribe_geometry(self, values: Dict[str, Any], image_qos: QoSProfile) -> List[Any]:
+        """Subscribe to what places findings: camera_info, odom / imu, depth; TF."""
+        group = self._geometry_group
+        info_topic = values['camera_info_topic'] or camera_info_topic(self._image_topic)
+        inputs = [self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
+                                           image_qos, callback_group=group)]
+        self._camera_info_topic = self.resolve_topic_name(info_topic)
+        sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=FIX_QOS_DEPTH,
+                                reliability=ReliabilityPolicy.BEST_EFFORT,
+                                durability=DurabilityPolicy.VOLATILE)
+        if values['heading_source'] == 'odometry':
+            from nav_msgs.msg import Odometry  # only with heading_source odometry
+            inputs.append(self.create_subscription(Odometry, 'odom', self._on_odometry,
+                                                   sensor_qos, callback_group=group))
+        elif values['heading_source'] == 'imu':
+            inputs.append(self.create_subscription(Imu, 'imu', self._on_imu, sensor_qos,
+                                                   callback_group=group))
+        if values['depth_enabled']:
+            inputs.append(self.create_subscription(Image, 'depth', self._on_depth, image_qos,
+                                                   callback_group=group))
+        if values['mount_from_tf'] and self._tf_buffer is None:  # once: it outlives activate
+            from tf2_ros.buffer import Buffer  # only with mount_from_tf
+            from tf2_ros.transform_listener import TransformListener
+            self._tf_buffer = Buffer(node=self)
+            self._tf_listener = TransformListener(self._tf_buffer, self)
+        self.get_logger().info(
+            f'ground positions: camera_info on {self._camera_info_topic} (until it arrives: '
+            f"camera_hfov_deg {values['camera_hfov_deg']:g}), heading from "
+            f"{values['heading_source']}, mount from "
+            + (f"TF {values['mount_tf_base_frame']} -> the image's frame_id"
+               if values['mount_from_tf'] else 'the mount_* parameters'))
+        return inputs
 
     # --- callbacks (executor threads) ---------------------------------------------
 
@@ -437,9 +491,65 @@ class DetectorNode(Node):
         outcome = self._fixes.add(fix)
         self._gps.fix_received(time.monotonic(), outcome, fix.status)
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Give the camera model to the locator; log when the source in use changes."""
+        locator = self._locator
+        if locator is None:
+            return
+        before = locator.camera_source
+        try:
+            source = apply_camera_info(locator, msg)
+        except CameraGeometryError as exc:
+            self.get_logger().warning(f'camera_info on {self._camera_info_topic} not used: '
+                                      f'{exc}', throttle_duration_sec=60.0)
+            return
+        if source != before:
+            self.get_logger().info(f'ground positions: camera model {source}')
+
+    def _on_odometry(self, msg: Any) -> None:
+        """Keep the robot's yaw of a nav_msgs/Odometry."""
+        if self._locator is not None:
+            stamp_ns, yaw_rad, sigma_rad = odometry_yaw(msg)
+            self._locator.add_heading(stamp_ns, yaw_rad, sigma_rad, 'odometry')
+
+    def _on_imu(self, msg: Imu) -> None:
+        """Keep the robot's yaw of a sensor_msgs/Imu (one without orientation: none)."""
+        sample = imu_yaw(msg)
+        if self._locator is not None and sample is not None:
+            self._locator.add_heading(sample[0], sample[1], sample[2], 'imu')
+
+    def _on_depth(self, msg: Image) -> None:
+        """Keep an aligned depth image; a bad one is logged (throttled) and ignored."""
+        if self._locator is None:
+            return
+        try:
+            self._locator.add_depth(stamp_to_ns(msg.header.stamp), depth_metres(msg))
+        except CameraGeometryError as exc:
+            self.get_logger().warning(f'depth image not used: {exc}',
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _mount_from_tf(self, locator: LeafLocator, frame_id: str) -> None:
+        """Look the mount up in TF (worker thread) until it is found; never blocks."""
+        from tf2_ros import TransformException
+
+        base = self._values['mount_tf_base_frame']
+        try:
+            transform = self._tf_buffer.lookup_transform(base, frame_id, rclpy.time.Time())
+            mount = mount_from_transform(transform)
+        except (TransformException, CameraGeometryError) as exc:
+            self.get_logger().warning(
+                f'mount_from_tf: no transform {base} -> {frame_id!r} yet ({exc}); findings '
+                'stay at the camera position until TF has it (or set mount_from_tf false '
+                'and the mount_* parameters)', throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        locator.set_mount(mount)
+        self.get_logger().info(f'mount_from_tf: camera mount from TF {base} -> {frame_id}')
+
     def _forget_fixes(self, stream: str, jump_s: float) -> None:
         text = time_jump_message(stream, jump_s)
         self._fixes.clear()
+        if self._locator is not None:
+            self._locator.clear()
         self._gps.buffer_cleared(text)
         self._debug_limiter.reset()
         self.get_logger().warning(text)
@@ -590,6 +700,9 @@ class DetectorNode(Node):
     def _handle_frame(self, pending: _Pending) -> None:
         """Convert, classify and publish one frame; a bad frame is counted and dropped."""
         msg = pending.msg
+        locator = self._locator
+        if self._tf_buffer is not None and locator is not None and locator.mount is None:
+            self._mount_from_tf(locator, msg.header.frame_id)
         try:
             frame = self._decode(msg)
             result = self._detector.process(frame, pending.stamp_ns, self._fixes)
