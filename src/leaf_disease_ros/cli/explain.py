@@ -31,11 +31,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.explain.images import explain_images, ExplainSettings, read_image
+from leaf_disease_ros.explain.images import explain_images, ExplainSettings
 from leaf_disease_ros.explain.saliency import DEFAULT_GRID, DEFAULT_MASKS
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import LeafDiseaseError
+from leaf_disease_ros.perception.image_checks import read_image_file, too_small_reason
 from leaf_disease_ros.perception.image_folders import is_image_file
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
@@ -162,9 +163,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tile_stride_px=args.tile_stride, target=_target_index(card.labels, args.target))
         items = []
         for name, path in images:
-            image = read_image(path)
-            if image is None:
-                err.write(f'skipped {path}: not a readable image\n')
+            image, problem = read_image_file(path)
+            if image is not None:  # a 5000x1 image would be one 1x1 tile, enlarged 256x
+                problem = too_small_reason(image, card.input_hw_px)
+            if image is None or problem:
+                err.write(f'skipped {path}: {problem}\n')
                 continue
             items.append((name, image))
         records, totals = explain_images(items, card, args.out, settings, backend=backend,

@@ -22,11 +22,15 @@ not make. Before any work is done, each command checks each of its outputs:
   holds or lies inside the other).
 
 Every refusal is an :class:`OutputError` naming the conflict and what to do instead.
+:func:`is_write_error` tells a failed write of an output (full disk, file too large,
+read-only or unwritable output) from a failed read of an input, so a command says
+which of the two went wrong.
 Inputs that do not exist are skipped (the command reports them itself). This module
 reads the file system only; it writes nothing but manifests.
 """
 
 from dataclasses import dataclass
+import errno
 import json
 import os
 import stat
@@ -304,6 +308,27 @@ def check_output_folder(path: str, inputs: Sequence[str] = (), *, what: str = '-
                           f'did not write ({_shown(strangers)}): it is never written over. '
                           'Move those files away, or give a new or empty folder')
     return manifest
+
+
+#: errors only a write raises: disk full, file size limit (RLIMIT_FSIZE), quota, read-only
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def is_write_error(exc: OSError, outputs: Sequence[Optional[str]]) -> bool:
+    """
+    Return whether ``exc`` is a failed write of one of ``outputs`` (not a failed read).
+
+    It is when its errno only a write raises (:data:`WRITE_ERRNOS`), when it names a
+    file inside an output, or when it names no file at all (the writers of the commands
+    name none; a reader that fails names its file).
+    """
+    if exc.errno in WRITE_ERRNOS:
+        return True
+    names = [name for name in (exc.filename, exc.filename2) if isinstance(name, str)]
+    if not names:
+        return True
+    given = [_real(path) for path in outputs if path]
+    return any(_inside(_real(name), out) for name in names for out in given)
 
 
 def check_outputs_apart(outputs: Sequence[Tuple[str, str]]) -> None:
