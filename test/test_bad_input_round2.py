@@ -11,7 +11,9 @@ The bad inputs of issue 18 beyond lost data (cases 7 to 15), one test per case.
 14. NavSatStatus 7 is no fix; nanosec >= 1e9 is no stamp.
 15. A topic with two types is refused; a train-field cache that is none is an error;
     files and models the user may not read (run as ``nobody``) are said, one locked
-    file skipped, never a traceback.
+    file skipped; a write that fails (RLIMIT_FSIZE: EFBIG) leaves no partial folder
+    (explain, embed, split); a symbolic link loop in embed's and split's data is no
+    folder; never a traceback.
 
 Cases 1 to 6 and 13 (outputs that destroy data) are in ``test_output_safety.py``.
 """
@@ -478,3 +480,47 @@ def test_case15_an_unreadable_model_is_a_model_error(module, shared_inputs, fram
     assert run.returncode == 2
     assert f'cannot read the model {model}: Permission denied' in run.stderr
     assert 'cannot write the report' not in run.stderr
+
+
+# --- case 15: a write that fails (file size limit: EFBIG, like a full disk) ----------------
+
+
+@pytest.mark.parametrize('module', ['explain', 'embed', 'split'])
+def test_case15_a_failed_write_leaves_no_partial_folder(module, shared_inputs):
+    data = os.path.join(shared_inputs, 'data')
+    out = os.path.join(shared_inputs, 'out', module)
+    model = ['--model', os.path.join(shared_inputs, 'model', 'tiny.onnx')]
+    args = {'explain': [os.path.join(data, 'esca'), '--out', out] + model,
+            'embed': [data, '--out', out, '--projection', 'pca'] + model,
+            'split': [data, '--out', out, '--copy', '--group', 'file']}[module]
+    run = run_module(f'leaf_disease_ros.cli.{module}', args, shared_inputs, fsize_bytes=2000)
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert run.returncode != 0
+    assert 'File too large' in run.stderr and 'nothing was written' in run.stderr
+    assert os.listdir(os.path.join(shared_inputs, 'out')) == []  # no partial folder
+
+
+# --- case 15: a symbolic link loop in the data of embed and split --------------------------
+
+
+@pytest.mark.parametrize('module', ['embed', 'split'])
+def test_case15_a_symlink_loop_in_the_data_is_no_folder(module, tiny_model_path, leaf_images,
+                                                        tmp_path, capsys):
+    from leaf_disease_ros.cli import embed, split
+
+    data = tmp_path / 'data'
+    for label, paths in leaf_images.items():
+        (data / label).mkdir(parents=True)
+        for path in paths[:2]:
+            shutil.copy(path, data / label)
+    os.symlink('loop', data / 'loop')  # refers to itself: ELOOP on is_dir()
+    os.symlink('inner', data / 'esca' / 'inner')
+    main = {'embed': embed.main, 'split': split.main}[module]
+    extra = ['--model', tiny_model_path, '--projection', 'pca', '--ood', str(data)] \
+        if module == 'embed' else ['--group', 'file']
+    code, out, err = run_cli(main, [str(data), '--out', str(tmp_path / 'out')] + extra, capsys)
+    assert code == 0, err
+    if module == 'split':
+        assert sorted(os.listdir(tmp_path / 'out' / 'train')) == sorted(leaf_images)
+    else:
+        assert f'embedded {2 * len(leaf_images)} images' in out

@@ -755,6 +755,24 @@ def _(ctx):
                        '--out', ctx.path('explained')]
 
 
+@case('explain.disk_full')
+def _(ctx):
+    from leaf_disease_ros.explain import images
+
+    real = images.atomic_write_bytes
+    written = []
+
+    def disk_full(path, data):  # the second picture finds the disk full
+        if written:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        written.append(path)
+        real(path, data)
+
+    ctx.monkeypatch.setattr(images, 'atomic_write_bytes', disk_full)
+    return 'explain', [ctx.leaves['esca'][0], ctx.leaves['esca'][1], '--model', ctx.model,
+                       '--out', ctx.path('explained')]
+
+
 class _RunsCode:
     """An object whose unpickling creates a folder (it must never be unpickled)."""
 
@@ -802,3 +820,5 @@ def test_the_table_row_is_what_the_user_gets(row, tmp_path, tiny_model_path, lea
     for quote in row.quotes:
         assert ' '.join(quote.split()) in printed, f'{quote!r} not in: {printed}'
     assert not os.path.exists(tmp_path / 'code_ran')
+    if row.case == 'explain.disk_full':
+        assert not os.path.exists(tmp_path / 'explained')  # nothing half-written

@@ -40,7 +40,8 @@ from leaf_disease_ros.perception.image_checks import read_image_file, too_small_
 from leaf_disease_ros.perception.image_folders import is_image_file
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
-                                                      check_outputs_apart, write_manifest)
+                                                      check_outputs_apart, folder_state,
+                                                      remove_partial_output, write_manifest)
 
 METHODS = ('occlusion', 'rise', 'gradcam')
 #: the command a saliency folder's manifest names (as classify --explain's)
@@ -151,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in skipped:
         err.write(f'skipped {path}: not an image file or folder\n')
     backend = None
+    before = folder_state(args.out)
     try:
         check_outputs(args)
         if args.method == 'gradcam':
@@ -177,6 +179,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-explain: error: {exc}\n')
         return 2
+    except OSError as exc:  # full disk, file size limit, I/O error: nothing half-written
+        remove_partial_output(args.out, before)
+        err.write(f'leaf-disease-explain: error: cannot write {args.out}: '
+                  f'{exc.strerror or exc}; nothing was written\n')
+        return 2
     finally:
         if backend is not None:
             backend.close()
@@ -195,7 +202,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         document: Dict[str, Any] = {'images': records, 'totals': totals, 'method': args.method,
                                     'model': card.name}
-        atomic_write_json(args.json, document)
+        try:
+            atomic_write_json(args.json, document)
+        except OSError as exc:
+            err.write(f'leaf-disease-explain: error: cannot write {args.json}: '
+                      f'{exc.strerror or exc}; the pictures are in {args.out}\n')
+            return 2
         err.write(f'wrote {args.json}\n')
     return 0
 
