@@ -9,13 +9,18 @@ The bad inputs of issue 18 beyond lost data (cases 7 to 15), one test per case.
     refused briefly; values shown in errors are bounded.
 11. Stamp disorder with ground truth is said; nothing scored is never accuracy 0.
 14. NavSatStatus 7 is no fix; nanosec >= 1e9 is no stamp.
-15. A topic with two types is refused; a train-field cache that is none is an error.
+15. A topic with two types is refused; a train-field cache that is none is an error;
+    files and models the user may not read (run as ``nobody``) are said, one locked
+    file skipped; a write that fails (RLIMIT_FSIZE: EFBIG) leaves no partial folder
+    (explain, embed, split); a symbolic link loop in embed's and split's data is no
+    folder; never a traceback.
 
 Cases 1 to 6 and 13 (outputs that destroy data) are in ``test_output_safety.py``.
 """
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -29,6 +34,7 @@ from leaf_disease_ros.perception.errors import InferenceError
 from leaf_disease_ros.perception.postprocess import (broken_rows, check_model_outputs,
                                                      MAX_ABS_OUTPUT)
 from tiny_model import make_tiny_model
+from unprivileged import give_away, open_folder, run_module
 
 LAT0, LON0 = 46.0, 7.0
 
@@ -407,3 +413,114 @@ def test_case15_a_cache_that_is_not_one_is_a_dataset_error(content, tmp_path, ca
                              capsys)
     assert code != 0
     assert f'--cache {path} is not a cache written by leaf-disease-train-field' in err
+
+
+# --- case 15: files the user may not read (run as nobody) ----------------------------------
+
+
+@pytest.fixture()
+def shared_inputs(tiny_model_path, leaf_images):
+    """Yield a folder nobody can enter: model/, data/<class>/ (two images each), out/."""
+    with open_folder() as root:
+        os.mkdir(os.path.join(root, 'model'))
+        for source in (tiny_model_path, tiny_model_path[:-5] + '.json'):
+            shutil.copy(source, os.path.join(root, 'model'))
+        for label, paths in leaf_images.items():
+            os.makedirs(os.path.join(root, 'data', label))
+            for path in paths[:2]:
+                shutil.copy(path, os.path.join(root, 'data', label))
+        os.mkdir(os.path.join(root, 'out'))
+        give_away(os.path.join(root, 'out'))
+        for current, dirs, files in os.walk(root):
+            for name in dirs + files:
+                target = os.path.join(current, name)
+                os.chmod(target, os.stat(target).st_mode | 0o755 if name in dirs else 0o644)
+        yield root
+
+
+def test_case15_one_locked_file_does_not_abort_the_folder(shared_inputs):
+    data = os.path.join(shared_inputs, 'data')
+    locked = os.path.join(data, 'esca', sorted(os.listdir(os.path.join(data, 'esca')))[0])
+    os.chmod(locked, 0)
+    run = run_module('leaf_disease_ros.cli.classify',
+                     [data, '--model', os.path.join(shared_inputs, 'model', 'tiny.onnx')],
+                     shared_inputs)
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert run.returncode == 0, run.stderr
+    assert f'skipped {locked}: cannot be read (Permission denied)' in run.stderr
+    assert 'macro-F1' in run.stdout
+
+
+def test_case15_a_locked_class_folder_says_so(shared_inputs):
+    data = os.path.join(shared_inputs, 'data')
+    os.chmod(os.path.join(data, 'esca'), 0)
+    run = run_module('leaf_disease_ros.cli.classify',
+                     [data, '--model', os.path.join(shared_inputs, 'model', 'tiny.onnx')],
+                     shared_inputs)
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert run.returncode == 2
+    assert f"class folder {os.path.join(data, 'esca')} cannot be read" in run.stderr
+    assert 'holds no images' not in run.stderr
+
+
+@pytest.mark.parametrize('module', ['classify', 'replay'])
+def test_case15_an_unreadable_model_is_a_model_error(module, shared_inputs, frame_image):
+    model = os.path.join(shared_inputs, 'model', 'tiny.onnx')
+    os.chmod(model, 0)
+    if module == 'classify':
+        args = [os.path.join(shared_inputs, 'data')]
+    else:
+        bag = write_bag(os.path.join(shared_inputs, 'bag'), 'mcap', frames(frame_image),
+                        fixes())
+        os.chmod(os.path.join(bag, 'bag.mcap'), 0o644)
+        args = [bag, '--out', os.path.join(shared_inputs, 'out', 'report'), '--no-progress']
+    run = run_module(f'leaf_disease_ros.cli.{module}', args + ['--model', model],
+                     shared_inputs)
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert run.returncode == 2
+    assert f'cannot read the model {model}: Permission denied' in run.stderr
+    assert 'cannot write the report' not in run.stderr
+
+
+# --- case 15: a write that fails (file size limit: EFBIG, like a full disk) ----------------
+
+
+@pytest.mark.parametrize('module', ['explain', 'embed', 'split'])
+def test_case15_a_failed_write_leaves_no_partial_folder(module, shared_inputs):
+    data = os.path.join(shared_inputs, 'data')
+    out = os.path.join(shared_inputs, 'out', module)
+    model = ['--model', os.path.join(shared_inputs, 'model', 'tiny.onnx')]
+    args = {'explain': [os.path.join(data, 'esca'), '--out', out] + model,
+            'embed': [data, '--out', out, '--projection', 'pca'] + model,
+            'split': [data, '--out', out, '--copy', '--group', 'file']}[module]
+    run = run_module(f'leaf_disease_ros.cli.{module}', args, shared_inputs, fsize_bytes=2000)
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert run.returncode != 0
+    assert 'File too large' in run.stderr and 'nothing was written' in run.stderr
+    assert os.listdir(os.path.join(shared_inputs, 'out')) == []  # no partial folder
+
+
+# --- case 15: a symbolic link loop in the data of embed and split --------------------------
+
+
+@pytest.mark.parametrize('module', ['embed', 'split'])
+def test_case15_a_symlink_loop_in_the_data_is_no_folder(module, tiny_model_path, leaf_images,
+                                                        tmp_path, capsys):
+    from leaf_disease_ros.cli import embed, split
+
+    data = tmp_path / 'data'
+    for label, paths in leaf_images.items():
+        (data / label).mkdir(parents=True)
+        for path in paths[:2]:
+            shutil.copy(path, data / label)
+    os.symlink('loop', data / 'loop')  # refers to itself: ELOOP on is_dir()
+    os.symlink('inner', data / 'esca' / 'inner')
+    main = {'embed': embed.main, 'split': split.main}[module]
+    extra = ['--model', tiny_model_path, '--projection', 'pca', '--ood', str(data)] \
+        if module == 'embed' else ['--group', 'file']
+    code, out, err = run_cli(main, [str(data), '--out', str(tmp_path / 'out')] + extra, capsys)
+    assert code == 0, err
+    if module == 'split':
+        assert sorted(os.listdir(tmp_path / 'out' / 'train')) == sorted(leaf_images)
+    else:
+        assert f'embedded {2 * len(leaf_images)} images' in out

@@ -264,6 +264,44 @@ def _(ctx):
     return ctx.replay(ctx.bag(frames))
 
 
+@case('replay.grey_first_frame')
+def _(ctx):
+    frames = ctx.frames(4, kind='raw')
+    frames[0].encoding = 'mono8'
+    frames[0].image_bgr = cv2.cvtColor(ctx.image, cv2.COLOR_BGR2GRAY)[:, :, None].repeat(3, 2)
+    return ctx.replay(ctx.bag(frames, raw=True))
+
+
+@case('replay.thin_frames')
+def _(ctx):
+    frames = ctx.frames(3)
+    frames[1].image_bgr = ctx.image[:1]  # one row: a broken driver or a cropped stream
+    return ctx.replay(ctx.bag(frames))
+
+
+@case('replay.empty_compressed')
+def _(ctx):
+    frames = ctx.frames(3)
+    frames[1].data = b''
+    return ctx.replay(ctx.bag(frames))
+
+
+@case('replay.tile_cap')
+def _(ctx):
+    return ctx.replay(ctx.bag(), '--tile-size', '16', '--tile-stride', '8')
+
+
+@case('replay.read_error')
+def _(ctx):
+    bag = ctx.bag()
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, 'Permission denied', os.path.join(bag, 'bag.mcap'))
+
+    ctx.monkeypatch.setattr(replay_cli, 'run_replay', unreadable)
+    return ctx.replay(bag)
+
+
 @case('replay.padded_rows')
 def _(ctx):
     height, width = ctx.image.shape[:2]
@@ -605,6 +643,33 @@ def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0])
 
 
+@case('classify.unreadable_file')
+def _(ctx):
+    from leaf_disease_ros.perception import image_checks
+
+    locked = ctx.leaves['esca'][0]
+    real = image_checks.np.fromfile
+
+    def fromfile(path, *args, **kwargs):  # what a file of another user gives (tests run as root)
+        if path == locked:
+            raise PermissionError(errno.EACCES, 'Permission denied', path)
+        return real(path, *args, **kwargs)
+
+    ctx.monkeypatch.setattr(image_checks.np, 'fromfile', fromfile)
+    return ctx.classify(locked, ctx.leaves['esca'][1])
+
+
+@case('classify.unreadable_model')
+def _(ctx):
+    from leaf_disease_ros.perception import model_card
+
+    def unreadable(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, 'Permission denied', path)
+
+    ctx.monkeypatch.setattr(model_card, 'sha256_file', unreadable)
+    return ctx.classify(ctx.leaves['esca'][0])
+
+
 @case('classify.card_without_sha')
 def _(ctx):
     return ctx.classify(ctx.leaves['esca'][0], model=ctx.card_without_sha())
@@ -683,6 +748,31 @@ def _(ctx):
     return 'split', [str(data), '--out', str(data / 'split')]
 
 
+@case('explain.thin_image')
+def _(ctx):
+    cv2.imwrite(ctx.path('thin.png'), np.full((1, 5000, 3), (30, 140, 40), np.uint8))
+    return 'explain', [ctx.path('thin.png'), ctx.leaves['esca'][0], '--model', ctx.model,
+                       '--out', ctx.path('explained')]
+
+
+@case('explain.disk_full')
+def _(ctx):
+    from leaf_disease_ros.explain import images
+
+    real = images.atomic_write_bytes
+    written = []
+
+    def disk_full(path, data):  # the second picture finds the disk full
+        if written:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        written.append(path)
+        real(path, data)
+
+    ctx.monkeypatch.setattr(images, 'atomic_write_bytes', disk_full)
+    return 'explain', [ctx.leaves['esca'][0], ctx.leaves['esca'][1], '--model', ctx.model,
+                       '--out', ctx.path('explained')]
+
+
 class _RunsCode:
     """An object whose unpickling creates a folder (it must never be unpickled)."""
 
@@ -701,8 +791,9 @@ def _main(tool):
         return replay_cli.main
     if tool == 'classify':
         return classify_cli.main
-    from leaf_disease_ros.cli import export, split, train
-    return {'export': export.main, 'train': train.main, 'split': split.main}[tool]
+    from leaf_disease_ros.cli import explain, export, split, train
+    return {'export': export.main, 'train': train.main, 'split': split.main,
+            'explain': explain.main}[tool]
 
 
 def test_every_row_has_a_case_and_every_case_a_row():
@@ -729,3 +820,5 @@ def test_the_table_row_is_what_the_user_gets(row, tmp_path, tiny_model_path, lea
     for quote in row.quotes:
         assert ' '.join(quote.split()) in printed, f'{quote!r} not in: {printed}'
     assert not os.path.exists(tmp_path / 'code_ran')
+    if row.case == 'explain.disk_full':
+        assert not os.path.exists(tmp_path / 'explained')  # nothing half-written

@@ -6,6 +6,7 @@ links alias an input; folders are checked for being, holding or lying inside an
 input and for holding files their command did not write.
 """
 
+import errno
 import json
 import os
 import socket
@@ -16,8 +17,10 @@ from leaf_disease_ros.perception.atomic_io import atomic_write_text
 from leaf_disease_ros.perception.errors import OutputError
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
                                                       check_outputs_apart, folder_files,
-                                                      Manifest, MANIFEST_FILE, read_manifest,
-                                                      special_kind, write_manifest)
+                                                      folder_state, is_write_error, Manifest,
+                                                      MANIFEST_FILE, read_manifest,
+                                                      remove_partial_output, special_kind,
+                                                      write_manifest)
 
 REPLAY = 'leaf-disease-replay'
 
@@ -287,3 +290,30 @@ def test_overlapping_outputs_are_refused(tmp_path):
              [('--out', os.path.join(out, 'report')), ('--harvest-tiles', out)])
     check_outputs_apart([('--out', out), ('--harvest-tiles', out + '_harvest'),
                          ('--json', '')])
+
+
+def test_a_failed_run_leaves_no_partial_folder(tmp_path):
+    new = tmp_path / 'new'
+    before_new = folder_state(str(new))
+    (new / 'sub').mkdir(parents=True)
+    (new / 'sub' / 'a.png').write_text('half')
+    remove_partial_output(str(new), before_new)
+    assert not new.exists()
+    earlier = tmp_path / 'earlier'
+    earlier.mkdir()
+    (earlier / 'old.png').write_text('kept')
+    write_manifest(str(earlier), 'leaf-disease-explain')
+    before = folder_state(str(earlier))
+    (earlier / 'deep').mkdir()
+    (earlier / 'deep' / 'b.png').write_text('half')
+    remove_partial_output(str(earlier), before)
+    assert sorted(os.listdir(earlier)) == sorted([MANIFEST_FILE, 'old.png'])
+
+
+def test_a_write_error_is_told_from_a_read_error(tmp_path):
+    out = str(tmp_path / 'out')
+    assert is_write_error(OSError(errno.ENOSPC, 'No space left on device'), [out])
+    assert is_write_error(OSError(errno.EFBIG, 'File too large', '/elsewhere/x'), [out])
+    assert is_write_error(PermissionError(errno.EACCES, 'denied', out + '/a.png'), [out])
+    assert not is_write_error(PermissionError(errno.EACCES, 'denied', str(tmp_path / 'bag')),
+                              [out])

@@ -40,15 +40,15 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from leaf_disease_ros.inference.base import Backend
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError, OutputError
-from leaf_disease_ros.perception.image_checks import (has_colour, min_side_px, NO_COLOUR_REASON,
-                                                      too_small)
+from leaf_disease_ros.perception.image_checks import (has_colour, NO_COLOUR_REASON,
+                                                      read_image_file, too_small,
+                                                      too_small_reason)
 from leaf_disease_ros.perception.image_folders import (entry_is_file, entry_is_folder,
                                                        is_image_file, list_class_folders)
 from leaf_disease_ros.perception.metrics import classification_report, format_report
@@ -98,11 +98,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def read_image(path: str) -> Optional[np.ndarray]:
-    """Return the BGR uint8 image at ``path``, or None when it cannot be decoded."""
-    data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else None
-    if data is None or data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    """Return the BGR uint8 image at ``path``, or None when it cannot be read or decoded."""
+    return read_image_file(path)[0]
 
 
 class Classifier:
@@ -124,14 +121,11 @@ class Classifier:
         height, width = self.card.input_hw_px
         first_broken = len(self.broken)
         for path in paths:
-            image = read_image(path)
-            problem = ''
+            image, problem = read_image_file(path)
             if image is None:
-                problem = 'not a readable image'
+                pass
             elif too_small(image, self.card.input_hw_px):
-                problem = (f'{image.shape[1]}x{image.shape[0]} px is too small for the '
-                           f"model's {width}x{height} input (at least "
-                           f'{min_side_px(self.card.input_hw_px)} px a side), not classified')
+                problem = too_small_reason(image, self.card.input_hw_px)
             elif not has_colour(image):
                 problem = NO_COLOUR_REASON
             if problem or image is None:
@@ -251,8 +245,12 @@ def explain_paths(backend: Backend, paths: Sequence[str], out_dir: str) -> None:
     for start in range(0, len(paths), BATCH):
         items = []
         for path in paths[start:start + BATCH]:
-            image = read_image(path)
-            if image is not None:
+            image, problem = read_image_file(path)
+            problem = problem or (too_small_reason(image, backend.card.input_hw_px)
+                                  if image is not None else '')
+            if problem:
+                _err(f'not explained {path}: {problem}')
+            elif image is not None:
                 name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
                                     os.path.basename(path))
                 items.append((name, image))

@@ -48,7 +48,8 @@ from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance, fi
 from leaf_disease_ros.perception.errors import DatasetError, LeafDiseaseError
 from leaf_disease_ros.perception.image_folders import is_image_file, list_class_folders
 from leaf_disease_ros.perception.model_card import card_path_for_model
-from leaf_disease_ros.perception.output_paths import check_output_folder, write_manifest
+from leaf_disease_ros.perception.output_paths import (check_output_folder, folder_state,
+                                                      remove_partial_output, write_manifest)
 from leaf_disease_ros.perception.plots import encode_png
 from leaf_disease_ros.perception.postprocess import softmax
 from leaf_disease_ros.perception.tiling import crops, tile_boxes, vegetation_fractions
@@ -216,6 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out, err = sys.stdout, sys.stderr
     started = time.perf_counter()
     backend: Optional[Backend] = None
+    before = folder_state(args.out)
     try:
         inputs = [args.data, args.ood] + ([args.model, card_path_for_model(args.model)]
                                           if args.model else [])
@@ -270,6 +272,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_manifest(args.out, EMBED_COMMAND)
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-embed: error: {exc}\n')
+        return 2
+    except OSError as exc:  # full disk, file size limit, I/O error: nothing half-written
+        remove_partial_output(args.out, before)
+        err.write(f'leaf-disease-embed: error: cannot write {args.out}: '
+                  f'{exc.strerror or exc}; nothing was written\n')
         return 2
     finally:
         if backend is not None:

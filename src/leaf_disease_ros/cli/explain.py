@@ -31,15 +31,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.explain.images import explain_images, ExplainSettings, read_image
+from leaf_disease_ros.explain.images import explain_images, ExplainSettings
 from leaf_disease_ros.explain.saliency import DEFAULT_GRID, DEFAULT_MASKS
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.errors import LeafDiseaseError
+from leaf_disease_ros.perception.image_checks import read_image_file, too_small_reason
 from leaf_disease_ros.perception.image_folders import is_image_file
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
-                                                      check_outputs_apart, write_manifest)
+                                                      check_outputs_apart, folder_state,
+                                                      remove_partial_output, write_manifest)
 
 METHODS = ('occlusion', 'rise', 'gradcam')
 #: the command a saliency folder's manifest names (as classify --explain's)
@@ -150,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in skipped:
         err.write(f'skipped {path}: not an image file or folder\n')
     backend = None
+    before = folder_state(args.out)
     try:
         check_outputs(args)
         if args.method == 'gradcam':
@@ -162,9 +165,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tile_stride_px=args.tile_stride, target=_target_index(card.labels, args.target))
         items = []
         for name, path in images:
-            image = read_image(path)
-            if image is None:
-                err.write(f'skipped {path}: not a readable image\n')
+            image, problem = read_image_file(path)
+            if image is not None:  # a 5000x1 image would be one 1x1 tile, enlarged 256x
+                problem = too_small_reason(image, card.input_hw_px)
+            if image is None or problem:
+                err.write(f'skipped {path}: {problem}\n')
                 continue
             items.append((name, image))
         records, totals = explain_images(items, card, args.out, settings, backend=backend,
@@ -173,6 +178,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_manifest(args.out, EXPLAIN_COMMAND)
     except LeafDiseaseError as exc:
         err.write(f'leaf-disease-explain: error: {exc}\n')
+        return 2
+    except OSError as exc:  # full disk, file size limit, I/O error: nothing half-written
+        remove_partial_output(args.out, before)
+        err.write(f'leaf-disease-explain: error: cannot write {args.out}: '
+                  f'{exc.strerror or exc}; nothing was written\n')
         return 2
     finally:
         if backend is not None:
@@ -192,7 +202,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         document: Dict[str, Any] = {'images': records, 'totals': totals, 'method': args.method,
                                     'model': card.name}
-        atomic_write_json(args.json, document)
+        try:
+            atomic_write_json(args.json, document)
+        except OSError as exc:
+            err.write(f'leaf-disease-explain: error: cannot write {args.json}: '
+                      f'{exc.strerror or exc}; the pictures are in {args.out}\n')
+            return 2
         err.write(f'wrote {args.json}\n')
     return 0
 

@@ -41,7 +41,7 @@ from leaf_disease_ros.perception.config import (load_params_file, strict_paramet
 from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
 from leaf_disease_ros.perception.metrics import macro_average_note
 from leaf_disease_ros.perception.model_card import card_path_for_model
-from leaf_disease_ros.perception.output_paths import check_outputs_apart
+from leaf_disease_ros.perception.output_paths import check_outputs_apart, is_write_error
 from leaf_disease_ros.replay.compare import ModelComparison
 from leaf_disease_ros.replay.demo import demo_bag_path
 from leaf_disease_ros.replay.evaluation import accuracy_text
@@ -385,8 +385,16 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f'leaf-disease-replay: error: {exc}\n')
         return EXIT_ERROR
     except OSError as exc:
-        err.write(f'leaf-disease-replay: error: cannot write the report in {args.out}: '
-                  f'{exc}; nothing was written, {args.out} is as it was\n')
+        written = [args.out, args.harvest_tiles] + ([folder.staging] if folder else [])
+        if is_write_error(exc, written):
+            err.write(f'leaf-disease-replay: error: cannot write the report in {args.out}: '
+                      f'{exc}; nothing was written, {args.out} is as it was\n')
+        else:
+            what = exc.filename or 'an input'
+            err.write(f'leaf-disease-replay: error: cannot read {what}: '
+                      f'{exc.strerror or exc}; nothing was written, {args.out} is as it '
+                      'was. Check that the bag, the model and the params file can be '
+                      'read (ls -l)\n')
         return EXIT_ERROR
     finally:
         if harvester is not None:

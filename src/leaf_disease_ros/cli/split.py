@@ -112,3 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(f'{args.out}: {len(train)} train and {len(val)} validation images, '
                      f'{len(labels)} classes, split by {args.group}\n')
     return 0
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from leaf_disease_ros.explain.overlay import frame_picture, saliency_picture
 from leaf_disease_ros.explain.saliency import explain_tiles, LogitsBackend, Saliency
 from leaf_disease_ros.perception.atomic_io import atomic_write_bytes
+from leaf_disease_ros.perception.image_checks import read_image_file
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.plots import encode_png
 from leaf_disease_ros.perception.tiling import crops, tile_boxes
@@ -49,11 +49,8 @@ class ExplainSettings:
 
 
 def read_image(path: str) -> Optional[np.ndarray]:
-    """Return the BGR uint8 image at ``path``, or None when it cannot be decoded."""
-    data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else None
-    if data is None or data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    """Return the BGR uint8 image at ``path``, or None when it cannot be read or decoded."""
+    return read_image_file(path)[0]
 
 
 def output_name(name: str) -> str:

@@ -99,7 +99,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'Side of a square tile in frame pixels (clamped to the frame).',
               'tiling', min_value=16, max_value=8192),
     ParamSpec('tile_stride_px', INT, 256,
-              'Step between tiles in frame pixels; at most tile_size_px (no gaps).',
+              'Step between tiles in frame pixels; at most tile_size_px (no gaps), and '
+              'large enough that a 1920x1080 frame has at most 2048 tiles (memory).',
               'tiling', min_value=8, max_value=8192),
     ParamSpec('min_vegetation_fraction', DOUBLE, 0.10,
               'Tiles with a smaller share of vegetation pixels are skipped (soil, sky, '
@@ -417,12 +418,49 @@ def validate_value(name: str, value: Any) -> Any:
     raise ConfigError(name, f'parameter table has unknown type {spec.type!r}')
 
 
+#: the frame the tile cap is stated for: Full HD, the usual robot camera (width, height)
+TILE_CAP_FRAME_WH_PX = (1920, 1080)
+#: the most tiles ``grid`` tiling may cut :data:`TILE_CAP_FRAME_WH_PX` into. A frame's kept
+#: tiles are preprocessed as one float32 batch: at the shipped model's 224x224 input a tile
+#: is 3 x 224 x 224 x 4 = 602,112 bytes, so 2048 tiles are 1.15 GiB for one frame, the most
+#: an 8 GB Jetson can give a frame beside the engine; ``--tile-size 16 --tile-stride 8``
+#: would cut 32,026 tiles (18 GiB).
+MAX_TILES_PER_FRAME = 2048
+
+
+def _tiles_along(length_px: int, size_px: int, stride_px: int) -> int:
+    """Return how many tiles ``grid`` tiling puts along one side (see perception/tiling.py)."""
+    size_px = min(size_px, length_px)
+    count = (length_px - size_px) // stride_px + 1
+    return count + (1 if (count - 1) * stride_px + size_px < length_px else 0)
+
+
+def tiles_per_frame(tile_size_px: int, tile_stride_px: int,
+                    frame_wh_px: Tuple[int, int] = TILE_CAP_FRAME_WH_PX) -> int:
+    """Return the number of ``grid`` tiles of a ``frame_wh_px`` frame."""
+    width, height = frame_wh_px
+    return (_tiles_along(width, tile_size_px, tile_stride_px)
+            * _tiles_along(height, tile_size_px, tile_stride_px))
+
+
 def _cross_check(values: Mapping[str, Any]) -> None:
     if values['tile_stride_px'] > values['tile_size_px']:
         raise ConfigError(
             'tile_stride_px',
             f"{values['tile_stride_px']} is larger than tile_size_px "
             f"{values['tile_size_px']}: the frame would have unclassified gaps")
+    if values['tiling'] != 'grid':
+        return
+    tiles = tiles_per_frame(values['tile_size_px'], values['tile_stride_px'])
+    if tiles > MAX_TILES_PER_FRAME:
+        width, height = TILE_CAP_FRAME_WH_PX
+        raise ConfigError(
+            'tile_stride_px',
+            f"tile_size_px {values['tile_size_px']} and tile_stride_px "
+            f"{values['tile_stride_px']} cut a {width}x{height} frame into {tiles:,} tiles, "
+            f'more than {MAX_TILES_PER_FRAME:,} (each tile is a model input: about '
+            f'{tiles * 602112 / 2 ** 30:.1f} GiB a frame at 224x224). Give a larger '
+            'tile_stride_px (and tile_size_px), or tiling none for a close-up camera')
 
 
 def _cross_check_domain(values: Mapping[str, Any]) -> None:

@@ -66,6 +66,10 @@ class FrameError(LeafDiseaseError):
     """A frame cannot be processed (empty, wrong shape or dtype, undecodable)."""
 
 
+class FrameTooSmallError(FrameError):
+    """A frame has a side too short for the model's input (e.g. 1 px high): not classified."""
+
+
 class ImageDecodeError(FrameError):
     """An image message or file could not be decoded into a BGR uint8 array."""
 

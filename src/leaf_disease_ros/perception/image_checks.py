@@ -10,11 +10,16 @@ classify command skips the file, each saying why:
 - :func:`has_colour`: not every pixel has three equal channels (a sample of every
   4th pixel of every 4th row; a grey camera, a grey PNG or a black frame has none);
 - :func:`too_small`: a side shorter than a quarter of the model's input side (at
-  least 16 px).
+  least 16 px); :func:`too_small_reason` says so.
+
+:func:`read_image_file` reads an image file and says why it could not (unreadable,
+empty, not an image), so a locked file is one skipped file, never a traceback.
 """
 
-from typing import Tuple
+import os
+from typing import Optional, Tuple
 
+import cv2
 import numpy as np
 
 GREY_SAMPLE_STEP = 4
@@ -40,6 +45,37 @@ def min_side_px(input_hw_px: Tuple[int, int]) -> int:
 def too_small(image_bgr: np.ndarray, input_hw_px: Tuple[int, int]) -> bool:
     """Return whether the image is too small to classify with a model of this input size."""
     return min(image_bgr.shape[:2]) < min_side_px(input_hw_px)
+
+
+def too_small_reason(image_bgr: np.ndarray, input_hw_px: Tuple[int, int]) -> str:
+    """Return why the image is too small for the model's input, or '' when it is not."""
+    if not too_small(image_bgr, input_hw_px):
+        return ''
+    height, width = input_hw_px
+    return (f'{image_bgr.shape[1]}x{image_bgr.shape[0]} px is too small for the '
+            f"model's {width}x{height} input (at least {min_side_px(input_hw_px)} px a "
+            'side), not classified')
+
+
+def read_image_file(path: str) -> Tuple[Optional[np.ndarray], str]:
+    """
+    Return ``(BGR uint8 image, '')``, or ``(None, why not)`` for a file that is no image.
+
+    A file that cannot be read (permission denied, I/O error) says so with the system's
+    reason; an empty or undecodable one is ``'not a readable image'``.
+    """
+    if not os.path.isfile(path):
+        return None, 'not a readable image'
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        return None, f'cannot be read ({exc.strerror or exc})'
+    if data.size == 0:
+        return None, 'not a readable image'
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        return None, 'not a readable image'
+    return image, ''
 
 
 NO_COLOUR_REASON = ('has no colour (all three channels equal: a grey camera, a grey image '

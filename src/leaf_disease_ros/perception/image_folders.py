@@ -46,10 +46,19 @@ def entry_is_file(entry: 'os.DirEntry[str]') -> bool:
         return False
 
 
-def files_below(folder: str) -> List[str]:
-    """Return every non-hidden file below ``folder`` (any depth), sorted by path."""
+def files_below(folder: str, unreadable: Optional[List[str]] = None) -> List[str]:
+    """
+    Return every non-hidden file below ``folder`` (any depth), sorted by path.
+
+    :param unreadable: when given, gets ``'FOLDER (reason)'`` for each folder that could
+        not be listed (permission denied), which is otherwise passed over.
+    """
+    def note(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(f'{exc.filename} ({exc.strerror or exc})')
+
     found: List[str] = []
-    for current, dirs, names in os.walk(folder):
+    for current, dirs, names in os.walk(folder, onerror=note):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
         found += [os.path.join(current, n) for n in names
                   if not n.startswith('.') and os.path.isfile(os.path.join(current, n))]
@@ -89,12 +98,16 @@ def list_class_folders(root: str, labels: Optional[Sequence[str]] = None
     for index, label in enumerate(labels):
         folder = os.path.join(root, label)
         count = 0
-        for path in files_below(folder):
+        unreadable: List[str] = []
+        for path in files_below(folder, unreadable):
             if not is_image_file(path):
                 skipped.append(path)
                 continue
             samples.append(Sample(path, index))
             count += 1
+        if count == 0 and unreadable:
+            raise DatasetError(f'class folder {folder} cannot be read: {unreadable[0]}; check '
+                               'its permissions (ls -ld) or move it out of the dataset')
         if count == 0:
             raise DatasetError(f'class folder {folder} holds no images '
                                f'({", ".join(IMAGE_EXTENSIONS)})')

@@ -59,7 +59,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.embedding_distance import (distance_from_section,
                                                             EmbeddingDistance)
-from leaf_disease_ros.perception.errors import ModelCardError
+from leaf_disease_ros.perception.errors import ModelCardError, ModelLoadError
 from leaf_disease_ros.perception.json_fields import FieldReader
 
 SCHEMA_VERSION = 1
@@ -328,8 +328,14 @@ def check_model_file(card: ModelCard, model_path: str) -> str:
     :raises ModelCardError: when the card records no hash (nothing would tell a swapped
         model from the right one) or another hash (the model was re-exported without
         its card, or the card belongs to another model).
+    :raises ModelLoadError: the model file cannot be read (permission, I/O error).
     """
-    actual = sha256_file(model_path)
+    try:
+        actual = sha256_file(model_path)
+    except OSError as exc:
+        raise ModelLoadError(f'cannot read the model {model_path}: '
+                             f'{exc.strerror or exc}; check its permissions (ls -l) or give '
+                             'a model you can read') from exc
     if not card.onnx_sha256:
         raise ModelCardError(
             card.path or '<card>', 'onnx_sha256',

@@ -22,13 +22,20 @@ not make. Before any work is done, each command checks each of its outputs:
   holds or lies inside the other).
 
 Every refusal is an :class:`OutputError` naming the conflict and what to do instead.
-Inputs that do not exist are skipped (the command reports them itself). This module
-reads the file system only; it writes nothing but manifests.
+:func:`folder_state` and :func:`remove_partial_output` undo what a command that writes
+straight into its folder wrote before a write failed (full disk, file size limit), so
+no partial folder is left. :func:`is_write_error` tells a failed write of an output
+(full disk, file too large, read-only output) from a failed read of an input, so a
+command says which of the two went wrong. Inputs that do not exist are skipped (the
+command reports them itself). This module reads the file system; it writes nothing
+but manifests, and removes only what a failed run of a command wrote.
 """
 
 from dataclasses import dataclass
+import errno
 import json
 import os
+import shutil
 import stat
 from typing import List, Optional, Sequence, Tuple
 
@@ -304,6 +311,61 @@ def check_output_folder(path: str, inputs: Sequence[str] = (), *, what: str = '-
                           f'did not write ({_shown(strangers)}): it is never written over. '
                           'Move those files away, or give a new or empty folder')
     return manifest
+
+
+def folder_state(path: str) -> Optional[Tuple[str, ...]]:
+    """Return the files below output folder ``path`` now (manifest too), None when absent."""
+    if not os.path.isdir(path):
+        return None
+    return tuple(folder_files(path)) + ((MANIFEST_FILE,) if os.path.lexists(
+        os.path.join(path, MANIFEST_FILE)) else ())
+
+
+def remove_partial_output(path: str, before: Optional[Tuple[str, ...]]) -> None:
+    """
+    Remove what a failed run wrote into output folder ``path`` (see :func:`folder_state`).
+
+    A folder that was absent (``before`` None) is removed whole; otherwise the files
+    that were not there before are removed (an earlier output of the same command keeps
+    its files), then the folders left empty. Errors are ignored: this runs after one.
+    """
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    kept = set(before)
+    for name in folder_files(path) + [MANIFEST_FILE]:
+        if name not in kept:
+            try:
+                os.remove(os.path.join(path, name))
+            except OSError:
+                pass
+    for root, _, _ in sorted(os.walk(path), key=lambda item: -len(item[0])):
+        if root != path:
+            try:
+                os.rmdir(root)  # only when empty
+            except OSError:
+                pass
+
+
+#: errors only a write raises: disk full, file size limit (RLIMIT_FSIZE), quota, read-only
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def is_write_error(exc: OSError, outputs: Sequence[Optional[str]]) -> bool:
+    """
+    Return whether ``exc`` is a failed write of one of ``outputs`` (not a failed read).
+
+    It is when its errno only a write raises (:data:`WRITE_ERRNOS`), when it names a
+    file inside an output, or when it names no file at all (the writers of the commands
+    name none; a reader that fails names its file).
+    """
+    if exc.errno in WRITE_ERRNOS:
+        return True
+    names = [name for name in (exc.filename, exc.filename2) if isinstance(name, str)]
+    if not names:
+        return True
+    given = [_real(path) for path in outputs if path]
+    return any(_inside(_real(name), out) for name in names for out in given)
 
 
 def check_outputs_apart(outputs: Sequence[Tuple[str, str]]) -> None:

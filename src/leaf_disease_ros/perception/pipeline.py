@@ -40,7 +40,8 @@ import numpy as np
 
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance
-from leaf_disease_ros.perception.errors import ConfigError
+from leaf_disease_ros.perception.errors import ConfigError, FrameTooSmallError
+from leaf_disease_ros.perception.image_checks import min_side_px
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import (COVARIANCE_TYPE_UNKNOWN, GeotagResult,
                                                    GroundPosition, PLACED_CAMERA,
@@ -334,6 +335,9 @@ class Detector:
         :param fix_buffer: the GPS buffer; None gives no position.
 
         :raises FrameError: the frame is not a ``(H, W, 3)`` uint8 image.
+        :raises FrameTooSmallError: a side is shorter than
+            :func:`~leaf_disease_ros.perception.image_checks.min_side_px` of the model's
+            input (a 1-px-high frame would be tiled into 1x1 tiles and classified).
         :raises InferenceError: the backend failed on this frame, or returned NaN,
             infinite or overflowing outputs (the frame is dropped, never published).
         """
@@ -342,6 +346,13 @@ class Detector:
         timings = dict.fromkeys(STAGES, 0.0)
         start = clock()
         height, width = check_frame(frame_bgr)
+        smallest_px = min_side_px(self._card.input_hw_px)
+        if min(height, width) < smallest_px:
+            raise FrameTooSmallError(
+                f'frame is {width}x{height} px: a side shorter than {smallest_px} px is too '
+                f"small for the model's {self._card.input_hw_px[1]}x"
+                f'{self._card.input_hw_px[0]} input, not classified (a broken camera driver '
+                'or a cropped stream)')
         boxes = tile_boxes(height, width, config.tiling, config.tile_size_px,
                            config.tile_stride_px)
         leaf: Optional[np.ndarray] = None

@@ -104,12 +104,19 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
     from rosbags.image import compressed_image_to_cvimage, ImageError, message_to_cvimage
 
     if msgtype == COMPRESSED_IMAGE_TYPE:
+        if len(msg.data) == 0:
+            raise ImageDecodeError(f'compressed image ({msg.format or "no format"}) has no '
+                                   'data (0 bytes): the publisher sent an empty payload, '
+                                   'nothing to decode', str(msg.format))
         try:
             image = compressed_image_to_cvimage(msg)
         except (AssertionError, cv2.error, ImageError) as exc:
+            # OpenCV's own text is an assertion of its source ("(-215:Assertion failed)
+            # !buf.empty() in function 'imdecode_'"): not for an operator
+            detail = '' if isinstance(exc, cv2.error) else str(exc)
             raise ImageDecodeError(
                 f'compressed image ({msg.format or "no format"}, {len(msg.data)} bytes) does '
-                f'not decode: corrupt or not an image{": " + str(exc) if str(exc) else ""}'
+                f'not decode: corrupt or not an image{": " + detail if detail else ""}'
             ) from exc
         if image is None:
             raise ImageDecodeError(f'compressed image ({msg.format or "no format"}, '

@@ -58,8 +58,9 @@ from leaf_disease_ros.geo.leaf_position import LeafLocator, LocatorSettings
 from leaf_disease_ros.geo.mapping import FindingMerger, sighting_at, TrackRecorder
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
-from leaf_disease_ros.perception.errors import (BagError, FrameError, ImageDecodeError,
-                                                InferenceError, UnsupportedEncodingError)
+from leaf_disease_ros.perception.errors import (BagError, FrameError, FrameTooSmallError,
+                                                ImageDecodeError, InferenceError,
+                                                UnsupportedEncodingError)
 from leaf_disease_ros.perception.image_checks import has_colour, NO_COLOUR_REASON
 from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
 from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
@@ -348,35 +349,43 @@ def resolve_topics(bag: BagReader, options: ReplayOptions) -> Topics:
                   ground_truth=truth, notes=tuple(notes), camera_info=camera_info)
 
 
+#: how many image messages judge whether the camera is grey (see refuse_grey_camera)
+GREY_CAMERA_FRAMES = 8
+
+
 def refuse_grey_camera(bag: BagReader, topics: Topics, typestore: Any) -> None:
     """
     Refuse a recording whose camera is grey (mono), before anything is processed.
 
     The model classifies colour leaves: a mono8 camera, or grey PNG / JPEG frames,
     would be "evaluated" as nothing (every tile fails the vegetation gate). The first
-    image message decides; frames without colour later in a colour recording are
-    skipped and counted (``no_colour``).
+    :data:`GREY_CAMERA_FRAMES` image messages that deserialise judge the camera: it is
+    grey when every one of them is. One grey frame (a driver that starts in mono, a
+    test pattern) does not refuse a colour recording: grey frames in it are skipped
+    and counted (``no_colour``).
 
     :raises BagError: naming the topic, its encoding and what to record instead.
     """
+    kinds: List[str] = []
     messages = bag.messages([topics.image])
     try:
-        first = next(messages, None)
+        for message in messages:
+            try:
+                msg = typestore.deserialize_cdr(message.data, message.msgtype)
+            except _DESERIALIZE_ERRORS:
+                continue  # counted as undecodable when the frame is processed
+            kinds.append(grey_source(msg, topics.image_type))
+            if not kinds[-1] or len(kinds) >= GREY_CAMERA_FRAMES:
+                break
     finally:
         close = getattr(messages, 'close', None)
         if close is not None:
             close()
-    if first is None:
-        return
-    try:
-        msg = typestore.deserialize_cdr(first.data, first.msgtype)
-    except _DESERIALIZE_ERRORS:
-        return  # counted as undecodable when the frame is processed
-    kind = grey_source(msg, topics.image_type)
-    if kind:
-        raise BagError(f'the image topic {topics.image} carries {kind} images: the model '
+    if kinds and all(kinds):
+        raise BagError(f'the image topic {topics.image} carries {kinds[0]} images: the model '
                        'classifies colour photos of leaves (the vegetation gate and the '
-                       'disease symptoms are colours), so a grey camera cannot be evaluated. '
+                       'disease symptoms are colours), so a grey camera cannot be evaluated '
+                       f'(its first {len(kinds)} frames are all grey). '
                        'Record the colour stream of the camera (bgr8 / rgb8, or its debayered '
                        'colour topic) and choose it with --image-topic')
 
@@ -647,6 +656,8 @@ class _Replay:
             self._skip('unsupported_encoding', f'{where}: {exc}')
         except ImageDecodeError as exc:
             self._skip('corrupt_image', f'{where}: {exc}')
+        except FrameTooSmallError as exc:
+            self._skip('too_small', f'{where}: {exc}')
         except FrameError as exc:
             self._skip('bad_frame', f'{where}: {exc}')
         except InferenceError as exc:

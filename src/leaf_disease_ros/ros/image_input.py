@@ -153,6 +153,7 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error as exc:
-        raise ImageDecodeError(f'compressed image (format {fmt!r}) could not be decoded: '
-                               f'{exc}', fmt) from exc
+        # OpenCV's text is an assertion of its source, not for an operator
+        raise ImageDecodeError(f'compressed image (format {fmt!r}, {buffer.size} bytes) could '
+                               'not be decoded (corrupt or not an image)', fmt) from exc
     return check_decoded(image, f'compressed image (format {fmt!r})')

@@ -96,7 +96,11 @@ def engine_file_mismatches(engine_path: str, sidecar: EngineSidecar) -> List[str
     if not os.path.isfile(engine_path):
         found.append(f'engine file {engine_path} does not exist')
         return found
-    actual = sha256_file(engine_path)
+    try:
+        actual = sha256_file(engine_path)
+    except OSError as exc:
+        found.append(f'engine file {engine_path} cannot be read ({exc.strerror or exc})')
+        return found
     if actual != sidecar.engine_sha256:
         found.append(f'engine file changed after its sidecar was written (sha256 '
                      f'{actual[:12]}..., sidecar says {sidecar.engine_sha256[:12]}...)')
