@@ -33,7 +33,7 @@ import re
 import signal
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO
 
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (load_params_file, strict_parameters,
@@ -187,13 +187,28 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     :raises ConfigError: unreadable params file, a malformed ``--param``, or a name
         that is not a parameter.
     """
+    return parameters_from(args.params_file, args.params_node or args.node_name, args.param,
+                           {name: getattr(args, flag) for flag, name in FLAG_PARAMETERS.items()})
+
+
+def parameters_from(params_file: str, node_name: str, param_items: Sequence[str],
+                    flags: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    Return parameter values: ``params_file``, then ``--param NAME=VALUE`` items, then flags.
+
+    The one reading of a command's parameters (replay, season): ``flags`` maps
+    parameter names to flag values, None when the flag was not given.
+
+    :raises ConfigError: unreadable params file, a malformed ``--param``, or a name
+        that is not a parameter.
+    """
     import yaml
 
     values: Dict[str, Any] = {}
-    if args.params_file:
-        values.update(load_params_file(args.params_file, args.params_node or args.node_name))
+    if params_file:
+        values.update(load_params_file(params_file, node_name))
     given: Dict[str, Any] = {}
-    for item in args.param:
+    for item in param_items:
         name, sep, text = item.partition('=')
         if not sep or not name.strip():
             raise ConfigError(item, 'expected --param NAME=VALUE')
@@ -202,8 +217,7 @@ def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
         except yaml.YAMLError as exc:
             raise ConfigError(name, f'value {text!r} is not valid YAML: {exc}') from exc
     values.update(strict_parameters(given, '--param'))
-    for flag, name in FLAG_PARAMETERS.items():
-        value = getattr(args, flag)
+    for name, value in flags.items():
         if value is not None:
             values[name] = list(value) if isinstance(value, (list, tuple)) else value
     return values

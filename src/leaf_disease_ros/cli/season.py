@@ -28,10 +28,10 @@ import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
+from leaf_disease_ros.cli.replay import parameters_from
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
-from leaf_disease_ros.perception.config import (load_params_file, strict_parameters,
-                                                validate_parameters)
-from leaf_disease_ros.perception.errors import ConfigError, LeafDiseaseError
+from leaf_disease_ros.perception.config import validate_parameters
+from leaf_disease_ros.perception.errors import LeafDiseaseError
 from leaf_disease_ros.perception.model_card import card_path_for_model
 from leaf_disease_ros.perception.output_paths import (check_output_folder, read_manifest,
                                                       write_manifest)
@@ -124,26 +124,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def collect_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     """Return the parameters: params file, then ``--param``, then the flags."""
-    import yaml
-
-    values: Dict[str, Any] = {}
-    if args.params_file:
-        values.update(load_params_file(args.params_file, DEFAULT_NODE_NAME))
-    given: Dict[str, Any] = {}
-    for item in args.param:
-        name, sep, text = item.partition('=')
-        if not sep or not name.strip():
-            raise ConfigError(item, 'expected --param NAME=VALUE')
-        try:
-            given[name.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(name, f'value {text!r} is not valid YAML: {exc}') from exc
-    values.update(strict_parameters(given, '--param'))
-    for flag, name in FLAG_PARAMETERS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            values[name] = value
-    return values
+    return parameters_from(args.params_file, DEFAULT_NODE_NAME, args.param,
+                           {name: getattr(args, flag) for flag, name in FLAG_PARAMETERS.items()})
 
 
 def local_time(iso_utc: str) -> str:
