@@ -87,3 +87,13 @@ def test_a_slow_consumer_sees_only_newer_items_and_every_item_is_accounted_for()
     assert seen[-1] == 1999  # the newest frame is always processed
     assert box.dropped > 0
     assert box.put_count == box.taken + box.dropped + box.discarded == 2000
+
+
+def test_wait_reports_a_pending_item_without_taking_it():
+    box: LatestMailbox[int] = LatestMailbox()
+    assert not box.wait(0.01)
+    threading.Timer(0.05, box.put, args=(7,)).start()
+    assert box.wait(30.0) and box.pending and box.taken == 0
+    assert box.take(0.0) == 7
+    box.close()
+    assert not box.wait(30.0)  # closed: returns at once

@@ -75,6 +75,21 @@ class LatestMailbox(Generic[T]):
             self._taken += 1
             return item
 
+    def wait(self, timeout_s: float) -> bool:
+        """
+        Wait up to ``timeout_s`` for an item without taking it.
+
+        :returns: Whether an item is pending (False on timeout or when closed).
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._condition:
+            while not self._has_item and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    return False
+                self._condition.wait(remaining)
+            return self._has_item
+
     def clear(self) -> bool:
         """Discard the untaken item, if any; return whether one was discarded."""
         with self._condition:

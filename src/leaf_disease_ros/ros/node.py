@@ -29,14 +29,19 @@ activate; ``_deactivate`` and ``_release`` undo them (see docs/robot.md "Lifecyc
 
 Threads: a MultiThreadedExecutor runs the image callback, the fix callback and the
 control callbacks (service, timers) in separate callback groups. The image callback
-only puts the message into a one-slot mailbox; the worker thread takes the newest
-message, converts it (raw images with cv_bridge to bgr8, compressed ones with
-``cv2.imdecode``, see ``ros/image_input.py``), runs the pipeline and publishes, so GPS
-keeps flowing while a batch runs, and frames replaced in the mailbox are counted as
-dropped. A bad frame is counted, logged (throttled) and dropped; so is a frame whose
-messages cannot be built or published (a position outside UTM, a publisher failing):
-no exception from the publishing path ends the worker. A bug anywhere else in the
-worker stops the node with the traceback and exit code 1 rather than leaving it silent.
+only puts the message into a one-slot mailbox; a decode thread (``ros/decode_stage.py``)
+takes the newest message and converts it (raw images with cv_bridge to bgr8,
+compressed ones with ``cv2.imdecode``, see ``ros/image_input.py``) while the worker
+thread runs the pipeline on the previous frame and publishes it: one stage deep (the
+next message is decoded once the worker has taken the last), so the accelerator does
+not wait on the CPU's decode, GPS keeps flowing while a batch runs, and frames
+replaced in the mailbox are counted as dropped. A pause or deactivate discards the
+waiting message, the decoded frame and the one being decoded. A bad frame is
+counted, logged (throttled) and dropped; so is a frame whose messages cannot be built
+or published (a position outside UTM, a publisher failing): no exception from the
+publishing path ends the worker. A bug anywhere else in the worker (or in the
+decoding) stops the node with the traceback and exit code 1 rather than leaving it
+silent.
 
 Time: every output copies the input image header; latency is the node clock minus
 the image stamp, so ``use_sim_time`` with ``ros2 bag play --clock`` works; stamps
@@ -86,10 +91,10 @@ from leaf_disease_ros.ros.conversions import (MessageTypes, navsatfix_to_fix, st
                                               to_detection2d_array, to_detection3d_array,
                                               to_diagnostic_array, to_geotag_fix, to_label_info)
 from leaf_disease_ros.ros.debug_image import draw_detections
+from leaf_disease_ros.ros.decode_stage import Decoded, DecodeStage
 from leaf_disease_ros.ros.diagnostics import (DetectorStats, DetectorThresholds, domain_report,
                                               domain_verdict, DomainRule, DomainWindow, GpsStats,
                                               holds_findings)
-from leaf_disease_ros.ros.frame_mailbox import LatestMailbox
 from leaf_disease_ros.ros.image_input import check_decoded, check_raw_layout, decode_compressed
 from leaf_disease_ros.ros.live_map import LiveMap
 from leaf_disease_ros.ros.messages import (COMPRESSED_IMAGE_TYPE, cv_bridge_failure_message,
@@ -213,7 +218,8 @@ class DetectorNode(Node):
         self._enabled = threading.Event()
         self._active = threading.Event()  # activated: frames are taken and published
         self._publish_lock = threading.Lock()
-        self._mailbox: LatestMailbox[_Pending] = LatestMailbox()
+        # the newest message, decoded one frame ahead of inference (ros/decode_stage.py)
+        self._mailbox: DecodeStage[_Pending, np.ndarray] = self._decode_stage()
         self._backend: Any = None
         self._worker: Optional[threading.Thread] = None
         self._live_map: Optional[LiveMap] = None
@@ -253,7 +259,7 @@ class DetectorNode(Node):
         values = self._values
         self._bridge, self._bridge_error = _make_bridge()
         self._closing.clear()
-        self._mailbox = LatestMailbox()
+        self._mailbox = self._decode_stage()
 
         self._backend = load_backend(
             values['model_path'], values['backend'], onnx_provider=values['onnx_provider'],
@@ -299,6 +305,7 @@ class DetectorNode(Node):
         self._worker = threading.Thread(target=self._worker_main, name='leaf_detector_worker',
                                         daemon=True)
         self._worker.start()
+        self._mailbox.start()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _activate(self) -> None:
@@ -662,16 +669,20 @@ class DetectorNode(Node):
 
     # --- worker thread -----------------------------------------------------------
 
+    def _decode_stage(self) -> DecodeStage[_Pending, np.ndarray]:
+        """Return a decode stage (not started) that converts with :meth:`_decode`."""
+        return DecodeStage(lambda pending: self._decode(pending.msg))
+
     def _worker_main(self) -> None:
-        """Process the newest frame until the mailbox closes; a bug stops the node."""
+        """Process the newest decoded frame until the stage closes; a bug stops the node."""
         try:
             while True:
-                pending = self._mailbox.take(WORKER_POLL_S)
-                if pending is None:
+                decoded = self._mailbox.take(WORKER_POLL_S)
+                if decoded is None:
                     if self._mailbox.closed:
                         return
                     continue
-                self._handle_frame(pending)
+                self._handle_frame(decoded)
         except Exception:  # last resort: a bug must stop the node loudly, not silently
             if self._closing.is_set() or not self.context.ok():
                 return  # shutting down: publishers may already be gone
@@ -683,7 +694,7 @@ class DetectorNode(Node):
 
     def _decode(self, msg: Any) -> np.ndarray:
         """
-        Convert an image message to ``(H, W, 3)`` uint8 BGR.
+        Convert an image message to ``(H, W, 3)`` uint8 BGR (on the decode thread).
 
         Compressed images are decoded with ``cv2.imdecode`` (any JPEG/PNG to 8-bit BGR;
         cv_bridge would hand a mono JPEG back 2-D), raw ones with cv_bridge.
@@ -697,14 +708,15 @@ class DetectorNode(Node):
         image = self._bridge.imgmsg_to_cv2(msg, desired_encoding='bgr8')
         return check_decoded(image, f'image (encoding {msg.encoding!r})')
 
-    def _handle_frame(self, pending: _Pending) -> None:
-        """Convert, classify and publish one frame; a bad frame is counted and dropped."""
+    def _handle_frame(self, decoded: Decoded[_Pending, np.ndarray]) -> None:
+        """Classify and publish one decoded frame; a bad frame is counted and dropped."""
+        pending = decoded.message
         msg = pending.msg
         locator = self._locator
         if self._tf_buffer is not None and locator is not None and locator.mount is None:
             self._mount_from_tf(locator, msg.header.frame_id)
         try:
-            frame = self._decode(msg)
+            frame = decoded.result()  # raises what the decoding raised
             result = self._detector.process(frame, pending.stamp_ns, self._fixes)
         except self._bridge_error as exc:
             encoding = msg.format if isinstance(msg, CompressedImage) else msg.encoding
@@ -783,8 +795,9 @@ class DetectorNode(Node):
         Stop detecting: no frame is published after this returns; unsubscribe, stop timers.
 
         A frame being published holds the publish lock and is finished first; a frame
-        still being decoded or classified finds the node inactive and is dropped
-        (counted as ignored). Safe to call when not active.
+        still being classified finds the node inactive and is dropped (counted as
+        ignored); one waiting, decoded or being decoded is discarded by the decode stage.
+        Safe to call when not active.
         """
         with self._publish_lock:
             self._active.clear()
