@@ -773,6 +773,22 @@ def _(ctx):
                        '--out', ctx.path('explained')]
 
 
+# --- leaf-disease-build-engine, leaf-disease-train-field -----------------------------------
+
+
+@case('build_engine.cache_on_model')
+def _(ctx):
+    from engine_helpers import ORIN
+    from leaf_disease_ros.inference.engine import build
+
+    # the machine probe answers as an Orin would; the refusal comes before any TensorRT call
+    ctx.monkeypatch.setattr(build, 'runtime', lambda device: (None, None, ORIN))
+    model = ctx.path('m.onnx')  # a copy: the shared tiny model is never put at risk
+    shutil.copy(ctx.model, model)
+    shutil.copy(ctx.model[:-len('.onnx')] + '.json', ctx.path('m.json'))
+    return 'build_engine', [model, '--timing-cache', model, '--force']
+
+
 class _RunsCode:
     """An object whose unpickling creates a folder (it must never be unpickled)."""
 
@@ -791,9 +807,10 @@ def _main(tool):
         return replay_cli.main
     if tool == 'classify':
         return classify_cli.main
-    from leaf_disease_ros.cli import explain, export, split, train
+    from leaf_disease_ros.cli import build_engine, explain, export, split, train, train_field
     return {'export': export.main, 'train': train.main, 'split': split.main,
-            'explain': explain.main}[tool]
+            'explain': explain.main, 'build_engine': build_engine.main,
+            'train_field': train_field.main}[tool]
 
 
 def test_every_row_has_a_case_and_every_case_a_row():
