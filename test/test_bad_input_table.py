@@ -789,6 +789,27 @@ def _(ctx):
     return 'build_engine', [model, '--timing-cache', model, '--force']
 
 
+@case('train_field.cache_inside_photos')
+def _(ctx):
+    data = _dataset(ctx)
+    return 'train_field', ['cache', '--plantvillage', str(data), '--field-photos', str(data),
+                           '--out', str(data / 'cache')]
+
+
+@case('train_field.train_twice')
+def _(ctx):
+    from leaf_disease_ros.cli.train_field import TRAIN_COMMAND
+    from leaf_disease_ros.perception.output_paths import write_manifest
+
+    run = ctx.tmp / 'run'
+    run.mkdir()
+    (run / 'model.pt').write_text('the first run')
+    (ctx.tmp / 'train_32.npz').write_text('cache')
+    write_manifest(str(run), TRAIN_COMMAND)
+    return 'train_field', ['train', '--arch', 'resnet18', '--cache', ctx.path('train_32.npz'),
+                           '--out', str(run), '--epochs', '1']
+
+
 class _RunsCode:
     """An object whose unpickling creates a folder (it must never be unpickled)."""
 
