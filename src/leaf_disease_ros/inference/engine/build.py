@@ -533,7 +533,7 @@ def build(args: argparse.Namespace) -> int:
                                   f'fewer than one batch of {args.calib_batch}')
             calib_record = {'images_dir': os.path.abspath(args.calib_images),
                             'images_listed': len(paths), 'batch': args.calib_batch}
-        elif os.path.isfile(calib_cache):
+        elif calib_cache and os.path.isfile(calib_cache):
             say(f'INT8 from the calibration cache {calib_cache} alone (no --calib-images)')
         else:
             raise ConfigError('calib_images', f'INT8 needs --calib-images DIR (representative '
