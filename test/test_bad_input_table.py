@@ -773,6 +773,43 @@ def _(ctx):
                        '--out', ctx.path('explained')]
 
 
+# --- leaf-disease-build-engine, leaf-disease-train-field -----------------------------------
+
+
+@case('build_engine.cache_on_model')
+def _(ctx):
+    from engine_helpers import ORIN
+    from leaf_disease_ros.inference.engine import build
+
+    # the machine probe answers as an Orin would; the refusal comes before any TensorRT call
+    ctx.monkeypatch.setattr(build, 'runtime', lambda device: (None, None, ORIN))
+    model = ctx.path('m.onnx')  # a copy: the shared tiny model is never put at risk
+    shutil.copy(ctx.model, model)
+    shutil.copy(ctx.model[:-len('.onnx')] + '.json', ctx.path('m.json'))
+    return 'build_engine', [model, '--timing-cache', model, '--force']
+
+
+@case('train_field.cache_inside_photos')
+def _(ctx):
+    data = _dataset(ctx)
+    return 'train_field', ['cache', '--plantvillage', str(data), '--field-photos', str(data),
+                           '--out', str(data / 'cache')]
+
+
+@case('train_field.train_twice')
+def _(ctx):
+    from leaf_disease_ros.cli.train_field import TRAIN_COMMAND
+    from leaf_disease_ros.perception.output_paths import write_manifest
+
+    run = ctx.tmp / 'run'
+    run.mkdir()
+    (run / 'model.pt').write_text('the first run')
+    (ctx.tmp / 'train_32.npz').write_text('cache')
+    write_manifest(str(run), TRAIN_COMMAND)
+    return 'train_field', ['train', '--arch', 'resnet18', '--cache', ctx.path('train_32.npz'),
+                           '--out', str(run), '--epochs', '1']
+
+
 class _RunsCode:
     """An object whose unpickling creates a folder (it must never be unpickled)."""
 
@@ -791,9 +828,10 @@ def _main(tool):
         return replay_cli.main
     if tool == 'classify':
         return classify_cli.main
-    from leaf_disease_ros.cli import explain, export, split, train
+    from leaf_disease_ros.cli import build_engine, explain, export, split, train, train_field
     return {'export': export.main, 'train': train.main, 'split': split.main,
-            'explain': explain.main}[tool]
+            'explain': explain.main, 'build_engine': build_engine.main,
+            'train_field': train_field.main}[tool]
 
 
 def test_every_row_has_a_case_and_every_case_a_row():

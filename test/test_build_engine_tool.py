@@ -211,3 +211,31 @@ def test_help_and_usage_work_without_tensorrt(tmp_path) -> None:
     assert '--timing-cache' in result.stdout and '--check ENGINE' in result.stdout
     result = run_tool([], str(tmp_path), HIDDEN)
     assert result.returncode == 2 and 'give the ONNX model to build' in result.stderr
+
+
+def _snapshot(folder: str) -> Dict[str, bytes]:
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in os.listdir(folder)
+            if os.path.isfile(os.path.join(folder, name))}
+
+
+@pytest.mark.parametrize('make_args, needle', [
+    (lambda onnx, tmp: ['--timing-cache', onnx], '--timing-cache {onnx} is the input {onnx}'),
+    (lambda onnx, tmp: ['--timing-cache', onnx[:-5] + '.json'], 'is the input'),
+    (lambda onnx, tmp: ['--timing-cache', os.path.join(tmp, 'fifo')],
+     'is a FIFO (named pipe), not a regular file'),
+    (lambda onnx, tmp: ['--out-dir', onnx], 'is not a folder'),
+    (lambda onnx, tmp: ['--precision', 'int8', '--calib-images', os.path.join(tmp, 'leaves'),
+                        '--out-dir', os.path.join(tmp, 'leaves', 'engines')],
+     'is inside the input'),
+])
+def test_outputs_never_land_on_an_input_or_a_special_file(tmp_path, tiny_model_copy: str,
+                                                          make_args, needle: str) -> None:
+    os.mkfifo(tmp_path / 'fifo')
+    (tmp_path / 'leaves').mkdir()  # calibration images: never a place for outputs
+    before = _snapshot(str(tmp_path))
+    args = make_args(tiny_model_copy, str(tmp_path))
+    result = run_tool([tiny_model_copy, '--force'] + args, str(tmp_path),
+                      {**TRT_10_3, **_driver(1)})
+    assert_clean_exit(result, 2, needle.format(onnx=tiny_model_copy))
+    assert _snapshot(str(tmp_path)) == before
+    assert not [n for n in os.listdir(tmp_path) if 'engine' in n or 'timing' in n]

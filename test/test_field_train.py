@@ -127,6 +127,85 @@ def test_cache_parts_must_be_positive(capsys: pytest.CaptureFixture[str]) -> Non
     assert '--parts must be at least 1' in capsys.readouterr().err
 
 
+def _tree(root: str) -> Dict[str, bytes]:
+    """Return every regular file below ``root`` (relative path -> bytes)."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, 'rb') as stream:
+                    found[os.path.relpath(path, root)] = stream.read()
+    return found
+
+
+def _refusal_inputs(tmp: str) -> Dict[str, str]:
+    """Lay out photos, a cache, a run and a card as the recipe would (placeholders)."""
+    paths = {'pv': os.path.join(tmp, 'pv'), 'field': os.path.join(tmp, 'field'),
+             'cache': os.path.join(tmp, 'cache'), 'run': os.path.join(tmp, 'run'),
+             'models': os.path.join(tmp, 'models'), 'mine': os.path.join(tmp, 'mine')}
+    for key in paths:
+        os.makedirs(paths[key])
+    files = {'pv/esca/a.jpg': b'jpeg', 'field/b.jpg': b'jpeg', 'cache/train_32.npz': b'npz',
+             'cache/val_32.npz': b'npz', 'run/model.pt': b'checkpoint',
+             'models/m.onnx': b'onnx', 'models/m.json': b'{}', 'mine/thesis.tex': b'tex'}
+    for relative, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+        with open(os.path.join(tmp, relative), 'wb') as stream:
+            stream.write(data)
+    os.mkfifo(os.path.join(tmp, 'fifo.npy'))
+    return paths
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['cache', '--plantvillage', '{pv}', '--field-photos', '{field}', '--out', '{pv}/cache'],
+     '--out {pv}/cache is inside the input {pv}'),
+    (['validation', '--plantvillage', '{pv}', '--field-photos', '{field}', '--out', '{mine}'],
+     'is not empty and was not made by leaf-disease-train-field cache (it holds thesis.tex)'),
+    (['cache', '--plantvillage', '{pv}', '--field-photos', '{field}', '--out', 'x',
+      '--preview', '{pv}/esca/a.jpg'], '--preview {pv}/esca/a.jpg is inside the input {pv}'),
+    (['train', '--arch', 'resnet18', '--cache', '{cache}/train_32.npz', '--out', '{cache}',
+      '--epochs', '1'], 'holds the input {cache}/train_32.npz'),
+    (['train', '--arch', 'resnet18', '--cache', '{cache}/train_32.npz', '--out', '{run}',
+      '--epochs', '1', '--init-checkpoint', '{run}/model.pt'], 'holds the input'),
+    (['teacher', '{run}/model.pt', '--cache', '{cache}/train_32.npz', '--out', '{mine}/../fifo'],
+     'is a FIFO (named pipe)'),
+    (['export', '{run}', '--out', '{run}/model.pt', '--val-cache', '{cache}/val_32.npz',
+      '--plantvillage', '{pv}'], '--out {run}/model.pt is the input'),
+    (['export', '{run}', '--out', '{models}/m.json', '--val-cache', '{cache}/val_32.npz',
+      '--plantvillage', '{pv}'], 'which is --out itself, so no model would remain'),
+    (['evaluate', '{models}/m.json', '--val-cache', '{cache}/val_32.npz', '--plantvillage',
+      '{pv}', '--field-photos', '{field}', '--out', '{models}/m.onnx'], 'is the input'),
+    (['evaluate', '{models}/m.json', '--val-cache', '{cache}/val_32.npz', '--plantvillage',
+      '{pv}', '--field-photos', '{field}', '--out', '{mine}/r', '--markdown', '{mine}/r'],
+     'overlap'),
+])
+def test_outputs_never_land_on_an_input(tmp_path, capsys: pytest.CaptureFixture[str],
+                                        argv: List[str], needle: str) -> None:
+    """Every output of the recipe is checked (shared rule) before anything is read."""
+    from leaf_disease_ros.cli.train_field import main
+    paths = _refusal_inputs(str(tmp_path))
+    before = _tree(str(tmp_path))
+    assert main([arg.format(**paths) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert needle.format(**paths) in err and 'Traceback' not in err
+    assert _tree(str(tmp_path)) == before
+    assert sorted(os.listdir(tmp_path)) == sorted(list(paths) + ['fifo.npy'])
+
+
+def test_train_twice_keeps_the_first_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder the recipe made is never trained over (no --resume here)."""
+    from leaf_disease_ros.cli.train_field import main, TRAIN_COMMAND
+    from leaf_disease_ros.perception.output_paths import write_manifest
+    paths = _refusal_inputs(str(tmp_path))
+    write_manifest(paths['run'], TRAIN_COMMAND)
+    before = _tree(str(tmp_path))
+    assert main(['train', '--arch', 'resnet18', '--cache', paths['cache'] + '/train_32.npz',
+                 '--out', paths['run'], '--epochs', '1']) == 2
+    assert 'its model.pt is never replaced; give a new --out' in capsys.readouterr().err
+    assert _tree(str(tmp_path)) == before
+
+
 def test_kd_loss() -> None:
     """KD loss: zero for equal logits, T^2 times the KL divergence otherwise."""
     torch = pytest.importorskip('torch')

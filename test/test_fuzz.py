@@ -17,12 +17,20 @@ them (their ``main``). The properties:
 - outputs (``--json``, ``--explain``, ``--out``, ``--harvest-tiles``) aimed at inputs,
   their hard and symbolic links, folders holding them, FIFOs and folders of other
   commands never change anything that was there (issue 18).
+- and the other classes of issue 18: inputs another user may not read (run as
+  ``nobody``, :mod:`unprivileged`), a write that fails (an injected ``ENOSPC``/``EFBIG``/
+  ``EDQUOT`` at the k-th file :mod:`~leaf_disease_ros.perception.atomic_io` writes, and
+  a real ``RLIMIT_FSIZE``), one topic with two types and several GPS topics, stamps that
+  repeat or go backwards, a model whose outputs are NaN, infinite or ~1e38, and hostile
+  YAML params files (billion laughs, deep nesting, recursion, Python tags, 1-3 MiB,
+  binary): each is a named refusal or a correct run, and no input changes.
 
 The seed is fixed (:data:`SEED`) and the example counts bounded, so CI sees the
 same cases every run in about a minute on 2 cores; ``LEAF_DISEASE_FUZZ_SCALE=10``
 runs ten times as many (locally, to search further).
 """
 
+import errno
 import json
 import math
 import os
@@ -36,7 +44,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bag_builder import Frame, GpsFix, NS, Truth, write_bag
+from bag_builder import fix_message, Frame, GpsFix, message_types, NS, Truth, write_bag
 from leaf_disease_ros.cli import classify as classify_cli
 from leaf_disease_ros.cli import replay as replay_cli
 from leaf_disease_ros.geo.geodesy import distance_m, offset_latlon
@@ -46,6 +54,8 @@ from leaf_disease_ros.perception.config import PARAMETERS
 from leaf_disease_ros.perception.output_paths import write_manifest
 from leaf_disease_ros.perception.positions import Fix, NO_POSITION_REASONS
 from leaf_disease_ros.replay.report_folder import leftovers
+from tiny_model import make_tiny_model
+from unprivileged import give_away, open_folder, run_module
 
 SEED = 20251130
 SCALE = float(os.environ.get('LEAF_DISEASE_FUZZ_SCALE', '1'))
@@ -682,3 +692,341 @@ def test_replay_outputs_never_land_on_inputs_or_foreign_folders(capsys, tiny_mod
                                       'm/tiny.json', 'notes', 'run', 'pipe', 'photo_link',
                                       'photo_hardlink', 'bag', 'bag/report')
         assert not [n for n in os.listdir(folder) if '.partial-' in n or '.old-' in n]
+
+
+# --- permission faults: inputs another user may not read (issue 18) ------------------------
+
+LOCKABLE = ('photos/esca/a.png', 'photos/esca/c.png', 'photos/healthy', 'm/tiny.onnx',
+            'm/tiny.json')
+
+
+def _open_scene(root, tiny_model_path):
+    """Fill ``root`` (open to nobody) with photos and a model; return the model."""
+    rng = np.random.default_rng(1)
+    os.makedirs(os.path.join(root, 'photos', 'esca'))
+    os.makedirs(os.path.join(root, 'photos', 'healthy'))
+    for name in ('esca/a.png', 'esca/c.png', 'healthy/d.png'):
+        _write_file(os.path.join(root, 'photos', name), 'png', rng)
+    os.makedirs(os.path.join(root, 'm'))
+    for source in (tiny_model_path, tiny_model_path[:-5] + '.json'):
+        shutil.copy(source, os.path.join(root, 'm'))
+    os.makedirs(os.path.join(root, 'out'))
+    give_away(os.path.join(root, 'out'))
+    for current, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chmod(os.path.join(current, name), 0o755 if name in dirs else 0o644)
+    return os.path.join(root, 'm', 'tiny.onnx')
+
+
+@seed(SEED)
+@fuzz_settings(3)
+@given(locked=st.sets(st.sampled_from(LOCKABLE), min_size=1, max_size=3),
+       with_json=st.booleans())
+def test_permission_faults_are_named_and_change_nothing(tiny_model_path, locked, with_json):
+    with open_folder() as root:
+        model = _open_scene(root, tiny_model_path)
+        for rel in locked:
+            os.chmod(os.path.join(root, rel), 0)
+        before = _snapshot_scene(os.path.join(root, 'photos')) \
+            if 'photos/healthy' not in locked else None
+        out = os.path.join(root, 'out', 'r.json')
+        args = [os.path.join(root, 'photos'), '--model', model] + \
+            (['--json', out] if with_json else [])
+        run = run_module('leaf_disease_ros.cli.classify', args, root)
+        event(f'exit {run.returncode}')
+        assert 'Traceback' not in run.stderr + run.stdout, run.stderr
+        assert run.returncode in CLASSIFY_EXITS
+        assert 'Permission denied' in run.stderr or 'cannot be read' in run.stderr, run.stderr
+        if locked & {'m/tiny.onnx', 'm/tiny.json', 'photos/healthy'}:
+            assert run.returncode == 2 and not os.path.exists(out)
+        if run.returncode == 2:
+            assert not os.path.exists(out)
+        elif with_json:
+            with open(out, encoding='utf-8') as stream:
+                json.load(stream)
+        if before is not None:
+            assert _snapshot_scene(os.path.join(root, 'photos')) == before
+
+
+# --- write faults: full disk, file size limit (issue 18) -----------------------------------
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+@seed(SEED)
+@fuzz_settings(24)
+@given(command=st.sampled_from(['classify', 'replay']), fail_at=st.integers(0, 12),
+       code_of_fault=st.sampled_from(WRITE_ERRNOS))
+def test_a_write_fault_is_named_and_leaves_no_partial_output(capsys, tiny_model_path,
+                                                             small_bag, leaf_images, command,
+                                                             fail_at, code_of_fault):
+    from leaf_disease_ros.perception import atomic_io
+
+    fired = []
+    opened = [0]
+
+    def faulty_open(path, mode='r', *args, **kwargs):
+        if 'w' in mode:  # the k-th file written finds the disk full
+            opened[0] += 1
+            if opened[0] > fail_at:
+                fired.append(path)
+                raise OSError(code_of_fault, os.strerror(code_of_fault))
+        return open(path, mode, *args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        photo = os.path.join(folder, 'a.jpg')
+        shutil.copy(leaf_images['esca'][0], photo)
+        before = _snapshot_scene(folder)
+        out = os.path.join(folder, 'out.json' if command == 'classify' else 'out')
+        patch.setattr(atomic_io, 'open', faulty_open, raising=False)
+        if command == 'classify':
+            try:
+                code = classify_cli.main([photo, '--model', tiny_model_path, '--json', out])
+            except SystemExit as exc:
+                code = exc.code
+            err = capsys.readouterr().err
+            assert 'Traceback' not in err
+        else:
+            code, err = run_replay_cli([small_bag, '--out', out, '--model', tiny_model_path,
+                                        '--no-progress', '--no-output-bag'], capsys)
+        patch.undo()
+        event(f'{command} fault {"fired" if fired else "not reached"}: exit {code}')
+        if fired:
+            assert code == 2, err
+            assert os.strerror(code_of_fault) in err and 'cannot write' in err
+            assert not os.path.exists(out)
+        else:
+            assert code == 0, err
+            assert os.path.exists(out)
+        assert leftovers(out) == []
+        assert not [n for n in os.listdir(folder) if '.tmp' in n]
+        for path, value in before.items():
+            assert _snapshot_scene(folder).get(path) == value
+
+
+@seed(SEED)
+@fuzz_settings(3)
+@given(command=st.sampled_from(['classify', 'replay']),
+       limit_bytes=st.sampled_from([0, 300, 4000]))
+def test_a_file_size_limit_is_a_named_write_error(tiny_model_path, small_bag, command,
+                                                  limit_bytes):
+    with open_folder() as root:
+        model = _open_scene(root, tiny_model_path)
+        bag = os.path.join(root, 'bag')
+        shutil.copytree(small_bag, bag)
+        for current, dirs, files in os.walk(bag):
+            for name in dirs + files:
+                os.chmod(os.path.join(current, name), 0o755 if name in dirs else 0o644)
+        out = os.path.join(root, 'out', 'r.json' if command == 'classify' else 'report')
+        args = [os.path.join(root, 'photos', 'esca', 'a.png'), '--json', out] \
+            if command == 'classify' else [bag, '--out', out, '--no-progress',
+                                           '--no-output-bag']
+        run = run_module(f'leaf_disease_ros.cli.{command}', args + ['--model', model], root,
+                         fsize_bytes=limit_bytes)
+        event(f'{command} limit {limit_bytes}: exit {run.returncode}')
+        assert 'Traceback' not in run.stderr + run.stdout, run.stderr
+        if run.returncode == 0:
+            assert os.path.exists(out)
+        else:
+            assert run.returncode == 2 and 'File too large' in run.stderr, run.stderr
+            assert os.listdir(os.path.join(root, 'out')) == []  # nothing partial
+
+
+# --- one topic with two types, several GPS topics (issue 18) -------------------------------
+
+
+@seed(SEED)
+@fuzz_settings(16)
+@given(image_doubled=st.booleans(), fix_doubled=st.booleans(), default_fix=st.booleans(),
+       others=st.sampled_from([(), ('/gps1/fix',), ('/gps1/fix', '/gps2/fix')]),
+       chosen=st.sampled_from(['', '/gps/fix', '/gps1/fix']))
+def test_duplicate_types_and_gps_topics_are_refused_by_name(capsys, tiny_model_path,
+                                                            leaf_images, image_doubled,
+                                                            fix_doubled, default_fix, others,
+                                                            chosen):
+    store, types = message_types()
+    stray = store.types['sensor_msgs/msg/Image'](
+        header=fix_message(types, NS, LAT0, LON0).header, height=1, width=1, encoding='bgr8',
+        is_bigendian=0, step=3, data=np.zeros(3, np.uint8))
+    image = cv2.resize(cv2.imread(leaf_images['esca'][0]), (64, 64))
+    frames = [Frame(stamp_ns=(k + 1) * NS, image_bgr=image) for k in range(2)]
+    track = [GpsFix(int(0.2 * k * NS), *offset_latlon(LAT0, LON0, 0.2 * k, 0.0))
+             for k in range(20)]
+    extra = []
+    if image_doubled:
+        extra.append(('/camera/image_raw/compressed', 'sensor_msgs/msg/Image', NS + 1, stray))
+    if fix_doubled and default_fix:
+        extra.append(('/gps/fix', 'sensor_msgs/msg/Image', NS + 2, stray))
+    for topic in others:
+        extra += [(topic, 'sensor_msgs/msg/NavSatFix', f.stamp_ns + 1,
+                   fix_message(types, f.stamp_ns, f.latitude_deg, f.longitude_deg))
+                  for f in track]
+    with tempfile.TemporaryDirectory() as folder:
+        bag = write_bag(os.path.join(folder, 'bag'), 'mcap', frames,
+                        track if default_fix else [], extra=extra)
+        out = os.path.join(folder, 'out')
+        argv = [bag, '--out', out, '--model', tiny_model_path, '--no-progress',
+                '--no-output-bag'] + (['--fix-topic', chosen] if chosen else [])
+        code, err = run_replay_cli(argv, capsys)
+        event(f'exit {code}')
+        fix_topic = chosen or '/gps/fix'
+        fix_types = 2 if fix_doubled and default_fix and fix_topic == '/gps/fix' else 1
+        fix_missing = fix_topic not in (('/gps/fix',) if default_fix else ()) + others
+        if image_doubled:
+            assert code == 2 and 'was recorded with 2 message types' in err, err
+        elif fix_types == 2:
+            assert code == 2 and f'topic {fix_topic} was recorded with 2 message types' in err
+        elif chosen and fix_missing:
+            assert code == 2 and f'the bag has no GPS topic {chosen}' in err, err
+        elif not chosen and not default_fix and len(others) == 2:
+            assert code == 2 and 'Choose one with --fix-topic' in err, err
+        else:
+            assert code == 0, err
+            check_report(out, code, False)
+        if code == 2:
+            assert not os.path.exists(out)
+
+
+# --- stamps that repeat or go backwards (issue 18) -----------------------------------------
+
+
+@seed(SEED)
+@fuzz_settings(12)
+@given(stamps_s=st.lists(st.sampled_from([0, 1, 2, 3, 4]), min_size=1, max_size=6))
+def test_stamp_disorder_is_counted_and_said(capsys, tiny_model_path, leaf_images, stamps_s):
+    image = cv2.resize(cv2.imread(leaf_images['esca'][0]), (64, 64))
+    frames = [Frame(stamp_ns=s * NS, image_bgr=image, log_time_ns=(k + 1) * NS)
+              for k, s in enumerate(stamps_s)]
+    truth = [Truth(s * NS, [((0.0, 0.0, 64.0, 64.0), 'esca')], log_time_ns=(k + 1) * NS - 1000)
+             for k, s in enumerate(stamps_s) if s]
+    expected, newest = 0, None
+    for s in stamps_s:
+        if s:
+            expected += newest is not None and s <= newest
+            newest = max(s, newest or 0)
+    with tempfile.TemporaryDirectory() as folder:
+        bag = write_bag(os.path.join(folder, 'bag'), 'mcap', frames, truth=truth)
+        out = os.path.join(folder, 'out')
+        code, err = run_replay_cli([bag, '--out', out, '--model', tiny_model_path,
+                                    '--no-progress', '--no-output-bag'], capsys)
+        event(f'disorder {expected}')
+        assert code == 0, err
+        metrics = check_report(out, code, False)
+        with open(os.path.join(out, 'report.md'), encoding='utf-8') as stream:
+            report = ' '.join(stream.read().split())
+        said = f'{expected} of {len(stamps_s)} frames repeat the header stamp'
+        assert (said in report) == bool(expected), report
+        assert metrics['frames']['read'] == len(stamps_s)
+
+
+# --- a model whose outputs are not numbers (issue 18) --------------------------------------
+
+LOGIT_BIASES = (math.nan, math.inf, -math.inf, 1e38, -1e38, 0.0, 3.0)
+
+
+@pytest.fixture(scope='module')
+def biased_models(tmp_path_factory):
+    """Return {logit bias: tiny model path} for every bias of :data:`LOGIT_BIASES`."""
+    models = {}
+    for k, bias in enumerate(LOGIT_BIASES):
+        folder = str(tmp_path_factory.mktemp(f'bias_{k}'))
+        make_tiny_model(folder, logit_bias=bias)
+        models[repr(bias)] = os.path.join(folder, 'tiny.onnx')
+    return models
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise ValueError(f'{name} is not JSON')
+    return json.loads(text, parse_constant=refuse)
+
+
+@seed(SEED)
+@fuzz_settings(14)
+@given(bias=st.sampled_from(LOGIT_BIASES), command=st.sampled_from(['classify', 'json',
+                                                                    'replay']))
+def test_non_finite_model_outputs_are_errors_never_findings(capsys, biased_models, small_bag,
+                                                            leaf_images, bias, command):
+    model = biased_models[repr(bias)]
+    broken = not math.isfinite(bias) or abs(bias) >= 1e38
+    photo = leaf_images['esca'][0]
+    with tempfile.TemporaryDirectory() as folder:
+        if command == 'replay':
+            out = os.path.join(folder, 'out')
+            code, err = run_replay_cli([small_bag, '--out', out, '--model', model,
+                                        '--no-progress', '--no-output-bag'], capsys)
+            assert code == (replay_cli.EXIT_NOTHING_PROCESSED if broken else 0), err
+            with open(os.path.join(out, 'metrics.json'), encoding='utf-8') as stream:
+                metrics = _strict_json(stream.read())
+            assert (metrics['frames']['processed'] == 0) == broken
+        else:
+            argv = [photo, '--model', model] + (['--json', '-'] if command == 'json' else [])
+            code = classify_cli.main(argv)
+            captured = capsys.readouterr()
+            assert 'Traceback' not in captured.err
+            assert code == (1 if broken else 0), captured.err
+            assert 'nan' not in captured.out.lower() and 'inf' not in captured.out.lower()
+            if command == 'json':
+                document = _strict_json(captured.out)
+                assert (document['not_classified'] == [photo]) == broken
+            if broken:
+                assert 'NaN, infinite or overflowing outputs' in captured.err
+        event(f'{command} bias {bias}: exit {code}')
+
+
+# --- hostile YAML params files (issue 18) --------------------------------------------------
+
+
+@st.composite
+def hostile_yaml(draw):
+    """Draw (params text, whether it must be refused, why) of a hostile kind."""
+    kind = draw(st.sampled_from(['laughs', 'nesting', 'recursive', 'python_tag', 'huge',
+                                 'binary', 'duplicate']))
+    key = draw(st.sampled_from(['lever_arm_m', 'tile_size_px', 'model_path', 'unknown_key']))
+    if kind == 'laughs':
+        fan, depth = draw(st.integers(2, 10)), draw(st.integers(1, 8))
+        lines = ['a0: &a0 [' + ', '.join(['1.0'] * fan) + ']']
+        lines += [f'a{k + 1}: &a{k + 1} [' + ', '.join([f'*a{k}'] * fan) + ']'
+                  for k in range(depth)]
+        return '\n'.join(lines + [f'{key}: *a{depth}']) + '\n', fan ** (depth + 1) > 100000
+    if kind == 'nesting':
+        deep = draw(st.sampled_from([50, 1000, 20000]))
+        return f'{key}: ' + '[' * deep + ']' * deep + '\n', deep > 1000
+    if kind == 'recursive':
+        return f'{key}: &r [1.0, *r]\n', True
+    if kind == 'python_tag':
+        return (f'{key}: !!python/object/apply:os.mkdir ["{{marker}}"]\n', True)
+    if kind == 'huge':
+        return f'{key}: "' + 'x' * (draw(st.integers(1, 3)) << 20) + '"\n', True
+    if kind == 'binary':
+        return draw(st.binary(min_size=1, max_size=64)).decode('latin-1') + '\xff\xfe', False
+    return f'{key}: 1\n{key}: 2\n', False
+
+
+@seed(SEED)
+@fuzz_settings(20)
+@given(document=hostile_yaml())
+def test_hostile_yaml_is_refused_in_a_line_and_never_run(capsys, tiny_model_path, small_bag,
+                                                         document):
+    text, refused = document
+    with tempfile.TemporaryDirectory() as folder:
+        marker = os.path.join(folder, 'code_ran')
+        params = os.path.join(folder, 'params.yaml')
+        with open(params, 'w', encoding='utf-8', errors='surrogateescape') as stream:
+            stream.write(text.replace('{marker}', marker))
+        with open(params, 'rb') as stream:
+            before = stream.read()
+        out = os.path.join(folder, 'out')
+        code, err = run_replay_cli([small_bag, '--params-file', params, '--out', out,
+                                    '--model', tiny_model_path, '--no-progress',
+                                    '--no-output-bag'], capsys)
+        event(f'exit {code}')
+        assert code in REPLAY_EXITS
+        assert len(err) < 4000, err[:300]  # what is echoed is bounded
+        if refused:
+            assert code == 2 and err.strip(), err
+        if code == 2:
+            assert not os.path.exists(out)
+        assert not os.path.exists(marker)
+        with open(params, 'rb') as stream:
+            assert stream.read() == before

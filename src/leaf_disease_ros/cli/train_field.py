@@ -30,6 +30,16 @@ The validation material and the figures of the shipped cards are rebuilt with::
         --out engines/training/field_results.json --markdown \\
         engines/training/field_results.md --update-cards
 
+Every output follows the shared output rule
+(:mod:`leaf_disease_ros.perception.output_paths`), checked before anything is read:
+``cache`` and ``validation`` write into a new or empty folder, or one an earlier
+``cache``/``validation`` made (marked by its manifest), never inside the photos;
+``train`` needs a new or empty run folder (a run's ``model.pt`` is never replaced),
+never one holding its cache, teacher logits or initial model; the ``teacher`` logits,
+the ``export`` model and card, the ``evaluate`` JSON and Markdown and the ``--preview``
+sheet are never an input (the cache, the run's files, a card or its model), never
+inside an input folder, never a special file, never one another.
+
 The logic is in :mod:`leaf_disease_ros.training.field_train`,
 :mod:`~leaf_disease_ros.training.distill`, :mod:`~leaf_disease_ros.training.field_export`
 and :mod:`~leaf_disease_ros.training.field_eval`; PyTorch (the ``train`` extra) is
@@ -46,8 +56,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from leaf_disease_ros.perception.errors import LeafDiseaseError
-from leaf_disease_ros.perception.model_card import FINDING_SCORES
+from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
+from leaf_disease_ros.perception.errors import LeafDiseaseError, OutputError
+from leaf_disease_ros.perception.model_card import card_path_for_model, FINDING_SCORES
+from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
+                                                      check_outputs_apart, write_manifest)
 
 ARCHS = ('resnet18', 'resnet34', 'efficientnet_lite0')  # training/backbones.ARCHS
 
@@ -198,6 +211,78 @@ def result_keys(cards: Sequence[str]) -> List[str]:
     return [name if names.count(name) == 1 else card for name, card in zip(names, cards)]
 
 
+#: the manifest's command of a cache or validation folder (both hold validation caches)
+CACHE_COMMAND = 'leaf-disease-train-field cache'
+#: the manifest's command of a training run folder
+TRAIN_COMMAND = 'leaf-disease-train-field train'
+
+
+def npy_path(path: str) -> str:
+    """Return the file ``numpy.save`` writes for ``path`` (``.npy`` added when missing)."""
+    return path if path.endswith('.npy') else path + '.npy'
+
+
+def _file(path: Optional[str]) -> List[str]:
+    return [path] if path else []
+
+
+def _run_files(run: str) -> List[str]:
+    if not os.path.isdir(run):
+        return [run]
+    return [entry.path for entry in os.scandir(run) if not entry.is_dir()]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """
+    Refuse an output that would land on an input, a special file or someone's folder.
+
+    The shared output rule (:mod:`leaf_disease_ros.perception.output_paths`), for each
+    subcommand's outputs against every file and folder it reads; see the module text.
+
+    :raises OutputError: naming the conflict and what to do instead.
+    """
+    photos = _file(getattr(args, 'plantvillage', None)) \
+        + _file(getattr(args, 'field_photos', None))
+    if args.command in ('cache', 'validation'):
+        if getattr(args, 'preview', None):
+            check_output_file(args.preview, photos, what='--preview', allow_stdout=False,
+                              create_parent=True)
+        else:
+            check_output_folder(args.out, photos, what='--out', command=CACHE_COMMAND,
+                                replaces_folder=False)
+    elif args.command == 'train':
+        inputs = [args.cache] + _file(args.teacher_logits) + _file(args.init_onnx) \
+            + _file(args.init_checkpoint)
+        check_output_folder(args.out, inputs, what='--out', command=TRAIN_COMMAND,
+                            allow_rerun=False,
+                            rerun_hint='its model.pt is never replaced; give a new --out '
+                                       '(start from it with --init-checkpoint '
+                                       f"{os.path.join(args.out, 'model.pt')})")
+    elif args.command == 'teacher':
+        check_output_file(npy_path(args.out), [args.checkpoint, args.cache], what='--out',
+                          allow_stdout=False, create_parent=True)
+    elif args.command == 'export':
+        inputs = _run_files(args.run) + [args.val_cache, args.plantvillage]
+        check_output_file(args.out, inputs, what='--out', allow_stdout=False,
+                          create_parent=True)
+        card = card_path_for_model(args.out)
+        if os.path.abspath(card) == os.path.abspath(args.out):
+            raise OutputError(f'--out {args.out}: the model card is written beside the model '
+                              'as <name>.json, which is --out itself, so no model would '
+                              'remain; give the model an .onnx name (e.g. --out '
+                              f'{os.path.splitext(args.out)[0]}.onnx)')
+        check_output_file(card, inputs, what='the card (written beside --out)',
+                          allow_stdout=False, create_parent=True)
+    elif args.command == 'evaluate':
+        inputs = list(args.cards) + [os.path.splitext(card)[0] + '.onnx' for card in args.cards] \
+            + [args.val_cache] + photos
+        check_outputs_apart([('--out', args.out or ''), ('--markdown', args.markdown or '')])
+        for what, path in (('--out', args.out), ('--markdown', args.markdown)):
+            if path:
+                check_output_file(path, inputs, what=what, allow_stdout=False,
+                                  create_parent=True)
+
+
 def _strict(value: Any) -> Any:
     """Return ``value`` with NaN and infinities as None (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -223,6 +308,7 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
                                          train_seed=args.train_seed, parts=args.parts,
                                          val_seed=args.val_seed, block_size=args.block_size,
                                          val_fraction=args.val_fraction)
+        write_manifest(args.out, CACHE_COMMAND)
         return dict(paths, seconds=round(time.monotonic() - started, 1))
     if args.command == 'validation':
         from leaf_disease_ros.training import field_sim
@@ -232,17 +318,21 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
                                           logging.getLogger('leaf_disease_ros.train_field').info,
                                           block_size=args.block_size,
                                           val_fraction=args.val_fraction)
+        write_manifest(args.out, CACHE_COMMAND)
         return {'val_cache': path, 'record': field_sim.material_path(path),
                 'seconds': round(time.monotonic() - started, 1)}
     if args.command == 'train':
         from leaf_disease_ros.training import field_train
+        os.makedirs(args.out, exist_ok=True)
+        write_manifest(args.out, TRAIN_COMMAND, files=[])  # claimed: never trained over
         meta = field_train.train_field(args)
+        write_manifest(args.out, TRAIN_COMMAND)
         return {'run': args.out, 'steps': meta['steps'],
                 'epochs_equivalent': meta['epochs_equivalent'],
                 'training_seconds': meta['training_seconds']}
     if args.command == 'teacher':
         from leaf_disease_ros.training import distill
-        return distill.write_teacher_logits(args.checkpoint, args.cache, args.out,
+        return distill.write_teacher_logits(args.checkpoint, args.cache, npy_path(args.out),
                                             args.threads)
     if args.command == 'export':
         from leaf_disease_ros.training import field_export
@@ -263,12 +353,9 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         for card, result in zip(args.cards, results.values()):
             field_eval.record_in_card(card, result)
     if args.markdown:
-        with open(args.markdown, 'w', encoding='utf-8') as stream:
-            stream.write(field_eval.results_markdown(_strict(results)))
+        atomic_write_text(args.markdown, field_eval.results_markdown(_strict(results)))
     if args.out:
-        with open(args.out, 'w', encoding='utf-8') as stream:
-            json.dump(_strict(results), stream, indent=1)
-            stream.write('\n')
+        atomic_write_json(args.out, _strict(results))
         return {'out': args.out, 'models': list(results)}
     return results
 
@@ -279,6 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format='%(asctime)s %(message)s')
     try:
+        check_outputs(args)
         summary = _run(args)
     except ImportError as exc:
         sys.stderr.write(f'error: {exc}; install the train extra '

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from leaf_disease_ros.perception.atomic_io import atomic_path
 from leaf_disease_ros.perception.model_card import card_from_dict
 from leaf_disease_ros.perception.preprocess import preprocess
 from leaf_disease_ros.training import backbones
@@ -44,11 +45,16 @@ def teacher_logits(checkpoint: str, cache: str, batch_size: int = 128) -> np.nda
 
 def write_teacher_logits(checkpoint: str, cache: str, out: str, threads: int = 2
                          ) -> Dict[str, Any]:
-    """Write :func:`teacher_logits` to ``out`` (.npy); return shape, agreement and time."""
+    """
+    Write :func:`teacher_logits` to ``out`` (.npy, atomically); return shape, agreement, time.
+
+    ``out`` is written as given (NumPy's rule of adding ``.npy`` is the caller's).
+    """
     started = time.monotonic()
     torch.set_num_threads(threads)
     logits = teacher_logits(checkpoint, cache)
-    np.save(out, logits)
+    with atomic_path(out) as tmp:  # tmp keeps the .npy suffix, so np.save adds none
+        np.save(tmp, logits)
     targets = np.load(cache)['y']
     return {'out': out, 'shape': list(logits.shape),
             'agreement_with_targets': float((logits.argmax(1) == targets).mean()),

@@ -71,6 +71,7 @@ from leaf_disease_ros.perception.errors import (ConfigError, EngineMismatchError
                                                 ModelLoadError)
 from leaf_disease_ros.perception.model_card import (card_path_for_model, check_model_file,
                                                     load_card, ModelCard, sha256_file)
+from leaf_disease_ros.perception.output_paths import check_output_file, check_outputs_apart
 
 TOOL = 'leaf-disease-build-engine'
 DEFAULT_WORKSPACE_MIB = 1024
@@ -457,6 +458,31 @@ def prepare_network_onnx(args: argparse.Namespace, onnx_path: str, plan: Precisi
                     'fp16_onnx_sha256': sha256_file(target), 'fp16_conversion': summary}
 
 
+def check_build_outputs(args: argparse.Namespace, onnx_path: str, card_path: str,
+                        engine_path: str, timing_cache: Optional[str],
+                        calib_cache: Optional[str]) -> None:
+    """
+    Refuse an engine, sidecar or cache path that would destroy an input or a special file.
+
+    The shared output rule (:mod:`leaf_disease_ros.perception.output_paths`): the
+    engine, its sidecar, the timing cache and the INT8 calibration cache are never the
+    ONNX model, its card, the FP16 ONNX or inside the calibration images; never a FIFO,
+    a device, a socket, a folder or a symbolic link; and never one another (the timing
+    cache and the calibration cache are read and rewritten, so each may be itself).
+
+    :raises OutputError: naming the conflict and what to do instead.
+    """
+    inputs = [onnx_path, card_path, args.fp16_onnx or '', args.calib_images or '']
+    outputs = [('the engine', engine_path),
+               ('its sidecar', sidecar_path_for_engine(engine_path)),
+               ('--timing-cache', timing_cache or ''),
+               ('--calib-cache', calib_cache or '')]
+    for what, path in outputs:
+        if path:
+            check_output_file(path, inputs, what=what, allow_stdout=False, create_parent=True)
+    check_outputs_apart(outputs)
+
+
 def build(args: argparse.Namespace) -> int:
     """Build the engine and its sidecar; return the exit status."""
     profile = validate_batch_profile(args.min_batch, args.opt_batch, args.max_batch)
@@ -494,11 +520,11 @@ def build(args: argparse.Namespace) -> int:
         args.timing_cache or timing_cache_path(out_dir, machine))
 
     calib = None
-    calib_cache = None
+    calib_cache = os.path.abspath(args.calib_cache or calibration_cache_path(
+        out_dir, model_stem(onnx_path), machine, onnx_sha)) if plan.calibrator else None
     calib_record: Dict[str, Any] = {}
+    check_build_outputs(args, onnx_path, card_path, engine_path, timing_cache, calib_cache)
     if plan.calibrator:
-        calib_cache = os.path.abspath(args.calib_cache or calibration_cache_path(
-            out_dir, model_stem(onnx_path), machine, onnx_sha))
         if args.calib_images:
             paths = list_calibration_images(args.calib_images, args.calib_max_images)
             calib = CalibrationBatches(paths, card, args.calib_batch)
@@ -507,7 +533,7 @@ def build(args: argparse.Namespace) -> int:
                                   f'fewer than one batch of {args.calib_batch}')
             calib_record = {'images_dir': os.path.abspath(args.calib_images),
                             'images_listed': len(paths), 'batch': args.calib_batch}
-        elif os.path.isfile(calib_cache):
+        elif calib_cache and os.path.isfile(calib_cache):
             say(f'INT8 from the calibration cache {calib_cache} alone (no --calib-images)')
         else:
             raise ConfigError('calib_images', f'INT8 needs --calib-images DIR (representative '
