@@ -52,12 +52,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
 from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geotag import FixBuffer
+from leaf_disease_ros.geo.utm_zone import parse_utm_zone, RunZone, UtmZone
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
                                                 PARAMETERS, STRING, validate_parameters)
@@ -231,6 +232,7 @@ class DetectorNode(Node):
         self._image_jump = BackwardJumpDetector()
         self._debug_limiter = RateLimiter(values['debug_image_rate_hz'])
         self._geo_frame_id = values['geo_frame_id']
+        self._utm = RunZone(parse_utm_zone(values['utm_zone']), self._publish_utm_zone)
         self._evidence = EvidenceTracker(values['evidence_min_sightings'],
                                          values['evidence_window_frames'],
                                          values['evidence_radius_m'])
@@ -242,6 +244,8 @@ class DetectorNode(Node):
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._create_publishers()
         self._publish_label_info()
+        if self._utm.zone is not None:  # the utm_zone parameter; else the first valid fix
+            self._publish_utm_zone(self._utm.zone)
         self.create_service(SetBool, '~/enable', self._on_enable,
                             callback_group=self._control_group)
         if values['live_map_dir']:
@@ -346,6 +350,7 @@ class DetectorNode(Node):
         self._pub_fix = self.create_publisher(NavSatFix, '~/detections/fix', reliable)
         self._pub_geo = self.create_publisher(Detection3DArray, '~/geo_detections', reliable)
         self._pub_labels = self.create_publisher(LabelInfo, '~/label_info', latched)
+        self._pub_utm_zone = self.create_publisher(String, '~/utm_zone', latched)
         self._pub_debug = self.create_publisher(Image, '~/debug_image', debug)
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
 
@@ -389,7 +394,9 @@ class DetectorNode(Node):
         jump_s = self._fix_jump.update(fix.stamp_ns)
         if jump_s is not None:
             self._forget_fixes('fix', jump_s)
-        outcome = self._fixes.add(fix)
+        admission = self._fixes.admit(fix)
+        self._utm.observe_fix(admission.fix)  # the run's UTM zone: the first valid fix's
+        outcome = admission.outcome
         self._gps.fix_received(time.monotonic(), outcome, fix.status)
 
     def _forget_fixes(self, stream: str, jump_s: float) -> None:
@@ -475,7 +482,8 @@ class DetectorNode(Node):
             self._gps.report(
                 now_s, now.nanoseconds, self._fixes.newest(), name=f'{prefix}: gps',
                 hardware_id=self._fix_topic, fix_topic=self._fix_topic,
-                no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes)),
+                no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes),
+                utm_zone=self._utm.zone),
             domain_report(self._domain.shares(), name=f'{prefix}: domain',
                           hardware_id=self._backend.model_id, rule=self._domain_rule,
                           held_findings=self.held_findings),
@@ -496,6 +504,10 @@ class DetectorNode(Node):
         except OSError as exc:
             self.get_logger().warning(f'live map: cannot write {live_map.path}: {exc}; the '
                                       'previous file stays', throttle_duration_sec=60.0)
+
+    def _publish_utm_zone(self, zone: UtmZone) -> None:
+        self._pub_utm_zone.publish(String(data=zone.name))
+        self.get_logger().info(f'~/geo_detections are in UTM zone {zone.describe()} for this run')
 
     def _publish_label_info(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id='')
@@ -588,7 +600,8 @@ class DetectorNode(Node):
                 (self._pub_detections, to_detection2d_array(result, header, types)),
                 (self._pub_fix, to_geotag_fix(result, header, types)),
                 (self._pub_geo, to_detection3d_array(result, header, self._geo_frame_id,
-                                                     types, self._evidence.update(result, held))),
+                                                     types, self._evidence.update(result, held),
+                                                     zone=self._utm)),
             ]
             if (self._pub_debug.get_subscription_count() > 0
                     and self._debug_limiter.allow(result.stamp_ns)):
