@@ -250,8 +250,8 @@ def _utm_zone_metrics(state: ReplayState) -> Optional[Dict[str, Any]]:
 def utm_zone_sentence(utm_zone: Optional[Mapping[str, Any]]) -> str:
     """Return the report's sentence on the UTM zone of ``geo_detections`` (metrics' form)."""
     if utm_zone is None:
-        return ('UTM zone of `geo_detections`: none (no valid fix; set utm_zone to fix it '
-                'in advance).')
+        return ('UTM zone of `geo_detections`: none (no valid fix within UTM, 80 S to 84 N; '
+                'the utm_zone parameter sets one in advance).')
     return (f"UTM zone of `geo_detections` (frame `utm`, UTM metres): {utm_zone['zone']} "
             f"(EPSG:{utm_zone['epsg']}, WGS 84 / UTM zone {utm_zone['number']}"
             f"{utm_zone['hemisphere'][0].upper()}), from the {utm_zone['from']}, for the "
@@ -454,8 +454,8 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                   f"{metrics['parameters']['max_fix_speed_mps']:g} m/s)."]
     lines += ['', utm_zone_sentence(geo['utm_zone'])]
     if geo['frames_outside_utm']:
-        lines += ['', f"{geo['frames_outside_utm']} frames have a position the run's UTM "
-                  'zone cannot carry (beyond -80..84 degrees, or about a zone away): their '
+        lines += ['', f"{geo['frames_outside_utm']} frames have a position beyond UTM "
+                  "(-80..84 degrees) or about a zone away from the run's UTM zone: their "
                   'findings are on the map and in the GeoJSON/KML, but not in '
                   '`geo_detections` (UTM metres) of the output bag.']
     lines += ['', '## Findings', '',
