@@ -193,11 +193,14 @@ def test_case1_a_polar_robot_maps_its_findings_without_utm(tmp_path, capsys, mod
     assert metrics['geotag']['coverage'] == 1.0
     assert metrics['geotag']['frames_outside_utm'] == 2
     assert metrics['findings']['outside_utm'] == metrics['findings']['sightings'] > 0
-    assert 'beyond UTM (not in geo_detections)' in stdout
+    assert 'beyond UTM or its zone (not in geo_detections)' in stdout
     assert geo_detection_positions(out) == []
     assert all(abs(lat - 88.0) < 1e-3 for _, lat in geojson_points(out))
     with open(os.path.join(out, 'report.md'), encoding='utf-8') as stream:
-        assert 'beyond UTM' in stream.read()
+        report = stream.read()
+    assert '2 frames have a position beyond UTM' in report
+    assert 'UTM zone of `geo_detections`: none (no valid fix within UTM' in report
+    assert metrics['geotag']['utm_zone'] is None
 
 
 # --- 2. typos ----------------------------------------------------------------------------

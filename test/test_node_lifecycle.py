@@ -24,7 +24,7 @@ pytest.importorskip('rosbags', reason='the message definitions come from rosbags
 
 NODE = '/detector_node'
 OUTPUTS = {f'{NODE}/detections', f'{NODE}/detections/fix', f'{NODE}/geo_detections',
-           f'{NODE}/label_info', f'{NODE}/debug_image', '/diagnostics'}
+           f'{NODE}/label_info', f'{NODE}/utm_zone', f'{NODE}/debug_image', '/diagnostics'}
 
 
 @pytest.fixture(params=['humble', 'jazzy'])

@@ -288,6 +288,8 @@ def test_qos_of_every_output_and_input(world, tiny_model_path):
             f'{NODE}/geo_detections': reliable, '/diagnostics': reliable,
             f'{NODE}/label_info': (qos.ReliabilityPolicy.RELIABLE,
                                    qos.DurabilityPolicy.TRANSIENT_LOCAL, 1),
+            f'{NODE}/utm_zone': (qos.ReliabilityPolicy.RELIABLE,
+                                 qos.DurabilityPolicy.TRANSIENT_LOCAL, 1),
             f'{NODE}/debug_image': (qos.ReliabilityPolicy.BEST_EFFORT,
                                     qos.DurabilityPolicy.VOLATILE, 1)}
         assert profile(world.subscriptions['/image']) == (
@@ -824,6 +826,45 @@ def test_mount_from_tf_takes_the_camera_rotation_from_the_tf_chain(world, tiny_m
         stop(node)
 
 
+# --- one UTM zone per run (geo/utm_zone.py) ------------------------------------------
+
+ZONE_LAT, ZONE_WEST, ZONE_EAST = 45.0, 5.9999, 6.0001  # the 31/32 boundary is 6 E
+
+
+def test_a_run_across_a_zone_boundary_stays_in_the_first_fixs_zone(
+        world, tiny_model_path, mosaic):
+    node = start(world, tiny_model_path)
+    zone_topic = f'{NODE}/utm_zone'
+    try:
+        qos = world.publishers[zone_topic].qos  # latched: a late subscriber gets it
+        durability = world.modules['rclpy.qos'].DurabilityPolicy
+        assert qos.durability == durability.TRANSIENT_LOCAL and qos.depth == 1
+        assert zone_topic not in world.published  # no fix yet, no zone
+        assert diagnostics(world)[f'{NODE}: gps']['utm_epsg'] == 'n/a'
+        positions = []
+        for k, lon in enumerate((ZONE_WEST, ZONE_EAST)):
+            stamp = T0 + 3 * k * NS  # 15.8 m in 3 s: a plausible speed
+            for offset in (-NS // 5, NS // 5):
+                world.deliver('/fix', fix_msg(world, stamp + offset, lat=ZONE_LAT, lon=lon))
+            world.deliver('/image', image_msg(world, mosaic, stamp))
+            geo = world.wait_for(f'{NODE}/geo_detections', k + 1)[-1]
+            assert geo.header.frame_id == 'utm' and geo.detections
+            positions.append(geo.detections[0].bbox.center.position)
+        (zone,) = world.published[zone_topic]  # once, from the first valid fix
+        assert zone.data == '31T'
+        roundtrip(world, zone)
+        west = latlon_to_utm(ZONE_LAT, ZONE_WEST, 31)
+        east = latlon_to_utm(ZONE_LAT, ZONE_EAST, 31)  # zone 31, not its own 32
+        assert (positions[0].x, positions[1].x) == pytest.approx(
+            (west.easting_m, east.easting_m), abs=1e-3)
+        assert positions[1].x - positions[0].x == pytest.approx(15.76, abs=0.01)
+        gps = diagnostics(world)[f'{NODE}: gps']
+        assert (gps['utm_zone'], gps['utm_epsg']) == ('31T', '32631')
+        assert any('UTM zone 31T (EPSG:32631, north)' in t for t in world.log_texts('info'))
+    finally:
+        stop(node)
+
+
 def test_odometry_gives_the_heading_and_depth_images_are_taken(world, tiny_model_path,
                                                                edges):
     node = start(world, tiny_model_path, heading_source='odometry', depth_enabled=True,
@@ -848,3 +889,26 @@ def test_odometry_gives_the_heading_and_depth_images_are_taken(world, tiny_model
         assert set(report['placed']) == {'depth'}
     finally:
         stop(node)
+
+
+def test_the_utm_zone_parameter_is_published_at_start_and_used(
+        world, tiny_model_path, mosaic):
+    node = start(world, tiny_model_path, utm_zone='32T', ground_positions=False)
+    try:
+        (zone,) = world.published[f'{NODE}/utm_zone']  # before any fix
+        assert zone.data == '32T'
+        send_frame(world, mosaic, T0)
+        (geo,) = world.wait_for(f'{NODE}/geo_detections', 1)
+        utm = latlon_to_utm(LAT + 0.5e-5, LON, 32)  # 7.3 E is zone 32 anyway: same point
+        assert geo.detections[0].bbox.center.position.x == pytest.approx(utm.easting_m,
+                                                                         abs=1e-3)
+        assert len(world.published[f'{NODE}/utm_zone']) == 1
+    finally:
+        stop(node)
+
+
+def test_a_malformed_utm_zone_stops_the_start(world, tiny_model_path):
+    from leaf_disease_ros.perception.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'utm_zone'.*'33S' is band S"):
+        start(world, tiny_model_path, utm_zone='33s')

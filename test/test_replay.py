@@ -190,7 +190,7 @@ def test_output_bag_holds_the_node_topics(tmp_path, leaves, predicted, tiny_card
                       '/detector_node/detections': 4,
                       '/detector_node/detections/fix': 4,
                       '/detector_node/geo_detections': 4,
-                      '/detector_node/label_info': 1}
+                      '/detector_node/label_info': 1, '/detector_node/utm_zone': 1}
     assert stamps == [f.stamp_ns for f in frames]  # output headers = image headers
 
 
@@ -284,3 +284,48 @@ def test_shipped_model_is_named_not_an_empty_path():
     assert (values['disease_score_threshold'], sources['disease_score_threshold']) == (
         0.9, "negative: the site's")
     assert values['tile_size_px'] == params['tile_size_px'] and 'tile_size_px' not in sources
+
+
+def test_a_run_across_a_utm_zone_boundary_stays_in_one_zone_and_the_report_names_it(
+        tmp_path, leaves, predicted, model_path):
+    from rosbags.rosbag2 import Reader
+
+    # 5 m/s east across the zone 31/32 boundary (6 E) at 45 N: frame 1 at 5.99994 E
+    # (zone 31), frame 2 at 6.00006 E (zone 32 on its own)
+    lat, lon0 = 45.0, 6.0 - 0.000127
+    fixes = []
+    for k in range(21):
+        t = 0.2 * k
+        fix_lat, fix_lon = offset_latlon(lat, lon0, 5.0 * t, 0.0)
+        fixes.append(GpsFix(int(round(t * NS)), fix_lat, fix_lon))
+    frames = [Frame(stamp_ns=int(t * NS), image_bgr=mosaic(leaves[:3], 3)) for t in (1.0, 3.0)]
+    bag = write_bag(str(tmp_path / 'bag'), 'mcap', frames, fixes)
+    metrics, out = _replay(tmp_path, bag, model_path, params={'evidence_min_sightings': 1})
+    assert metrics['geotag']['utm_zone'] == {'zone': '31T', 'number': 31,
+                                             'hemisphere': 'north', 'epsg': 32631,
+                                             'from': 'first valid fix'}
+    assert metrics['geotag']['frames_outside_utm'] == 0
+    store = make_typestore()
+    eastings, zones = [], []
+    with Reader(os.path.join(out, 'detections')) as reader:
+        for connection, _, data in reader.messages():
+            msg = store.deserialize_cdr(data, connection.msgtype)
+            if connection.topic == '/detector_node/geo_detections':
+                assert msg.header.frame_id == 'utm' and msg.detections
+                eastings.append(msg.detections[0].bbox.center.position.x)
+            elif connection.topic == '/detector_node/utm_zone':
+                zones.append(msg.data)
+    assert zones == ['31T']
+    # 10 m apart in zone 31 (each in its own zone: 472 km)
+    assert eastings[1] - eastings[0] == pytest.approx(10.0, abs=0.1)
+    report_md = open(os.path.join(out, 'report.md'), encoding='utf-8').read()
+    assert ('UTM zone of `geo_detections` (frame `utm`, UTM metres): 31T (EPSG:32631, '
+            'WGS 84 / UTM zone 31N), from the first valid fix' in report_md)
+    report_html = open(os.path.join(out, 'report.html'), encoding='utf-8').read()
+    assert '31T (EPSG:32631)' in report_html
+    assert '<p id="utm-zone">UTM zone of <code>geo_detections</code>' in report_html
+    # the parameter wins, and the report says where the zone came from
+    metrics, out = _replay(tmp_path, bag, model_path,
+                           params={'evidence_min_sightings': 1, 'utm_zone': '32T'})
+    assert metrics['geotag']['utm_zone']['epsg'] == 32632
+    assert metrics['geotag']['utm_zone']['from'] == 'utm_zone parameter'

@@ -357,8 +357,9 @@ def test_launch_check_can_fail():
 
 # --- the node's ROS interface and error handling ----------------------------------------
 
+# the design's table, plus ~/utm_zone (the run's UTM zone of ~/geo_detections, issue 19)
 TOPICS_OUT = {'~/detections', '~/detections/fix', '~/geo_detections', '~/label_info',
-              '~/debug_image', '/diagnostics'}
+              '~/utm_zone', '~/debug_image', '/diagnostics'}
 TOPICS_IN = {'image', 'image/compressed', 'fix', 'odom', 'imu', 'depth'}
 SERVICES = {'~/enable'}
 # exception names the node may catch, and where the broad ones are allowed

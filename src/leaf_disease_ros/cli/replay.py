@@ -279,7 +279,9 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                  + ('' if geo['gps_topic'] else ' - the bag has no GPS')
                  + (f"; fixes rejected: {', '.join(f'{k[9:]} {v}' for k, v in rejected.items())}"
                     if rejected else '')
-                 + (f"; {geo['frames_outside_utm']} positions beyond UTM (84 N / 80 S)"
+                 + (f"; UTM zone {geo['utm_zone']['zone']} (EPSG:{geo['utm_zone']['epsg']})"
+                    if geo.get('utm_zone') else '')
+                 + (f"; {geo['frames_outside_utm']} positions beyond UTM (84 N / 80 S) or its zone"
                     if geo.get('frames_outside_utm') else ''))
     lines.append(f"findings: {findings['sightings']} diseased tiles -> {findings['features']} "
                  'map features'
@@ -289,7 +291,7 @@ def summary_lines(metrics: Dict[str, Any], out_dir: str) -> List[str]:
                     if findings['without_position'] else '')
                  + (f"; {findings['features_confirmed']} confirmed by repeated evidence"
                     if findings['features'] else '')
-                 + (f"; {findings['outside_utm']} beyond UTM (not in geo_detections)"
+                 + (f"; {findings['outside_utm']} beyond UTM or its zone (not in geo_detections)"
                     if findings.get('outside_utm') else ''))
     placement = metrics.get('placement', {})
     if placement.get('enabled') and placement.get('placed'):

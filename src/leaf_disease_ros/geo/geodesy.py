@@ -148,13 +148,18 @@ def utm_zone(latitude_deg: float, longitude_deg: float) -> int:
     return min(zone, 60)
 
 
-def latlon_to_utm(latitude_deg: float, longitude_deg: float, zone: int = 0) -> UtmPoint:
+def latlon_to_utm(latitude_deg: float, longitude_deg: float, zone: int = 0,
+                  northern: Optional[bool] = None) -> UtmPoint:
     """
     Project WGS84 latitude/longitude (degrees) to UTM.
 
     :param latitude_deg: -80 to 84 degrees (UTM's domain).
     :param longitude_deg: degrees east.
     :param zone: force a zone (1-60), e.g. to keep a whole block in one zone; 0 = natural.
+    :param northern: force the hemisphere (its false northing: 0 m north, 10 000 km
+        south), e.g. to keep a run in one EPSG code; None = the position's own. A
+        position just across the equator then has a northing below 0 m (north) or
+        above 10 000 km (south), as in that EPSG code.
 
     :raises ValueError: latitude outside UTM's domain, or a bad zone.
     """
@@ -178,7 +183,8 @@ def latlon_to_utm(latitude_deg: float, longitude_deg: float, zone: int = 0) -> U
         north += alpha * math.sin(2 * j * xi) * math.cosh(2 * j * eta)
     easting = _FALSE_EASTING_M + _K0 * _A_RECT * east
     northing = _K0 * _A_RECT * north
-    northern = latitude_deg >= 0.0
+    if northern is None:
+        northern = latitude_deg >= 0.0
     if not northern:
         northing += _FALSE_NORTHING_SOUTH_M
     band_index = min(int((latitude_deg + 80.0) // 8.0), len(_BAND_LETTERS) - 1)

@@ -24,6 +24,7 @@ force silently); the parameters ROS itself declares on every node
 from dataclasses import dataclass
 import difflib
 import math
+import re
 import reprlib
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
@@ -41,6 +42,8 @@ ONNX_PROVIDERS = ('auto', 'cpu', 'cuda')
 IMAGE_TRANSPORTS = ('raw', 'compressed')
 QOS_RELIABILITIES = ('best_effort', 'reliable')
 HEADING_SOURCES = ('course', 'odometry', 'imu')
+#: a UTM zone as robot_localization's SetUTMZone service takes it: number + MGRS band
+UTM_ZONE_PATTERN = re.compile(r'([1-9]|[1-5][0-9]|60)([C-HJ-NP-X])')
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,12 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('geo_frame_id', STRING, 'utm',
               'frame_id of ~/geo_detections (positions in UTM metres).',
               'ros', read_only=True),
+    ParamSpec('utm_zone', STRING, '',
+              'UTM zone of ~/geo_detections for the whole run, as robot_localization '
+              "takes it: zone number and MGRS latitude band, e.g. '31U' (bands C-M are "
+              "south of the equator, N-X north). '' = the zone of the first valid fix. "
+              'Published on ~/utm_zone (latched) and in the diagnostics.',
+              'ros', read_only=True),
     ParamSpec('debug_image_rate_hz', DOUBLE, 2.0,
               'Maximum rate of ~/debug_image (drawn only while subscribed); 0 = off.',
               'ros', min_value=0.0, max_value=120.0),
@@ -479,6 +488,17 @@ def _cross_check_evidence(values: Mapping[str, Any]) -> None:
             f"{values['evidence_window_frames']}: the frames rule could never confirm")
 
 
+def _check_utm_zone(values: Mapping[str, Any]) -> None:
+    zone = values['utm_zone']
+    if zone and UTM_ZONE_PATTERN.fullmatch(zone) is None:
+        raise ConfigError(
+            'utm_zone',
+            f'{shown(zone)} is not a UTM zone: write the zone number (1-60) and the MGRS '
+            "latitude band in capitals, e.g. '31U' as robot_localization's setUTMZone takes "
+            "it (bands C-M are south of the equator, N-X north: '33S' is band S, 32-40 "
+            "degrees north), or '' for the zone of the first valid fix")
+
+
 def defaults() -> Dict[str, Any]:
     """Return every parameter at its default (a fresh, mutable dict)."""
     return {p.name: (list(p.default) if isinstance(p.default, list) else p.default)
@@ -506,6 +526,7 @@ def validate_parameters(values: Mapping[str, Any], *,
     _cross_check(result)
     _cross_check_evidence(result)
     _cross_check_domain(result)
+    _check_utm_zone(result)
     return result
 
 

@@ -6,7 +6,9 @@ The replay's output recording: input images + the node's output topics, in MCAP.
 input GPS topic, and what the node would have published for each frame, under the
 node's resolved names (``/<node>/detections``, ``/<node>/detections/fix``,
 ``/<node>/geo_detections``, ``/<node>/label_info``), each at the log time of its
-image. Messages are built by ``ros/conversions.py`` exactly as the node builds them.
+image, and ``/<node>/utm_zone`` (``std_msgs/String``, the run's one UTM zone of
+``geo_detections``, e.g. ``31U``) once, with the first frame after the zone is known.
+Messages are built by ``ros/conversions.py`` exactly as the node builds them.
 
 In a report folder the bag is the folder :data:`DETECTIONS_BAG` (``detections/``);
 rosbags names the MCAP file inside after the folder (``<folder>/<folder>.mcap``), so
@@ -22,6 +24,7 @@ import shutil
 import tempfile
 from typing import AbstractSet, Any, Optional
 
+from leaf_disease_ros.geo.utm_zone import RunZone
 from leaf_disease_ros.perception.errors import BagError
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.pipeline import FrameResult
@@ -32,6 +35,7 @@ DETECTIONS_TYPE = 'vision_msgs/msg/Detection2DArray'
 GEO_DETECTIONS_TYPE = 'vision_msgs/msg/Detection3DArray'
 NAVSATFIX_TYPE = 'sensor_msgs/msg/NavSatFix'
 LABEL_INFO_TYPE = 'vision_msgs/msg/LabelInfo'
+STRING_TYPE = 'std_msgs/msg/String'
 #: the output bag's folder in a report folder (the MCAP file inside: detections.mcap)
 DETECTIONS_BAG = 'detections'
 
@@ -88,8 +92,11 @@ class OutputBag:
                         typestore=typestore)
         self._label_info = add(node_topic(node_name, 'label_info'), LABEL_INFO_TYPE,
                                typestore=typestore)
+        self._utm_zone = add(node_topic(node_name, 'utm_zone'), STRING_TYPE,
+                             typestore=typestore)
         self.messages = 0
         self._label_info_written = False
+        self._utm_zone_written = False
 
     def _write(self, connection: Any, log_time_ns: int, data: bytes) -> None:
         try:
@@ -109,12 +116,14 @@ class OutputBag:
     def write_frame(self, log_time_ns: int, image_data: bytes, header: Any,
                     result: Optional[FrameResult], card: ModelCard,
                     unknown_threshold: float,
-                    confirmed: Optional[AbstractSet[int]] = None) -> None:
+                    confirmed: Optional[AbstractSet[int]] = None,
+                    zone: Optional[RunZone] = None) -> None:
         """
         Copy the image and write the node's outputs for it (None: frame skipped).
 
         ``confirmed``: the findings that passed the evidence rule, the only ones in
-        ``geo_detections`` (None: every finding).
+        ``geo_detections`` (None: every finding). ``zone``: the run's UTM zone
+        (None: each frame its own, a run of one frame).
         """
         if not self._label_info_written:
             info = to_label_info(card, make_header(int(log_time_ns), '', self._types),
@@ -132,8 +141,12 @@ class OutputBag:
                     self._serialize(to_geotag_fix(result, header, types), NAVSATFIX_TYPE))
         self._write(self._geo, log_time_ns,
                     self._serialize(to_detection3d_array(result, header, self._geo_frame_id,
-                                                         types, confirmed),
+                                                         types, confirmed, zone=zone),
                                     GEO_DETECTIONS_TYPE))
+        if zone is not None and zone.zone is not None and not self._utm_zone_written:
+            self._write(self._utm_zone, log_time_ns, self._serialize(
+                self._store.types[STRING_TYPE](data=zone.zone.name), STRING_TYPE))
+            self._utm_zone_written = True
 
     def commit(self) -> None:
         """Close the bag and move it to its final path (replacing an older one)."""

@@ -21,7 +21,7 @@ atomically (temp file + rename):
 
 from dataclasses import dataclass
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from leaf_disease_ros.geo.mapping import (features_per_label, write_geojson, write_kml,
                                           write_map_png)
@@ -169,6 +169,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'fixes_rejected': {k: v for k, v in state.fix_buffer_stats.items()
                                if k.startswith('rejected_') and v},
             'frames_outside_utm': state.frames_outside_utm,
+            'utm_zone': _utm_zone_metrics(state),
             'fixes_late': state.fixes_late,
             'max_fix_delay_s': state.max_fix_delay_ns / 1e9,
         },
@@ -236,6 +237,26 @@ def _held_metrics(state: ReplayState) -> Dict[str, Any]:
         'hold_findings_out_of_domain': state.parameters['hold_findings_out_of_domain'],
         'reason': '; '.join(parts),
     }
+
+
+def _utm_zone_metrics(state: ReplayState) -> Optional[Dict[str, Any]]:
+    zone = state.utm.zone
+    if zone is None:
+        return None
+    return {'zone': zone.name, 'number': zone.number, 'hemisphere': zone.hemisphere,
+            'epsg': zone.epsg,
+            'from': 'utm_zone parameter' if state.utm.from_parameter else 'first valid fix'}
+
+
+def utm_zone_sentence(utm_zone: Optional[Mapping[str, Any]]) -> str:
+    """Return the report's sentence on the UTM zone of ``geo_detections`` (metrics' form)."""
+    if utm_zone is None:
+        return ('UTM zone of `geo_detections`: none (no valid fix within UTM, 80 S to 84 N; '
+                'the utm_zone parameter sets one in advance).')
+    return (f"UTM zone of `geo_detections` (frame `utm`, UTM metres): {utm_zone['zone']} "
+            f"(EPSG:{utm_zone['epsg']}, WGS 84 / UTM zone {utm_zone['number']}"
+            f"{utm_zone['hemisphere'][0].upper()}), from the {utm_zone['from']}, for the "
+            'whole run; the GeoJSON and KML are in latitude/longitude (EPSG:4326).')
 
 
 def _domain_metrics(state: ReplayState) -> Dict[str, Any]:
@@ -450,10 +471,12 @@ def format_markdown(metrics: Dict[str, Any]) -> str:
                               for k, v in geo['fixes_rejected'].items())
                   + ' (jump: faster than max_fix_speed_mps '
                   f"{metrics['parameters']['max_fix_speed_mps']:g} m/s)."]
+    lines += ['', utm_zone_sentence(geo['utm_zone'])]
     if geo['frames_outside_utm']:
         lines += ['', f"{geo['frames_outside_utm']} frames have a position beyond UTM "
-                  '(-80..84 degrees): their findings are on the map and in the GeoJSON/KML, '
-                  'but not in `geo_detections` (UTM metres) of the output bag.']
+                  "(-80..84 degrees) or about a zone away from the run's UTM zone: their "
+                  'findings are on the map and in the GeoJSON/KML, but not in '
+                  '`geo_detections` (UTM metres) of the output bag.']
     lines += ['', '## Findings', '',
               f"{findings['sightings']} diseased tiles with "
               f"{finding_score_words(metrics['model'])} >= "

@@ -28,6 +28,7 @@ import html
 import json
 import math
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from leaf_disease_ros.geo.geodesy import distance_m
@@ -37,7 +38,7 @@ from leaf_disease_ros.perception.metrics import macro_average_note
 from leaf_disease_ros.perception.positions import fix_status_words
 from leaf_disease_ros.replay.evaluation import accuracy_text
 from leaf_disease_ros.replay.gallery import GalleryTile, SECTIONS
-from leaf_disease_ros.replay.report import finding_score_words
+from leaf_disease_ros.replay.report import finding_score_words, utm_zone_sentence
 from leaf_disease_ros.replay.runner import ReplayState
 
 REPORT_HTML_FILE = 'report.html'
@@ -56,6 +57,11 @@ def _macro_note(accuracy: Dict[str, Any]) -> str:
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
+
+
+def _md_e(text: str) -> str:
+    """Escape a report.md sentence for HTML, its `code` spans as <code>."""
+    return re.sub(r'`([^`]*)`', r'<code>\1</code>', _e(text))
 
 
 def _hex(label: str, labels: Sequence[str]) -> str:
@@ -300,6 +306,8 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
         ('tile accuracy', ('no ground truth' if not accuracy else 'nothing scored'
                            if accuracy['accuracy'] is None else f"{accuracy['accuracy']:.3f}")),
         ('geotag coverage', f"{100.0 * geo['coverage']:.1f} %"),
+        ('UTM zone', 'none' if geo['utm_zone'] is None
+         else f"{geo['utm_zone']['zone']} (EPSG:{geo['utm_zone']['epsg']})"),
         ('findings', f"{findings['sightings']} tiles, {findings['features']} spots"),
     ]
     legend = ' '.join(f'<span><i style="background:{_hex(label, labels)}"></i>'
@@ -352,6 +360,7 @@ def build_report_html(metrics: Dict[str, Any], state: ReplayState) -> str:
           f'{model["finding_threshold"]:g}, merged within '
           f'{findings["merge_radius_m"]} m into {findings["features"]} spots '
           f'({findings["without_position"]} without position). Grey: GPS track.</p>'
+          f'<p id="utm-zone">{_md_e(utm_zone_sentence(geo["utm_zone"]))}</p>'
           f'<p class="legend">{legend}</p>{osm}{svg}'
           f'<script type="application/json" id="map-facts">{json.dumps(facts)}</script>'
           '</section>'

@@ -52,10 +52,10 @@ import numpy as np
 
 from leaf_disease_ros.geo.camera_geometry import CameraGeometryError
 from leaf_disease_ros.geo.evidence import EvidenceTracker
-from leaf_disease_ros.geo.geodesy import in_utm_domain
 from leaf_disease_ros.geo.geotag import FixBuffer, OUTAGES
 from leaf_disease_ros.geo.leaf_position import LeafLocator, LocatorSettings
 from leaf_disease_ros.geo.mapping import FindingMerger, sighting_at, TrackRecorder
+from leaf_disease_ros.geo.utm_zone import parse_utm_zone, RunZone
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import DetectorConfig, validate_parameters
 from leaf_disease_ros.perception.errors import (BagError, FrameError, FrameTooSmallError,
@@ -210,7 +210,7 @@ class ReplayState:
     tiles_by_label: Dict[str, int] = field(default_factory=dict)
     findings: int = 0
     findings_without_position: int = 0
-    findings_outside_utm: int = 0  # positioned, but beyond UTM: not in geo_detections
+    findings_outside_utm: int = 0  # the run's UTM zone cannot carry it: not in geo_detections
     frames_outside_utm: int = 0
     findings_by_label: Dict[str, int] = field(default_factory=dict)
     evidence: Optional[EvidenceTracker] = None
@@ -259,6 +259,7 @@ class ReplayState:
     locator: Optional[LeafLocator] = None
     camera_info_messages: int = 0
     camera_info_rejected: int = 0
+    utm: RunZone = field(default_factory=RunZone)  # geo_detections' one zone (utm_zone.py)
 
 
 def _closest_topic(bag: BagReader, wanted: str, types: Tuple[str, ...]) -> str:
@@ -527,6 +528,7 @@ class _Replay:
                 self.state.track.break_segment()
             elif admission.fix is not None:  # validated and normalised (glitches left out)
                 stored = admission.fix
+                self.state.utm.observe_fix(stored)  # the run's zone: the first valid fix's
                 self.state.track.add(stored.latitude_deg, stored.longitude_deg, stored.stamp_ns)
         if self.output is not None:
             self.output.write_fix(message.log_time_ns, message.data)
@@ -675,7 +677,7 @@ class _Replay:
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
                                     self.detector.card, self.detector.unknown_threshold(),
-                                    confirmed)
+                                    confirmed, state.utm)
         if self.progress is not None:
             self.progress(Progress(state.frames_processed + sum(state.skipped.values()),
                                    self.expected, time.perf_counter() - self.start))
@@ -702,7 +704,8 @@ class _Replay:
         reason = result.geotag.reason
         state.geotag_reasons[reason] = state.geotag_reasons.get(reason, 0) + 1
         tag = result.geotag.geotag
-        outside_utm = tag is not None and not in_utm_domain(tag.latitude_deg)
+        outside_utm = (tag is not None
+                       and state.utm.project(tag.latitude_deg, tag.longitude_deg) is None)
         if tag is not None:
             status = STATUS_NAMES.get(tag.status, str(tag.status))
             state.positions_by_status[status] = state.positions_by_status.get(status, 0) + 1
@@ -819,7 +822,8 @@ def run_replay(options: ReplayOptions, backend: Any = None,
                                          params['position_gate_sigma']),
                 notes=list(bag.notes) + list(topics.notes),
                 gallery=GalleryCollector(options.gallery_size) if options.gallery_size else None,
-                tile_sample=TileSample(options.save_tiles, card) if options.save_tiles else None)
+                tile_sample=TileSample(options.save_tiles, card) if options.save_tiles else None,
+                utm=RunZone(parse_utm_zone(params['utm_zone'])))
             if params['ground_positions']:
                 state.locator = detector.locator = LeafLocator(
                     LocatorSettings.from_parameters(params))

@@ -18,9 +18,11 @@ Conventions of the published messages:
   a rejected tile gets ``unknown`` with the best score first, then its top-k;
 - ``id`` is ``<sec>.<nanosec>:<tile index>``, the same in the 2D and 3D arrays so a
   geo finding can be joined with its tile;
-- geo detections are in UTM metres (the zone of the position itself), with the
-  fix's ENU position covariance; a position UTM does not cover (beyond 84 N or
-  80 S) has no UTM coordinate, so its findings are left out of the array (the
+- geo detections are in UTM metres of the run's one zone (``geo/utm_zone.py``: the
+  ``utm_zone`` parameter or the first valid fix's, as robot_localization's
+  navsat_transform does; the frame id stays ``geo_frame_id`` for TF), with the
+  fix's ENU position covariance; a position the zone cannot carry (beyond 84 N or
+  80 S, or about a zone away) is left out of the array (the
   frame's ``~/detections/fix`` still carries the latitude and longitude, and the
   replay and the diagnostics count it); orientation is unknown (variance
   :data:`UNKNOWN_ROTATION_VARIANCE_RAD2`), and a fix without covariance gets
@@ -33,7 +35,7 @@ from typing import AbstractSet, Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from leaf_disease_ros.geo.geodesy import utm_or_none
+from leaf_disease_ros.geo.utm_zone import RunZone
 from leaf_disease_ros.perception.model_card import ModelCard, UNKNOWN_LABEL
 from leaf_disease_ros.perception.pipeline import Detection, FrameResult
 from leaf_disease_ros.perception.positions import COVARIANCE_TYPE_UNKNOWN, Fix, STATUS_NO_FIX
@@ -234,28 +236,33 @@ def position_covariance_6x6(covariance_m2: Sequence[float], covariance_type: int
 
 def to_detection3d_array(result: FrameResult, header: Any, frame_id: str,
                          types: MessageTypes,
-                         confirmed: Optional[AbstractSet[int]] = None) -> Any:
+                         confirmed: Optional[AbstractSet[int]] = None, *,
+                         zone: Optional[RunZone] = None) -> Any:
     """
     Return the frame's disease findings in UTM metres as a ``Detection3DArray``.
 
     One ``Detection3D`` per finding, at the finding's own position
     (``FrameResult.position_of``: its leaf from the camera geometry, else the camera)
-    with that position's covariance. The header keeps the image stamp with
-    ``frame_id`` (the geo frame). Without a position, with a position UTM does not
-    cover (polar caps), or without findings, the array is empty.
+    with that position's covariance, in the run's one UTM zone. The header keeps the
+    image stamp with ``frame_id`` (the geo frame). Without a position, with a position
+    the run's zone cannot carry (polar caps, too far from the zone), or without
+    findings, the array is empty.
 
     :param confirmed: indices (in ``result.detections``) of the findings that passed
         the evidence rule (``geo/evidence.py``); only those are included. None
         includes every finding.
+    :param zone: the run's UTM zone (the node's and the replay's); None projects into
+        the zone of this frame's own position (a run of one frame).
     """
     out_header = _with_frame(header, frame_id, types)
     detections = []
+    run_zone = RunZone() if zone is None else zone
     for index, detection in enumerate(result.detections):
         if not detection.is_finding or (confirmed is not None and index not in confirmed):
             continue
         position = result.position_of(index)
         utm = (None if position is None
-               else utm_or_none(position.latitude_deg, position.longitude_deg))
+               else run_zone.project(position.latitude_deg, position.longitude_deg))
         if position is None or utm is None:
             continue
         altitude = 0.0 if math.isnan(position.altitude_m) else position.altitude_m

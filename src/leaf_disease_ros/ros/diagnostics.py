@@ -35,6 +35,7 @@ from leaf_disease_ros.geo.geodesy import in_utm_domain
 from leaf_disease_ros.geo.geotag import (ADD_ACCEPTED, ADD_DUPLICATE, ADD_REJECTED_JUMP,
                                          ADD_REJECTED_LATITUDE, ADD_REJECTED_NAN,
                                          ADD_REJECTED_NO_FIX, REJECTIONS)
+from leaf_disease_ros.geo.utm_zone import UtmZone
 from leaf_disease_ros.perception.pipeline import FrameResult
 from leaf_disease_ros.perception.positions import Fix
 
@@ -411,7 +412,7 @@ class GpsStats:
 
     def report(self, now_s: float, now_ns: int, newest_fix: Optional[Fix], *, name: str,
                hardware_id: str, fix_topic: str, no_fix_warn_s: float,
-               buffer_len: int) -> DiagnosticReport:
+               buffer_len: int, utm_zone: Optional[UtmZone] = None) -> DiagnosticReport:
         """
         Return the GPS status.
 
@@ -424,6 +425,8 @@ class GpsStats:
         covers (``~/geo_detections`` stays empty there); OK otherwise.
 
         :param newest_fix: the newest valid fix in the buffer (``FixBuffer.newest()``).
+        :param utm_zone: the run's zone of ``~/geo_detections`` (``RunZone.zone``); the
+            values ``utm_zone`` (e.g. ``31U``, or ``none yet``) and ``utm_epsg`` say it.
         """
         with self._lock:
             received, accepted = self.received, self.accepted
@@ -485,6 +488,9 @@ class GpsStats:
             ('fixes_rejected_jump', str(rejected[ADD_REJECTED_JUMP])),
             ('utm_position', 'n/a' if newest_fix is None
              else ('none: beyond UTM' if outside_utm else 'yes')),
+            ('utm_zone', 'none yet (the first valid fix sets it)' if utm_zone is None
+             else utm_zone.name),
+            ('utm_epsg', 'n/a' if utm_zone is None else str(utm_zone.epsg)),
             ('buffer_fixes', str(buffer_len)),
             ('buffer_clears', str(clears)),
             ('last_clear_reason', clear_reason or 'none'),

@@ -69,7 +69,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 import rclpy.time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
@@ -77,6 +77,7 @@ from leaf_disease_ros.geo.camera_geometry import CameraGeometryError
 from leaf_disease_ros.geo.evidence import EvidenceTracker
 from leaf_disease_ros.geo.geotag import FixBuffer
 from leaf_disease_ros.geo.leaf_position import LeafLocator, LocatorSettings
+from leaf_disease_ros.geo.utm_zone import parse_utm_zone, RunZone, UtmZone
 from leaf_disease_ros.inference.factory import load_backend
 from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DOUBLE_ARRAY, INT,
                                                 PARAMETERS, STRING, validate_parameters)
@@ -280,6 +281,7 @@ class DetectorNode(Node):
         self._image_jump = BackwardJumpDetector()
         self._debug_limiter = RateLimiter(values['debug_image_rate_hz'])
         self._geo_frame_id = values['geo_frame_id']
+        self._utm = RunZone(parse_utm_zone(values['utm_zone']), self._publish_utm_zone)
         self._evidence = EvidenceTracker(values['evidence_min_sightings'],
                                          values['evidence_window_frames'],
                                          values['evidence_radius_m'],
@@ -313,6 +315,8 @@ class DetectorNode(Node):
         values = self._values
         self._active.set()
         self._publish_label_info()
+        if self._utm.zone is not None:  # the utm_zone parameter; else the first valid fix
+            self._publish_utm_zone(self._utm.zone)
         self._subscribe(values)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._diagnostics_timer = self.create_timer(
@@ -406,10 +410,11 @@ class DetectorNode(Node):
         self._pub_fix = create(NavSatFix, '~/detections/fix', reliable)
         self._pub_geo = create(Detection3DArray, '~/geo_detections', reliable)
         self._pub_labels = create(LabelInfo, '~/label_info', latched)
+        self._pub_utm_zone = create(String, '~/utm_zone', latched)
         self._pub_debug = create(Image, '~/debug_image', debug)
         self._pub_diagnostics = create(DiagnosticArray, '/diagnostics', reliable)
         self._outputs = [self._pub_detections, self._pub_fix, self._pub_geo, self._pub_labels,
-                         self._pub_debug, self._pub_diagnostics]
+                         self._pub_utm_zone, self._pub_debug, self._pub_diagnostics]
 
     def _create_output(self, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
         """Return a publisher of an output (the managed node's are lifecycle publishers)."""
@@ -495,7 +500,9 @@ class DetectorNode(Node):
         jump_s = self._fix_jump.update(fix.stamp_ns)
         if jump_s is not None:
             self._forget_fixes('fix', jump_s)
-        outcome = self._fixes.add(fix)
+        admission = self._fixes.admit(fix)
+        self._utm.observe_fix(admission.fix)  # the run's UTM zone: the first valid fix's
+        outcome = admission.outcome
         self._gps.fix_received(time.monotonic(), outcome, fix.status)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -640,7 +647,8 @@ class DetectorNode(Node):
             self._gps.report(
                 now_s, now.nanoseconds, self._fixes.newest(), name=f'{prefix}: gps',
                 hardware_id=self._fix_topic, fix_topic=self._fix_topic,
-                no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes)),
+                no_fix_warn_s=values['no_fix_warn_s'], buffer_len=len(self._fixes),
+                utm_zone=self._utm.zone),
             domain_report(self._domain.shares(), name=f'{prefix}: domain',
                           hardware_id=self._backend.model_id, rule=self._domain_rule,
                           held_findings=self.held_findings),
@@ -661,6 +669,10 @@ class DetectorNode(Node):
         except OSError as exc:
             self.get_logger().warning(f'live map: cannot write {live_map.path}: {exc}; the '
                                       'previous file stays', throttle_duration_sec=60.0)
+
+    def _publish_utm_zone(self, zone: UtmZone) -> None:
+        self._pub_utm_zone.publish(String(data=zone.name))
+        self.get_logger().info(f'~/geo_detections are in UTM zone {zone.describe()} for this run')
 
     def _publish_label_info(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id='')
@@ -761,7 +773,8 @@ class DetectorNode(Node):
                 (self._pub_detections, to_detection2d_array(result, header, types)),
                 (self._pub_fix, to_geotag_fix(result, header, types)),
                 (self._pub_geo, to_detection3d_array(result, header, self._geo_frame_id,
-                                                     types, self._evidence.update(result, held))),
+                                                     types, self._evidence.update(result, held),
+                                                     zone=self._utm)),
             ]
             if (self._pub_debug.get_subscription_count() > 0
                     and self._debug_limiter.allow(result.stamp_ns)):
