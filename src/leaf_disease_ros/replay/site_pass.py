@@ -107,10 +107,8 @@ class PassCollector:
                               detection.box_xyxy_px, crop)
 
     def _keep_image(self, crop: np.ndarray) -> None:
-        small = None
         if len(self.images) < self.keep_images:
-            small = cv2.resize(crop, self._image_px, interpolation=cv2.INTER_AREA)
-            self.images.append(small)
+            self.images.append(cv2.resize(crop, self._image_px, interpolation=cv2.INTER_AREA))
             return
         slot = int(self._rng.integers(self.tiles_seen))
         if slot < self.keep_images:

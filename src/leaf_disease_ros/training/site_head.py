@@ -26,7 +26,7 @@ Nothing here imports torch: a site is fitted in seconds on the robot's CPU.
 
 from dataclasses import dataclass
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -233,16 +233,3 @@ def frame_blocks(frame_index: np.ndarray, holdout_fraction: float, block_frames:
     period = max(2, int(round(1.0 / holdout_fraction)))
     block = np.asarray(frame_index) // block_frames
     return (block % period) == period - 1
-
-
-def finding_rate(probs: np.ndarray, disease: np.ndarray, threshold: float,
-                 unknown_threshold: float, finding_score_mass: bool) -> np.ndarray:
-    """Return ``(N,)`` bool: rows that are findings under the pipeline's rule."""
-    top = probs.argmax(axis=1)
-    score = probs[:, disease].sum(axis=1) if finding_score_mass else probs.max(axis=1)
-    return disease[top] & (probs.max(axis=1) >= unknown_threshold) & (score >= threshold)
-
-
-def optional_float(value: Optional[float]) -> Optional[float]:
-    """Return ``value`` as a float, or None."""
-    return None if value is None else float(value)
