@@ -411,14 +411,23 @@ def test_a_calibration_cache_that_cannot_be_written_is_not_recorded(tool, tiny_m
 
 def test_an_unreadable_calibration_cache_fails_the_build_with_the_reason(tool, tiny_model_copy,
                                                                          monkeypatch):
+    from leaf_disease_ros.inference.engine import build as build_module
+
     cache = calibration_cache_path(os.path.dirname(tiny_model_copy), 'tiny', STANDIN,
                                    sha256_file(tiny_model_copy))
-    os.makedirs(cache)  # exists, but open() fails: IsADirectoryError
-    monkeypatch.setattr(os.path, 'isfile', lambda path: path == cache or os.path.exists(path)
-                        and not os.path.isdir(path))
+    with open(cache, 'wb') as stream:  # a regular file (the output rule accepts it) ...
+        stream.write(b'TRT-100300-EntropyCalibration2\n')
+    real_open = open
+
+    def unreadable(path, *args, **kwargs):  # ... that cannot be opened (tests run as root)
+        if os.fspath(path) == cache:
+            raise PermissionError(13, 'Permission denied', cache)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(build_module, 'open', unreadable, raising=False)
     code, out, err = tool(tiny_model_copy, '--precision', 'int8')
     assert code == 1, out + err
-    assert f'the calibration cache {cache} cannot be read: Is a directory' in err
+    assert f'the calibration cache {cache} cannot be read: Permission denied' in err
 
 
 def test_dla_needs_one_batch_size_and_the_placement_is_recorded(tool, tiny_model_copy):
