@@ -50,7 +50,6 @@ Exit status: 0 done, 2 bad data or arguments, or PyTorch / timm missing.
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -58,6 +57,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from leaf_disease_ros.perception.atomic_io import atomic_write_json, atomic_write_text
 from leaf_disease_ros.perception.errors import LeafDiseaseError, OutputError
+from leaf_disease_ros.perception.json_fields import strict_json
 from leaf_disease_ros.perception.model_card import card_path_for_model, FINDING_SCORES
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
                                                       check_outputs_apart, write_manifest)
@@ -283,17 +283,6 @@ def check_outputs(args: argparse.Namespace) -> None:
                                   create_parent=True)
 
 
-def _strict(value: Any) -> Any:
-    """Return ``value`` with NaN and infinities as None (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
 def _run(args: argparse.Namespace) -> Dict[str, Any]:
     """Run one subcommand (imports PyTorch); return a summary for stdout."""
     started = time.monotonic()
@@ -353,9 +342,9 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         for card, result in zip(args.cards, results.values()):
             field_eval.record_in_card(card, result)
     if args.markdown:
-        atomic_write_text(args.markdown, field_eval.results_markdown(_strict(results)))
+        atomic_write_text(args.markdown, field_eval.results_markdown(strict_json(results)))
     if args.out:
-        atomic_write_json(args.out, _strict(results))
+        atomic_write_json(args.out, strict_json(results))
         return {'out': args.out, 'models': list(results)}
     return results
 
@@ -375,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (LeafDiseaseError, ValueError, OSError) as exc:
         sys.stderr.write(f'error: {exc}\n')
         return 2
-    sys.stdout.write(json.dumps(_strict(summary), indent=1, default=str) + '\n')
+    sys.stdout.write(json.dumps(strict_json(summary), indent=1, default=str) + '\n')
     return 0
 
 

@@ -152,3 +152,14 @@ class FieldReader:
         if not is_sha256(value):
             raise self.fail(key, 'expected 64 lowercase hex digits')
         return value
+
+
+def strict_json(value: Any) -> Any:
+    """Return ``value`` with NaN and infinities as None (strict JSON: RFC 8259 has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

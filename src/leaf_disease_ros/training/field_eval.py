@@ -40,6 +40,7 @@ from leaf_disease_ros.perception import tiling
 from leaf_disease_ros.perception.atomic_io import atomic_write_json
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.errors import DatasetError
+from leaf_disease_ros.perception.json_fields import strict_json
 from leaf_disease_ros.perception.metrics import auroc as _auroc
 from leaf_disease_ros.perception.model_card import load_card, ModelCard
 from leaf_disease_ros.perception.postprocess import finding_scores, softmax
@@ -623,18 +624,7 @@ def record_in_card(card_path: str, result: Dict[str, Any]) -> None:
         doc = json.load(stream)
     metrics = dict(doc.get('metrics', {}))
     metrics.pop('field_validation', None)
-    metrics['field_test'] = _strict(card_figures(result))
+    metrics['field_test'] = strict_json(card_figures(result))
     doc['metrics'] = metrics
     atomic_write_json(card_path, doc)
     load_card(card_path)
-
-
-def _strict(value: Any) -> Any:
-    """Return ``value`` with NaN and infinities as None (strict JSON)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
