@@ -502,5 +502,8 @@ def test_detector_node_help_answers_without_ros():
             assert f'\n  {spec.name} (default ' in run.stdout, spec.name
         assert '~/geo_detections' in run.stdout
     # after --ros-args, -h is ROS's (rcl's own argument), not ours
-    from leaf_disease_ros.ros.entry_point import wants_help
+    from leaf_disease_ros.ros.entry_point import help_text, wants_help
     assert not wants_help(['--ros-args', '-p', 'x:=1', '--help'])
+    # the managed node's help names its own executable
+    assert help_text('detector_lifecycle_node').startswith(
+        'usage: ros2 run leaf_disease_ros detector_lifecycle_node')

@@ -24,8 +24,8 @@ from leaf_disease_ros.perception.config import PARAMETERS
 from leaf_disease_ros.ros.environment import check_python_stack
 from leaf_disease_ros.ros.messages import NODE_NAME, START_FAILURE_PREFIX
 
-_USAGE = f"""\
-usage: ros2 run leaf_disease_ros {NODE_NAME} [--ros-args [-p NAME:=VALUE]... [--params-file FILE]]
+_USAGE = """\
+usage: ros2 run leaf_disease_ros {executable} [--ros-args [-p NAME:=VALUE]... [--params-file FILE]]
        ros2 launch leaf_disease_ros detector.launch.py [NAME:=VALUE]...
 
 Grapevine leaf disease detector: classifies the tiles of each camera frame, tags
@@ -54,9 +54,9 @@ def wants_help(argv: Sequence[str]) -> bool:
     return any(arg in ('-h', '--help') for arg in ours)
 
 
-def help_text() -> str:
+def help_text(executable: str = NODE_NAME) -> str:
     """Return the ``--help`` text: usage, topics and the parameter table (no ROS needed)."""
-    lines = [_USAGE]
+    lines = [_USAGE.format(executable=executable)]
     for spec in PARAMETERS:
         default = repr(spec.default) if isinstance(spec.default, str) else spec.default
         lines.append(f'  {spec.name} (default {default})')
@@ -75,7 +75,7 @@ def main(args: Optional[List[str]] = None, *, lifecycle: bool = False) -> int:
         returns.
     """
     if wants_help(sys.argv[1:] if args is None else args):
-        sys.stdout.write(help_text())
+        sys.stdout.write(help_text('detector_lifecycle_node' if lifecycle else NODE_NAME))
         return 0
     problem = check_python_stack()
     if problem:
