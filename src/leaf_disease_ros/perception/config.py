@@ -302,10 +302,11 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'embedding_distance threshold, or a site reference): a confidently wrong '
               'model is far without being unknown.',
               'ros', min_value=0.01, max_value=1.0),
-    ParamSpec('domain_min_tiles', INT, 30,
-              'The domain check judges once it has this many classified tiles (the window '
-              'keeps growing to domain_window_tiles); before, it is collecting and findings '
-              'are held back (hold_findings_out_of_domain).',
+    ParamSpec('domain_min_tiles', INT, 15,
+              'The domain check judges once it has this many classified tiles (15: one '
+              '1280x720 frame at the default tiling; the window keeps growing to '
+              'domain_window_tiles); before, it is collecting and findings are held back '
+              '(hold_findings_out_of_domain).',
               'ros', min_value=1, max_value=1000000, read_only=True),
     ParamSpec('hold_findings_out_of_domain', BOOL, True,
               'While the domain check is out of the domain (or still collecting), findings '
