@@ -20,9 +20,10 @@ Rules the validation material follows (``leaf-disease-train-field validation``):
   folders that show no disease (:data:`NEGATIVE_FOLDERS`) are used as backgrounds;
   crops of one photo are therefore all on one side.
 - A photo that trained or tuned a model is never counted as a test of it.
-- The site-adaptation check (``tools/make_row_bags.py``) cuts its reference pass and its
-  test pass from different photos and says which role each has here; a site head is
-  fitted on its reference photos only, and no shipped model or figure changes with it.
+- The site-adaptation check (the developer script ``make_row_bags.py``) cuts its
+  reference pass and its test pass from different photos and says which role each has
+  here; a site head is fitted on its reference photos only, and no shipped model or
+  figure changes with it.
 """
 
 from dataclasses import dataclass
@@ -82,8 +83,8 @@ FIELD_PHOTOS: Tuple[FieldPhoto, ...] = (
                'test', _UNTAUGHT),
     FieldPhoto('powdery_mildew/mareseestern_vineleaf__Echter_Mehltau.jpg', 'test',
                _UNTAUGHT + '; it is also a reference-pass photo of the site-adaptation '
-               'check (tools/make_row_bags.py REFERENCE_PHOTOS): it shapes a site head '
-               'there, never a shipped model or its figures'),
+               'check (REFERENCE_PHOTOS of the developer script make_row_bags.py): it '
+               'shapes a site head there, never a shipped model or its figures'),
     FieldPhoto('bois_noir/mareseestern_vineleaf__Schwarzholz.jpg', 'test', _UNTAUGHT),
     FieldPhoto('bois_noir/matheli_vineleaf__Schwarzholzkrankheit_Bild.jpg', 'test', _UNTAUGHT),
 )

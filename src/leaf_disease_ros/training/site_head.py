@@ -19,7 +19,8 @@ The recipe ``leaf-disease-site`` runs (docs/adaptation.md, "One-pass site adapta
 3. **The fit.** Softmax cross-entropy at the card's temperature plus
    ``l2 * |W - W0|^2`` (:func:`fit_head`), full batch, Adam, a fixed number of
    steps: the head moves only as far as the site's material asks, so the lab
-   accuracy and the taught diseases stay (measured by ``tools/site_adaptation_eval.py``).
+   accuracy and the taught diseases stay (measured by the developer script
+   ``site_adaptation_eval.py``; docs/adaptation.md has the figures).
 
 Nothing here imports torch: a site is fitted in seconds on the robot's CPU.
 """
