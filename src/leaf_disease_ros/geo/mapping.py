@@ -435,6 +435,15 @@ def _kml_colour(bgr: Tuple[int, int, int]) -> str:
     return f'ff{blue:02x}{green:02x}{red:02x}'  # KML is aabbggrr
 
 
+def kml_element(parent: ElementTree.Element, tag: str, text: Optional[str] = None
+                ) -> ElementTree.Element:
+    """Add the KML 2.2 element ``tag`` (with ``text``) under ``parent``: both KML writers."""
+    element = ElementTree.SubElement(parent, f'{{{KML_NAMESPACE}}}{tag}')
+    if text is not None:
+        element.text = text
+    return element
+
+
 def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[float, float]]]
                  = (), name: str = 'leaf disease findings',
                  display_names: DisplayNames = None) -> bytes:
@@ -445,13 +454,7 @@ def kml_document(features: Sequence[MapFeature], track: Sequence[Sequence[Tuple[
     ``ExtendedData``; the track is a folder of LineStrings (one per segment).
     """
     ElementTree.register_namespace('', KML_NAMESPACE)
-
-    def sub(parent: ElementTree.Element, tag: str, text: Optional[str] = None
-            ) -> ElementTree.Element:
-        element = ElementTree.SubElement(parent, f'{{{KML_NAMESPACE}}}{tag}')
-        if text is not None:
-            element.text = text
-        return element
+    sub = kml_element
 
     root = ElementTree.Element(f'{{{KML_NAMESPACE}}}kml')
     document = sub(root, 'Document')

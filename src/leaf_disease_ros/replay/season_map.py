@@ -33,11 +33,11 @@ first to last seen), ``maps/pass_<id>.png`` and ``maps/new_since_last_pass.png``
 from dataclasses import dataclass, field
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 import xml.etree.ElementTree as ElementTree
 
 from leaf_disease_ros.geo.geodesy import local_east_north_m
-from leaf_disease_ros.geo.mapping import (FindingMerger, iso_utc, KML_NAMESPACE,
+from leaf_disease_ros.geo.mapping import (FindingMerger, iso_utc, kml_element, KML_NAMESPACE,
                                           label_colour_bgr, MapFeature, Sighting,
                                           write_map_png)
 from leaf_disease_ros.perception.atomic_io import atomic_write_bytes, atomic_write_json
@@ -236,13 +236,7 @@ def geojson_document(season: Season) -> Dict[str, Any]:
 def kml_document(season: Season) -> bytes:
     """Return the season as KML 2.2: a folder per pass with its TimeSpan, and the season."""
     ElementTree.register_namespace('', KML_NAMESPACE)
-
-    def sub(parent: ElementTree.Element, tag: str, text: Optional[str] = None
-            ) -> ElementTree.Element:
-        element = ElementTree.SubElement(parent, f'{{{KML_NAMESPACE}}}{tag}')
-        if text is not None:
-            element.text = text
-        return element
+    sub = kml_element
 
     def span(parent: ElementTree.Element, begin_ns: int, end_ns: int) -> None:
         element = sub(parent, 'TimeSpan')
