@@ -346,7 +346,7 @@ def test_a_bug_in_the_worker_stops_the_node_with_the_traceback(world, tiny_model
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise KeyError('a bug')
 
-        monkeypatch.setattr(node._detector, 'process', broken)
+        monkeypatch.setattr(node._detector, 'process_prepared', broken)
         send_frame(world, mosaic, T0)
         wait_until(lambda: not node.context.ok())
         assert "KeyError: 'a bug'" in node.fatal_error
@@ -590,7 +590,7 @@ def test_main_exits_1_after_a_worker_failure(world, tiny_model_path, mosaic, mon
         node = world.nodes[-1]
         if not getattr(node, '_fed', False):
             node._fed = True
-            monkeypatch.setattr(node._detector, 'process', _raise_bug)
+            monkeypatch.setattr(node._detector, 'process_prepared', _raise_bug)
             send_frame(world, mosaic, T0)
 
     world.spin_hook = feed
