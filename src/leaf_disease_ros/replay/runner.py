@@ -62,14 +62,16 @@ from leaf_disease_ros.perception.errors import (BagError, FrameError, FrameTooSm
                                                 ImageDecodeError, InferenceError,
                                                 UnsupportedEncodingError)
 from leaf_disease_ros.perception.image_checks import has_colour, NO_COLOUR_REASON
-from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
+from leaf_disease_ros.perception.pipeline import Detector, FrameResult, PreparedFrame, STAGES
 from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
                                                    STATUS_SBAS_FIX)
+from leaf_disease_ros.perception.reduced_decode import try_reduced_decode
 from leaf_disease_ros.perception.site_model import site_for_parameters
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
-from leaf_disease_ros.replay.images import decode_image, grey_source, IMAGE_TYPES
+from leaf_disease_ros.replay.images import (COMPRESSED_IMAGE_TYPE, decode_image, grey_source,
+                                            IMAGE_TYPES)
 from leaf_disease_ros.replay.output_bag import DETECTIONS_BAG, OutputBag
 from leaf_disease_ros.replay.overlap import AsyncWriter, Decoder, Prefetch
 from leaf_disease_ros.replay.stats import LatencyHistogram
@@ -114,7 +116,13 @@ _DESERIALIZE_ERRORS = (ValueError, KeyError, IndexError, struct.error, Assertion
 
 
 class FrameObserver(Protocol):
-    """Something that sees every processed frame of a replay (harvest, comparison)."""
+    """
+    Something that sees every processed frame of a replay (harvest, comparison).
+
+    An observer whose class sets ``reads_pixels = False`` (it reads only the result)
+    lets the replay decode JPEG frames at reduced size; any other observer gets the
+    camera's full-size frames (``perception/reduced_decode.py``).
+    """
 
     def observe(self, image_bgr: np.ndarray, result: FrameResult,
                 truth: Optional[List[GroundTruthBox]]) -> None:
@@ -181,7 +189,34 @@ class _PendingFrame:
     header: Any
     msg: Any
     data: bytes
-    decoded: 'Optional[Future[Tuple[np.ndarray, float]]]' = None  # overlap.Decoder
+    decoded: 'Optional[Future[_Decoded]]' = None  # from overlap.Decoder
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """
+    A frame decoded and prepared on the decoder's thread (:meth:`_Replay._decode`).
+
+    ``image`` is at ``1/pixel_scale`` of the camera's size (see
+    ``perception/reduced_decode.py``); :meth:`full` decodes the message again at full
+    size, once, for what needs the camera's pixels (the report's gallery tiles).
+    """
+
+    image: np.ndarray
+    decode_s: float
+    prepared: PreparedFrame
+    pixel_scale: int
+    msg: Any
+    msgtype: str
+    _full: List[np.ndarray] = field(default_factory=list)
+
+    def full(self) -> np.ndarray:
+        """Return the frame at the camera's full size (decoded again when it was reduced)."""
+        if self.pixel_scale == 1:
+            return self.image
+        if not self._full:
+            self._full.append(decode_image(self.msg, self.msgtype))
+        return self._full[0]
 
 
 @dataclass
@@ -404,7 +439,13 @@ class _Replay:
         self.state = state
         self.options = options
         self.output: Any = output  # an overlap.AsyncWriter while running
-        self.decoder = Decoder(decode_image)
+        self.decoder: Decoder[_Decoded] = Decoder(self._decode)
+        # JPEG frames at 1/2 or 1/4 size when every tile is shrunk that much anyway
+        # (perception/reduced_decode.py); observers that read the frame's pixels see full size
+        self.reduced_decode = (bool(state.parameters['reduced_jpeg_decode'])
+                               and topics.image_type == COMPRESSED_IMAGE_TYPE
+                               and all(getattr(o, 'reads_pixels', True) is False
+                                       for o in options.observers))
         self.store = typestore
         self.progress = progress
         params = state.parameters
@@ -439,6 +480,19 @@ class _Replay:
         """
         extra = self.fix_delay_ns - (self.image_delay_ns or 0)
         return self.base_hold_ns + max(0, extra)
+
+    def _decode(self, msg: Any) -> _Decoded:
+        """Decode (reduced when allowed), colour-check and prepare one frame (decoder's thread)."""
+        start = time.perf_counter()
+        reduced = (try_reduced_decode(msg.data, self.detector.config, self.detector.card)
+                   if self.reduced_decode else None)
+        image, scale = reduced if reduced is not None else (
+            decode_image(msg, self.topics.image_type), 1)
+        decode_s = time.perf_counter() - start
+        if not has_colour(image):
+            raise _NoColour(NO_COLOUR_REASON)
+        return _Decoded(image, decode_s, self.detector.prepare(image, pixel_scale=scale), scale,
+                        msg, self.topics.image_type)
 
     def _deserialize(self, message: BagMessage) -> Any:
         return self.store.deserialize_cdr(message.data, message.msgtype)
@@ -581,7 +635,7 @@ class _Replay:
                                    else min(self.image_delay_ns, delay_ns))
         self.pending.append(_PendingFrame(message.log_time_ns, stamp_ns, msg.header, msg,
                                           message.data,
-                                          self.decoder.submit(msg, self.topics.image_type)))
+                                          self.decoder.submit(msg)))
         if len(self.pending) > self.options.max_pending_frames:
             state.frames_queued_early += 1
             self._process(self.pending.popleft())
@@ -639,17 +693,14 @@ class _Replay:
             state.frames_stamp_disorder += newest is not None and frame.stamp_ns <= newest
             self.newest_frame_stamp_ns = max(frame.stamp_ns, newest or 0)
         truth = None if unstamped else self.truth.pop(frame.stamp_ns, None)
-        start = time.perf_counter()
         where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
         try:
-            if frame.decoded is not None:  # decoded on the decoder's thread meanwhile
-                image, decode_s = frame.decoded.result()
-            else:
-                image = decode_image(frame.msg, self.topics.image_type)
-                decode_s = time.perf_counter() - start
-            if not has_colour(image):
-                raise _NoColour(NO_COLOUR_REASON)
-            result = self.detector.process(image, frame.stamp_ns, self.fixes)
+            # decoded and prepared on the decoder's thread meanwhile
+            decoded = (frame.decoded.result() if frame.decoded is not None
+                       else self._decode(frame.msg))
+            image, decode_s = decoded.image, decoded.decode_s
+            result = self.detector.process_prepared(decoded.prepared, frame.stamp_ns,
+                                                    self.fixes)
             if self.newest_tagged_stamp_ns is None or frame.stamp_ns > self.newest_tagged_stamp_ns:
                 self.newest_tagged_stamp_ns = frame.stamp_ns
         except _NoColour as exc:
@@ -671,9 +722,9 @@ class _Replay:
             for observer in self.options.observers:
                 observer.observe(image, result, truth)
             if state.gallery is not None:
-                state.gallery.add(image, result, frame.log_time_ns)
+                state.gallery.add(decoded.full, result, frame.log_time_ns)
             if state.tile_sample is not None:
-                state.tile_sample.add(image, result, truth)
+                state.tile_sample.add(image, result, truth, decoded.pixel_scale)
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
                                     self.detector.card, self.detector.unknown_threshold(),

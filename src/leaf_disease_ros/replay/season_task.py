@@ -105,6 +105,9 @@ class CoverageObserver:
     :class:`~leaf_disease_ros.geo.mapping.TrackRecorder` s: bounded memory.
     """
 
+    #: reads only the results: the replay may decode frames at reduced size
+    reads_pixels = False
+
     def __init__(self, parameters: Dict[str, Any], background_labels: Sequence[str],
                  max_gap_s: float) -> None:
         self.window = DomainWindow(parameters['domain_window_tiles'], background_labels)
