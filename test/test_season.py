@@ -155,6 +155,14 @@ def test_season_end_to_end_with_a_corrupt_bag(first_run, colours):
     for value in coverage.values():
         assert value['driven_m'] > 5.0 and value['judged_m'] > 5.0
         assert value['frames_judged'] == 13 and value['frames_without_image'] == 0
+        # the replay placed findings with the camera (no camera_info: the field of view)
+        assert value['drove_past'] == {'rule': 'footprint', 'tolerance_m': 0.5,
+                                       'camera': 'hfov (no camera_info)',
+                                       'frames_without_heading': 0}
+    for entry in summary['passes']:
+        footprint = _json(out / 'bags' / entry['bag_id'] / 'pass.json')['coverage']['footprint']
+        assert len(footprint['judged_poses']) == 13  # a frame every 0.5 m, heading north
+        assert {round(pose[2]) for pose in footprint['judged_poses']} == {90}
 
 
 def test_a_spot_seen_in_pass_one_is_missed_in_pass_two(first_run, colours):

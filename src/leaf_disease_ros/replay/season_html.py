@@ -9,7 +9,9 @@ pass's track is drawn with the spots it saw (discs) and the ones it drove past
 without seeing (rings), "all passes" showing every spot coloured by label; the table
 of spots (first / last seen, passes seen and missed, trend) filtered by the chosen
 pass; the coverage of every pass (driven, judged, out of domain, without images,
-frames without position); and the bags that failed, with their errors.
+frames without position, and the rule by which it "drove past" a spot: the camera
+footprint, or a radius around its judged path and why); and the bags that failed, with
+their errors.
 """
 
 import html
@@ -118,6 +120,15 @@ def _feature_rows(season: Season) -> str:
             + ''.join(rows) + '</table>')
 
 
+def _rule_cell(rule: Dict[str, Any]) -> str:
+    if rule['rule'] == 'footprint':
+        return (f'<td class="rule" data-rule="footprint" title="camera: {_e(rule["camera"])}">'
+                f'camera footprint (+{rule["tolerance_m"]:g} m)</td>')
+    why = f' <span class="muted">({_e(rule["why"])})</span>' if rule['why'] else ''
+    return (f'<td class="rule" data-rule="radius" title="{_e(rule["why"])}">'
+            f'{rule["radius_m"]:g} m radius{why}</td>')
+
+
 def _coverage_rows(season: Season) -> str:
     rows = []
     for document in season.passes:
@@ -129,11 +140,13 @@ def _coverage_rows(season: Season) -> str:
             f'<td>{cov["driven_m"]:.0f}</td><td>{cov["judged_m"]:.0f}</td>'
             f'<td>{cov["out_of_domain_m"]:.0f}</td><td>{cov["without_images_m"]:.0f}</td>'
             f'<td>{cov["frames_without_position"]}</td><td>{cov["frames_without_image"]}</td>'
+            + _rule_cell(season.drove_past(document['bag_id'])) +
             f'<td><a href="{_e(pass_map_file(document["bag_id"]))}">map</a> '
             f'<a href="bags/{_e(document["bag_id"])}/report.html">report</a></td></tr>')
     return ('<table id="coverage"><tr><th>robot</th><th>pass start</th><th>driven m</th>'
             '<th>judged m</th><th>out of domain m</th><th>without images m</th>'
-            '<th>frames without position</th><th>frames without image</th><th></th></tr>'
+            '<th>frames without position</th><th>frames without image</th>'
+            '<th>drove past by</th><th></th></tr>'
             + ''.join(rows) + '</table>')
 
 
@@ -186,6 +199,8 @@ def build_season_html(season: Season, summary: Dict[str, Any]) -> str:
     failed = summary.get('failed', [])
     failures = ''.join(f'<li><code>{_e(f["bag"])}</code>: {_e(f["error"])}</li>'
                        for f in failed)
+    footprints = sum(1 for p in season.passes
+                     if season.drove_past(p['bag_id'])['rule'] == 'footprint')
     trends: Dict[str, int] = {}
     for feature in season.features:
         trends[feature.trend] = trends.get(feature.trend, 0) + 1
@@ -198,8 +213,11 @@ def build_season_html(season: Season, summary: Dict[str, Any]) -> str:
         f'data-features="{len(season.features)}" data-failed="{len(failed)}">'
         f'<p>{len(season.passes)} passes of {len({p["robot"] for p in season.passes})} '
         f'robot(s), {len(season.features)} spots (merged within {season.merge_radius_m} m; '
-        f'"missed": a pass judged frames within {season.past_radius_m} m without seeing '
-        f'the spot). Trends: {_e(", ".join(f"{k} {v}" for k, v in sorted(trends.items())))}.'
+        '"missed": a pass did not see the spot although the camera footprint of a frame it '
+        f'judged held it, within {season.footprint_tolerance_m:g} m, or, for a pass without '
+        f'camera geometry, it judged frames within {season.past_radius_m:g} m of it: '
+        f'{footprints} by the footprint, {len(season.passes) - footprints} by the radius). '
+        f'Trends: {_e(", ".join(f"{k} {v}" for k, v in sorted(trends.items())))}.'
         f' Times are shown in your local time (hover: UTC).</p></section>'
         '<section id="passes"><h2>Map</h2><p><label>Pass: <select id="pass">'
         + ''.join(options) + '</select></label> showing <code id="shown"></code></p>'
