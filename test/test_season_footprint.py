@@ -20,7 +20,6 @@ from leaf_disease_ros.geo import footprint as footprint_module
 from leaf_disease_ros.geo.camera_geometry import camera_model_from_hfov, mount_from_angles
 from leaf_disease_ros.geo.footprint import (footprint_polygon_m, near_track,
                                             SweptFootprints)
-from leaf_disease_ros.geo.geodesy import local_east_north_m, offset_latlon
 from leaf_disease_ros.geo.leaf_position import LeafLocator, LocatorSettings
 from leaf_disease_ros.replay.season import plan
 from leaf_disease_ros.replay.season_footprint import (footprint_document, MAX_POSES,
@@ -29,18 +28,9 @@ from leaf_disease_ros.replay.season_html import build_season_html
 from leaf_disease_ros.replay.season_map import build_season, write_season_files
 from leaf_disease_ros.replay.season_store import (bag_content_key, run_key, SeasonBag)
 from leaf_disease_ros.replay.season_task import BagJob, PASS_FILE, STATUS_DONE
+from season_passes import CANOPY_M, en, ll, pass_document
 
-LAT0, LON0 = 44.9, -0.15
-CANOPY_M = 2.0  # the camera looks across the alley at the next row
 PAST_RADIUS_M = 1.5
-
-
-def _ll(east_m, north_m):
-    return offset_latlon(LAT0, LON0, east_m, north_m)
-
-
-def _en(lat, lon):
-    return np.array(local_east_north_m(lat, lon, LAT0, LON0))
 
 
 # --- geometry ------------------------------------------------------------------------------
@@ -54,9 +44,9 @@ def test_the_footprint_holds_every_leaf_the_locator_places_and_lies_on_its_side(
     model, why = locator.camera_model((256, 768))
     assert why == '' and model is not None
     polygon = footprint_polygon_m(model, locator.mount, 0.75, 0.2)
-    origin = _en(result.geotag.geotag.latitude_deg, result.geotag.geotag.longitude_deg)
+    origin = en(result.geotag.geotag.latitude_deg, result.geotag.geotag.longitude_deg)
     swept = SweptFootprints(polygon, np.array([[origin[0], origin[1], 0.0]]))
-    leaves = np.array([_en(p.latitude_deg, p.longitude_deg) for p in result.positions])
+    leaves = np.array([en(p.latitude_deg, p.longitude_deg) for p in result.positions])
     assert np.all(swept.covers(leaves, 0.0))  # every placed leaf is in its frame's footprint
     mirrored = leaves.copy()
     mirrored[:, 1] = 2 * origin[1] - mirrored[:, 1]  # the same leaves on the other side
@@ -124,7 +114,7 @@ def test_near_track_is_the_distance_to_the_polyline(monkeypatch):
 def _drive(recorder, seconds, speed_mps=0.5, fps=5, north0_m=0.0, t0_s=0.0, judged=True):
     for k in range(int(seconds * fps)):
         t = k / fps
-        lat, lon = _ll(0.0, north0_m + speed_mps * t)
+        lat, lon = ll(0.0, north0_m + speed_mps * t)
         recorder.add(int((t0_s + t) * NS) + 1, lat, lon, judged)
 
 
@@ -172,51 +162,8 @@ def test_footprint_document_says_why_a_pass_has_no_geometry():
 # --- the season rule -----------------------------------------------------------------------
 
 
-def _polygon():
-    """Return the wedge of a 70 deg camera looking left at a canopy 2 m away (robot frame)."""
-    return footprint_polygon_m(camera_model_from_hfov(640, 480, 70.0),
-                               mount_from_angles(90.0, 0.0, 1.0), CANOPY_M, 0.2)
-
-
-def pass_document(bag_id, day, features=(), geometry=True, old=False, east_m=0.0,
-                  length_m=20.0, held_from_m=None):
-    """Return a ``pass.json`` of a pass north along ``east_m`` (judged, or held beyond)."""
-    start_ns = (1_717_200_000 + day * 86400) * NS
-    track = [list(_ll(east_m, 0.5 * k)) for k in range(int(length_m / 0.5) + 1)]
-    held_from = len(track) if held_from_m is None else int(held_from_m / 0.5)
-    judged, held = track[:held_from], track[held_from:]
-    coverage = {'driven_m': length_m, 'judged_m': 0.5 * max(0, len(judged) - 1),
-                'out_of_domain_m': 0.5 * max(0, len(held) - 1), 'without_images_m': 0.0,
-                'frames_read': len(track), 'frames_judged': len(judged),
-                'frames_out_of_domain': len(held), 'frames_without_position': 0,
-                'frames_without_image': 0, 'judged_track': [judged] if judged else []}
-    if not old:
-        coverage['held_track'] = [held] if held else []
-        coverage['footprint'] = None
-        coverage['footprint_note'] = 'ground_positions is false: no camera geometry'
-        if geometry:
-            coverage['footprint'] = {
-                'camera': 'hfov (no camera_info)', 'frame_px': [640, 480],
-                'canopy_distance_m': CANOPY_M, 'depth_band_m': 0.2,
-                'polygon_robot_m': _polygon().tolist(),
-                'judged_poses': [[lat, lon, 90.0] for lat, lon in judged],
-                'held_poses': [[lat, lon, 90.0] for lat, lon in held],
-                'frames_without_heading': 0}
-            coverage['footprint_note'] = ''
-    return {
-        'format': 1 if old else 2, 'status': 'done', 'bag_id': bag_id, 'bag': f'/bags/{bag_id}',
-        'key': 'k', 'robot': 'robotA', 'start_ns': start_ns, 'end_ns': start_ns + 60 * NS,
-        'start_utc': f'2024-06-{day:02d}T08:00:00.000Z',
-        'end_utc': f'2024-06-{day:02d}T08:01:00.000Z', 'labels': ['esca', 'healthy'],
-        'features': [{'label': 'esca', 'latitude_deg': lat, 'longitude_deg': lon, 'count': 3,
-                      'score_max': 0.9, 'score_mean': 0.8,
-                      'first_stamp_ns': start_ns + NS, 'last_stamp_ns': start_ns + 2 * NS,
-                      'confirmed_sightings': 1} for lat, lon in features],
-        'track': [track], 'coverage': coverage}
-
-
-ACROSS = _ll(-CANOPY_M, 10.0)  # on the canopy the camera looks at, 2 m west of the path
-BEHIND = _ll(1.0, 12.0)  # 1 m east: within the radius, on the side the camera never sees
+ACROSS = ll(-CANOPY_M, 10.0)  # on the canopy the camera looks at, 2 m west of the path
+BEHIND = ll(1.0, 12.0)  # 1 m east: within the radius, on the side the camera never sees
 
 
 class _States(dict):
@@ -228,8 +175,8 @@ class _States(dict):
 
     def __getitem__(self, position):
         feature = min(self.season.features, key=lambda f: math.dist(
-            _en(f.latitude_deg, f.longitude_deg), _en(*position)))
-        assert math.dist(_en(feature.latitude_deg, feature.longitude_deg), _en(*position)) < 0.01
+            en(f.latitude_deg, f.longitude_deg), en(*position)))
+        assert math.dist(en(feature.latitude_deg, feature.longitude_deg), en(*position)) < 0.01
         return {p['bag_id']: ('seen' if p['bag_id'] in feature.seen else 'missed'
                               if p['bag_id'] in feature.missed else 'not_covered')
                 for p in self.season.passes}
@@ -256,13 +203,13 @@ def test_a_spot_in_the_footprint_beyond_the_radius_is_missed_and_one_behind_is_n
 
 
 def test_the_tolerance_widens_the_footprint_and_held_frames_do_not_count():
-    near = _ll(-CANOPY_M - 0.6, 10.0)  # 0.4 m beyond the canopy band
-    first = pass_document('first', 1, features=[near, _ll(-CANOPY_M, 18.0)])
+    near = ll(-CANOPY_M - 0.6, 10.0)  # 0.4 m beyond the canopy band
+    first = pass_document('first', 1, features=[near, ll(-CANOPY_M, 18.0)])
     held_late = pass_document('held', 2, held_from_m=15.0)  # out of domain from 15 m
     tight = _states(build_season([first, held_late], 1.0, PAST_RADIUS_M, 0.2))
     loose = _states(build_season([first, held_late], 1.0, PAST_RADIUS_M, 0.5))
     assert tight[near]['held'] == 'not_covered' and loose[near]['held'] == 'missed'
-    assert loose[_ll(-CANOPY_M, 18.0)]['held'] == 'not_covered'
+    assert loose[ll(-CANOPY_M, 18.0)]['held'] == 'not_covered'
 
 
 def test_results_of_the_previous_version_are_kept_and_read_with_the_radius(tmp_path):
