@@ -6,7 +6,7 @@ Usage::
     leaf-disease-season BAG_OR_FOLDER... --out season/ [--workers N] [--threads T]
                         [--address auto|ray://host:10001] [--model M.onnx] [--site S]
                         [--params-file config/detector.yaml] [--robots robots.yaml]
-                        [--past-radius M] [--footprint-tolerance M]
+                        [--past-radius M] [--footprint-tolerance M] [--rows rows.geojson]
 
 Each bag is replayed as one Ray task with the single-bag replay's pipeline, parameters
 and model (:mod:`leaf_disease_ros.replay.season`); its report lands in
@@ -15,8 +15,12 @@ parameters or package version changed. Then the passes are merged into
 ``OUT/season.geojson``, ``season.kml``, ``maps/``, ``coverage.json``, ``season.json``
 and ``report.html`` (:mod:`leaf_disease_ros.replay.season_map`): a pass "drove past" a
 spot it did not see when the camera footprint of a frame it judged held the spot, or,
-without camera geometry, when it judged frames within ``--past-radius``. Ray is the optional
-extra ``season`` (``pip install 'leaf_disease_ros[season]'``); docs/season.md.
+without camera geometry, when it judged frames within ``--past-radius``. With ``--rows``
+(a GeoJSON of the vine rows' centre lines) the coverage of each row by each pass goes
+into ``coverage.json``, ``rows.json`` and the page, with the rows no pass ever covered
+(:mod:`leaf_disease_ros.replay.season_rows`); rows change the season files only, never
+a bag's result. Ray is the optional extra ``season`` (``pip install
+'leaf_disease_ros[season]'``); docs/season.md.
 
 Exit status: 0 every bag replayed; 1 the season was written but some bags failed
 (listed in season.json and report.html); 2 usage, bag, model, parameter, output or Ray
@@ -45,6 +49,8 @@ from leaf_disease_ros.replay.season import Outcome, plan, run_jobs
 from leaf_disease_ros.replay.season_html import SEASON_HTML_FILE, write_season_html
 from leaf_disease_ros.replay.season_map import (build_season, DEFAULT_FOOTPRINT_TOLERANCE_M,
                                                 DEFAULT_PAST_RADIUS_M, write_season_files)
+from leaf_disease_ros.replay.season_rows import (load_row_layout, row_coverage, RowCoverage,
+                                                 ROWS_FILE, write_rows_file)
 from leaf_disease_ros.replay.season_store import (find_bags, load_robot_map, model_identity,
                                                   ROBOT_FROM, SeasonBag)
 from leaf_disease_ros.replay.season_task import BagJob, STATUS_DONE
@@ -105,15 +111,19 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     passes.add_argument('--robot-from', choices=ROBOT_FROM, default='folder',
                         help="without a --robots entry: the bag's folder, or its image topic's "
                              'namespace (/robot2/camera/...)')
-    passes.add_argument('--footprint-tolerance', type=float,
+    passes.add_argument('--footprint-tolerance', type=float, metavar='M',
                         default=DEFAULT_FOOTPRINT_TOLERANCE_M,
                         help='m, a pass with camera geometry "drove past" a spot it did not see '
                              'when the spot lay in, or this close to, the camera footprint of '
                              'a frame it judged (default %(default)s)')
-    passes.add_argument('--past-radius', type=float, default=DEFAULT_PAST_RADIUS_M,
+    passes.add_argument('--past-radius', type=float, default=DEFAULT_PAST_RADIUS_M, metavar='M',
                         help='m, without camera geometry (ground_positions false, no mount, an '
                              'earlier result): a pass that judged frames this close to a spot '
                              'without seeing it "drove past" it (default %(default)s)')
+    passes.add_argument('--rows', default='', metavar='FILE',
+                        help='GeoJSON FeatureCollection of LineString features, one per vine '
+                             'row (centre line, lon/lat WGS84) with a unique "row" id: '
+                             'coverage per row and pass, and the rows never covered')
     passes.add_argument('--no-output-bag', action='store_true',
                         help='do not write the output bag (detections/detections.mcap) per bag')
     passes.add_argument('--gallery', type=int, default=0, metavar='N',
@@ -167,9 +177,22 @@ def prepare_folder(out: str, inputs: Sequence[str]) -> str:
 def _inputs(args: argparse.Namespace, parameters: Dict[str, Any],
             bags: Sequence[SeasonBag]) -> List[str]:
     model = resolve_model_path(str(parameters.get('model_path') or ''))
-    paths = [model, card_path_for_model(model), args.params_file, args.robots,
+    paths = [model, card_path_for_model(model), args.params_file, args.robots, args.rows,
              str(parameters.get('site_path') or '')] + [bag.path for bag in bags]
     return [path for path in paths if path]
+
+
+def _write_rows(rows: Optional[RowCoverage], out_dir: str, summary: Dict[str, Any]) -> List[str]:
+    """Write ``rows.json`` (or remove the one of an earlier run without --rows)."""
+    if rows is None:
+        earlier = read_manifest(out_dir)
+        stale = os.path.join(out_dir, ROWS_FILE)
+        if earlier is not None and ROWS_FILE in earlier.files and os.path.isfile(stale):
+            os.remove(stale)
+        return []
+    summary['rows'] = {'file': rows.layout.path, 'sha256': rows.layout.sha256,
+                       'rows': len(rows.rows), 'never_covered': rows.never_covered}
+    return [write_rows_file(rows, out_dir)]
 
 
 def _rule_words(rule: Dict[str, Any]) -> str:
@@ -220,6 +243,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         parameters = validate_parameters(collect_parameters(args))
         robots = load_robot_map(args.robots) if args.robots else {}
+        layout = load_row_layout(args.rows) if args.rows else None
         bags = find_bags(args.bags, robots, args.robot_from)
         bags_dir = prepare_folder(args.out, _inputs(args, parameters, bags))
         identity = model_identity(parameters)
@@ -257,8 +281,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                  'footprint_tolerance_m': args.footprint_tolerance}
         for entry in summary['passes']:
             entry['drove_past'] = season.drove_past(entry['bag_id'])
-        files = write_season_files(season, args.out)
-        write_season_html(os.path.join(args.out, SEASON_HTML_FILE), season, summary)
+        rows = row_coverage(season, layout) if layout is not None else None
+        files = write_season_files(season, args.out, rows.per_pass if rows else None)
+        files += _write_rows(rows, args.out, summary)
+        write_season_html(os.path.join(args.out, SEASON_HTML_FILE), season, summary, rows)
         atomic_write_json(os.path.join(args.out, SEASON_FILE), summary)
         write_manifest(args.out, COMMAND, files=files + [SEASON_HTML_FILE, SEASON_FILE])
     except LeafDiseaseError as exc:
@@ -274,6 +300,11 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                   f"seen, {document['coverage']['judged_m']:.0f} of "
                   f"{document['coverage']['driven_m']:.0f} m judged, drove past by "
                   f"{_rule_words(season.drove_past(document['bag_id']))}\n")
+    if rows is not None:
+        never = rows.never_covered
+        out.write(f'rows: {len(never)} of {len(rows.rows)} never covered'
+                  + (f": {', '.join(never[:20])}{' ...' if len(never) > 20 else ''}"
+                     if never else '') + f' ({os.path.join(args.out, ROWS_FILE)})\n')
     for failure in summary['failed']:
         out.write(f"FAILED {failure['bag']}: {failure['error']}\n")
     out.write(f"season: {counts['passes']} passes, {counts['features']} spots, "

@@ -38,7 +38,8 @@ The writers (all atomic): ``season.geojson`` (RFC 7946, per-pass properties),
 ``season.kml`` (one folder per pass, each placemark and track with the pass's
 ``TimeSpan`` for Google Earth's time slider, plus the season's features spanning
 first to last seen), ``maps/pass_<id>.png`` and ``maps/new_since_last_pass.png``,
-``coverage.json``. Dates are UTC in files; :mod:`.season_html` shows local time.
+``coverage.json`` (with ``--rows``, each pass's coverage per row: :mod:`.season_rows`).
+Dates are UTC in files; :mod:`.season_html` shows local time.
 """
 
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from leaf_disease_ros.geo.mapping import (FindingMerger, iso_utc, kml_element, K
                                           label_colour_bgr, MapFeature, Sighting,
                                           write_map_png)
 from leaf_disease_ros.perception.atomic_io import atomic_write_bytes, atomic_write_json
+from leaf_disease_ros.perception.json_fields import strict_json
 from leaf_disease_ros.replay.season_footprint import PassFootprint, read_footprint
 
 GEOJSON_FILE = 'season.geojson'
@@ -423,8 +425,14 @@ def pass_map_file(bag_id: str) -> str:
     return os.path.join(MAPS_DIR, f'pass_{bag_id}.png')
 
 
-def write_season_files(season: Season, out_dir: str) -> List[str]:
-    """Write the season's GeoJSON, KML, maps and coverage; return the files (relative)."""
+def write_season_files(season: Season, out_dir: str,
+                       rows_per_pass: Optional[Dict[str, Dict[str, Any]]] = None) -> List[str]:
+    """
+    Write the season's GeoJSON, KML, maps and coverage; return the files (relative).
+
+    :param rows_per_pass: coverage per row of each pass (``--rows``:
+        :func:`~.season_rows.row_coverage`), added to ``coverage.json`` as ``rows``.
+    """
     import json
 
     from leaf_disease_ros.perception.atomic_io import atomic_write_text
@@ -447,9 +455,13 @@ def write_season_files(season: Season, out_dir: str) -> List[str]:
                       _track(last, 'track'), season.labels,
                       title=f'new since the pass before: {pass_name(last)}')
         files.append(os.path.join(MAPS_DIR, NEW_MAP_FILE))
-    atomic_write_json(os.path.join(out_dir, COVERAGE_FILE), {
-        p['bag_id']: dict({k: v for k, v in p['coverage'].items() if k not in GEOMETRY_FIELDS},
-                          robot=p['robot'], start=p['start_utc'], end=p['end_utc'],
-                          drove_past=season.drove_past(p['bag_id']))
-        for p in season.passes})
+    documents = {}
+    for p in season.passes:
+        entry = dict({k: v for k, v in p['coverage'].items() if k not in GEOMETRY_FIELDS},
+                     robot=p['robot'], start=p['start_utc'], end=p['end_utc'],
+                     drove_past=season.drove_past(p['bag_id']))
+        if rows_per_pass is not None:
+            entry['rows'] = rows_per_pass.get(p['bag_id'], {})
+        documents[p['bag_id']] = entry
+    atomic_write_json(os.path.join(out_dir, COVERAGE_FILE), strict_json(documents))
     return files
