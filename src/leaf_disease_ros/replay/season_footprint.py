@@ -6,7 +6,8 @@ every frame the model judged (and of every frame held out of its domain): the fr
 position (the geotag: antenna + lever arm, as the locator uses it) and the robot's
 heading, thinned to one pose every :data:`MIN_STEP_M` or :data:`MIN_TURN_DEG`, at most
 :data:`MAX_POSES` per kind (beyond, every second pose is dropped and the step doubled,
-as the track does): bounded memory and a ``pass.json`` of a few hundred KiB at most.
+as the track does): bounded memory, and poses that take some tens of KiB of
+``pass.json`` for a row (under 1 MiB whatever the bag's length).
 
 The heading is the locator's ``course`` rule (:mod:`leaf_disease_ros.geo.leaf_position`)
 on the frames' positions: the course over ground from the first to the last frame
@@ -39,7 +40,7 @@ from leaf_disease_ros.geo.geodesy import local_east_north_m
 
 MIN_STEP_M = 0.25
 MIN_TURN_DEG = 5.0
-MAX_POSES = 20000
+MAX_POSES = 5000  # as the track: 1.25 km of poses 0.25 m apart, then 0.5 m apart, ...
 _NS_PER_S = 1e9
 NOTE_OLD_RESULT = ('result of an earlier version (pass format 1, no footprint recorded); '
                    'remove its bags/<id>/ folder to replay it with the footprint')
