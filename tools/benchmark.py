@@ -241,18 +241,36 @@ def run_replay_mode(args: argparse.Namespace) -> Dict[str, Any]:
     """
     Replay a 1280 px bag and run the raw model, interleaved; return the JSON.
 
-    Each block runs raw, replay, replay with full-size decoding, then the same three in
-    reverse order (ABC-CBA), so a drift of the machine's speed during a block weighs on
-    all three alike; the efficiency is reported pooled over the blocks and as the
-    median of the blocks' own ratios (robust to a block a neighbour slowed down).
-    """
-    from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
+    The raw model is the backend as the node and ``leaf-disease-infer`` load it (all
+    cores to one caller) on a frame's tiles, one call after another. The replay variants:
 
-    backend = load_backend(args.model, args.backend, intra_op_threads=args.threads,
-                           warn=lambda text: sys.stderr.write(text + '\n'))
+    - ``replay``: as ``leaf-disease-replay`` runs by default: one inference worker per
+      core, one ONNX Runtime thread each, JPEG decoded at reduced size;
+    - ``replay_one_worker``: one frame at a time on the raw model's backend (how the
+      node runs, and the replay before inference workers);
+    - ``replay_full_size_decode``: the default replay without the reduced decode.
+
+    A second raw figure, ``raw_one_thread_per_caller``, runs the model as the replay's
+    workers do (one thread each, one caller per core): the most this machine gets from
+    the model, to compare with too. Each block runs every item, then the same in reverse
+    order, so a drift of the machine's speed during a block weighs on all alike; each
+    efficiency is reported pooled over the blocks and as the median of the blocks' own
+    ratios (robust to a block a neighbour slowed down).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from leaf_disease_ros.replay.runner import (default_inference_workers, ReplayOptions,
+                                                run_replay)
+
+    warn = lambda text: sys.stderr.write(text + '\n')  # noqa: E731
+    backend = load_backend(args.model, args.backend, intra_op_threads=args.threads, warn=warn)
+    single = load_backend(args.model, args.backend, intra_op_threads=1, warn=warn)
     card = backend.card
     config = DetectorConfig()
-    variants = {'replay': True, 'replay_full_size_decode': False}
+    workers = default_inference_workers()
+    variants = {'replay': (single, workers, True), 'replay_one_worker': (backend, 1, True),
+                'replay_full_size_decode': (single, workers, False)}
+    raws = ('raw', 'raw_one_thread_per_caller')
     with tempfile.TemporaryDirectory(prefix='replay_bench_') as folder:
         bag = write_row_bag(os.path.join(folder, 'row'), args.bag_frames)
         frame = cv2.resize(mosaic_frames(1)[0], (1280, 720), interpolation=cv2.INTER_AREA)
@@ -262,69 +280,93 @@ def run_replay_mode(args: argparse.Namespace) -> Dict[str, Any]:
                   for i in range(0, len(tiles), backend.max_batch)]
         for chunk in chunks:
             backend.infer(chunk)
+            single.infer(chunk)
         totals: Dict[str, Dict[str, float]] = {
-            name: {'seconds': 0.0, 'items': 0, 'frames': 0} for name in ('raw', *variants)}
+            name: {'seconds': 0.0, 'items': 0, 'frames': 0} for name in (*raws, *variants)}
         decode_ms: Dict[str, List[float]] = {name: [] for name in variants}
-        block_ratios: Dict[str, List[float]] = {name: [] for name in variants}
+        block_ratios: Dict[str, Dict[str, List[float]]] = {
+            name: {raw: [] for raw in raws} for name in variants}
         runs = [0]
+        pool = ThreadPoolExecutor(workers)
 
-        def raw() -> Tuple[float, int]:
-            start = time.perf_counter()
-            for _ in range(args.bag_frames):
+        def frames_on(model: Any, count: int) -> None:
+            for _ in range(count):
                 for chunk in chunks:
-                    backend.infer(chunk)
+                    model.infer(chunk)
+
+        def raw(name: str) -> Tuple[float, int]:
+            start = time.perf_counter()
+            if name == 'raw':
+                frames_on(backend, args.bag_frames)
+            else:
+                shares = [args.bag_frames // workers + (k < args.bag_frames % workers)
+                          for k in range(workers)]
+                list(pool.map(lambda count: frames_on(single, count), shares))
             return time.perf_counter() - start, args.bag_frames * len(tiles)
 
         def replay(name: str) -> Tuple[float, int]:
+            model, count, reduced = variants[name]
             options = ReplayOptions(
                 bag_path=bag, out_dir=os.path.join(folder, f'out{runs[0]}'), gallery_size=0,
+                inference_workers=count,
                 parameters={'model_path': args.model, 'backend': args.backend,
-                            'reduced_jpeg_decode': variants[name]})
+                            'reduced_jpeg_decode': reduced})
             runs[0] += 1
             os.makedirs(options.out_dir)
             start = time.perf_counter()
-            state = run_replay(options, backend=backend)
+            state = run_replay(options, backend=model)
             seconds = time.perf_counter() - start
             totals[name]['frames'] += state.frames_processed
             decode_ms[name].append(state.latency_decode.summary()['p50'])
             return seconds, state.tiles_classified
 
-        order = ['raw', *variants]
+        order = [*raws, *variants]
         for _ in range(args.blocks):
             block: Dict[str, List[float]] = {name: [0.0, 0] for name in order}
             for name in order + order[::-1]:
-                seconds, items = raw() if name == 'raw' else replay(name)
+                seconds, items = raw(name) if name in raws else replay(name)
                 block[name][0] += seconds
                 block[name][1] += items
                 totals[name]['seconds'] += seconds
                 totals[name]['items'] += items
-            raw_rate = block['raw'][1] / block['raw'][0]
             for name in variants:
-                block_ratios[name].append(block[name][1] / block[name][0] / raw_rate)
+                for raw_name in raws:
+                    rate = block[name][1] / block[name][0]
+                    block_ratios[name][raw_name].append(
+                        rate / (block[raw_name][1] / block[raw_name][0]))
+        pool.shutdown()
     backend.close()
-    raw_ips = totals['raw']['items'] / totals['raw']['seconds']
+    single.close()
+    rates = {name: totals[name]['items'] / totals[name]['seconds'] for name in totals}
     document: Dict[str, Any] = {
         'mode': 'replay', 'machine': machine(), 'model': backend.describe(),
         'frame_px': [720, 1280], 'tiles_per_frame': len(tiles), 'jpeg_quality': 90,
-        'bag_frames': args.bag_frames, 'blocks': args.blocks,
-        'order': 'per block: raw, replay, replay_full_size_decode, then reversed',
+        'bag_frames': args.bag_frames, 'blocks': args.blocks, 'inference_workers': workers,
+        'order': 'per block: ' + ', '.join(order) + ', then reversed',
         'raw_backend': {'images': totals['raw']['items'], 'seconds': totals['raw']['seconds'],
-                        'images_per_s': raw_ips},
+                        'images_per_s': rates['raw'],
+                        'how': 'one caller, ONNX Runtime intra-op threads as configured '
+                               "(0: one per core), a frame's tiles per call"},
+        'raw_one_thread_per_caller': {
+            'images': totals['raw_one_thread_per_caller']['items'],
+            'seconds': totals['raw_one_thread_per_caller']['seconds'],
+            'images_per_s': rates['raw_one_thread_per_caller'],
+            'how': f'{workers} callers at once, one intra-op thread each'},
         'target_efficiency': 0.80,
     }
-    for name in variants:
-        tps = totals[name]['items'] / totals[name]['seconds']
+    for name, (_, count, reduced) in variants.items():
         document[name] = {
+            'inference_workers': count, 'reduced_jpeg_decode': reduced,
             'frames': totals[name]['frames'], 'tiles': totals[name]['items'],
-            'seconds': totals[name]['seconds'], 'tiles_per_s': tps,
+            'seconds': totals[name]['seconds'], 'tiles_per_s': rates[name],
             'frames_per_s': totals[name]['frames'] / totals[name]['seconds'],
             'decode_ms_p50': float(np.median(decode_ms[name])),
-            'efficiency_pooled': tps / raw_ips,
-            'efficiency_median_of_blocks': float(np.median(block_ratios[name])),
-            'efficiency_by_block': [round(r, 3) for r in block_ratios[name]],
-            'includes': 'bag reading, JPEG decoding (reduced size: '
-                        f'{"when allowed" if variants[name] else "never"}), the colour '
-                        'check, pipeline, output bag'}
+            'efficiency_pooled': rates[name] / rates['raw'],
+            'efficiency_median_of_blocks': float(np.median(block_ratios[name]['raw'])),
+            'efficiency_by_block': [round(r, 3) for r in block_ratios[name]['raw']],
+            'against_raw_one_thread_per_caller_median_of_blocks': float(
+                np.median(block_ratios[name]['raw_one_thread_per_caller'])),
+            'includes': 'bag reading, JPEG decoding, the colour check, pipeline, output bag'}
     document['replay_efficiency'] = document['replay']['efficiency_median_of_blocks']
     document['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return document

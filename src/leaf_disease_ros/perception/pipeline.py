@@ -292,6 +292,16 @@ class Detector:
         return self._card
 
     @property
+    def concurrent_inference(self) -> bool:
+        """
+        Whether :meth:`process_prepared` may run on several threads at once.
+
+        The backend says so (``concurrent_inference``): ONNX Runtime sessions take
+        concurrent runs; TensorRT's backend serialises its calls.
+        """
+        return bool(getattr(self._backend, 'concurrent_inference', False))
+
+    @property
     def config(self) -> DetectorConfig:
         """The configuration in force."""
         return self._config

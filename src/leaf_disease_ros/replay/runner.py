@@ -39,7 +39,7 @@ track (:mod:`leaf_disease_ros.geo.mapping`). :mod:`.report` writes the files.
 """
 
 import collections
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 import difflib
 import os
@@ -138,7 +138,12 @@ class ReplayOptions:
     that the bag lacks is looked up by type (the bag's only image / NavSatFix topic).
     ``parameters`` are the node's parameters (``perception/config.py`` table, validated
     here); ``max_frames`` 0 = all frames; ``observers`` see every processed frame
-    after it has been counted.
+    after it has been counted. ``inference_workers`` > 1: that many frames infer at once,
+    each on its own thread (a backend that takes concurrent calls, ONNX Runtime on the
+    CPU; others infer one frame at a time), and, when the replay loads the backend and
+    ``onnx_intra_op_threads`` is 0, with one intra-op thread each: on a CPU one frame a
+    core keeps the cores busier than one frame across all of them. Results are counted
+    and written in frame order either way.
     """
 
     bag_path: str
@@ -155,6 +160,16 @@ class ReplayOptions:
     observers: Sequence[FrameObserver] = ()
     gallery_size: int = GALLERY_SIZE  # report.html gallery per section; 0: none
     save_tiles: int = 0  # tiles kept per label in OUT/tiles/<label>/ (embedding map); 0: none
+    inference_workers: int = 1
+
+
+#: at most this many inference workers by default (memory: two frames in flight each)
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_inference_workers() -> int:
+    """Return the replay's default inference workers: one per CPU core, at most 8."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
 class _NoColour(FrameError):
@@ -180,6 +195,16 @@ class Topics:
     ground_truth: Optional[str]
     notes: Tuple[str, ...]
     camera_info: Optional[str] = None
+
+
+@dataclass
+class _Job:
+    """A released frame: its bookkeeping, and its inference (a future with several workers)."""
+
+    frame: '_PendingFrame'
+    truth: Optional[List[GroundTruthBox]]
+    where: str
+    inferred: 'Optional[Future[Tuple[_Decoded, FrameResult]]]' = None
 
 
 @dataclass
@@ -285,6 +310,7 @@ class ReplayState:
     first_log_time_ns: Optional[int] = None
     last_log_time_ns: Optional[int] = None
     wall_s: float = 0.0
+    inference_workers: int = 1  # frames inferred at once (ReplayOptions.inference_workers)
     truncated_reason: str = ''
     notes: List[str] = field(default_factory=list)
     output_bag: str = ''
@@ -440,6 +466,13 @@ class _Replay:
         self.options = options
         self.output: Any = output  # an overlap.AsyncWriter while running
         self.decoder: Decoder[_Decoded] = Decoder(self._decode)
+        # frames inferring at once (ReplayOptions.inference_workers), counted in order
+        self.workers = (max(1, options.inference_workers)
+                        if detector.concurrent_inference else 1)
+        self.infer_pool = (ThreadPoolExecutor(self.workers, thread_name_prefix='replay-infer')
+                           if self.workers > 1 else None)
+        self.in_flight: Deque[_Job] = collections.deque()
+        state.inference_workers = self.workers
         # JPEG frames at 1/2 or 1/4 size when every tile is shrunk that much anyway
         # (perception/reduced_decode.py); observers that read the frame's pixels see full size
         self.reduced_decode = (bool(state.parameters['reduced_jpeg_decode'])
@@ -507,6 +540,8 @@ class _Replay:
             if writer is not None:
                 writer.flush()
         finally:
+            if self.infer_pool is not None:
+                self.infer_pool.shutdown(wait=True, cancel_futures=True)
             self.decoder.close()
             if writer is not None:
                 try:
@@ -526,6 +561,7 @@ class _Replay:
             messages.close()
         while self.pending:
             self._process(self.pending.popleft())
+        self._drain()
         state.truncated_reason = self.bag.truncated_reason
         if self.fixes is not None:
             state.fix_buffer_stats = self.fixes.stats()
@@ -683,9 +719,17 @@ class _Replay:
         self.state.skipped[reason] = self.state.skipped.get(reason, 0) + 1
         self._example(text)
 
+    def _infer(self, frame: _PendingFrame) -> Tuple[_Decoded, FrameResult]:
+        """Return the decoded frame and its result (on a worker with several workers)."""
+        # decoded and prepared on the decoder's thread meanwhile
+        decoded = (frame.decoded.result() if frame.decoded is not None
+                   else self._decode(frame.msg))
+        return decoded, self.detector.process_prepared(decoded.prepared, frame.stamp_ns,
+                                                       self.fixes)
+
     def _process(self, frame: _PendingFrame) -> None:
+        """Start a released frame; count and write it now, or after the frames before it."""
         state = self.state
-        result: Optional[FrameResult] = None
         unstamped = frame.stamp_ns <= 0
         state.frames_unstamped += unstamped
         if not unstamped:
@@ -693,14 +737,28 @@ class _Replay:
             state.frames_stamp_disorder += newest is not None and frame.stamp_ns <= newest
             self.newest_frame_stamp_ns = max(frame.stamp_ns, newest or 0)
         truth = None if unstamped else self.truth.pop(frame.stamp_ns, None)
-        where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
+        job = _Job(frame, truth, f'frame at stamp {frame.stamp_ns / 1e9:.3f} s')
+        if self.infer_pool is None:
+            self._finish(job)
+            return
+        job.inferred = self.infer_pool.submit(self._infer, frame)
+        self.in_flight.append(job)
+        while len(self.in_flight) > 2 * self.workers:  # a frame queued behind each worker
+            self._finish(self.in_flight.popleft())
+
+    def _drain(self) -> None:
+        while self.in_flight:
+            self._finish(self.in_flight.popleft())
+
+    def _finish(self, job: _Job) -> None:
+        """Count, observe and write one frame (in frame order)."""
+        state = self.state
+        frame, truth, where = job.frame, job.truth, job.where
+        result: Optional[FrameResult] = None
         try:
-            # decoded and prepared on the decoder's thread meanwhile
-            decoded = (frame.decoded.result() if frame.decoded is not None
-                       else self._decode(frame.msg))
+            decoded, result = (job.inferred.result() if job.inferred is not None
+                               else self._infer(frame))
             image, decode_s = decoded.image, decoded.decode_s
-            result = self.detector.process_prepared(decoded.prepared, frame.stamp_ns,
-                                                    self.fixes)
             if self.newest_tagged_stamp_ns is None or frame.stamp_ns > self.newest_tagged_stamp_ns:
                 self.newest_tagged_stamp_ns = frame.stamp_ns
         except _NoColour as exc:
@@ -841,10 +899,12 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         refuse_grey_camera(bag, topics, store)
         own_backend = backend is None
         if own_backend:
+            threads = params['onnx_intra_op_threads']
+            if options.inference_workers > 1 and threads == 0:
+                threads = 1  # one frame a core (ReplayOptions)
             backend = load_backend(params['model_path'], params['backend'],
                                    onnx_provider=params['onnx_provider'],
-                                   intra_op_threads=params['onnx_intra_op_threads'],
-                                   max_batch=params['max_batch'])
+                                   intra_op_threads=threads, max_batch=params['max_batch'])
         output: Optional[OutputBag] = None
         try:
             card = backend.card
