@@ -85,6 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--mode', default='pipeline', choices=('pipeline', 'replay', 'season'))
     parser.add_argument('--bag-frames', type=int, default=40, help='replay mode: frames')
     parser.add_argument('--bags', type=int, default=4, help='season mode: bags')
+    parser.add_argument('--season-bag', choices=('demo', 'row'), default='demo',
+                        help='season mode: copies of the demo bag, or of a 1280x720 JPEG row '
+                             'of --bag-frames frames (bigger tasks: start-up amortised)')
     return parser.parse_args(argv)
 
 
@@ -373,7 +376,7 @@ def run_replay_mode(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
-    """Replay copies of the demo bag serially, then on Ray with 1 and 2 workers."""
+    """Replay copies of a bag (demo or 1280 px row) serially, then on Ray with 1 and 2 workers."""
     import shutil
 
     from leaf_disease_ros.perception.config import validate_parameters
@@ -385,8 +388,10 @@ def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
     params = validate_parameters({'model_path': args.model, 'backend': args.backend})
     results: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix='season_bench_') as folder:
+        source = (demo_bag_path() if args.season_bag == 'demo'
+                  else write_row_bag(os.path.join(folder, 'row'), args.bag_frames))
         for index in range(args.bags):
-            shutil.copytree(demo_bag_path(), os.path.join(folder, 'in', 'robot', f'pass{index}'))
+            shutil.copytree(source, os.path.join(folder, 'in', 'robot', f'pass{index}'))
         bags = find_bags([os.path.join(folder, 'in')])
 
         def jobs(run: str) -> List[BagJob]:
@@ -418,7 +423,10 @@ def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
     two = results['ray_2_worker']['bags_per_s']
     return {
         'mode': 'season', 'machine': machine(), 'bags': args.bags,
-        'bag': 'copies of demo/vineyard_demo (181 JPEG frames 768x256, 3 tiles each, 12 MB)',
+        'bag': ('copies of demo/vineyard_demo (181 JPEG frames 768x256, 3 tiles each, 12 MB)'
+                if args.season_bag == 'demo' else
+                f'copies of a row bag of {args.bag_frames} JPEG q90 frames 1280x720 (15 '
+                'tiles each before the gates) with GPS at 10 Hz'),
         'threads_per_task': 1, **results,
         'speedup_2_vs_1': two / one, 'scaling_efficiency': two / (2.0 * one),
         'ray_1_worker_vs_plain': one / results['plain_one_after_another']['bags_per_s'],
