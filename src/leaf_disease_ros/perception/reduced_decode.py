@@ -57,8 +57,8 @@ def jpeg_size_px(data: Buffer) -> Optional[Tuple[int, int]]:
     :data:`MAX_HEADER_BYTES` (PNG, truncated or corrupt data, a zero height): the caller
     then decodes at full size, and the full decode says what is wrong with the data.
     """
-    view = memoryview(np.asarray(data, dtype=np.uint8).reshape(-1)).cast('B') \
-        if isinstance(data, np.ndarray) else memoryview(data).cast('B')
+    view = (np.ascontiguousarray(data, dtype=np.uint8).reshape(-1).data
+            if isinstance(data, np.ndarray) else memoryview(data).cast('B'))
     end = min(len(view), MAX_HEADER_BYTES)
     if end < 4 or view[0] != 0xFF or view[1] != 0xD8:
         return None
