@@ -820,6 +820,90 @@ class _RunsCode:
         return (os.mkdir, (self.marker,))
 
 
+# --- leaf-disease-season: the row layout (--rows) ------------------------------------------
+
+
+def _row(row_id, east_m=0.0, geometry=None):
+    """Return a vine row feature, 10 m north from ``east_m`` (or the given geometry)."""
+    ends = [offset_latlon(LAT0, LON0, east_m, north) for north in (0.0, 10.0)]
+    return {'type': 'Feature', 'properties': {} if row_id is None else {'row': row_id},
+            'geometry': geometry or {'type': 'LineString',
+                                     'coordinates': [[lon, lat] for lat, lon in ends]}}
+
+
+def _season_rows(ctx, content, bag=''):
+    """Return the season command with ``--rows`` holding ``content`` (a document or bytes)."""
+    rows = ctx.tmp / 'rows.geojson'
+    if isinstance(content, bytes):
+        rows.write_bytes(content)
+    else:
+        rows.write_text(json.dumps(content))
+    if not bag:
+        bag = str(ctx.tmp / 'bags')
+        os.makedirs(bag, exist_ok=True)
+    return 'season', [bag, '--out', ctx.path('season'), '--model', ctx.model,
+                      '--rows', str(rows)]
+
+
+def _rows(*features):
+    return {'type': 'FeatureCollection', 'features': list(features)}
+
+
+@case('season.rows_not_json')
+def _(ctx):
+    return _season_rows(ctx, b'{"type": "FeatureCollection", "features": [{"type": NaN')
+
+
+@case('season.rows_not_a_collection')
+def _(ctx):
+    return _season_rows(ctx, _rows())
+
+
+@case('season.rows_point')
+def _(ctx):
+    return _season_rows(ctx, _rows(_row('A1'), _row('A2', geometry={
+        'type': 'Point', 'coordinates': [LON0, LAT0]})))
+
+
+@case('season.rows_lat_lon_swapped')
+def _(ctx):
+    return _season_rows(ctx, _rows(_row('A1', geometry={
+        'type': 'LineString', 'coordinates': [[44.9, 200.0], [44.9, 200.001]]})))
+
+
+@case('season.rows_no_id')
+def _(ctx):
+    return _season_rows(ctx, _rows(_row('A1'), _row(None, 3.0)))
+
+
+@case('season.rows_duplicate_id')
+def _(ctx):
+    return _season_rows(ctx, _rows(_row('A1'), _row('A1', 3.0)))
+
+
+@case('season.rows_too_many')
+def _(ctx):
+    return _season_rows(ctx, _rows(*[_row(f'R{k}', 2.5 * k) for k in range(5001)]))
+
+
+@case('season.rows_fifo')
+def _(ctx):
+    tool, argv = _season_rows(ctx, _rows(_row('A1')))
+    fifo = ctx.path('rows.fifo')
+    os.mkfifo(fifo)
+    argv[argv.index('--rows') + 1] = fifo
+    return tool, argv
+
+
+@case('season.rows_inside_out')
+def _(ctx):
+    season = ctx.tmp / 'season'
+    season.mkdir()
+    (season / 'rows.geojson').write_text(json.dumps(_rows(_row('A1'))))
+    return 'season', [ctx.bag(), '--out', str(season), '--model', ctx.model, '--rows',
+                      str(season / 'rows.geojson')]
+
+
 # --- the check -----------------------------------------------------------------------------
 
 
@@ -828,10 +912,11 @@ def _main(tool):
         return replay_cli.main
     if tool == 'classify':
         return classify_cli.main
-    from leaf_disease_ros.cli import build_engine, explain, export, split, train, train_field
+    from leaf_disease_ros.cli import (build_engine, explain, export, season, split, train,
+                                      train_field)
     return {'export': export.main, 'train': train.main, 'split': split.main,
             'explain': explain.main, 'build_engine': build_engine.main,
-            'train_field': train_field.main}[tool]
+            'train_field': train_field.main, 'season': season.main}[tool]
 
 
 def test_every_row_has_a_case_and_every_case_a_row():

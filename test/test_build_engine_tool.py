@@ -9,6 +9,7 @@ Every case below exits before any GPU work; none imitates a build.
 """
 
 import os
+import stat
 import subprocess
 import sys
 from typing import Dict, List, Optional
@@ -163,6 +164,18 @@ def test_refuses_to_overwrite_an_engine_without_force(tmp_path, tiny_model_copy:
     assert_clean_exit(result, 2, f'{engine} exists; pass --force', '--check')
     assert 'machine: Orin (sm87), TensorRT 10.3.0' in result.stdout
     assert open(engine, 'rb').read() == before
+
+
+def test_a_special_file_where_the_engine_goes_is_named_as_such_without_force(
+        tmp_path, tiny_model_copy: str, tiny_card: ModelCard) -> None:
+    """Regression: without --force a FIFO at the engine's path was called an engine that exists."""
+    engine = make_engine_files(tiny_model_copy, tiny_card, machine=ORIN)
+    os.remove(engine)
+    os.mkfifo(engine)
+    result = run_tool([tiny_model_copy], str(tmp_path), {**TRT_10_3, **_driver(1)})
+    assert_clean_exit(result, 2, 'is a FIFO (named pipe), not a regular file')
+    assert 'exists; pass --force' not in result.stdout + result.stderr
+    assert stat.S_ISFIFO(os.stat(engine).st_mode)
 
 
 @pytest.mark.parametrize('args, needle', [

@@ -206,6 +206,20 @@ def test_train_twice_keeps_the_first_run(tmp_path, capsys: pytest.CaptureFixture
     assert _tree(str(tmp_path)) == before
 
 
+def test_a_failed_train_leaves_no_claimed_folder(tmp_path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a train that failed before any checkpoint left its empty, claimed --out."""
+    pytest.importorskip('torch')
+    from leaf_disease_ros.cli.train_field import main
+    paths = _refusal_inputs(str(tmp_path))
+    new_run = os.path.join(str(tmp_path), 'new_run')
+    status = main(['train', '--arch', 'resnet18', '--cache', paths['cache'] + '/train_32.npz',
+                   '--out', new_run, '--epochs', '1'])
+    err = capsys.readouterr().err
+    assert status != 0 and 'Traceback' not in err
+    assert not os.path.exists(new_run)
+
+
 def test_kd_loss() -> None:
     """KD loss: zero for equal logits, T^2 times the KL divergence otherwise."""
     torch = pytest.importorskip('torch')

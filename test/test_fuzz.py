@@ -23,7 +23,10 @@ them (their ``main``). The properties:
   a real ``RLIMIT_FSIZE``), one topic with two types and several GPS topics, stamps that
   repeat or go backwards, a model whose outputs are NaN, infinite or ~1e38, and hostile
   YAML params files (billion laughs, deep nesting, recursion, Python tags, 1-3 MiB,
-  binary): each is a named refusal or a correct run, and no input changes.
+  binary): each is a named refusal or a correct run, and no input changes;
+- the season's row layout parser (``--rows``) takes any bytes, hostile or nearly valid
+  GeoJSON, and returns rows that are all valid (finite, in bounds, unique ids) or a
+  bounded :class:`RowLayoutError` naming the file, never another exception.
 
 The seed is fixed (:data:`SEED`) and the example counts bounded, so CI sees the
 same cases every run in about a minute on 2 cores; ``LEAF_DISEASE_FUZZ_SCALE=10``
@@ -54,6 +57,7 @@ from leaf_disease_ros.perception.config import PARAMETERS
 from leaf_disease_ros.perception.output_paths import write_manifest
 from leaf_disease_ros.perception.positions import Fix, NO_POSITION_REASONS
 from leaf_disease_ros.replay.report_folder import leftovers
+from leaf_disease_ros.replay.season_rows import parse_row_layout, RowLayoutError
 from tiny_model import make_tiny_model
 from unprivileged import give_away, open_folder, run_module
 
@@ -1030,3 +1034,77 @@ def test_hostile_yaml_is_refused_in_a_line_and_never_run(capsys, tiny_model_path
         assert not os.path.exists(marker)
         with open(params, 'rb') as stream:
             assert stream.read() == before
+
+
+# --- the season's row layout (--rows) ------------------------------------------------------
+
+VALID_POSITIONS = st.lists(st.tuples(st.floats(-0.151, -0.149),
+                                     st.floats(44.899, 44.901)).map(list),
+                           min_size=2, max_size=5)
+ROW_POSITIONS = st.one_of(
+    VALID_POSITIONS,
+    st.lists(st.lists(HOSTILE_FLOATS, min_size=0, max_size=4), max_size=4),
+    st.lists(st.one_of(SCALARS, st.lists(SCALARS, max_size=3)), max_size=3), SCALARS)
+ROW_GEOMETRIES = st.one_of(
+    st.builds(lambda kind, coordinates: {'type': kind, 'coordinates': coordinates},
+              st.sampled_from(['LineString', 'LineString', 'LineString', 'Point',
+                               'MultiLineString', 'Polygon', 'linestring']), ROW_POSITIONS),
+    SCALARS, st.dictionaries(st.sampled_from(['type', 'coordinates']), SCALARS, max_size=2))
+ROW_PROPERTIES = st.one_of(
+    st.fixed_dictionaries({'row': st.sampled_from(['A1', 'A2', 'B1'])},
+                          optional={'name': st.one_of(st.text(max_size=5), SCALARS)}),
+    st.dictionaries(st.sampled_from(['row', 'name', 'x']), SCALARS, max_size=3), SCALARS)
+ROW_FEATURES = st.one_of(
+    st.fixed_dictionaries({'type': st.just('Feature'), 'properties': ROW_PROPERTIES,
+                           'geometry': ROW_GEOMETRIES}),
+    st.dictionaries(st.sampled_from(['type', 'properties', 'geometry']), SCALARS,
+                    max_size=3), SCALARS)
+VALID_ROWS = st.lists(st.fixed_dictionaries({
+    'type': st.just('Feature'),
+    'properties': st.fixed_dictionaries({'row': st.text('AB12-', min_size=1, max_size=4)},
+                                        optional={'name': st.text(max_size=5)}),
+    'geometry': st.fixed_dictionaries({'type': st.just('LineString'),
+                                       'coordinates': VALID_POSITIONS})}),
+    min_size=1, max_size=4, unique_by=lambda f: f['properties']['row'])
+ROW_DOCUMENTS = st.one_of(
+    VALID_ROWS.map(lambda rows: {'type': 'FeatureCollection', 'features': rows}),
+    st.tuples(VALID_ROWS, ROW_FEATURES).map(lambda pair: {  # valid rows and one more
+        'type': 'FeatureCollection', 'features': pair[0] + [pair[1]]}),
+    st.fixed_dictionaries({'type': st.just('FeatureCollection'),
+                           'features': st.lists(ROW_FEATURES, max_size=4)},
+                          optional={'crs': st.one_of(SCALARS, st.fixed_dictionaries(
+                              {'properties': st.fixed_dictionaries({'name': st.sampled_from(
+                                  ['urn:ogc:def:crs:OGC:1.3:CRS84', 'EPSG:32631', ''])})}))}),
+    DOCUMENTS)
+
+
+def _row_text(document, raw):
+    if raw is not None:
+        return raw
+    try:
+        return json.dumps(document, allow_nan=True).encode()
+    except (TypeError, ValueError):
+        return b'{'
+
+
+@seed(SEED)
+@fuzz_settings(300)
+@given(document=ROW_DOCUMENTS, raw=st.one_of(st.none(), st.none(), st.none(),
+                                             st.binary(max_size=64)))
+def test_any_row_layout_is_read_or_refused_by_name(document, raw):
+    data = _row_text(document, raw)
+    try:
+        layout = parse_row_layout(data, 'fuzz/rows.geojson')
+    except RowLayoutError as exc:
+        event('refused')
+        message = str(exc)
+        assert message.startswith("parameter '--rows': fuzz/rows.geojson: "), message
+        assert len(message) < 1000, message[:300]
+        return
+    event('read')
+    ids = [row.row_id for row in layout.rows]
+    assert ids and len(set(ids)) == len(ids) and all(isinstance(i, str) and i for i in ids)
+    for row in layout.rows:
+        assert len(row.latitudes_deg) == len(row.longitudes_deg) >= 2
+        assert all(math.isfinite(v) and -90.0 <= v <= 90.0 for v in row.latitudes_deg)
+        assert all(math.isfinite(v) and -180.0 <= v <= 180.0 for v in row.longitudes_deg)

@@ -234,16 +234,16 @@ def test_a_bug_in_configure_is_an_error_that_ends_unconfigured(world, tiny_model
 
 
 def _block_processing(node: Any, monkeypatch: Any) -> Any:
-    """Make the worker wait inside ``Detector.process``; return (entered, release)."""
+    """Make the worker wait inside ``Detector.process_prepared``; return (entered, release)."""
     entered, release = threading.Event(), threading.Event()
-    real = node._detector.process
+    real = node._detector.process_prepared
 
     def process(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         assert release.wait(30.0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(node._detector, 'process', process)
+    monkeypatch.setattr(node._detector, 'process_prepared', process)
     return entered, release
 
 

@@ -240,6 +240,41 @@ def test_a_mono_jpeg_compressed_frame_is_detected(world, tiny_model_path, mosaic
         stop(node)
 
 
+@pytest.mark.parametrize('reduced', [True, False])
+def test_a_colour_jpeg_decoded_at_reduced_size_reports_full_size_boxes(world, tiny_model_path,
+                                                                       mosaic, reduced):
+    """
+    Decode a JPEG at reduced size and still report boxes and the debug image at full size.
+
+    reduced_jpeg_decode: the tiny card (32 px) shrinks 256 px tiles 8x; the node decodes
+    the 768x512 JPEG at 1/4 (the gate's sampling grid caps the scale at 4).
+    """
+    ok, jpeg = cv2.imencode('.jpg', mosaic, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    node = start(world, tiny_model_path, image_transport='compressed',
+                 min_vegetation_fraction=0.0, reduced_jpeg_decode=reduced,
+                 debug_image_rate_hz=100.0)
+    try:
+        decoded = []
+        real = node._decode
+        node._decode = lambda msg: decoded.append(real(msg)) or decoded[-1]
+        world.publishers[f'{NODE}/debug_image'].subscription_count = 1
+        world.deliver('/image/compressed', world.msg('sensor_msgs/msg/CompressedImage')(
+            header=header(world, T0), format='jpeg', data=jpeg.tobytes()))
+        (detections,) = world.wait_for(f'{NODE}/detections', 1)
+        (debug,) = world.wait_for(f'{NODE}/debug_image', 1)
+        assert decoded[0].pixel_scale == (4 if reduced else 1)
+        assert decoded[0].image.shape[:2] == ((128, 192) if reduced else (512, 768))
+        assert (debug.height, debug.width) == (512, 768)
+        centres = sorted((d.bbox.center.position.x, d.bbox.center.position.y)
+                         for d in detections.detections)
+        assert centres == sorted((128.0 + 256 * c, 128.0 + 256 * r)
+                                 for r in range(2) for c in range(3))
+        assert all(d.bbox.size_x == 256 for d in detections.detections)
+    finally:
+        stop(node)
+
+
 def test_an_unconvertible_raw_encoding_is_counted_not_fatal(world, tiny_model_path, mosaic):
     node = start(world, tiny_model_path)
     try:
@@ -346,7 +381,7 @@ def test_a_bug_in_the_worker_stops_the_node_with_the_traceback(world, tiny_model
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise KeyError('a bug')
 
-        monkeypatch.setattr(node._detector, 'process', broken)
+        monkeypatch.setattr(node._detector, 'process_prepared', broken)
         send_frame(world, mosaic, T0)
         wait_until(lambda: not node.context.ok())
         assert "KeyError: 'a bug'" in node.fatal_error
@@ -590,7 +625,7 @@ def test_main_exits_1_after_a_worker_failure(world, tiny_model_path, mosaic, mon
         node = world.nodes[-1]
         if not getattr(node, '_fed', False):
             node._fed = True
-            monkeypatch.setattr(node._detector, 'process', _raise_bug)
+            monkeypatch.setattr(node._detector, 'process_prepared', _raise_bug)
             send_frame(world, mosaic, T0)
 
     world.spin_hook = feed

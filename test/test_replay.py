@@ -329,3 +329,57 @@ def test_a_run_across_a_utm_zone_boundary_stays_in_one_zone_and_the_report_names
                            params={'evidence_min_sightings': 1, 'utm_zone': '32T'})
     assert metrics['geotag']['utm_zone']['epsg'] == 32632
     assert metrics['geotag']['utm_zone']['from'] == 'utm_zone parameter'
+
+
+def _without_timings(metrics):
+    """Return metrics.json without what depends on the clock or on the workers."""
+    drop = {'latency_ms', 'throughput', 'run', 'machine', 'started_utc', 'wall_s'}
+    return {k: v for k, v in metrics.items() if k not in drop}
+
+
+def test_several_inference_workers_count_and_write_every_frame_as_one_worker(tmp_path):
+    """Frames inferred at once are counted, mapped and written in frame order."""
+    from leaf_disease_ros.replay.demo import demo_bag_path
+    from rosbags.highlevel import AnyReader
+    import pathlib
+
+    runs = {}
+    for workers in (1, 3):
+        out = tmp_path / f'workers_{workers}'
+        out.mkdir()
+        # one intra-op thread in both runs: the same arithmetic, so the same scores
+        state = run_replay(ReplayOptions(bag_path=demo_bag_path(), out_dir=str(out),
+                                         inference_workers=workers, gallery_size=0,
+                                         parameters={'onnx_intra_op_threads': 1}))
+        metrics = write_report(state, str(out), [])
+        with AnyReader([pathlib.Path(state.output_bag)]) as reader:
+            messages = [(c.topic, log_ns, bytes(raw)) for c, log_ns, raw in reader.messages()]
+        runs[workers] = (state, metrics, messages)
+    (one, one_metrics, one_messages), (three, three_metrics, three_messages) = runs[1], runs[3]
+    assert (one.inference_workers, three.inference_workers) == (1, 3)
+    assert three.frames_processed == one.frames_processed > 100
+    assert _without_timings(three_metrics) == _without_timings(one_metrics)
+    assert len(three_messages) == len(one_messages) > 300
+    assert three_messages == one_messages  # the same messages, in the same order
+
+
+def test_a_backend_without_concurrent_calls_infers_one_frame_at_a_time(tmp_path, leaves,
+                                                                       predicted, tiny_card,
+                                                                       model_path):
+    backend = load_backend(model_path, 'onnxruntime')
+    backend.concurrent_inference = False  # as the TensorRT backend says
+    frames, fixes, truth, _ = scenario(leaves, predicted, tiny_card.labels)
+    path = write_bag(str(tmp_path / 'bag'), 'mcap', frames, fixes, truth)
+    out = tmp_path / 'out'
+    out.mkdir()
+    state = run_replay(ReplayOptions(bag_path=path, out_dir=str(out), inference_workers=4,
+                                     parameters={'model_path': model_path}), backend=backend)
+    assert state.inference_workers == 1 and state.frames_processed > 0
+
+
+@pytest.mark.parametrize('value', ['-1', '257'])
+def test_inference_workers_out_of_range_is_refused(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['--inference-workers', value])
+    assert exit_info.value.code == 2
+    assert '--inference-workers must be 0 (one per CPU core) to 256' in capsys.readouterr().err

@@ -122,14 +122,40 @@ def test_gallery_keeps_one_tile_per_leaf_and_the_best_ones(tiny_model_path):
         return FrameResult(int(stamp_s * NS), 64, 192, detections, 3, 0,
                            GeotagResult(None, 'no_fix_received'), {})
     gallery = GalleryCollector(size=2)
-    gallery.add(frame, result(0.0, [('esca', 0.9), ('healthy', 0.5), ('esca', 0.95)]), 0)
-    gallery.add(frame, result(0.5, [('esca', 0.97), ('black_rot', 0.8)]), 1)
-    gallery.add(frame, result(9.0, [('black_rot', 0.85)]), 2)
+    gallery.add(lambda: frame, result(0.0, [('esca', 0.9), ('healthy', 0.5), ('esca', 0.95)]), 0)
+    gallery.add(lambda: frame, result(0.5, [('esca', 0.97), ('black_rot', 0.8)]), 1)
+    gallery.add(lambda: frame, result(9.0, [('black_rot', 0.85)]), 2)
     confident = gallery.sections['confident']
     # the three esca tiles within 2 s are one leaf: only its best score is kept
     assert [(t.label, t.score) for t in confident] == [('esca', 0.97), ('black_rot', 0.85)]
     assert [t.score for t in gallery.sections['uncertain']] == [0.5, 0.8]
     assert all(t.tile_bgr.shape == (64, 64, 3) for t in gallery.tiles())
+
+
+def test_gallery_replaces_a_leaf_behind_an_equal_scored_tile_of_another_leaf():
+    """
+    Regression: a tile is removed by identity, not by value.
+
+    Tiles were compared by value, so removing one behind an equal-scored tile compared
+    two pixel arrays and raised (ValueError), ending the replay.
+    """
+    from leaf_disease_ros.perception.pipeline import Detection, FrameResult
+    from leaf_disease_ros.perception.positions import GeotagResult
+    import numpy as np
+
+    def result(stamp_s, label, score):
+        detection = Detection((0, 0, 64, 64), label, 0, score, ((label, score),), False,
+                              True, True, 1.0)
+        return FrameResult(int(stamp_s * NS), 64, 64, (detection,), 1, 0,
+                           GeotagResult(None, 'no_fix_received'), {})
+    gallery = GalleryCollector(size=3)
+    gallery.add(lambda: np.full((64, 64, 3), 1, np.uint8), result(0.0, 'esca', 0.9), 0)
+    gallery.add(lambda: np.full((64, 64, 3), 2, np.uint8), result(9.0, 'black_rot', 0.9), 1)
+    # the black_rot leaf again 0.5 s later, better: its twin sits behind the esca tile
+    # of the same score, and is removed
+    gallery.add(lambda: np.full((64, 64, 3), 3, np.uint8), result(9.5, 'black_rot', 0.95), 2)
+    assert [(t.label, t.score, int(t.tile_bgr[0, 0, 0])) for t in gallery.sections['confident']] \
+        == [('black_rot', 0.95, 3), ('esca', 0.9, 1)]
 
 
 def test_mercator_pixels():

@@ -155,6 +155,14 @@ def test_season_end_to_end_with_a_corrupt_bag(first_run, colours):
     for value in coverage.values():
         assert value['driven_m'] > 5.0 and value['judged_m'] > 5.0
         assert value['frames_judged'] == 13 and value['frames_without_image'] == 0
+        # the replay placed findings with the camera (no camera_info: the field of view)
+        assert value['drove_past'] == {'rule': 'footprint', 'tolerance_m': 0.5,
+                                       'camera': 'hfov (no camera_info)',
+                                       'frames_without_heading': 0}
+    for entry in summary['passes']:
+        footprint = _json(out / 'bags' / entry['bag_id'] / 'pass.json')['coverage']['footprint']
+        assert len(footprint['judged_poses']) == 13  # a frame every 0.5 m, heading north
+        assert {round(pose[2]) for pose in footprint['judged_poses']} == {90}
 
 
 def test_a_spot_seen_in_pass_one_is_missed_in_pass_two(first_run, colours):
@@ -194,13 +202,27 @@ def test_a_spot_seen_in_pass_one_is_missed_in_pass_two(first_run, colours):
     assert not re.search(r'(src|href)="(https?:)?//', page) and '<link' not in page
 
 
+def _row_layout(path):
+    """Write the rows of the season's bags: the canopy 0.75 m west of each pass, and one more."""
+    rows = []
+    for row_id, east_m in (('R1', -0.75), ('R2', ROW2_EAST_M - 0.75), ('R9', 50.0)):
+        ends = [offset_latlon(LAT0, LON0, east_m, north) for north in (0.0, 6.0)]
+        rows.append({'type': 'Feature', 'properties': {'row': row_id},
+                     'geometry': {'type': 'LineString',
+                                  'coordinates': [[lon, lat] for lat, lon in ends]}})
+    path.write_text(json.dumps({'type': 'FeatureCollection', 'features': rows}))
+    return str(path)
+
+
 def test_rerun_skips_finished_bags_and_redoes_a_changed_one(first_run, season_bags, colours,
-                                                            capsys):
+                                                            capsys, tmp_path):
     code, out, args = first_run
     before = {p['bag_id']: os.stat(out / 'bags' / p['bag_id'] / 'pass.json').st_mtime_ns
               for p in _json(out / 'season.json')['passes']}
     start = time.perf_counter()
-    code, _, err = _season(args, capsys)
+    # a row layout changes the season files, not the bags' results: nothing is replayed
+    code, printed, err = _season(args + ['--rows', _row_layout(tmp_path / 'rows.geojson')],
+                                 capsys)
     assert code == 1
     summary = _json(out / 'season.json')
     assert summary['counts']['skipped_current'] == 3 and summary['counts']['replayed'] == 1
@@ -209,6 +231,14 @@ def test_rerun_skips_finished_bags_and_redoes_a_changed_one(first_run, season_ba
     assert {p['bag_id']: os.stat(out / 'bags' / p['bag_id'] / 'pass.json').st_mtime_ns
             for p in summary['passes']} == before
     assert time.perf_counter() - start < 60
+    rows = _json(out / 'rows.json')
+    assert rows['never_covered'] == ['R9'] and summary['rows']['never_covered'] == ['R9']
+    covered = {r['row']: sorted(p.split('_')[0] for p in r['passes_covered'])
+               for r in rows['rows']}
+    assert covered == {'R1': ['robotA', 'robotB'], 'R2': ['robotA'], 'R9': []}
+    assert all(r['covered_fraction_best'] > 0.9 for r in rows['rows'][:2])
+    assert 'rows: 1 of 3 never covered: R9' in printed
+    assert 'rows.json' in _json(out / '.leaf-disease-output.json')['files']
     # a bag recorded again (other content) is replayed; the others stay
     _row_bag(season_bags / 'robotA' / 'row2_0615_new', 15, ROW2_EAST_M, 2.0, colours,
              frames=14)
@@ -216,6 +246,7 @@ def test_rerun_skips_finished_bags_and_redoes_a_changed_one(first_run, season_ba
     os.rename(season_bags / 'robotA' / 'row2_0615_new', season_bags / 'robotA' / 'row2_0615')
     code, _, err = _season(args, capsys)
     summary = _json(out / 'season.json')
+    assert not (out / 'rows.json').exists()  # this run has no --rows: no stale rows.json
     replayed = [p for p in summary['passes'] if not p['skipped_current']]
     assert [p['bag'].split(os.sep)[-1] for p in replayed] == ['row2_0615']
     assert summary['counts']['bags'] == 4 and summary['counts']['skipped_current'] == 2

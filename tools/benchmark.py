@@ -85,6 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--mode', default='pipeline', choices=('pipeline', 'replay', 'season'))
     parser.add_argument('--bag-frames', type=int, default=40, help='replay mode: frames')
     parser.add_argument('--bags', type=int, default=4, help='season mode: bags')
+    parser.add_argument('--season-bag', choices=('demo', 'row'), default='demo',
+                        help='season mode: copies of the demo bag, or of a 1280x720 JPEG row '
+                             'of --bag-frames frames (bigger tasks: start-up amortised)')
     return parser.parse_args(argv)
 
 
@@ -238,13 +241,39 @@ def write_row_bag(path: str, frame_count: int, size_px: Tuple[int, int] = (1280,
 
 
 def run_replay_mode(args: argparse.Namespace) -> Dict[str, Any]:
-    """Replay a 1280 px bag and run the raw model in interleaved blocks; return the JSON."""
-    from leaf_disease_ros.replay.runner import ReplayOptions, run_replay
+    """
+    Replay a 1280 px bag and run the raw model, interleaved; return the JSON.
 
-    backend = load_backend(args.model, args.backend, intra_op_threads=args.threads,
-                           warn=lambda text: sys.stderr.write(text + '\n'))
+    The raw model is the backend as the node and ``leaf-disease-infer`` load it (all
+    cores to one caller) on a frame's tiles, one call after another. The replay variants:
+
+    - ``replay``: as ``leaf-disease-replay`` runs by default: one inference worker per
+      core, one ONNX Runtime thread each, JPEG decoded at reduced size;
+    - ``replay_one_worker``: one frame at a time on the raw model's backend (how the
+      node runs, and the replay before inference workers);
+    - ``replay_full_size_decode``: the default replay without the reduced decode.
+
+    A second raw figure, ``raw_one_thread_per_caller``, runs the model as the replay's
+    workers do (one thread each, one caller per core): the most this machine gets from
+    the model, to compare with too. Each block runs every item, then the same in reverse
+    order, so a drift of the machine's speed during a block weighs on all alike; each
+    efficiency is reported pooled over the blocks and as the median of the blocks' own
+    ratios (robust to a block a neighbour slowed down).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from leaf_disease_ros.replay.runner import (default_inference_workers, ReplayOptions,
+                                                run_replay)
+
+    warn = lambda text: sys.stderr.write(text + '\n')  # noqa: E731
+    backend = load_backend(args.model, args.backend, intra_op_threads=args.threads, warn=warn)
+    single = load_backend(args.model, args.backend, intra_op_threads=1, warn=warn)
     card = backend.card
     config = DetectorConfig()
+    workers = default_inference_workers()
+    variants = {'replay': (single, workers, True), 'replay_one_worker': (backend, 1, True),
+                'replay_full_size_decode': (single, workers, False)}
+    raws = ('raw', 'raw_one_thread_per_caller')
     with tempfile.TemporaryDirectory(prefix='replay_bench_') as folder:
         bag = write_row_bag(os.path.join(folder, 'row'), args.bag_frames)
         frame = cv2.resize(mosaic_frames(1)[0], (1280, 720), interpolation=cv2.INTER_AREA)
@@ -254,45 +283,100 @@ def run_replay_mode(args: argparse.Namespace) -> Dict[str, Any]:
                   for i in range(0, len(tiles), backend.max_batch)]
         for chunk in chunks:
             backend.infer(chunk)
-        raw_s = replay_s = 0.0
-        raw_images = replay_tiles = replay_frames = 0
-        decode_ms: List[float] = []
-        for block in range(args.blocks):
-            start = time.perf_counter()
-            for _ in range(args.bag_frames):
+            single.infer(chunk)
+        totals: Dict[str, Dict[str, float]] = {
+            name: {'seconds': 0.0, 'items': 0, 'frames': 0} for name in (*raws, *variants)}
+        decode_ms: Dict[str, List[float]] = {name: [] for name in variants}
+        block_ratios: Dict[str, Dict[str, List[float]]] = {
+            name: {raw: [] for raw in raws} for name in variants}
+        runs = [0]
+        pool = ThreadPoolExecutor(workers)
+
+        def frames_on(model: Any, count: int) -> None:
+            for _ in range(count):
                 for chunk in chunks:
-                    backend.infer(chunk)
-            raw_s += time.perf_counter() - start
-            raw_images += args.bag_frames * len(tiles)
-            options = ReplayOptions(bag_path=bag, out_dir=os.path.join(folder, f'out{block}'),
-                                    gallery_size=0, parameters={'model_path': args.model,
-                                                                'backend': args.backend})
+                    model.infer(chunk)
+
+        def raw(name: str) -> Tuple[float, int]:
+            start = time.perf_counter()
+            if name == 'raw':
+                frames_on(backend, args.bag_frames)
+            else:
+                shares = [args.bag_frames // workers + (k < args.bag_frames % workers)
+                          for k in range(workers)]
+                list(pool.map(lambda count: frames_on(single, count), shares))
+            return time.perf_counter() - start, args.bag_frames * len(tiles)
+
+        def replay(name: str) -> Tuple[float, int]:
+            model, count, reduced = variants[name]
+            options = ReplayOptions(
+                bag_path=bag, out_dir=os.path.join(folder, f'out{runs[0]}'), gallery_size=0,
+                inference_workers=count,
+                parameters={'model_path': args.model, 'backend': args.backend,
+                            'reduced_jpeg_decode': reduced})
+            runs[0] += 1
             os.makedirs(options.out_dir)
             start = time.perf_counter()
-            state = run_replay(options, backend=backend)
-            replay_s += time.perf_counter() - start
-            replay_tiles += state.tiles_classified
-            replay_frames += state.frames_processed
-            decode_ms.append(state.latency_decode.summary()['p50'])
+            state = run_replay(options, backend=model)
+            seconds = time.perf_counter() - start
+            totals[name]['frames'] += state.frames_processed
+            decode_ms[name].append(state.latency_decode.summary()['p50'])
+            return seconds, state.tiles_classified
+
+        order = [*raws, *variants]
+        for _ in range(args.blocks):
+            block: Dict[str, List[float]] = {name: [0.0, 0] for name in order}
+            for name in order + order[::-1]:
+                seconds, items = raw(name) if name in raws else replay(name)
+                block[name][0] += seconds
+                block[name][1] += items
+                totals[name]['seconds'] += seconds
+                totals[name]['items'] += items
+            for name in variants:
+                for raw_name in raws:
+                    rate = block[name][1] / block[name][0]
+                    block_ratios[name][raw_name].append(
+                        rate / (block[raw_name][1] / block[raw_name][0]))
+        pool.shutdown()
     backend.close()
-    raw_ips = raw_images / raw_s
-    replay_tps = replay_tiles / replay_s
-    return {
+    single.close()
+    rates = {name: totals[name]['items'] / totals[name]['seconds'] for name in totals}
+    document: Dict[str, Any] = {
         'mode': 'replay', 'machine': machine(), 'model': backend.describe(),
         'frame_px': [720, 1280], 'tiles_per_frame': len(tiles), 'jpeg_quality': 90,
-        'raw_backend': {'images': raw_images, 'seconds': raw_s, 'images_per_s': raw_ips},
-        'replay': {'frames': replay_frames, 'tiles': replay_tiles, 'seconds': replay_s,
-                   'tiles_per_s': replay_tps, 'frames_per_s': replay_frames / replay_s,
-                   'decode_ms_p50': float(np.median(decode_ms)),
-                   'includes': 'bag reading, JPEG decoding, pipeline, output bag'},
-        'replay_efficiency': replay_tps / raw_ips,
+        'bag_frames': args.bag_frames, 'blocks': args.blocks, 'inference_workers': workers,
+        'order': 'per block: ' + ', '.join(order) + ', then reversed',
+        'raw_backend': {'images': totals['raw']['items'], 'seconds': totals['raw']['seconds'],
+                        'images_per_s': rates['raw'],
+                        'how': 'one caller, ONNX Runtime intra-op threads as configured '
+                               "(0: one per core), a frame's tiles per call"},
+        'raw_one_thread_per_caller': {
+            'images': totals['raw_one_thread_per_caller']['items'],
+            'seconds': totals['raw_one_thread_per_caller']['seconds'],
+            'images_per_s': rates['raw_one_thread_per_caller'],
+            'how': f'{workers} callers at once, one intra-op thread each'},
         'target_efficiency': 0.80,
-        'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
+    for name, (_, count, reduced) in variants.items():
+        document[name] = {
+            'inference_workers': count, 'reduced_jpeg_decode': reduced,
+            'frames': totals[name]['frames'], 'tiles': totals[name]['items'],
+            'seconds': totals[name]['seconds'], 'tiles_per_s': rates[name],
+            'frames_per_s': totals[name]['frames'] / totals[name]['seconds'],
+            'decode_ms_p50': float(np.median(decode_ms[name])),
+            'efficiency_pooled': rates[name] / rates['raw'],
+            'efficiency_median_of_blocks': float(np.median(block_ratios[name]['raw'])),
+            'efficiency_by_block': [round(r, 3) for r in block_ratios[name]['raw']],
+            'against_raw_one_thread_per_caller_median_of_blocks': float(
+                np.median(block_ratios[name]['raw_one_thread_per_caller'])),
+            'includes': 'bag reading, JPEG decoding, the colour check, pipeline, output bag'}
+    document['replay_efficiency'] = document['replay']['efficiency_median_of_blocks']
+    document['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return document
 
 
 def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
-    """Replay copies of the demo bag serially, then on Ray with 1 and 2 workers."""
+    """Replay copies of a bag (demo or 1280 px row) serially, then on Ray with 1 and 2 workers."""
     import shutil
 
     from leaf_disease_ros.perception.config import validate_parameters
@@ -304,8 +388,10 @@ def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
     params = validate_parameters({'model_path': args.model, 'backend': args.backend})
     results: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix='season_bench_') as folder:
+        source = (demo_bag_path() if args.season_bag == 'demo'
+                  else write_row_bag(os.path.join(folder, 'row'), args.bag_frames))
         for index in range(args.bags):
-            shutil.copytree(demo_bag_path(), os.path.join(folder, 'in', 'robot', f'pass{index}'))
+            shutil.copytree(source, os.path.join(folder, 'in', 'robot', f'pass{index}'))
         bags = find_bags([os.path.join(folder, 'in')])
 
         def jobs(run: str) -> List[BagJob]:
@@ -337,7 +423,10 @@ def run_season_mode(args: argparse.Namespace) -> Dict[str, Any]:
     two = results['ray_2_worker']['bags_per_s']
     return {
         'mode': 'season', 'machine': machine(), 'bags': args.bags,
-        'bag': 'copies of demo/vineyard_demo (181 JPEG frames 768x256, 3 tiles each, 12 MB)',
+        'bag': ('copies of demo/vineyard_demo (181 JPEG frames 768x256, 3 tiles each, 12 MB)'
+                if args.season_bag == 'demo' else
+                f'copies of a row bag of {args.bag_frames} JPEG q90 frames 1280x720 (15 '
+                'tiles each before the gates) with GPS at 10 Hz'),
         'threads_per_task': 1, **results,
         'speedup_2_vs_1': two / one, 'scaling_efficiency': two / (2.0 * one),
         'ray_1_worker_vs_plain': one / results['plain_one_after_another']['bags_per_s'],

@@ -51,9 +51,9 @@ from leaf_disease_ros.replay.report import REPORT_FILE, ReportSection, write_rep
 from leaf_disease_ros.replay.report_folder import ReportFolder
 from leaf_disease_ros.replay.report_html import REPORT_HTML_FILE
 from leaf_disease_ros.replay.runner import (DEFAULT_FIX_TOPIC, DEFAULT_GROUND_TRUTH_TOPIC,
-                                            DEFAULT_IMAGE_TOPIC, DEFAULT_NODE_NAME,
-                                            DEFAULT_OUT_DIR, FrameObserver, Progress,
-                                            ReplayOptions, run_replay)
+                                            DEFAULT_IMAGE_TOPIC, default_inference_workers,
+                                            DEFAULT_NODE_NAME, DEFAULT_OUT_DIR, FrameObserver,
+                                            Progress, ReplayOptions, run_replay)
 
 #: a ROS 2 node name: the output bag's topics are /<name>/detections...
 ROS_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*')
@@ -160,12 +160,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run.add_argument('--gallery', type=int, default=GALLERY_SIZE, metavar='N',
                      help='report.html: N most confident findings and N most uncertain tiles '
                           'with saliency (0: no gallery; default %(default)s)')
+    run.add_argument('--inference-workers', type=int, default=0, metavar='N',
+                     help='frames inferred at once, each on its own thread with one ONNX '
+                          'Runtime thread (unless --threads says otherwise); 0 (default): '
+                          'one per CPU core; 1: one frame at a time, as the node does. '
+                          'TensorRT infers one frame at a time whatever this says')
     run.add_argument('--save-tiles', type=int, default=0, metavar='N',
                      help='keep a sample of N tiles per label in OUT/tiles/<label>/ '
                           '(ground-truth label when the bag has one) for leaf-disease-embed')
     args = parser.parse_args(argv)
     if args.max_frames < 0:
         parser.error(f'--max-frames must be >= 0 (0: all frames), got {args.max_frames}')
+    if not 0 <= args.inference_workers <= 256:
+        parser.error('--inference-workers must be 0 (one per CPU core) to 256, got '
+                     f'{args.inference_workers}')
     for option, name in (('--node-name', args.node_name), ('--params-node', args.params_node)):
         if (name or option == '--node-name') and not ROS_NAME.fullmatch(name):
             parser.error(f'{option} {name!r} is not a ROS node name: letters, digits and '
@@ -380,7 +388,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             camera_info_topic=args.camera_info_topic, parameters=parameters,
             max_frames=args.max_frames,
             node_name=args.node_name, write_bag=not args.no_output_bag, observers=observers,
-            gallery_size=args.gallery, save_tiles=args.save_tiles)
+            gallery_size=args.gallery, save_tiles=args.save_tiles,
+            inference_workers=args.inference_workers or default_inference_workers())
         progress = None if args.no_progress else ProgressBar(err)
         try:
             state = run_replay(options, backend=main_backend, progress=progress)

@@ -6,14 +6,21 @@ Usage::
     leaf-disease-season BAG_OR_FOLDER... --out season/ [--workers N] [--threads T]
                         [--address auto|ray://host:10001] [--model M.onnx] [--site S]
                         [--params-file config/detector.yaml] [--robots robots.yaml]
+                        [--past-radius M] [--footprint-tolerance M] [--rows rows.geojson]
 
 Each bag is replayed as one Ray task with the single-bag replay's pipeline, parameters
 and model (:mod:`leaf_disease_ros.replay.season`); its report lands in
 ``OUT/bags/<id>/``. A rerun replays only the bags whose content, model, site file,
 parameters or package version changed. Then the passes are merged into
 ``OUT/season.geojson``, ``season.kml``, ``maps/``, ``coverage.json``, ``season.json``
-and ``report.html`` (:mod:`leaf_disease_ros.replay.season_map`). Ray is the optional
-extra ``season`` (``pip install 'leaf_disease_ros[season]'``); docs/season.md.
+and ``report.html`` (:mod:`leaf_disease_ros.replay.season_map`): a pass "drove past" a
+spot it did not see when the camera footprint of a frame it judged held the spot, or,
+without camera geometry, when it judged frames within ``--past-radius``. With ``--rows``
+(a GeoJSON of the vine rows' centre lines) the coverage of each row by each pass goes
+into ``coverage.json``, ``rows.json`` and the page, with the rows no pass ever covered
+(:mod:`leaf_disease_ros.replay.season_rows`); rows change the season files only, never
+a bag's result. Ray is the optional extra ``season`` (``pip install
+'leaf_disease_ros[season]'``); docs/season.md.
 
 Exit status: 0 every bag replayed; 1 the season was written but some bags failed
 (listed in season.json and report.html); 2 usage, bag, model, parameter, output or Ray
@@ -23,6 +30,7 @@ error, or interrupted (Ctrl-C: the bags finished so far stay, a rerun goes on).
 import argparse
 import datetime
 import importlib.metadata
+import math
 import os
 import shutil
 import sys
@@ -39,8 +47,10 @@ from leaf_disease_ros.perception.resources import resolve_model_path
 from leaf_disease_ros.replay.runner import DEFAULT_NODE_NAME
 from leaf_disease_ros.replay.season import Outcome, plan, run_jobs
 from leaf_disease_ros.replay.season_html import SEASON_HTML_FILE, write_season_html
-from leaf_disease_ros.replay.season_map import (build_season, DEFAULT_PAST_RADIUS_M,
-                                                write_season_files)
+from leaf_disease_ros.replay.season_map import (build_season, DEFAULT_FOOTPRINT_TOLERANCE_M,
+                                                DEFAULT_PAST_RADIUS_M, write_season_files)
+from leaf_disease_ros.replay.season_rows import (load_row_layout, row_coverage, RowCoverage,
+                                                 ROWS_FILE, write_rows_file)
 from leaf_disease_ros.replay.season_store import (find_bags, load_robot_map, model_identity,
                                                   ROBOT_FROM, SeasonBag)
 from leaf_disease_ros.replay.season_task import BagJob, STATUS_DONE
@@ -101,9 +111,19 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     passes.add_argument('--robot-from', choices=ROBOT_FROM, default='folder',
                         help="without a --robots entry: the bag's folder, or its image topic's "
                              'namespace (/robot2/camera/...)')
-    passes.add_argument('--past-radius', type=float, default=DEFAULT_PAST_RADIUS_M,
-                        help='m, a pass that judged frames this close to a spot without seeing '
-                             'it "drove past" it (default %(default)s)')
+    passes.add_argument('--footprint-tolerance', type=float, metavar='M',
+                        default=DEFAULT_FOOTPRINT_TOLERANCE_M,
+                        help='m, a pass with camera geometry "drove past" a spot it did not see '
+                             'when the spot lay in, or this close to, the camera footprint of '
+                             'a frame it judged (default %(default)s)')
+    passes.add_argument('--past-radius', type=float, default=DEFAULT_PAST_RADIUS_M, metavar='M',
+                        help='m, without camera geometry (ground_positions false, no mount, an '
+                             'earlier result): a pass that judged frames this close to a spot '
+                             'without seeing it "drove past" it (default %(default)s)')
+    passes.add_argument('--rows', default='', metavar='FILE',
+                        help='GeoJSON FeatureCollection of LineString features, one per vine '
+                             'row (centre line, lon/lat WGS84) with a unique "row" id: '
+                             'coverage per row and pass, and the rows never covered')
     passes.add_argument('--no-output-bag', action='store_true',
                         help='do not write the output bag (detections/detections.mcap) per bag')
     passes.add_argument('--gallery', type=int, default=0, metavar='N',
@@ -115,8 +135,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             parser.error(f'--{option.replace("_", "-")} must be >= 0')
     if args.threads < 1:
         parser.error('--threads must be >= 1')
-    if not args.past_radius >= 0:
-        parser.error('--past-radius must be >= 0')
+    for option in ('past_radius', 'footprint_tolerance'):
+        value = getattr(args, option)
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f'--{option.replace("_", "-")} must be a finite number >= 0')
     if not args.workers:
         args.workers = max(1, (os.cpu_count() or 1) // args.threads)
     return args
@@ -155,9 +177,29 @@ def prepare_folder(out: str, inputs: Sequence[str]) -> str:
 def _inputs(args: argparse.Namespace, parameters: Dict[str, Any],
             bags: Sequence[SeasonBag]) -> List[str]:
     model = resolve_model_path(str(parameters.get('model_path') or ''))
-    paths = [model, card_path_for_model(model), args.params_file, args.robots,
+    paths = [model, card_path_for_model(model), args.params_file, args.robots, args.rows,
              str(parameters.get('site_path') or '')] + [bag.path for bag in bags]
     return [path for path in paths if path]
+
+
+def _write_rows(rows: Optional[RowCoverage], out_dir: str, summary: Dict[str, Any]) -> List[str]:
+    """Write ``rows.json`` (or remove the one of an earlier run without --rows)."""
+    if rows is None:
+        earlier = read_manifest(out_dir)
+        stale = os.path.join(out_dir, ROWS_FILE)
+        if earlier is not None and ROWS_FILE in earlier.files and os.path.isfile(stale):
+            os.remove(stale)
+        return []
+    summary['rows'] = {'file': rows.layout.path, 'sha256': rows.layout.sha256,
+                       'rows': len(rows.rows), 'never_covered': rows.never_covered}
+    return [write_rows_file(rows, out_dir)]
+
+
+def _rule_words(rule: Dict[str, Any]) -> str:
+    if rule['rule'] == 'footprint':
+        return f"the camera footprint (+{rule['tolerance_m']:g} m)"
+    return f"a {rule['radius_m']:g} m radius ({rule['why']})" if rule['why'] else \
+        f"a {rule['radius_m']:g} m radius"
 
 
 def season_summary(outcomes: Dict[str, Outcome], run: Any, counts: Dict[str, int],
@@ -201,6 +243,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         parameters = validate_parameters(collect_parameters(args))
         robots = load_robot_map(args.robots) if args.robots else {}
+        layout = load_row_layout(args.rows) if args.rows else None
         bags = find_bags(args.bags, robots, args.robot_from)
         bags_dir = prepare_folder(args.out, _inputs(args, parameters, bags))
         identity = model_identity(parameters)
@@ -227,14 +270,21 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                            gpus=args.gpus_per_task, address=args.address, on_done=report)
             outcomes.update(run.outcomes)
         passes = [o.result for o in outcomes.values() if o.result.get('status') == STATUS_DONE]
-        season = build_season(passes, parameters['merge_radius_m'], args.past_radius)
+        season = build_season(passes, parameters['merge_radius_m'], args.past_radius,
+                              args.footprint_tolerance)
         counts = {'bags': len(bags), 'replayed': len(jobs),
                   'skipped_current': len(bags) - len(jobs),
                   'passes': len(passes), 'failed': len(bags) - len(passes),
                   'features': len(season.features)}
         summary = season_summary(outcomes, run, counts, parameters, version)
-        files = write_season_files(season, args.out)
-        write_season_html(os.path.join(args.out, SEASON_HTML_FILE), season, summary)
+        summary['drove_past'] = {'past_radius_m': args.past_radius,
+                                 'footprint_tolerance_m': args.footprint_tolerance}
+        for entry in summary['passes']:
+            entry['drove_past'] = season.drove_past(entry['bag_id'])
+        rows = row_coverage(season, layout) if layout is not None else None
+        files = write_season_files(season, args.out, rows.per_pass if rows else None)
+        files += _write_rows(rows, args.out, summary)
+        write_season_html(os.path.join(args.out, SEASON_HTML_FILE), season, summary, rows)
         atomic_write_json(os.path.join(args.out, SEASON_FILE), summary)
         write_manifest(args.out, COMMAND, files=files + [SEASON_HTML_FILE, SEASON_FILE])
     except LeafDiseaseError as exc:
@@ -248,7 +298,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                   f"{local_time(document['start_utc'])}, "
                   f"{sum(1 for f in season.features if document['bag_id'] in f.seen)} spots "
                   f"seen, {document['coverage']['judged_m']:.0f} of "
-                  f"{document['coverage']['driven_m']:.0f} m judged\n")
+                  f"{document['coverage']['driven_m']:.0f} m judged, drove past by "
+                  f"{_rule_words(season.drove_past(document['bag_id']))}\n")
+    if rows is not None:
+        never = rows.never_covered
+        out.write(f'rows: {len(never)} of {len(rows.rows)} never covered'
+                  + (f": {', '.join(never[:20])}{' ...' if len(never) > 20 else ''}"
+                     if never else '') + f' ({os.path.join(args.out, ROWS_FILE)})\n')
     for failure in summary['failed']:
         out.write(f"FAILED {failure['bag']}: {failure['error']}\n")
     out.write(f"season: {counts['passes']} passes, {counts['features']} spots, "

@@ -60,7 +60,9 @@ from leaf_disease_ros.perception.errors import LeafDiseaseError, OutputError
 from leaf_disease_ros.perception.json_fields import strict_json
 from leaf_disease_ros.perception.model_card import card_path_for_model, FINDING_SCORES
 from leaf_disease_ros.perception.output_paths import (check_output_file, check_output_folder,
-                                                      check_outputs_apart, write_manifest)
+                                                      check_outputs_apart, folder_files,
+                                                      folder_state, remove_partial_output,
+                                                      write_manifest)
 
 ARCHS = ('resnet18', 'resnet34', 'efficientnet_lite0')  # training/backbones.ARCHS
 
@@ -312,9 +314,17 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
                 'seconds': round(time.monotonic() - started, 1)}
     if args.command == 'train':
         from leaf_disease_ros.training import field_train
+        before = folder_state(args.out)
         os.makedirs(args.out, exist_ok=True)
         write_manifest(args.out, TRAIN_COMMAND, files=[])  # claimed: never trained over
-        meta = field_train.train_field(args)
+        try:
+            meta = field_train.train_field(args)
+        except BaseException:
+            # only the claim and the log of a run that failed before its first checkpoint
+            # (the error was printed): nothing to keep; a checkpoint is kept (--resume)
+            if before is None and set(folder_files(args.out)) <= {'train.log'}:
+                remove_partial_output(args.out, before)
+            raise
         write_manifest(args.out, TRAIN_COMMAND)
         return {'run': args.out, 'steps': meta['steps'],
                 'epochs_equivalent': meta['epochs_equivalent'],

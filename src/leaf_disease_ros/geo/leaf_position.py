@@ -280,6 +280,15 @@ class LeafLocator:
                 return _Heading(last.stamp_ns, last.yaw_rad, sigma, 'held'), ''
         return None, note
 
+    def camera_model(self, frame_hw_px: Tuple[int, int]) -> Tuple[Optional[CameraModel], str]:
+        """
+        Return the camera model that places findings of a ``(height, width)`` frame.
+
+        :returns: ``(model, '')``, or ``(None, why)`` when the calibration describes
+            another image size (findings of such frames stay at the camera).
+        """
+        return self._model(frame_hw_px)
+
     def _model(self, frame_hw_px: Tuple[int, int]) -> Tuple[Optional[CameraModel], str]:
         height, width = frame_hw_px
         with self._lock:

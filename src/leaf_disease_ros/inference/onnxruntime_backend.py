@@ -57,6 +57,8 @@ class OnnxRuntimeBackend(NamedOutputsBackend):
     """Runs an ONNX model with onnxruntime."""
 
     name = 'onnxruntime'
+    #: ``InferenceSession.run`` may be called from several threads at once
+    concurrent_inference = True
 
     def __init__(self, model_path: str, card: ModelCard, intra_op_threads: int = 0,
                  provider: str = 'auto', max_batch: int = 16) -> None:

@@ -115,6 +115,13 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               'is a smaller share are skipped as background, never classified; '
               '0 = vegetation gate only.',
               'tiling', min_value=0.0, max_value=1.0),
+    ParamSpec('reduced_jpeg_decode', BOOL, True,
+              'Decode JPEG frames at 1/2 or 1/4 size when every tile is shrunk at least that '
+              "much to the model's input anyway (a stretch + area card; boxes on that grid): "
+              "less decoding, gating and resizing, model outputs within what the camera's "
+              'own JPEG quality changes (benchmarks/reduced_decode_parity.json). Boxes and '
+              'positions stay in full-size pixels. false = always full size.',
+              'tiling', read_only=True),
     ParamSpec('vegetation_exg_threshold', DOUBLE, 0.05,
               'A pixel is vegetation when its excess green 2g-r-b (chromatic '
               'coordinates) exceeds this.',

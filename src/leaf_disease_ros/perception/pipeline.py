@@ -27,7 +27,10 @@ the flag stays False.
 
 It never imports ROS or a runtime: the backend is any object with ``infer(batch)
 -> logits`` and ``max_batch`` (see ``inference/base.py``). ``process`` is not
-re-entrant (it reuses one input buffer); call it from one thread. The
+re-entrant (it reuses one input buffer); call it from one thread. :meth:`Detector.prepare`
+with its own buffer (tiling, gating, preprocessing) may run on another thread than
+:meth:`Detector.process_prepared` (inference, postprocessing, geotag): the replay
+prepares the next frame on its decode thread while the current one infers. The
 configuration can be swapped from another thread with :meth:`Detector.update_config`
 (the frozen config object is replaced in one assignment).
 """
@@ -40,7 +43,7 @@ import numpy as np
 
 from leaf_disease_ros.perception.config import DetectorConfig
 from leaf_disease_ros.perception.embedding_distance import EmbeddingDistance
-from leaf_disease_ros.perception.errors import ConfigError, FrameTooSmallError
+from leaf_disease_ros.perception.errors import ConfigError, FrameError, FrameTooSmallError
 from leaf_disease_ros.perception.image_checks import min_side_px
 from leaf_disease_ros.perception.model_card import ModelCard
 from leaf_disease_ros.perception.positions import (COVARIANCE_TYPE_UNKNOWN, GeotagResult,
@@ -221,6 +224,30 @@ class FrameResult:
                               note='no camera geometry in use')
 
 
+@dataclass(frozen=True)
+class PreparedFrame:
+    """
+    A frame tiled, gated and preprocessed (:meth:`Detector.prepare`), ready to infer.
+
+    ``kept_boxes`` are the boxes that passed the gates (rows of ``batch``), ``keep``
+    their indices among all ``tiles_total`` boxes; ``vegetation`` and ``leaf_area``
+    (None: the leaf-area gate is off) are per box of the frame. ``batch`` is None when
+    no tile passed.
+    """
+
+    config: DetectorConfig
+    height_px: int
+    width_px: int
+    tiles_total: int
+    kept_boxes: np.ndarray
+    keep: np.ndarray
+    vegetation: np.ndarray
+    leaf_area: Optional[np.ndarray]
+    batch: Optional[np.ndarray]
+    tiling_ms: float
+    preprocess_ms: float
+
+
 class Detector:
     """Classifies the tiles of frames with one backend and one model card."""
 
@@ -263,6 +290,16 @@ class Detector:
     def card(self) -> ModelCard:
         """The model card the detector classifies with."""
         return self._card
+
+    @property
+    def concurrent_inference(self) -> bool:
+        """
+        Whether :meth:`process_prepared` may run on several threads at once.
+
+        The backend says so (``concurrent_inference``): ONNX Runtime sessions take
+        concurrent runs; TensorRT's backend serialises its calls.
+        """
+        return bool(getattr(self._backend, 'concurrent_inference', False))
 
     @property
     def config(self) -> DetectorConfig:
@@ -325,27 +362,32 @@ class Detector:
         parts = [run(batch[i:i + chunk]) for i in range(0, batch.shape[0], chunk)]
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
-    def process(self, frame_bgr: np.ndarray, stamp_ns: int,
-                fix_buffer: Optional[PositionSource] = None) -> FrameResult:
+    def prepare(self, frame_bgr: np.ndarray, own_buffer: bool = True,
+                pixel_scale: int = 1) -> PreparedFrame:
         """
-        Classify one frame and geotag it at ``stamp_ns``.
+        Tile, gate and preprocess one frame: everything of :meth:`process` before inference.
 
-        :param frame_bgr: ``(H, W, 3)`` uint8 BGR image.
-        :param stamp_ns: the image header stamp, nanoseconds.
-        :param fix_buffer: the GPS buffer; None gives no position.
+        Safe to call on another thread than :meth:`process_prepared` (the replay's decode
+        thread prepares the next frame while this one infers) with ``own_buffer`` True:
+        the batch is then a new array, not the detector's reused input buffer.
+
+        ``pixel_scale`` > 1: ``frame_bgr`` was decoded at ``1/pixel_scale`` of the
+        camera's size (``perception/reduced_decode.py`` says when that is allowed). Tiles,
+        boxes and the frame size stay in the camera's full-size pixels; only the
+        cropping and the gate read the reduced image.
 
         :raises FrameError: the frame is not a ``(H, W, 3)`` uint8 image.
         :raises FrameTooSmallError: a side is shorter than
             :func:`~leaf_disease_ros.perception.image_checks.min_side_px` of the model's
             input (a 1-px-high frame would be tiled into 1x1 tiles and classified).
-        :raises InferenceError: the backend failed on this frame, or returned NaN,
-            infinite or overflowing outputs (the frame is dropped, never published).
         """
         config = self._config  # one read: a concurrent update applies to the next frame
         clock = time.perf_counter
-        timings = dict.fromkeys(STAGES, 0.0)
         start = clock()
         height, width = check_frame(frame_bgr)
+        if pixel_scale not in (1, 2, 4):
+            raise FrameError(f'pixel scale {pixel_scale} is not 1, 2 or 4')
+        height, width = height * pixel_scale, width * pixel_scale
         smallest_px = min_side_px(self._card.input_hw_px)
         if min(height, width) < smallest_px:
             raise FrameTooSmallError(
@@ -357,8 +399,9 @@ class Detector:
                            config.tile_stride_px)
         leaf: Optional[np.ndarray] = None
         if config.min_vegetation_fraction > 0.0:  # 0: every tile, both gates off
-            fractions, leaf = gate_fractions(frame_bgr, boxes, config.vegetation_exg_threshold,
-                                             config.min_leaf_area_fraction > 0.0)
+            fractions, leaf = gate_fractions(frame_bgr, boxes // pixel_scale,
+                                             config.vegetation_exg_threshold,
+                                             config.min_leaf_area_fraction > 0.0, pixel_scale)
             passed = fractions >= config.min_vegetation_fraction
             if leaf is not None:
                 passed &= leaf >= config.min_leaf_area_fraction
@@ -368,13 +411,60 @@ class Detector:
             keep = np.arange(len(boxes))
         kept_boxes = boxes[keep]
         t_tiled = clock()
-        timings['tiling'] = (t_tiled - start) * 1e3
-
-        detections: Tuple[Detection, ...] = ()
+        batch: Optional[np.ndarray] = None
         if len(kept_boxes):
-            batch = preprocess(crops(frame_bgr, kept_boxes), self._card,
-                               out=self._input_buffer(len(kept_boxes)))
-            t_pre = clock()
+            height_in, width_in = self._card.input_hw_px
+            out = (np.empty((len(kept_boxes), 3, height_in, width_in), dtype=np.float32)
+                   if own_buffer else self._input_buffer(len(kept_boxes)))
+            batch = preprocess(crops(frame_bgr, kept_boxes // pixel_scale), self._card, out=out)
+        t_pre = clock()
+        return PreparedFrame(config=config, height_px=height, width_px=width,
+                             tiles_total=len(boxes), kept_boxes=kept_boxes, keep=keep,
+                             vegetation=fractions, leaf_area=leaf, batch=batch,
+                             tiling_ms=(t_tiled - start) * 1e3,
+                             preprocess_ms=(t_pre - t_tiled) * 1e3)
+
+    def process(self, frame_bgr: np.ndarray, stamp_ns: int,
+                fix_buffer: Optional[PositionSource] = None) -> FrameResult:
+        """
+        Classify one frame and geotag it at ``stamp_ns``.
+
+        :param frame_bgr: ``(H, W, 3)`` uint8 BGR image.
+        :param stamp_ns: the image header stamp, nanoseconds.
+        :param fix_buffer: the GPS buffer; None gives no position.
+
+        :raises FrameError: the frame is not a ``(H, W, 3)`` uint8 image.
+        :raises FrameTooSmallError: a side is too small for the model's input
+            (see :meth:`prepare`).
+        :raises InferenceError: the backend failed on this frame, or returned NaN,
+            infinite or overflowing outputs (the frame is dropped, never published).
+        """
+        return self.process_prepared(self.prepare(frame_bgr, own_buffer=False), stamp_ns,
+                                     fix_buffer)
+
+    def process_prepared(self, frame: PreparedFrame, stamp_ns: int,
+                         fix_buffer: Optional[PositionSource] = None) -> FrameResult:
+        """
+        Classify a :meth:`prepare` d frame and geotag it at ``stamp_ns``.
+
+        The configuration is the one the frame was prepared with (tiling and inference
+        of one frame never mix two configurations).
+
+        :raises InferenceError: the backend failed on this frame, or returned NaN,
+            infinite or overflowing outputs (the frame is dropped, never published).
+        """
+        config = frame.config
+        clock = time.perf_counter
+        timings = dict.fromkeys(STAGES, 0.0)
+        timings['tiling'] = frame.tiling_ms
+        timings['preprocess'] = frame.preprocess_ms
+        start = clock()
+        kept_boxes, keep, fractions, leaf = (frame.kept_boxes, frame.keep, frame.vegetation,
+                                             frame.leaf_area)
+        detections: Tuple[Detection, ...] = ()
+        if frame.batch is not None:
+            batch = frame.batch
+            t_pre = start
             distances: Optional[np.ndarray] = None
             far: Optional[np.ndarray] = None
             outside: Optional[np.ndarray] = None
@@ -416,9 +506,9 @@ class Detector:
                 for row, (box, r, i) in enumerate(zip(kept_boxes.tolist(), results,
                                                       keep.tolist())))
             t_post = clock()
-            timings['preprocess'] = (t_pre - t_tiled) * 1e3
             timings['inference'] = (t_inf - t_pre) * 1e3
             timings['postprocess'] = (t_post - t_inf) * 1e3
+        height, width = frame.height_px, frame.width_px
         t_geo = clock()
         if fix_buffer is None:
             geotag = GeotagResult(None, REASON_NO_FIX_RECEIVED)
@@ -433,8 +523,9 @@ class Detector:
                                        fix_buffer)
         end = clock()
         timings['geotag'] = (end - t_geo) * 1e3
-        timings['total'] = (end - start) * 1e3
+        timings['total'] = (end - start) * 1e3 + frame.tiling_ms + frame.preprocess_ms
         return FrameResult(stamp_ns=int(stamp_ns), frame_height_px=height,
                            frame_width_px=width, detections=detections,
-                           tiles_total=len(boxes), tiles_gated=len(boxes) - len(kept_boxes),
+                           tiles_total=frame.tiles_total,
+                           tiles_gated=frame.tiles_total - len(kept_boxes),
                            geotag=geotag, timings_ms=timings, positions=positions)

@@ -193,16 +193,22 @@ def vegetation_fractions(frame_bgr: np.ndarray, boxes: np.ndarray,
 
 
 def gate_fractions(frame_bgr: np.ndarray, boxes: np.ndarray, exg_threshold: float,
-                   leaf_area: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                   leaf_area: bool = True, pixel_scale: int = 1
+                   ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """
     Return ``(vegetation (K,), leaf area (K,) or None)`` fractions of each box, float32.
 
     One vegetation mask of every 4th pixel per frame; the leaf-area mask
     (:func:`fill_leaf_area`, only with ``leaf_area``) is derived from it with the
-    kernel and hole limits scaled to the boxes' side.
+    kernel and hole limits scaled to the boxes' side. ``pixel_scale``: the frame was
+    decoded at ``1/pixel_scale`` of its size (``perception/reduced_decode.py``; boxes in
+    its pixels): it is sampled every ``4 / pixel_scale`` pixels, the same grid as the
+    full-size frame.
     """
     height, width = frame_bgr.shape[:2]
-    step = _gate_step(height, width)
+    step = _gate_step(height * pixel_scale, width * pixel_scale)
+    if pixel_scale > 1:
+        step = max(1, step // pixel_scale)
     mask, leaf_pixels = _masks(frame_bgr[::step, ::step], exg_threshold,
                                leaf_area and len(boxes) > 0)
     vegetation = _box_means(mask, boxes, height, width)

@@ -18,7 +18,7 @@ kept tile with the replay's backend in one batched call
 
 from dataclasses import dataclass, field
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ DEFAULT_SIZE = 6
 SECTIONS = ('confident', 'uncertain')
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two tiles of equal score are still two tiles
 class GalleryTile:
     """One kept tile and what the report says about it."""
 
@@ -79,8 +79,15 @@ class GalleryCollector:
         self.sections: Dict[str, List[GalleryTile]] = {name: [] for name in SECTIONS}
         self.saliency: Dict[str, Any] = {}
 
-    def add(self, frame_bgr: np.ndarray, result: FrameResult, log_time_ns: int) -> None:
-        """Consider every tile of one processed frame."""
+    def add(self, frame_bgr: Callable[[], np.ndarray], result: FrameResult,
+            log_time_ns: int) -> None:
+        """
+        Consider every tile of one processed frame.
+
+        ``frame_bgr`` returns the frame at the camera's full size; it is called only when
+        a tile is kept (the replay may have decoded the frame at reduced size and
+        decodes it again for the gallery's few tiles).
+        """
         if not self.size or not result.detections:
             return
         tag = result.geotag.geotag
@@ -99,7 +106,8 @@ class GalleryCollector:
             return True
         return distance_m(kept.latitude_deg, kept.longitude_deg, *position) <= SAME_LEAF_M
 
-    def _offer(self, section: str, key: float, frame_bgr: np.ndarray, detection: Detection,
+    def _offer(self, section: str, key: float, frame_bgr: Callable[[], np.ndarray],
+               detection: Detection,
                result: FrameResult, log_time_ns: int, tag: Any) -> None:
         kept = self.sections[section]
         full = len(kept) >= self.size
@@ -115,7 +123,7 @@ class GalleryCollector:
         elif full:
             kept.pop()
         kept.append(GalleryTile(
-            rank_key=key, tile_bgr=_tile_copy(frame_bgr, detection.box_xyxy_px),
+            rank_key=key, tile_bgr=_tile_copy(frame_bgr(), detection.box_xyxy_px),
             label=detection.label, score=detection.score, top_k=detection.top_k,
             box_xyxy_px=detection.box_xyxy_px, stamp_ns=result.stamp_ns,
             log_time_ns=log_time_ns,

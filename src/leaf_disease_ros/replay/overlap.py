@@ -9,10 +9,12 @@ stream is kept:
 
 - :class:`Prefetch`: the bag's message iterator runs on a thread, at most ``depth``
   messages ahead (``rosbags`` decompresses chunks there);
-- :class:`Decoder`: an image is decoded on a thread as soon as its message is read
-  (frames wait in the runner's queue for their fixes anyway, so decoding is done
-  before they are processed); its result or error comes back in order, with the
-  seconds the decoding itself took;
+- :class:`Decoder`: an image is decoded *and prepared* (colour check, tiling, gating,
+  preprocessing: :meth:`~leaf_disease_ros.perception.pipeline.Detector.prepare`) on a
+  thread as soon as its message is read (frames wait in the runner's queue for their
+  fixes anyway, so this is done before they are processed); its result or error
+  comes back in order. The replay's own thread is left with inference, postprocessing
+  and the bookkeeping;
 - :class:`AsyncWriter`: output-bag writes go through one thread in call order; an
   error there is raised by the next write or by :meth:`AsyncWriter.flush`.
 
@@ -23,11 +25,9 @@ GIL, so on a multi-core machine these overlap with inference.
 from concurrent.futures import Future, ThreadPoolExecutor
 import queue
 import threading
-import time
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 
-import numpy as np
-
+T = TypeVar('T')
 _DONE = object()
 _POLL_S = 0.1
 
@@ -84,22 +84,16 @@ class Prefetch:
         self._thread.join()
 
 
-def _timed(function: Callable[..., np.ndarray], *args: Any) -> Tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    image = function(*args)
-    return image, time.perf_counter() - start
+class Decoder(Generic[T]):
+    """Run ``decode`` on one thread in submission order; each future holds its result or error."""
 
-
-class Decoder:
-    """Decode images on one thread; :meth:`result` returns ``(image, seconds)`` or raises."""
-
-    def __init__(self, decode: Callable[..., np.ndarray]) -> None:
+    def __init__(self, decode: Callable[..., T]) -> None:
         self._decode = decode
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='replay-decode')
 
-    def submit(self, *args: Any) -> 'Future[Tuple[np.ndarray, float]]':
-        """Start decoding; the future holds ``(image, decode seconds)`` or the error."""
-        return self._pool.submit(_timed, self._decode, *args)
+    def submit(self, *args: Any) -> 'Future[T]':
+        """Start ``decode(*args)``; the future holds what it returns, or what it raised."""
+        return self._pool.submit(self._decode, *args)
 
     def close(self) -> None:
         """Drop what is not started; wait for the running decode."""

@@ -207,6 +207,7 @@ def build_metrics(state: ReplayState) -> Dict[str, Any]:
             'wall_s': state.wall_s,
             'frames_per_s': _share(processed, state.wall_s),
             'tiles_per_s': _share(state.tiles_classified, state.wall_s),
+            'inference_workers': state.inference_workers,
         },
         'outputs': {
             'detections_bag': os.path.basename(state.output_bag) if state.output_bag else None,

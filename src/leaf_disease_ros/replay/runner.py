@@ -39,7 +39,7 @@ track (:mod:`leaf_disease_ros.geo.mapping`). :mod:`.report` writes the files.
 """
 
 import collections
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 import difflib
 import os
@@ -62,14 +62,16 @@ from leaf_disease_ros.perception.errors import (BagError, FrameError, FrameTooSm
                                                 ImageDecodeError, InferenceError,
                                                 UnsupportedEncodingError)
 from leaf_disease_ros.perception.image_checks import has_colour, NO_COLOUR_REASON
-from leaf_disease_ros.perception.pipeline import Detector, FrameResult, STAGES
+from leaf_disease_ros.perception.pipeline import Detector, FrameResult, PreparedFrame, STAGES
 from leaf_disease_ros.perception.positions import (STATUS_FIX, STATUS_GBAS_FIX, STATUS_NO_FIX,
                                                    STATUS_SBAS_FIX)
+from leaf_disease_ros.perception.reduced_decode import try_reduced_decode
 from leaf_disease_ros.perception.site_model import site_for_parameters
 from leaf_disease_ros.replay.bag import BagMessage, BagReader, describe_topics
 from leaf_disease_ros.replay.evaluation import TileEvaluator
 from leaf_disease_ros.replay.gallery import DEFAULT_SIZE as GALLERY_SIZE, GalleryCollector
-from leaf_disease_ros.replay.images import decode_image, grey_source, IMAGE_TYPES
+from leaf_disease_ros.replay.images import (COMPRESSED_IMAGE_TYPE, decode_image, grey_source,
+                                            IMAGE_TYPES)
 from leaf_disease_ros.replay.output_bag import DETECTIONS_BAG, OutputBag
 from leaf_disease_ros.replay.overlap import AsyncWriter, Decoder, Prefetch
 from leaf_disease_ros.replay.stats import LatencyHistogram
@@ -114,7 +116,13 @@ _DESERIALIZE_ERRORS = (ValueError, KeyError, IndexError, struct.error, Assertion
 
 
 class FrameObserver(Protocol):
-    """Something that sees every processed frame of a replay (harvest, comparison)."""
+    """
+    Something that sees every processed frame of a replay (harvest, comparison).
+
+    An observer whose class sets ``reads_pixels = False`` (it reads only the result)
+    lets the replay decode JPEG frames at reduced size; any other observer gets the
+    camera's full-size frames (``perception/reduced_decode.py``).
+    """
 
     def observe(self, image_bgr: np.ndarray, result: FrameResult,
                 truth: Optional[List[GroundTruthBox]]) -> None:
@@ -130,7 +138,12 @@ class ReplayOptions:
     that the bag lacks is looked up by type (the bag's only image / NavSatFix topic).
     ``parameters`` are the node's parameters (``perception/config.py`` table, validated
     here); ``max_frames`` 0 = all frames; ``observers`` see every processed frame
-    after it has been counted.
+    after it has been counted. ``inference_workers`` > 1: that many frames infer at once,
+    each on its own thread (a backend that takes concurrent calls, ONNX Runtime on the
+    CPU; others infer one frame at a time), and, when the replay loads the backend and
+    ``onnx_intra_op_threads`` is 0, with one intra-op thread each: on a CPU one frame a
+    core keeps the cores busier than one frame across all of them. Results are counted
+    and written in frame order either way.
     """
 
     bag_path: str
@@ -147,6 +160,16 @@ class ReplayOptions:
     observers: Sequence[FrameObserver] = ()
     gallery_size: int = GALLERY_SIZE  # report.html gallery per section; 0: none
     save_tiles: int = 0  # tiles kept per label in OUT/tiles/<label>/ (embedding map); 0: none
+    inference_workers: int = 1
+
+
+#: at most this many inference workers by default (memory: two frames in flight each)
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_inference_workers() -> int:
+    """Return the replay's default inference workers: one per CPU core, at most 8."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
 class _NoColour(FrameError):
@@ -175,13 +198,50 @@ class Topics:
 
 
 @dataclass
+class _Job:
+    """A released frame: its bookkeeping, and its inference (a future with several workers)."""
+
+    frame: '_PendingFrame'
+    truth: Optional[List[GroundTruthBox]]
+    where: str
+    inferred: 'Optional[Future[Tuple[_Decoded, FrameResult]]]' = None
+
+
+@dataclass
 class _PendingFrame:
     log_time_ns: int
     stamp_ns: int
     header: Any
     msg: Any
     data: bytes
-    decoded: 'Optional[Future[Tuple[np.ndarray, float]]]' = None  # overlap.Decoder
+    decoded: 'Optional[Future[_Decoded]]' = None  # from overlap.Decoder
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """
+    A frame decoded and prepared on the decoder's thread (:meth:`_Replay._decode`).
+
+    ``image`` is at ``1/pixel_scale`` of the camera's size (see
+    ``perception/reduced_decode.py``); :meth:`full` decodes the message again at full
+    size, once, for what needs the camera's pixels (the report's gallery tiles).
+    """
+
+    image: np.ndarray
+    decode_s: float
+    prepared: PreparedFrame
+    pixel_scale: int
+    msg: Any
+    msgtype: str
+    _full: List[np.ndarray] = field(default_factory=list)
+
+    def full(self) -> np.ndarray:
+        """Return the frame at the camera's full size (decoded again when it was reduced)."""
+        if self.pixel_scale == 1:
+            return self.image
+        if not self._full:
+            self._full.append(decode_image(self.msg, self.msgtype))
+        return self._full[0]
 
 
 @dataclass
@@ -250,6 +310,7 @@ class ReplayState:
     first_log_time_ns: Optional[int] = None
     last_log_time_ns: Optional[int] = None
     wall_s: float = 0.0
+    inference_workers: int = 1  # frames inferred at once (ReplayOptions.inference_workers)
     truncated_reason: str = ''
     notes: List[str] = field(default_factory=list)
     output_bag: str = ''
@@ -404,7 +465,20 @@ class _Replay:
         self.state = state
         self.options = options
         self.output: Any = output  # an overlap.AsyncWriter while running
-        self.decoder = Decoder(decode_image)
+        self.decoder: Decoder[_Decoded] = Decoder(self._decode)
+        # frames inferring at once (ReplayOptions.inference_workers), counted in order
+        self.workers = (max(1, options.inference_workers)
+                        if detector.concurrent_inference else 1)
+        self.infer_pool = (ThreadPoolExecutor(self.workers, thread_name_prefix='replay-infer')
+                           if self.workers > 1 else None)
+        self.in_flight: Deque[_Job] = collections.deque()
+        state.inference_workers = self.workers
+        # JPEG frames at 1/2 or 1/4 size when every tile is shrunk that much anyway
+        # (perception/reduced_decode.py); observers that read the frame's pixels see full size
+        self.reduced_decode = (bool(state.parameters['reduced_jpeg_decode'])
+                               and topics.image_type == COMPRESSED_IMAGE_TYPE
+                               and all(getattr(o, 'reads_pixels', True) is False
+                                       for o in options.observers))
         self.store = typestore
         self.progress = progress
         params = state.parameters
@@ -440,6 +514,19 @@ class _Replay:
         extra = self.fix_delay_ns - (self.image_delay_ns or 0)
         return self.base_hold_ns + max(0, extra)
 
+    def _decode(self, msg: Any) -> _Decoded:
+        """Decode (reduced when allowed), colour-check and prepare one frame (decoder's thread)."""
+        start = time.perf_counter()
+        reduced = (try_reduced_decode(msg.data, self.detector.config, self.detector.card)
+                   if self.reduced_decode else None)
+        image, scale = reduced if reduced is not None else (
+            decode_image(msg, self.topics.image_type), 1)
+        decode_s = time.perf_counter() - start
+        if not has_colour(image):
+            raise _NoColour(NO_COLOUR_REASON)
+        return _Decoded(image, decode_s, self.detector.prepare(image, pixel_scale=scale), scale,
+                        msg, self.topics.image_type)
+
     def _deserialize(self, message: BagMessage) -> Any:
         return self.store.deserialize_cdr(message.data, message.msgtype)
 
@@ -453,6 +540,8 @@ class _Replay:
             if writer is not None:
                 writer.flush()
         finally:
+            if self.infer_pool is not None:
+                self.infer_pool.shutdown(wait=True, cancel_futures=True)
             self.decoder.close()
             if writer is not None:
                 try:
@@ -472,6 +561,7 @@ class _Replay:
             messages.close()
         while self.pending:
             self._process(self.pending.popleft())
+        self._drain()
         state.truncated_reason = self.bag.truncated_reason
         if self.fixes is not None:
             state.fix_buffer_stats = self.fixes.stats()
@@ -581,7 +671,7 @@ class _Replay:
                                    else min(self.image_delay_ns, delay_ns))
         self.pending.append(_PendingFrame(message.log_time_ns, stamp_ns, msg.header, msg,
                                           message.data,
-                                          self.decoder.submit(msg, self.topics.image_type)))
+                                          self.decoder.submit(msg)))
         if len(self.pending) > self.options.max_pending_frames:
             state.frames_queued_early += 1
             self._process(self.pending.popleft())
@@ -629,9 +719,17 @@ class _Replay:
         self.state.skipped[reason] = self.state.skipped.get(reason, 0) + 1
         self._example(text)
 
+    def _infer(self, frame: _PendingFrame) -> Tuple[_Decoded, FrameResult]:
+        """Return the decoded frame and its result (on a worker with several workers)."""
+        # decoded and prepared on the decoder's thread meanwhile
+        decoded = (frame.decoded.result() if frame.decoded is not None
+                   else self._decode(frame.msg))
+        return decoded, self.detector.process_prepared(decoded.prepared, frame.stamp_ns,
+                                                       self.fixes)
+
     def _process(self, frame: _PendingFrame) -> None:
+        """Start a released frame; count and write it now, or after the frames before it."""
         state = self.state
-        result: Optional[FrameResult] = None
         unstamped = frame.stamp_ns <= 0
         state.frames_unstamped += unstamped
         if not unstamped:
@@ -639,17 +737,28 @@ class _Replay:
             state.frames_stamp_disorder += newest is not None and frame.stamp_ns <= newest
             self.newest_frame_stamp_ns = max(frame.stamp_ns, newest or 0)
         truth = None if unstamped else self.truth.pop(frame.stamp_ns, None)
-        start = time.perf_counter()
-        where = f'frame at stamp {frame.stamp_ns / 1e9:.3f} s'
+        job = _Job(frame, truth, f'frame at stamp {frame.stamp_ns / 1e9:.3f} s')
+        if self.infer_pool is None:
+            self._finish(job)
+            return
+        job.inferred = self.infer_pool.submit(self._infer, frame)
+        self.in_flight.append(job)
+        while len(self.in_flight) > 2 * self.workers:  # a frame queued behind each worker
+            self._finish(self.in_flight.popleft())
+
+    def _drain(self) -> None:
+        while self.in_flight:
+            self._finish(self.in_flight.popleft())
+
+    def _finish(self, job: _Job) -> None:
+        """Count, observe and write one frame (in frame order)."""
+        state = self.state
+        frame, truth, where = job.frame, job.truth, job.where
+        result: Optional[FrameResult] = None
         try:
-            if frame.decoded is not None:  # decoded on the decoder's thread meanwhile
-                image, decode_s = frame.decoded.result()
-            else:
-                image = decode_image(frame.msg, self.topics.image_type)
-                decode_s = time.perf_counter() - start
-            if not has_colour(image):
-                raise _NoColour(NO_COLOUR_REASON)
-            result = self.detector.process(image, frame.stamp_ns, self.fixes)
+            decoded, result = (job.inferred.result() if job.inferred is not None
+                               else self._infer(frame))
+            image, decode_s = decoded.image, decoded.decode_s
             if self.newest_tagged_stamp_ns is None or frame.stamp_ns > self.newest_tagged_stamp_ns:
                 self.newest_tagged_stamp_ns = frame.stamp_ns
         except _NoColour as exc:
@@ -671,9 +780,9 @@ class _Replay:
             for observer in self.options.observers:
                 observer.observe(image, result, truth)
             if state.gallery is not None:
-                state.gallery.add(image, result, frame.log_time_ns)
+                state.gallery.add(decoded.full, result, frame.log_time_ns)
             if state.tile_sample is not None:
-                state.tile_sample.add(image, result, truth)
+                state.tile_sample.add(image, result, truth, decoded.pixel_scale)
         if self.output is not None:
             self.output.write_frame(frame.log_time_ns, frame.data, frame.header, result,
                                     self.detector.card, self.detector.unknown_threshold(),
@@ -790,10 +899,12 @@ def run_replay(options: ReplayOptions, backend: Any = None,
         refuse_grey_camera(bag, topics, store)
         own_backend = backend is None
         if own_backend:
+            threads = params['onnx_intra_op_threads']
+            if options.inference_workers > 1 and threads == 0:
+                threads = 1  # one frame a core (ReplayOptions)
             backend = load_backend(params['model_path'], params['backend'],
                                    onnx_provider=params['onnx_provider'],
-                                   intra_op_threads=params['onnx_intra_op_threads'],
-                                   max_batch=params['max_batch'])
+                                   intra_op_threads=threads, max_batch=params['max_batch'])
         output: Optional[OutputBag] = None
         try:
             card = backend.card

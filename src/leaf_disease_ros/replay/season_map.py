@@ -8,10 +8,21 @@ and merges their features with the replay's own rule
 order it first saw them. A pass's feature is one sighting of the season feature
 (its centre, best score and sighting count are kept per pass). Then, for every season
 feature and every pass that did not see it, the pass **drove past without seeing
-it** when its *judged* path (the positions of the frames the model judged inside its
-domain; not the GPS track, so stretches without images or out of domain do not
-count) came within ``past_radius_m`` of the feature; otherwise the pass did not cover
-it. There is no camera footprint model in the package yet, so a radius stands for it.
+it** when a frame the model *judged* (inside its domain; frames without images, without
+position or out of domain do not count) looked at it. Each pass says by which rule
+(:class:`PassCover`, ``drove_past`` in the outputs):
+
+- ``footprint``: the pass had camera geometry (the replay's locator placed findings
+  with a camera model and a mount): the feature lies in the footprint of the image
+  of at least one judged frame, or within ``footprint_tolerance_m`` of it
+  (:mod:`.season_footprint`: the wedge from the camera to the canopy plane at the
+  frame's position and heading);
+- ``radius``: without camera geometry (``ground_positions`` false, no mount, a
+  calibration of another image size, a result of an earlier version): the pass's
+  judged path came within ``past_radius_m`` of the feature.
+
+Otherwise the pass did not cover it. All of it is computed in one local east / north
+frame around the season's origin (the first pass's first GPS position).
 
 Each feature has its passes seen and missed, first and last seen (UTC), and a trend
 over the passes that covered it, in time order:
@@ -27,20 +38,24 @@ The writers (all atomic): ``season.geojson`` (RFC 7946, per-pass properties),
 ``season.kml`` (one folder per pass, each placemark and track with the pass's
 ``TimeSpan`` for Google Earth's time slider, plus the season's features spanning
 first to last seen), ``maps/pass_<id>.png`` and ``maps/new_since_last_pass.png``,
-``coverage.json``. Dates are UTC in files; :mod:`.season_html` shows local time.
+``coverage.json`` (with ``--rows``, each pass's coverage per row: :mod:`.season_rows`).
+Dates are UTC in files; :mod:`.season_html` shows local time.
 """
 
 from dataclasses import dataclass, field
-import math
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 import xml.etree.ElementTree as ElementTree
 
-from leaf_disease_ros.geo.geodesy import local_east_north_m
+import numpy as np
+
+from leaf_disease_ros.geo.footprint import local_east_north_array_m, near_track
 from leaf_disease_ros.geo.mapping import (FindingMerger, iso_utc, kml_element, KML_NAMESPACE,
                                           label_colour_bgr, MapFeature, Sighting,
                                           write_map_png)
 from leaf_disease_ros.perception.atomic_io import atomic_write_bytes, atomic_write_json
+from leaf_disease_ros.perception.json_fields import strict_json
+from leaf_disease_ros.replay.season_footprint import PassFootprint, read_footprint
 
 GEOJSON_FILE = 'season.geojson'
 KML_FILE = 'season.kml'
@@ -48,8 +63,13 @@ COVERAGE_FILE = 'coverage.json'
 MAPS_DIR = 'maps'
 NEW_MAP_FILE = 'new_since_last_pass.png'
 DEFAULT_PAST_RADIUS_M = 1.5
+DEFAULT_FOOTPRINT_TOLERANCE_M = 0.5
+RULE_FOOTPRINT = 'footprint'
+RULE_RADIUS = 'radius'
 TREND_RATIO = 1.5
 Track = List[List[Tuple[float, float]]]
+#: coverage fields of pass.json that are geometry, not figures: kept out of coverage.json
+GEOMETRY_FIELDS = ('judged_track', 'held_track', 'footprint', 'footprint_note')
 
 
 @dataclass
@@ -78,6 +98,53 @@ class SeasonFeature:
 
 
 @dataclass
+class PassCover:
+    """
+    What one pass looked at, in the season's local frame (east / north metres).
+
+    ``rule`` is :data:`RULE_FOOTPRINT` when ``footprint`` holds the pass's camera
+    footprints, else :data:`RULE_RADIUS` (``note`` says why); ``held_track`` is None
+    for a result of an earlier version that did not record it.
+    """
+
+    rule: str
+    note: str
+    footprint: Optional[PassFootprint]
+    track: List[np.ndarray]
+    judged_track: List[np.ndarray]
+    held_track: Optional[List[np.ndarray]]
+    past_radius_m: float
+    tolerance_m: float
+    frames_without_heading: int = 0
+
+    def judged(self, points_en: np.ndarray) -> np.ndarray:
+        """Return ``(M,)`` whether a judged frame of the pass looked at each point."""
+        if self.footprint is not None:
+            return self.footprint.judged.covers(points_en, self.tolerance_m)
+        return near_track(points_en, self.judged_track, self.past_radius_m)
+
+    def held(self, points_en: np.ndarray) -> Optional[np.ndarray]:
+        """Return whether a frame held out of the domain looked at each point (None: unknown)."""
+        if self.footprint is not None:
+            return self.footprint.held.covers(points_en, self.tolerance_m)
+        if self.held_track is None:
+            return None
+        return near_track(points_en, self.held_track, self.past_radius_m)
+
+    def driven(self, points_en: np.ndarray) -> np.ndarray:
+        """Return whether the pass's GPS track came within the past radius of each point."""
+        return near_track(points_en, self.track, self.past_radius_m)
+
+    def describe(self) -> Dict[str, Any]:
+        """Return the rule for the outputs (``drove_past``)."""
+        if self.footprint is not None:
+            return {'rule': RULE_FOOTPRINT, 'tolerance_m': self.tolerance_m,
+                    'camera': self.footprint.camera,
+                    'frames_without_heading': self.frames_without_heading}
+        return {'rule': RULE_RADIUS, 'radius_m': self.past_radius_m, 'why': self.note}
+
+
+@dataclass
 class Season:
     """The passes (time order) and the merged features with their history."""
 
@@ -86,26 +153,61 @@ class Season:
     merge_radius_m: float
     past_radius_m: float
     labels: List[str]
+    footprint_tolerance_m: float = DEFAULT_FOOTPRINT_TOLERANCE_M
+    origin: Tuple[float, float] = (0.0, 0.0)  # lat, lon of the local frame
+    covers: Dict[str, PassCover] = field(default_factory=dict)
+
+    def drove_past(self, bag_id: str) -> Dict[str, Any]:
+        """Return how "drove past" was decided for a pass (:meth:`PassCover.describe`)."""
+        cover = self.covers.get(bag_id)
+        return cover.describe() if cover is not None else {
+            'rule': RULE_RADIUS, 'radius_m': self.past_radius_m, 'why': ''}
+
+    def east_north_m(self, latitudes_deg: Sequence[float], longitudes_deg: Sequence[float]
+                     ) -> np.ndarray:
+        """Return ``(N, 2)`` positions in the season's local frame."""
+        return local_east_north_array_m(np.asarray(latitudes_deg, dtype=np.float64),
+                                        np.asarray(longitudes_deg, dtype=np.float64),
+                                        *self.origin)
 
 
 def _track(document: Dict[str, Any], key: str) -> Track:
     return [[(float(p[0]), float(p[1])) for p in segment] for segment in document.get(key, [])]
 
 
-def distance_to_track_m(latitude_deg: float, longitude_deg: float, track: Track) -> float:
-    """Return the distance (m) from a point to a track of segments (inf when empty)."""
-    best = math.inf
-    for segment in track:
-        points = [local_east_north_m(lat, lon, latitude_deg, longitude_deg)
-                  for lat, lon in segment]
-        if len(points) == 1:
-            best = min(best, math.hypot(*points[0]))
-        for (ax, ay), (bx, by) in zip(points, points[1:]):
-            dx, dy = bx - ax, by - ay
-            length2 = dx * dx + dy * dy
-            t = 0.0 if length2 == 0 else max(0.0, min(1.0, -(ax * dx + ay * dy) / length2))
-            best = min(best, math.hypot(ax + t * dx, ay + t * dy))
-    return best
+def season_origin(passes: Sequence[Dict[str, Any]]) -> Tuple[float, float]:
+    """Return the local frame's origin: the first pass's first position (else 0, 0)."""
+    for document in passes:
+        for key, source in (('track', document),
+                            ('judged_track', document.get('coverage', {}))):
+            for segment in _track(source, key):
+                if segment:
+                    return segment[0]
+        for feature in document.get('features', []):
+            return float(feature['latitude_deg']), float(feature['longitude_deg'])
+    return 0.0, 0.0
+
+
+def _track_en(track: Track, origin: Tuple[float, float]) -> List[np.ndarray]:
+    return [local_east_north_array_m(np.array([p[0] for p in segment]),
+                                     np.array([p[1] for p in segment]), *origin)
+            for segment in track if segment]
+
+
+def pass_cover(document: Dict[str, Any], origin: Tuple[float, float], past_radius_m: float,
+               footprint_tolerance_m: float) -> PassCover:
+    """Return what a pass looked at (:class:`PassCover`): its footprints, else its paths."""
+    coverage = document.get('coverage', {})
+    footprint, note = read_footprint(coverage, origin)
+    held = (_track_en(_track(coverage, 'held_track'), origin) if 'held_track' in coverage
+            else None)
+    without_heading = 0
+    if footprint is not None:
+        without_heading = int(coverage['footprint'].get('frames_without_heading', 0))
+    return PassCover(RULE_FOOTPRINT if footprint is not None else RULE_RADIUS, note,
+                     footprint, _track_en(_track(document, 'track'), origin),
+                     _track_en(_track(coverage, 'judged_track'), origin), held,
+                     past_radius_m, footprint_tolerance_m, without_heading)
 
 
 def _trend(feature: SeasonFeature, order: Dict[str, int]) -> str:
@@ -130,7 +232,8 @@ def _trend(feature: SeasonFeature, order: Dict[str, int]) -> str:
 
 
 def build_season(passes: Sequence[Dict[str, Any]], merge_radius_m: float,
-                 past_radius_m: float = DEFAULT_PAST_RADIUS_M) -> Season:
+                 past_radius_m: float = DEFAULT_PAST_RADIUS_M,
+                 footprint_tolerance_m: float = DEFAULT_FOOTPRINT_TOLERANCE_M) -> Season:
     """Merge the passes' features into season features with history (module docstring)."""
     ordered = sorted(passes, key=lambda p: (p['start_ns'], p['bag_id']))
     merger = FindingMerger(merge_radius_m)
@@ -157,25 +260,29 @@ def build_season(passes: Sequence[Dict[str, Any]], merge_radius_m: float,
                 known.first_stamp_ns = min(known.first_stamp_ns, f['first_stamp_ns'])
                 known.last_stamp_ns = max(known.last_stamp_ns, f['last_stamp_ns'])
     order = {document['bag_id']: i for i, document in enumerate(ordered)}
-    judged = {document['bag_id']: _track(document.get('coverage', {}), 'judged_track')
-              for document in ordered}
+    origin = season_origin(ordered)
+    covers = {document['bag_id']: pass_cover(document, origin, past_radius_m,
+                                             footprint_tolerance_m) for document in ordered}
+    merged_features = merger.features()
+    features_en = local_east_north_array_m(
+        np.array([f.latitude_deg for f in merged_features], dtype=np.float64),
+        np.array([f.longitude_deg for f in merged_features], dtype=np.float64), *origin)
+    looked = {bag: cover.judged(features_en) for bag, cover in covers.items()}
     features: List[SeasonFeature] = []
-    for index, merged in enumerate(merger.features()):
+    for index, merged in enumerate(merged_features):
         seen = history.get(index, {})
         feature = SeasonFeature(merged.label, merged.latitude_deg, merged.longitude_deg,
                                 seen=seen)
         for document in ordered:
             bag = document['bag_id']
-            if bag in seen:
-                continue
-            if distance_to_track_m(merged.latitude_deg, merged.longitude_deg,
-                                   judged[bag]) <= past_radius_m:
+            if bag not in seen and looked[bag][index]:
                 feature.missed.append(bag)
         feature.first_seen_ns = min(s.first_stamp_ns for s in seen.values())
         feature.last_seen_ns = max(s.last_stamp_ns for s in seen.values())
         feature.trend = _trend(feature, order)
         features.append(feature)
-    return Season(list(ordered), features, merge_radius_m, past_radius_m, labels)
+    return Season(list(ordered), features, merge_radius_m, past_radius_m, labels,
+                  footprint_tolerance_m, origin, covers)
 
 
 def pass_name(document: Dict[str, Any]) -> str:
@@ -228,8 +335,11 @@ def geojson_document(season: Season) -> Dict[str, Any]:
             'properties': feature_properties(f, season)} for f in season.features],
         'leaf_disease_ros': {
             'merge_radius_m': season.merge_radius_m, 'past_radius_m': season.past_radius_m,
+            'footprint_tolerance_m': season.footprint_tolerance_m,
             'passes': [{'pass': p['bag_id'], 'robot': p['robot'], 'start': p['start_utc'],
-                        'end': p['end_utc'], 'bag': p['bag']} for p in season.passes]},
+                        'end': p['end_utc'], 'bag': p['bag'],
+                        'drove_past': season.drove_past(p['bag_id'])}
+                       for p in season.passes]},
     }
 
 
@@ -315,8 +425,14 @@ def pass_map_file(bag_id: str) -> str:
     return os.path.join(MAPS_DIR, f'pass_{bag_id}.png')
 
 
-def write_season_files(season: Season, out_dir: str) -> List[str]:
-    """Write the season's GeoJSON, KML, maps and coverage; return the files (relative)."""
+def write_season_files(season: Season, out_dir: str,
+                       rows_per_pass: Optional[Dict[str, Dict[str, Any]]] = None) -> List[str]:
+    """
+    Write the season's GeoJSON, KML, maps and coverage; return the files (relative).
+
+    :param rows_per_pass: coverage per row of each pass (``--rows``:
+        :func:`~.season_rows.row_coverage`), added to ``coverage.json`` as ``rows``.
+    """
     import json
 
     from leaf_disease_ros.perception.atomic_io import atomic_write_text
@@ -339,8 +455,13 @@ def write_season_files(season: Season, out_dir: str) -> List[str]:
                       _track(last, 'track'), season.labels,
                       title=f'new since the pass before: {pass_name(last)}')
         files.append(os.path.join(MAPS_DIR, NEW_MAP_FILE))
-    atomic_write_json(os.path.join(out_dir, COVERAGE_FILE), {
-        p['bag_id']: dict({k: v for k, v in p['coverage'].items() if k != 'judged_track'},
-                          robot=p['robot'], start=p['start_utc'], end=p['end_utc'])
-        for p in season.passes})
+    documents = {}
+    for p in season.passes:
+        entry = dict({k: v for k, v in p['coverage'].items() if k not in GEOMETRY_FIELDS},
+                     robot=p['robot'], start=p['start_utc'], end=p['end_utc'],
+                     drove_past=season.drove_past(p['bag_id']))
+        if rows_per_pass is not None:
+            entry['rows'] = rows_per_pass.get(p['bag_id'], {})
+        documents[p['bag_id']] = entry
+    atomic_write_json(os.path.join(out_dir, COVERAGE_FILE), strict_json(documents))
     return files

@@ -15,7 +15,9 @@ never imports Ray, so it is tested and benchmarked without it). It:
    folder is an ordinary replay report;
 3. adds ``pass.json``: what the season map needs from the pass (:func:`pass_summary`):
    the run key, the robot, the pass's time span, its merged findings, its GPS track,
-   and its coverage along the track (:class:`CoverageObserver`).
+   its coverage along the track (:class:`CoverageObserver`) and, when the replay had
+   camera geometry, the poses of its judged frames and the image's footprint
+   (:mod:`.season_footprint`): what the camera looked at, for "drove past".
 
 A :class:`~leaf_disease_ros.perception.errors.LeafDiseaseError` (a corrupt bag, wrong
 topics, a bad model) is returned as a failed result, not raised: the driver retries
@@ -44,6 +46,7 @@ from leaf_disease_ros.perception.pipeline import FrameResult
 from leaf_disease_ros.replay.report import write_report
 from leaf_disease_ros.replay.report_folder import ReportFolder
 from leaf_disease_ros.replay.runner import ReplayOptions, ReplayState, run_replay
+from leaf_disease_ros.replay.season_footprint import footprint_document, PoseRecorder
 from leaf_disease_ros.replay.season_store import SeasonBag
 from leaf_disease_ros.ros.conversions import GroundTruthBox
 from leaf_disease_ros.ros.diagnostics import (domain_verdict, DomainRule, DomainWindow,
@@ -51,7 +54,8 @@ from leaf_disease_ros.ros.diagnostics import (domain_verdict, DomainRule, Domain
 
 PASS_FILE = 'pass.json'
 WORKER_FILE = 'worker.json'
-PASS_FORMAT = 1
+#: 2: coverage has held_track and footprint (format 1 results are read with the radius rule)
+PASS_FORMAT = 2
 #: errno values of storage that may answer on a second try (network file systems)
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.EAGAIN,
                               errno.EBUSY, errno.ECONNRESET, errno.EHOSTUNREACH})
@@ -102,8 +106,14 @@ class CoverageObserver:
     it agrees with the runner's ``findings_held``): a positioned frame goes to the
     *judged* track (its findings, if any, went to the map) or to the *held* track
     (out of the model's domain: nothing could be seen). Both are
-    :class:`~leaf_disease_ros.geo.mapping.TrackRecorder` s: bounded memory.
+    :class:`~leaf_disease_ros.geo.mapping.TrackRecorder` s: bounded memory. Each
+    positioned frame's pose also goes to a
+    :class:`~.season_footprint.PoseRecorder` (thinned, bounded), and the frame sizes
+    of judged frames are counted (the footprint is made for the most common one).
     """
+
+    #: reads only the results: the replay may decode frames at reduced size
+    reads_pixels = False
 
     def __init__(self, parameters: Dict[str, Any], background_labels: Sequence[str],
                  max_gap_s: float) -> None:
@@ -111,6 +121,10 @@ class CoverageObserver:
         self.rule = DomainRule.from_parameters(parameters)
         self.judged = TrackRecorder(min_step_m=0.25, max_gap_s=max_gap_s)
         self.held = TrackRecorder(min_step_m=0.25, max_gap_s=max_gap_s)
+        self.poses = PoseRecorder(parameters['heading_window_s'],
+                                  parameters['min_speed_for_heading_mps'],
+                                  parameters['heading_hold_s'], max_gap_s)
+        self.frame_sizes: Dict[Tuple[int, int], int] = {}
         self.frames_judged = 0
         self.frames_held = 0
         self.frames_without_position = 0
@@ -132,6 +146,15 @@ class CoverageObserver:
             self.frames_judged += 1
             self.judged.add(tag.latitude_deg, tag.longitude_deg, result.stamp_ns)
             self.held.break_segment()
+            size = (result.frame_height_px, result.frame_width_px)
+            self.frame_sizes[size] = self.frame_sizes.get(size, 0) + 1
+        self.poses.add(result.stamp_ns, tag.latitude_deg, tag.longitude_deg, not held)
+
+    def frame_hw_px(self) -> Optional[Tuple[int, int]]:
+        """Return the most common ``(height, width)`` of the judged frames (None: none)."""
+        if not self.frame_sizes:
+            return None
+        return max(self.frame_sizes.items(), key=lambda item: (item[1], item[0]))[0]
 
 
 def coverage(state: ReplayState, observer: CoverageObserver) -> Dict[str, Any]:
@@ -142,7 +165,10 @@ def coverage(state: ReplayState, observer: CoverageObserver) -> Dict[str, Any]:
     model judged in its domain; ``out_of_domain_m`` that of the frames whose findings
     were held; ``without_images_m`` the rest of the driven track (no frame, or no
     decodable one). Frame counts add the frames without position (no GPS at their
-    stamp) and the frames skipped (no image could be classified).
+    stamp) and the frames skipped (no image could be classified). ``judged_track`` and
+    ``held_track`` are the paths themselves (the radius rule); ``footprint`` is what the
+    camera looked at (:func:`~.season_footprint.footprint_document`), or null with
+    ``footprint_note`` saying why (then the season map uses the radius rule).
     """
     driven = state.track.segments()
     judged = observer.judged.segments()
@@ -150,6 +176,9 @@ def coverage(state: ReplayState, observer: CoverageObserver) -> Dict[str, Any]:
     driven_m = track_length_m(driven)
     judged_m = track_length_m(judged)
     held_m = track_length_m(held)
+    observer.poses.finish()
+    footprint, note = footprint_document(getattr(state, 'locator', None),
+                                         observer.frame_hw_px(), observer.poses)
     return {
         'driven_m': round(driven_m, 2),
         'judged_m': round(judged_m, 2),
@@ -162,6 +191,10 @@ def coverage(state: ReplayState, observer: CoverageObserver) -> Dict[str, Any]:
         'frames_without_image': sum(state.skipped.values()),
         'judged_track': [[[round(lat, 8), round(lon, 8)] for lat, lon in segment]
                          for segment in judged],
+        'held_track': [[[round(lat, 8), round(lon, 8)] for lat, lon in segment]
+                       for segment in held],
+        'footprint': footprint,
+        'footprint_note': note,
     }
 
 

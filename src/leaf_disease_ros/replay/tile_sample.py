@@ -41,8 +41,13 @@ class TileSample:
         self._kept: Dict[str, List[Tuple[str, np.ndarray]]] = {}
 
     def add(self, frame_bgr: np.ndarray, result: FrameResult,
-            truth: Optional[Sequence[GroundTruthBox]]) -> None:
-        """Offer every tile of one processed frame."""
+            truth: Optional[Sequence[GroundTruthBox]], pixel_scale: int = 1) -> None:
+        """
+        Offer every tile of one processed frame.
+
+        ``pixel_scale``: the frame was decoded at ``1/pixel_scale`` of the camera's size
+        (boxes are in full-size pixels); tiles are saved at the model's input size either way.
+        """
         if not self.per_label or not result.detections:
             return
         matches = (match_tiles(result.detections, truth) if truth
@@ -56,7 +61,9 @@ class TileSample:
             if slot >= self.per_label:
                 continue
             x0, y0, x1, y1 = detection.box_xyxy_px
-            tile = resize_to_input(np.ascontiguousarray(frame_bgr[y0:y1, x0:x1]), self.card)
+            crop = frame_bgr[y0 // pixel_scale:y1 // pixel_scale,
+                             x0 // pixel_scale:x1 // pixel_scale]
+            tile = resize_to_input(np.ascontiguousarray(crop), self.card)
             item = (f'{result.stamp_ns}_{x0}_{y0}.png', np.ascontiguousarray(tile).copy())
             if slot == len(kept):
                 kept.append(item)

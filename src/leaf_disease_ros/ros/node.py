@@ -83,7 +83,8 @@ from leaf_disease_ros.perception.config import (BOOL, DetectorConfig, DOUBLE, DO
                                                 PARAMETERS, STRING, validate_parameters)
 from leaf_disease_ros.perception.errors import (ConfigError, FrameError, InferenceError,
                                                 LeafDiseaseError)
-from leaf_disease_ros.perception.pipeline import Detector, FrameResult
+from leaf_disease_ros.perception.pipeline import Detector, FrameResult, PreparedFrame
+from leaf_disease_ros.perception.reduced_decode import try_reduced_decode
 from leaf_disease_ros.perception.site_model import site_for_parameters, stale_site_note
 from leaf_disease_ros.ros.camera_inputs import (apply_camera_info, camera_info_topic,
                                                 depth_metres, imu_yaw, mount_from_transform,
@@ -166,6 +167,31 @@ class _Pending:
         self.stamp_ns = stamp_ns
 
 
+class _Frame:
+    """
+    A frame decoded and prepared on the decode thread (:meth:`DetectorNode._decode`).
+
+    ``image`` is at ``1/pixel_scale`` of the camera's size (``reduced_jpeg_decode``);
+    :meth:`full` decodes the message again at full size for the debug image.
+    """
+
+    __slots__ = ('image', 'pixel_scale', 'prepared', '_msg', '_full')
+
+    def __init__(self, image: np.ndarray, pixel_scale: int, prepared: PreparedFrame,
+                 msg: Any) -> None:
+        self.image = image
+        self.pixel_scale = pixel_scale
+        self.prepared = prepared
+        self._msg = msg
+        self._full: Optional[np.ndarray] = image if pixel_scale == 1 else None
+
+    def full(self) -> np.ndarray:
+        """Return the frame at the camera's full size (decoded again when it was reduced)."""
+        if self._full is None:
+            self._full = decode_compressed(self._msg.format, self._msg.data)
+        return self._full
+
+
 def _policy_name(policy: Any) -> str:
     """Return a QoS policy enum as the lower-case name the parameters use."""
     return str(getattr(policy, 'name', policy)).lower()
@@ -220,7 +246,7 @@ class DetectorNode(Node):
         self._active = threading.Event()  # activated: frames are taken and published
         self._publish_lock = threading.Lock()
         # the newest message, decoded one frame ahead of inference (ros/decode_stage.py)
-        self._mailbox: DecodeStage[_Pending, np.ndarray] = self._decode_stage()
+        self._mailbox: DecodeStage[_Pending, _Frame] = self._decode_stage()
         self._backend: Any = None
         self._worker: Optional[threading.Thread] = None
         self._live_map: Optional[LiveMap] = None
@@ -681,7 +707,7 @@ class DetectorNode(Node):
 
     # --- worker thread -----------------------------------------------------------
 
-    def _decode_stage(self) -> DecodeStage[_Pending, np.ndarray]:
+    def _decode_stage(self) -> DecodeStage[_Pending, _Frame]:
         """Return a decode stage (not started) that converts with :meth:`_decode`."""
         return DecodeStage(lambda pending: self._decode(pending.msg))
 
@@ -704,23 +730,35 @@ class DetectorNode(Node):
                                     + self.fatal_error)
             rclpy.try_shutdown(context=self.context)
 
-    def _decode(self, msg: Any) -> np.ndarray:
+    def _decode(self, msg: Any) -> _Frame:
         """
-        Convert an image message to ``(H, W, 3)`` uint8 BGR (on the decode thread).
+        Convert an image message to BGR and prepare it for inference (on the decode thread).
 
         Compressed images are decoded with ``cv2.imdecode`` (any JPEG/PNG to 8-bit BGR;
-        cv_bridge would hand a mono JPEG back 2-D), raw ones with cv_bridge.
+        cv_bridge would hand a mono JPEG back 2-D), at reduced size when
+        ``reduced_jpeg_decode`` allows it (``perception/reduced_decode.py``); raw ones
+        with cv_bridge. The frame is then tiled, gated and preprocessed here
+        (:meth:`~leaf_disease_ros.perception.pipeline.Detector.prepare`), so the worker
+        only runs inference: the accelerator does not wait on the CPU for any of it.
 
         :raises ImageDecodeError: malformed message or undecodable data.
         :raises CvBridgeError: cv_bridge cannot convert the encoding to bgr8.
+        :raises FrameError: the frame cannot be tiled (too small).
         """
+        detector = self._detector
         if isinstance(msg, CompressedImage):
-            return decode_compressed(msg.format, msg.data)
-        check_raw_layout(msg.height, msg.width, msg.step, len(msg.data), msg.encoding)
-        image = self._bridge.imgmsg_to_cv2(msg, desired_encoding='bgr8')
-        return check_decoded(image, f'image (encoding {msg.encoding!r})')
+            reduced = (try_reduced_decode(msg.data, detector.config, detector.card)
+                       if self._values['reduced_jpeg_decode'] else None)
+            image, scale = reduced if reduced is not None else (
+                decode_compressed(msg.format, msg.data), 1)
+        else:
+            check_raw_layout(msg.height, msg.width, msg.step, len(msg.data), msg.encoding)
+            image = check_decoded(self._bridge.imgmsg_to_cv2(msg, desired_encoding='bgr8'),
+                                  f'image (encoding {msg.encoding!r})')
+            scale = 1
+        return _Frame(image, scale, detector.prepare(image, pixel_scale=scale), msg)
 
-    def _handle_frame(self, decoded: Decoded[_Pending, np.ndarray]) -> None:
+    def _handle_frame(self, decoded: Decoded[_Pending, _Frame]) -> None:
         """Classify and publish one decoded frame; a bad frame is counted and dropped."""
         pending = decoded.message
         msg = pending.msg
@@ -729,7 +767,8 @@ class DetectorNode(Node):
             self._mount_from_tf(locator, msg.header.frame_id)
         try:
             frame = decoded.result()  # raises what the decoding raised
-            result = self._detector.process(frame, pending.stamp_ns, self._fixes)
+            result = self._detector.process_prepared(frame.prepared, pending.stamp_ns,
+                                                     self._fixes)
         except self._bridge_error as exc:
             encoding = msg.format if isinstance(msg, CompressedImage) else msg.encoding
             text = unsupported_encoding_message(encoding, str(exc))
@@ -754,7 +793,7 @@ class DetectorNode(Node):
             latency_ms = (self.get_clock().now().nanoseconds - pending.stamp_ns) / 1e6
         self._stats.frame_processed(time.monotonic(), latency_ms, result.timings_ms['total'])
 
-    def _publish_frame(self, header: Header, frame: np.ndarray, result: FrameResult,
+    def _publish_frame(self, header: Header, frame: _Frame, result: FrameResult,
                        held: bool = False) -> bool:
         """
         Build every output message of a frame, then publish them; return whether it worked.
@@ -780,8 +819,9 @@ class DetectorNode(Node):
                     and self._debug_limiter.allow(result.stamp_ns)):
                 status = (f'{len(result.findings)} finding(s); GPS: {result.geotag.reason}; '
                           f'{result.timings_ms["total"]:.0f} ms')
-                debug = self._bridge.cv2_to_imgmsg(draw_detections(frame, result.detections,
-                                                                   status), encoding='bgr8')
+                debug = self._bridge.cv2_to_imgmsg(draw_detections(frame.full(),
+                                                                   result.detections, status),
+                                                   encoding='bgr8')
                 debug.header = header
                 outputs.append((self._pub_debug, debug))
             stage = 'publishing failed'

@@ -513,9 +513,6 @@ def build(args: argparse.Namespace) -> int:
     engine_name = engine_file_name(model_stem(onnx_path), args.precision,
                                    machine.compute_capability, machine.tensorrt_version)
     engine_path = os.path.join(out_dir, engine_name)
-    if os.path.exists(engine_path) and not args.force:
-        raise EngineExistsError(f'{engine_path} exists; pass --force to rebuild it, or check '
-                                f'it with: {TOOL} --check {engine_path}')
     timing_cache = None if args.no_timing_cache else os.path.abspath(
         args.timing_cache or timing_cache_path(out_dir, machine))
 
@@ -523,7 +520,11 @@ def build(args: argparse.Namespace) -> int:
     calib_cache = os.path.abspath(args.calib_cache or calibration_cache_path(
         out_dir, model_stem(onnx_path), machine, onnx_sha)) if plan.calibrator else None
     calib_record: Dict[str, Any] = {}
+    # what the path is comes first: a FIFO where the engine goes is no engine that exists
     check_build_outputs(args, onnx_path, card_path, engine_path, timing_cache, calib_cache)
+    if os.path.exists(engine_path) and not args.force:
+        raise EngineExistsError(f'{engine_path} exists; pass --force to rebuild it, or check '
+                                f'it with: {TOOL} --check {engine_path}')
     if plan.calibrator:
         if args.calib_images:
             paths = list_calibration_images(args.calib_images, args.calib_max_images)
