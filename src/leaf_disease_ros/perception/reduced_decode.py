@@ -6,9 +6,9 @@ card's ``stretch`` + ``area`` rule anyway: decoding the JPEG at half scale (libj
 scaled IDCT, ``cv2.IMREAD_REDUCED_COLOR_2``) gives each tile at the model's input size
 directly, for less decoding, gating and resizing work. The scaled IDCT is a low-pass
 reduction of each 8x8 block, like the card's area average, but not the same numbers:
-``tools/reduced_decode_parity.py`` measures what it changes on real frames
-(``benchmarks/reduced_decode_parity.json``) and ``test/test_reduced_decode.py`` holds it
-to that.
+the developer script ``reduced_decode_parity`` of the source repository measures what
+it changes on real frames against a JPEG-quality yardstick, and its tests hold the
+replay to those figures (the table is in the season documentation).
 
 :func:`reduced_scale` says which scale a frame may be decoded at: only
 
